@@ -1,0 +1,193 @@
+"""One entry point for every checkpoint format the toolkit meets.
+
+    read_state_dict(path)  -> {name: torch.Tensor}   weights only, wrappers removed
+    read_checkpoint(path)  -> the whole saved object (dicts of tensors, metadata, ...)
+
+Formats are recognised by their first bytes, not their extension (".ckpt" is both Lightning
+and MindSpore): torch zip (.pt/.pth/.ckpt), torch legacy pickle, safetensors, MindSpore
+protobuf. Torch files load with weights_only=True; a file that needs full unpickling (it can
+run code) is refused unless the caller passes trust_pickle=True (CLIs: --trust-checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ftcore.errors import UserError
+from ftcore.checkpoint.mindspore import read_mindspore, write_mindspore
+
+TRUST_HINT = "pass trust_pickle=True (CLI: --trust-checkpoint) only if you trust where the file came from"
+
+# Keys under which training scripts store the weights, tried in this order.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'torch', 'torch-legacy', 'safetensors' or 'mindspore', from the file's first bytes."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; check the path")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory; pass the checkpoint file inside it")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        raise UserError(f"{path}: checkpoint file is empty; re-export or re-download it")
+    if head.startswith(b"PK\x03\x04"):
+        return "torch"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 0 < header_len < path.stat().st_size:
+            return "safetensors"
+    if head[:1] == b"\x0a":  # protobuf field 1, length-delimited: Checkpoint.value
+        return "mindspore"
+    raise UserError(
+        f"{path}: unrecognised checkpoint format (not torch, safetensors or MindSpore); "
+        "the file may be corrupt or of another kind"
+    )
+
+
+def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Any:
+    """Load the whole object saved in `path` onto the CPU (see module docstring for formats)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "mindspore":
+        return {name: t.to_torch() for name, t in read_mindspore(path).items() if t.ms_type != "str"}
+    if fmt == "safetensors":
+        return _read_safetensors(path)
+    return _read_torch(path, fmt, trust_pickle)
+
+
+def read_state_dict(
+    path: str | os.PathLike, *, trust_pickle: bool = False, key: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Weights of `path` as a flat {name: tensor} dict.
+
+    Wrappers are removed: a Lightning checkpoint's 'state_dict', a training checkpoint's
+    'model' (or `key` when given), and the 'module.' prefix DDP adds. Non-tensor entries
+    (epoch, args, optimizer state) are dropped.
+    """
+    return extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), key=key, source=str(path))
+
+
+def extract_state_dict(obj: Any, key: str | None = None, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            have = ", ".join(map(str, obj.keys())) if isinstance(obj, Mapping) else type(obj).__name__
+            raise UserError(f"{source}: no entry {key!r} in the checkpoint (it has: {have})")
+        obj = obj[key]
+    else:
+        while isinstance(obj, Mapping) and not _is_flat_state_dict(obj):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if hasattr(obj, "state_dict") and not isinstance(obj, Mapping):  # a pickled nn.Module
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{source}: holds a {type(obj).__name__}, not a dict of weights")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"{source}: no tensors found (top-level keys: {', '.join(map(str, obj.keys()))})")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _is_flat_state_dict(obj: Mapping) -> bool:
+    values = list(obj.values())
+    return bool(values) and sum(isinstance(v, torch.Tensor) for v in values) >= len(values) / 2
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({_one_line(err)}); it is truncated or corrupt") from None
+
+
+def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
+    if fmt == "torch":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip() if path.stat().st_size < 64 * 2**20 else None
+        except zipfile.BadZipFile:
+            raise UserError(f"{path}: torch checkpoint is truncated or corrupt (bad zip archive); re-save or re-download it") from None
+        if bad is not None:
+            raise UserError(f"{path}: torch checkpoint is corrupt (member {bad} fails its CRC); re-save or re-download it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == "torch"))
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            what = _unsafe_global(err)
+            raise UserError(
+                f"{path}: refusing to unpickle {what}: loading it could run code; {TRUST_HINT}"
+            ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: torch checkpoint is truncated or corrupt ({_one_line(err)}); re-save or re-download it") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure of a trusted full unpickle is reported in one line
+        raise UserError(f"{path}: could not load even with trust_pickle ({type(err).__name__}: {_one_line(err)})") from None
+
+
+def _unsafe_global(err: Exception) -> str:
+    text = str(err)
+    for marker in ("Unsupported global: GLOBAL ", "global: GLOBAL "):
+        if marker in text:
+            name = text.split(marker, 1)[1].split()[0]
+            return f"Python objects beyond tensors (e.g. {name})"
+    return "Python objects beyond tensors"
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], fmt: str | None = None) -> None:
+    """Write weights atomically as `fmt`: 'safetensors', 'mindspore' or 'torch'.
+
+    Without `fmt`, a .safetensors suffix means safetensors and anything else a torch file.
+    """
+    from ftcore.io import atomic_path, atomic_torch_save
+
+    path = Path(path)
+    fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "torch")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+    elif fmt == "mindspore":
+        write_mindspore(path, tensors)
+    elif fmt == "torch":
+        atomic_torch_save(tensors, path)
+    else:
+        raise UserError(f"unknown checkpoint format {fmt!r}; choose safetensors, mindspore or torch")
+
+
+__all__ = [
+    "detect_format",
+    "read_checkpoint",
+    "read_state_dict",
+    "extract_state_dict",
+    "write_checkpoint",
+    "read_mindspore",
+    "write_mindspore",
+    "TRUST_HINT",
+]

@@ -1,0 +1,181 @@
+"""Configuration is data: YAML/TOML/dicts checked once against a dataclass, with errors naming the key.
+
+    cfg = load_config(ModelConfig, "model.yaml", overrides=["training.lr=1e-4"])
+
+Unknown keys (typos) and missing required keys are errors that name the key, the file, and the
+closest known key. Values are coerced to the field's type (int, float, bool, str, tuples, nested
+dataclasses, Optional).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from ftcore.errors import UserError
+
+T = TypeVar("T")
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """A YAML or TOML file as a dict, with syntax errors reported with their line."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise UserError(
+                f"{path}: TOML syntax error ({err}); quote keys that contain dots or dashes, "
+                'e.g. "dataset.celltype" = "test", and strings need double quotes'
+            ) from None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}: YAML syntax error at {where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level, found {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'training.max_steps=100' -> (['training', 'max_steps'], 100); values parsed as YAML scalars."""
+    import yaml
+
+    if "=" not in text:
+        raise UserError(f"override {text!r} is not key=value (e.g. training.max_steps=1000)")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    out = _deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {text!r}: {k!r} is a value, not a section")
+        node[keys[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    return {k: _deepcopy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and requiring the required ones."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{source}: {prefix.rstrip('.') or 'top level'} should be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
+            raise UserError(f"{source}: unknown key {prefix}{key!r}{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], source, f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise UserError(f"{source}: missing required key {prefix}{name!r}")
+    try:
+        return cls(**kwargs)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{source}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source, key)
+            except UserError as err:
+                errors.append(str(err))
+        raise UserError(errors[0] if errors else f"{source}: bad value for {key!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, prefix=f"{key}.")
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{source}: {key!r} is {value!r}; allowed: {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{source}: {key!r} should be a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, source, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict,):
+        if not isinstance(value, Mapping):
+            raise UserError(f"{source}: {key!r} should be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{source}: {key!r} should be true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"{source}: {key!r} should be a number, got {value!r}")
+        try:
+            num = float(value)
+        except ValueError:
+            raise UserError(f"{source}: {key!r} should be a number, got {value!r}") from None
+        if tp is int:
+            if num != int(num):
+                raise UserError(f"{source}: {key!r} should be a whole number, got {value!r}")
+            return int(num)
+        return num
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"{source}: {key!r} should be text, got {value!r}")
+        return str(value)
+    return value
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] = (), data: Mapping | None = None) -> T:
+    base = dict(data or {})
+    source = "config"
+    if path is not None:
+        base.update(read_config_file(path))
+        source = str(path)
+    return from_dict(cls, apply_overrides(base, list(overrides)), source)
+
+
+def to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,49 @@
+"""User-facing errors: one line that names the problem and the fix, and a CLI wrapper."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment that the user can fix.
+
+    The message is one line: what is wrong, where, and what to do about it. CLIs print it
+    without a traceback and exit non-zero (see `cli_main`).
+    """
+
+
+def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap a CLI entry point: UserError (and a CUDA OOM) becomes one line on stderr, exit 2.
+
+    Set FTCORE_TRACEBACK=1 to see the full traceback instead (for bug reports).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> int:
+        import os
+
+        try:
+            code = fn(*args, **kwargs)
+            return 0 if code is None else int(code)
+        except UserError as err:
+            if os.environ.get("FTCORE_TRACEBACK"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # noqa: BLE001 - only CUDA OOM is translated, the rest re-raised
+            if type(err).__name__ == "OutOfMemoryError" and not os.environ.get("FTCORE_TRACEBACK"):
+                print(
+                    "error: CUDA ran out of memory; lower --batch_size (or the model size / "
+                    "sequence length), or run on a GPU with more memory",
+                    file=sys.stderr,
+                )
+                return 3
+            raise
+
+    return wrapper

@@ -1,0 +1,90 @@
+"""Plots people would rather look at than read: training curves, predicted vs true."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from ftcore.io import atomic_savefig
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen on training machines
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """One panel for losses, one for the other numeric metrics, against epoch."""
+    plt = _plt()
+    if not history:
+        return
+    x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    keys = [k for k in history[-1] if k not in ("epoch", "step", "lr", "time_s") and isinstance(history[-1][k], (int, float))]
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if "loss" not in k]
+    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
+    for k in losses:
+        axes[0, 0].plot(x, [h.get(k, np.nan) for h in history], marker=".", label=k)
+    axes[0, 0].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("loss")
+    axes[0, 0].legend()
+    if others:
+        for k in others:
+            axes[0, 1].plot(x, [h.get(k, np.nan) for h in history], marker=".", label=k)
+        axes[0, 1].set_xlabel("epoch")
+        axes[0, 1].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pred_vs_true(pred, true, path: str | os.PathLike, title: str = "", max_points: int = 20000) -> None:
+    """Scatter of predicted against true values with the identity line, and a residual histogram."""
+    plt = _plt()
+    p, t = np.asarray(pred, dtype=float).ravel(), np.asarray(true, dtype=float).ravel()
+    if p.size > max_points:
+        idx = np.random.default_rng(0).choice(p.size, max_points, replace=False)
+        p, t = p[idx], t[idx]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].scatter(t, p, s=3, alpha=0.3)
+    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+    axes[0].plot([lo, hi], [lo, hi], "k--", lw=1)
+    r = np.corrcoef(p, t)[0, 1] if p.std() > 0 and t.std() > 0 else float("nan")
+    axes[0].set_title(f"predicted vs true (r = {r:.3f})")
+    axes[0].set_xlabel("true")
+    axes[0].set_ylabel("predicted")
+    axes[1].hist(p - t, bins=60)
+    axes[1].set_title("residual (pred - true)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix, labels: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+    plt = _plt()
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.5 * len(labels)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (row-normalised colour, counts)")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)

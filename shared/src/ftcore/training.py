@@ -1,0 +1,413 @@
+"""The one training loop every package uses.
+
+    trainer = Trainer(model, TrainConfig(output_dir="runs/x", epochs=20, lr=1e-4),
+                      train_data, val_data, loss_fn=my_loss, eval_fn=my_eval)
+    result = trainer.fit()
+
+`loss_fn(model, batch) -> loss` (or `(loss, {"name": float})`) and
+`eval_fn(model, loader) -> {"val_loss": ..., "val_pearson": ...}` are the only model-specific
+parts. The loop gives AdamW with warmup + cosine, gradient clipping, bf16 autocast on GPU,
+early stopping, atomic best/last checkpoints, exact resume (model, optimizer, scheduler, RNG,
+step, position in the epoch), history JSON, a training-curve PNG, a progress bar, seeding, and
+DDP under torchrun (rank 0 writes; every rank validates on the full validation set so metrics
+such as Pearson need no gathering and early-stopping decisions agree without communication).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ftcore.distributed import DistEnv, EpochSampler, all_reduce_sum, barrier, init_distributed
+from ftcore.errors import UserError
+from ftcore.io import atomic_torch_save, atomic_write_json, check_output_dir
+from ftcore.plotting import plot_training_curve
+
+LossFn = Callable[[nn.Module, Any], Any]
+EvalFn = Callable[[nn.Module, DataLoader], Mapping[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (STATE-style step budgets)
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    device: str = "auto"
+    seed: int = 0
+    monitor: str = "val_loss"
+    mode: str = "min"  # min | max
+    patience: int | None = None  # validations without improvement before stopping
+    min_delta: float = 0.0
+    val_every_steps: int | None = None  # None: validate once per epoch
+    ckpt_every_steps: int | None = None  # extra mid-epoch checkpoints (also named by step_name)
+    num_workers: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    resume: bool = True  # continue from last_name if it exists
+    progress: bool = True
+    ddp_find_unused: bool = False
+    best_name: str | None = "best.pt"
+    last_name: str = "last.pt"
+    epoch_name: str | None = None  # e.g. "checkpoint_epoch_{epoch}.pth"
+    step_name: str | None = None  # e.g. "step={step}.ckpt"
+    history_name: str = "history.json"
+    curve_name: str | None = "training_curve.png"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise UserError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+        if self.mode not in ("min", "max"):
+            raise UserError(f"unknown mode {self.mode!r}; choose min or max")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"unknown precision {self.precision!r}; choose auto, bf16 or fp32")
+        if self.batch_size < 1 or self.epochs < 0 or self.lr <= 0:
+            raise UserError("batch_size must be >= 1, epochs >= 0 and lr > 0")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_metric: float | None
+    best_path: Path | None
+    last_path: Path
+    steps: int
+    stopped_early: bool
+    extra: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(move_to(v, device) for v in batch)
+    if hasattr(batch, "to") and callable(batch.to):  # e.g. a torch_geometric Batch
+        return batch.to(device)
+    return batch
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def default_eval(loss_fn: LossFn, autocast) -> EvalFn:
+    def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        total, n = 0.0, 0
+        for batch in loader:
+            with autocast():
+                out = loss_fn(model, batch)
+            loss = out[0] if isinstance(out, tuple) else out
+            total += float(loss)
+            n += 1
+        return {"val_loss": total / max(n, 1)}
+
+    return evaluate
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        train_data: Dataset,
+        val_data: Dataset | None = None,
+        *,
+        loss_fn: LossFn,
+        eval_fn: EvalFn | None = None,
+        collate_fn: Callable | None = None,
+        extra_state: Mapping[str, Any] | None = None,
+        param_groups: list[dict] | None = None,
+    ):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.env: DistEnv = init_distributed(self.device.type)
+        if self.env.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.env.local_rank)
+        seed_everything(config.seed)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.collate_fn = collate_fn
+        self.extra_state = dict(extra_state or {})
+        self.train_data, self.val_data = train_data, val_data
+        if len(train_data) == 0:
+            raise UserError("the training set is empty; check the split / data file")
+        self.out = Path(config.output_dir)
+        if self.env.is_main:
+            n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            check_output_dir(self.out, need_bytes=8 * n_bytes)  # last (+2 Adam moments) and best, plus temp copies
+        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        params = param_groups or self._default_param_groups()
+        if not any(p.requires_grad for g in params for p in g["params"]):
+            raise UserError("No trainable parameters! Check the freezing strategy / include patterns")
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.sampler = EpochSampler(len(train_data), shuffle=config.shuffle, seed=config.seed, env=self.env, drop_last=config.drop_last)
+        self.train_loader = DataLoader(train_data, batch_size=config.batch_size, sampler=self.sampler,
+                                       collate_fn=collate_fn, num_workers=config.num_workers, drop_last=config.drop_last)
+        self.steps_per_epoch = max(len(self.train_loader), 1)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            self.total_steps = config.max_steps if config.epochs == 0 else min(self.total_steps, config.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.warmup_steps, self.total_steps, config.schedule, config.min_lr_ratio)
+        )
+        self.ddp_model: nn.Module = self.model
+        if self.env.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DDP(self.model, device_ids=ids, find_unused_parameters=config.ddp_find_unused)
+        self.eval_fn = eval_fn or default_eval(loss_fn, self.autocast)
+        # training state (all of it goes into the last checkpoint)
+        self.step = 0
+        self.epoch = 0  # completed epochs
+        self.batch_in_epoch = 0
+        self.best: float | None = None
+        self.bad_validations = 0
+        self.history: list[dict] = []
+
+    # ----------------------------------------------------------------- helpers
+    def _default_param_groups(self) -> list[dict]:
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def autocast(self):
+        if self.use_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def path(self, name: str | None, **fmt) -> Path | None:
+        return None if name is None else self.out / name.format(**fmt)
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None or not math.isfinite(self.best):
+            return math.isfinite(value)
+        if self.config.mode == "min":
+            return value < self.best - self.config.min_delta
+        return value > self.best + self.config.min_delta
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best": self.best,
+            "bad_validations": self.bad_validations,
+            "history": self.history,
+            "rng": _rng_state(),
+            "config": asdict(self.config),
+            "extra": self.extra_state,
+        }
+
+    def save(self, name: str | None, **fmt) -> None:
+        path = self.path(name, step=self.step, epoch=self.epoch)
+        if path is not None and self.env.is_main:
+            atomic_torch_save(self.state(), path)
+
+    def _save_best(self, metrics: Mapping[str, float]) -> None:
+        path = self.path(self.config.best_name, step=self.step, epoch=self.epoch)
+        if path is not None and self.env.is_main:
+            atomic_torch_save({"model": self.model.state_dict(), "extra": self.extra_state, "epoch": self.epoch,
+                               "step": self.step, "metrics": dict(metrics), "config": asdict(self.config)}, path)
+
+    def try_resume(self) -> bool:
+        last = self.path(self.config.last_name)
+        if not (self.config.resume and last is not None and last.exists()):
+            return False
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        self.best, self.bad_validations, self.history = ckpt["best"], ckpt["bad_validations"], ckpt["history"]
+        _set_rng_state(ckpt["rng"])
+        if self.env.is_main:
+            print(f"resuming from {last} (epoch {self.epoch}, step {self.step})")
+        return True
+
+    def _val_loader(self) -> DataLoader | None:
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        return DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
+                          collate_fn=self.collate_fn, num_workers=self.config.num_workers)
+
+    # -------------------------------------------------------------- main loop
+    def validate(self, train_loss: float) -> dict:
+        loader = self._val_loader()
+        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                                  "lr": self.scheduler.get_last_lr()[0]}
+        if loader is not None:
+            self.model.eval()
+            with torch.no_grad():
+                metrics = dict(self.eval_fn(self.model, loader))
+            self.model.train()
+            record.update({k: float(v) for k, v in metrics.items()})
+        if self.config.monitor not in record:
+            have = ", ".join(k for k in record if k not in ("epoch", "step", "lr"))
+            raise UserError(f"monitor {self.config.monitor!r} is not among the metrics ({have}); set monitor to one of them")
+        record["time_s"] = round(time.time() - self._t0, 2)
+        self.history.append(record)
+        value = record[self.config.monitor]
+        if self._improved(value):
+            self.best, self.bad_validations = value, 0
+            self._save_best(record)
+            record["best"] = True
+        else:
+            self.bad_validations += 1
+        return record
+
+    def _write_history(self) -> None:
+        if not self.env.is_main:
+            return
+        atomic_write_json(self.out / self.config.history_name, self.history)
+        curve = self.path(self.config.curve_name)
+        if curve is not None:
+            plot_training_curve(self.history, curve)
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        self.try_resume()
+        self._t0 = time.time() - (self.history[-1]["time_s"] if self.history else 0.0)
+        self.ddp_model.train()
+        stopped_early = False
+        max_epochs = cfg.epochs if cfg.epochs else math.ceil(self.total_steps / self.steps_per_epoch)
+        while self.epoch < max_epochs and self.step < self.total_steps and not stopped_early:
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * cfg.batch_size)
+            loss_sum, n_batches = 0.0, 0
+            bar = _progress(self.train_loader, cfg.progress and self.env.is_main,
+                            f"epoch {self.epoch + 1}/{max_epochs}", self.steps_per_epoch, self.batch_in_epoch)
+            for batch in bar:
+                loss = self._train_step(batch)
+                loss_sum += loss
+                n_batches += 1
+                self.step += 1
+                self.batch_in_epoch += 1
+                if cfg.progress and self.env.is_main:
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
+                    self.save(cfg.step_name)
+                    self.save(cfg.last_name)
+                mid_val = cfg.val_every_steps and self.step % cfg.val_every_steps == 0
+                if mid_val or self.step >= self.total_steps:
+                    break
+            total, count = all_reduce_sum([loss_sum, float(n_batches)], self.env, self.device)
+            train_loss = total / max(count, 1)
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            record = self.validate(train_loss)
+            if self.env.is_main:
+                shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                 if isinstance(v, float) and k not in ("lr", "time_s"))
+                print(f"epoch {record['epoch']} step {self.step}: {shown}{' [best]' if record.get('best') else ''}", flush=True)
+            if cfg.patience is not None and self.bad_validations >= cfg.patience:
+                stopped_early = True
+                if self.env.is_main:
+                    print(f"early stopping: no improvement of {cfg.monitor} for {cfg.patience} validations")
+            if self.batch_in_epoch == 0 and cfg.epoch_name:
+                self.save(cfg.epoch_name)
+            self.save(cfg.last_name)
+            self._write_history()
+            barrier(self.env)
+        if cfg.step_name and self.step >= self.total_steps:
+            self.save(cfg.step_name)
+        self._write_history()
+        barrier(self.env)
+        return TrainResult(self.history, self.best, self.path(cfg.best_name, step=self.step, epoch=self.epoch),
+                           self.path(cfg.last_name), self.step, stopped_early)
+
+    def _train_step(self, batch) -> float:
+        batch = move_to(batch, self.device)
+        with self.autocast():
+            out = self.loss_fn(self.ddp_model, batch)
+        loss = out[0] if isinstance(out, tuple) else out
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"training loss became {float(loss)} at step {self.step}; lower the learning rate "
+                f"(now {self.scheduler.get_last_lr()[0]:.2e}) or check the input for NaN/inf"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+
+def _progress(loader, enabled: bool, desc: str, total: int, initial: int):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, total=total, initial=initial, leave=False, dynamic_ncols=True)
+
+
+def load_history(path: str | Path) -> list[dict]:
+    return json.loads(Path(path).read_text())
