@@ -25,7 +25,7 @@ def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title:
     if not history:
         return
     x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    keys = [k for k in history[-1] if k not in ("epoch", "step", "lr", "time_s") and isinstance(history[-1][k], (int, float))]
+    keys = [k for k in history[-1] if k not in ("epoch", "step", "lr", "time_s", "train_samples_per_s") and isinstance(history[-1][k], (int, float))]
     losses = [k for k in keys if "loss" in k]
     others = [k for k in keys if "loss" not in k]
     fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)

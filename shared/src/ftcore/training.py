@@ -312,6 +312,7 @@ class Trainer:
             have = ", ".join(k for k in record if k not in ("epoch", "step", "lr"))
             raise UserError(f"monitor {self.config.monitor!r} is not among the metrics ({have}); set monitor to one of them")
         record["time_s"] = round(time.time() - self._t0, 2)
+        record["train_samples_per_s"] = round(getattr(self, "_throughput", 0.0), 2)
         self.history.append(record)
         value = record[self.config.monitor]
         if self._improved(value):
@@ -339,7 +340,7 @@ class Trainer:
         max_epochs = cfg.epochs if cfg.epochs else math.ceil(self.total_steps / self.steps_per_epoch)
         while self.epoch < max_epochs and self.step < self.total_steps and not stopped_early:
             self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * cfg.batch_size)
-            loss_sum, n_batches = 0.0, 0
+            loss_sum, n_batches, t_train = 0.0, 0, time.time()
             bar = _progress(self.train_loader, cfg.progress and self.env.is_main,
                             f"epoch {self.epoch + 1}/{max_epochs}", self.steps_per_epoch, self.batch_in_epoch)
             for batch in bar:
@@ -358,6 +359,8 @@ class Trainer:
                     break
             total, count = all_reduce_sum([loss_sum, float(n_batches)], self.env, self.device)
             train_loss = total / max(count, 1)
+            # Global training throughput of this stretch (validation excluded), for scaling checks.
+            self._throughput = count * cfg.batch_size / max(time.time() - t_train, 1e-9)
             if self.batch_in_epoch >= self.steps_per_epoch:
                 self.epoch += 1
                 self.batch_in_epoch = 0
