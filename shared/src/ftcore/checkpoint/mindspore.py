@@ -143,6 +143,8 @@ def _parse_tensor(buf, pos: int, end: int) -> tuple[list[int], str, int, int]:
     return dims, ms_type, content[0], content[1]
 
 
+MAX_DIMS = 32  # numpy's own limit is 64; no real parameter comes near either
+
 CRC_TRAILER = b"crc_num"  # written after the last record when MindSpore saves with crc_check=True
 
 
@@ -168,7 +170,10 @@ def iter_mindspore(buf) -> Iterator[MindSporeTensor]:
         name, tensor = None, None
         for f2, w2, a, n in _fields(view, start, start + length):
             if f2 == 1 and w2 == 2:
-                name = bytes(view[a : a + n]).decode("utf-8")
+                try:
+                    name = bytes(view[a : a + n]).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Corrupt("a parameter name is not valid UTF-8") from None
             elif f2 == 2 and w2 == 2:
                 tensor = (a, n)
         if name is None or tensor is None:
@@ -177,13 +182,20 @@ def iter_mindspore(buf) -> Iterator[MindSporeTensor]:
     for name, parts in records.items():
         dims, ms_type, c_start, c_len = parts[0]
         if ms_type == "str":
-            text = b"".join(bytes(view[a : a + n]) for _, _, a, n in parts).decode("utf-32-le")
+            try:
+                text = b"".join(bytes(view[a : a + n]) for _, _, a, n in parts).decode("utf-32-le")
+            except UnicodeDecodeError:
+                raise _Corrupt(f"string entry {name!r} is not valid UTF-32") from None
             yield MindSporeTensor(name, "str", np.array(text))
             continue
         if ms_type not in MS_DTYPES:
             raise _Corrupt(f"parameter {name!r} has unknown tensor_type {ms_type!r}")
         dtype = MS_DTYPES[ms_type]
-        count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+        if len(dims) > MAX_DIMS:
+            raise _Corrupt(f"parameter {name!r} claims {len(dims)} dimensions")
+        count = 1
+        for d in dims:  # Python ints: a corrupt dim of 2**64 cannot overflow into a plausible size
+            count *= d
         if len(parts) > 1:
             source = np.frombuffer(b"".join(bytes(view[a : a + n]) for _, _, a, n in parts), dtype=np.uint8)
             c_start, c_len = 0, source.size
@@ -194,7 +206,10 @@ def iter_mindspore(buf) -> Iterator[MindSporeTensor]:
                 f"parameter {name!r}: shape {tuple(dims)} of {ms_type} needs "
                 f"{count * dtype.itemsize} bytes but the file holds {c_len}"
             )
-        arr = np.frombuffer(source, dtype=dtype, count=count, offset=c_start).reshape(dims)
+        try:  # an empty tensor whose other dims are absurd (0 x 2**40) still matches 0 bytes
+            arr = np.frombuffer(source, dtype=dtype, count=count, offset=c_start).reshape(dims)
+        except (ValueError, OverflowError):
+            raise _Corrupt(f"parameter {name!r} has an impossible shape {tuple(dims)}") from None
         yield MindSporeTensor(name, ms_type, arr)
 
 
