@@ -1,23 +1,36 @@
 """Kernels var-st uses at every step, each with a pure-PyTorch reference path.
 
-Dispatch: on CUDA tensors the Triton kernel runs when available; on the CPU (or when forced
-off with `use_kernels(False)` / VAR_ST_KERNELS=0 at start-up) the PyTorch path runs. Both
-compute the same function; the PyTorch path is the reference the tests compare against.
+Dispatch: on CUDA tensors the Triton kernel (or the faster exact PyTorch formulation) runs when
+available; on the CPU, or when forced off with `use_kernels(False)` / VAR_ST_KERNELS=0 at
+start-up, the PyTorch reference runs. All paths compute the same function; the references are
+what the tests compare against.
 
     nearest_code(x [N, D], codebook [K, D], return_dist=False) -> idx [N] (, dist [N])
     scale_causal_attention(q, k, v [B, H, L, Dh], scale_sizes) -> [B, H, L, Dh]
+    cached_scale_attention(q_new [B, H, Ln, Dh], k, v [B, H, Lc, Dh]) -> [B, H, Ln, Dh]
 """
 
-from var_st.kernels.dispatch import use_kernels, kernels_enabled
+from var_st.kernels.dispatch import use_kernels, kernels_enabled, triton_available
 from var_st.kernels.vq import nearest_code, nearest_code_reference
-from var_st.kernels.attention import scale_causal_attention, scale_causal_attention_reference, scale_causal_mask
+from var_st.kernels.attention import (
+    cached_scale_attention,
+    scale_causal_attention,
+    scale_causal_attention_reference,
+    scale_causal_attention_split,
+    scale_causal_mask,
+    scale_kv_end,
+)
 
 __all__ = [
     "use_kernels",
     "kernels_enabled",
+    "triton_available",
     "nearest_code",
     "nearest_code_reference",
     "scale_causal_attention",
     "scale_causal_attention_reference",
+    "scale_causal_attention_split",
+    "cached_scale_attention",
     "scale_causal_mask",
+    "scale_kv_end",
 ]

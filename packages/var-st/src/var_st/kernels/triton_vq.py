@@ -1,0 +1,100 @@
+"""Triton kernel for the nearest codeword (see var_st.kernels.vq for the maths and precision)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from var_st.kernels.vq import nearest_code_reference
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def mma(a, b, UPCAST: tl.constexpr):
+    # Triton's CPU interpreter multiplies bf16 tiles wrongly (3.9); there the exact fp32
+    # product of the same bf16 values stands in. On the GPU this is one tensor-core dot.
+    if UPCAST:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        out = tl.dot(a, b)
+    return out
+
+@triton.jit
+def vq_argmin_kernel(
+    x_ptr, chi_ptr, clo_ptr, cnorm_ptr, idx_ptr, dist_ptr,
+    N, K, D, stride_x, stride_c,
+    SPLIT: tl.constexpr, WRITE_DIST: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    # One tile of x stays in registers for the whole codebook sweep (D <= BLOCK_D).
+    x = tl.load(x_ptr + rows[:, None] * stride_x + dims[None, :],
+                mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+    if SPLIT:
+        x_hi = x.to(tl.bfloat16)
+        x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
+    else:
+        x_hi = x
+    best = tl.full((BLOCK_N,), float("inf"), tl.float32)
+    best_idx = tl.zeros((BLOCK_N,), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        codes = k0 + tl.arange(0, BLOCK_K)
+        code_ok = codes < K
+        cmask = code_ok[None, :] & (dims[:, None] < D)
+        c_hi = tl.load(chi_ptr + codes[None, :] * stride_c + dims[:, None], mask=cmask, other=0.0)  # [D, BK]
+        dot = mma(x_hi, c_hi, UPCAST)
+        if SPLIT:
+            c_lo = tl.load(clo_ptr + codes[None, :] * stride_c + dims[:, None], mask=cmask, other=0.0)
+            dot += mma(x_hi, c_lo, UPCAST)
+            dot += mma(x_lo, c_hi, UPCAST)
+        cn = tl.load(cnorm_ptr + codes, mask=code_ok, other=float("inf"))
+        dist = cn[None, :] - 2.0 * dot  # [BN, BK]
+        tile_best = tl.min(dist, axis=1)
+        tile_idx = tl.argmin(dist, axis=1) + k0
+        # Strict '<' keeps the lowest index on ties, like torch.argmin over the whole row.
+        better = tile_best < best
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_idx, best_idx)
+    tl.store(idx_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
+    if WRITE_DIST:
+        xf = x.to(tl.float32)
+        xnorm = tl.sum(xf * xf, axis=1)
+        tl.store(dist_ptr + rows, tl.maximum(best + xnorm, 0.0), mask=row_ok)
+
+def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, return_dist: bool = False,
+                        block_n: int = 128, block_k: int = 64):
+    """Fused nearest codeword; same contract as nearest_code_reference."""
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"expected x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    n, d = x.shape
+    k = codebook.shape[0]
+    block_d = max(16, triton.next_power_of_2(d))
+    if block_d > 256:  # a tile of x per program must fit in registers
+        return nearest_code_reference(x, codebook, return_dist)
+    split = x.dtype == torch.float32
+    x = x.contiguous()
+    c = codebook.to(x.dtype if x.dtype != torch.float64 else torch.float32).contiguous()
+    if x.dtype == torch.float64:
+        x, split = x.float(), True
+    c32 = c.float()
+    cnorm = (c32 * c32).sum(1).contiguous()
+    if split:
+        c_hi = c32.to(torch.bfloat16)
+        c_lo = (c32 - c_hi.float()).to(torch.bfloat16)
+    else:
+        c_hi, c_lo = c, c
+    idx = torch.empty(n, dtype=torch.int64, device=x.device)
+    dist = torch.empty(n if return_dist else 1, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, block_n),)
+    vq_argmin_kernel[grid](x, c_hi, c_lo, cnorm, idx, dist, n, k, d, x.stride(0), c_hi.stride(0),
+                  SPLIT=split, WRITE_DIST=return_dist, UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
+                  num_warps=8 if block_n * block_k >= 128 * 128 else 4)
+    return (idx, dist) if return_dist else idx
