@@ -204,8 +204,13 @@ class Trainer:
             raise UserError("No trainable parameters! Check the freezing strategy / include patterns")
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.sampler = EpochSampler(len(train_data), shuffle=config.shuffle, seed=config.seed, env=self.env, drop_last=config.drop_last)
+        # Starting a DataLoader iterator draws a worker base seed from the generator it is given,
+        # or else from the global torch RNG. Its own generator, reseeded per epoch, keeps that draw
+        # out of the global stream (dropout etc.), so a mid-epoch resume replays it exactly.
+        self.loader_generator = torch.Generator()
         self.train_loader = DataLoader(train_data, batch_size=config.batch_size, sampler=self.sampler,
-                                       collate_fn=collate_fn, num_workers=config.num_workers, drop_last=config.drop_last)
+                                       collate_fn=collate_fn, num_workers=config.num_workers, drop_last=config.drop_last,
+                                       generator=self.loader_generator)
         self.steps_per_epoch = max(len(self.train_loader), 1)
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps is not None:
@@ -227,6 +232,9 @@ class Trainer:
         self.best: float | None = None
         self.bad_validations = 0
         self.history: list[dict] = []
+        # Loss sum and batch count of the stretch since the last validation, summed over ranks
+        # when a mid-stretch checkpoint is written, so a resumed run reports the same train_loss.
+        self.stretch_loss: list[float] = [0.0, 0.0]
 
     # ----------------------------------------------------------------- helpers
     def _default_param_groups(self) -> list[dict]:
@@ -260,6 +268,7 @@ class Trainer:
             "best": self.best,
             "bad_validations": self.bad_validations,
             "history": self.history,
+            "stretch_loss": list(self.stretch_loss),
             "rng": _rng_state(),
             "config": asdict(self.config),
             "extra": self.extra_state,
@@ -286,6 +295,9 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best, self.bad_validations, self.history = ckpt["best"], ckpt["bad_validations"], ckpt["history"]
+        # The saved stretch is the all-rank total: rank 0 carries it on, the others start at zero.
+        stretch = [float(v) for v in ckpt.get("stretch_loss", (0.0, 0.0))]
+        self.stretch_loss = stretch if self.env.is_main else [0.0, 0.0]
         _set_rng_state(ckpt["rng"])
         if self.env.is_main:
             print(f"resuming from {last} (epoch {self.epoch}, step {self.step})")
@@ -295,7 +307,8 @@ class Trainer:
         if self.val_data is None or len(self.val_data) == 0:
             return None
         return DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
-                          collate_fn=self.collate_fn, num_workers=self.config.num_workers)
+                          collate_fn=self.collate_fn, num_workers=self.config.num_workers,
+                          generator=torch.Generator().manual_seed(self.config.seed))
 
     # -------------------------------------------------------------- main loop
     def validate(self, train_loss: float) -> dict:
@@ -340,18 +353,25 @@ class Trainer:
         max_epochs = cfg.epochs if cfg.epochs else math.ceil(self.total_steps / self.steps_per_epoch)
         while self.epoch < max_epochs and self.step < self.total_steps and not stopped_early:
             self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * cfg.batch_size)
-            loss_sum, n_batches, t_train = 0.0, 0, time.time()
+            self.loader_generator.manual_seed(cfg.seed * 100003 + self.epoch)
+            loss_sum, n_batches = self.stretch_loss
+            n_here, t_train = 0, time.time()
             bar = _progress(self.train_loader, cfg.progress and self.env.is_main,
                             f"epoch {self.epoch + 1}/{max_epochs}", self.steps_per_epoch, self.batch_in_epoch)
             for batch in bar:
                 loss = self._train_step(batch)
                 loss_sum += loss
                 n_batches += 1
+                n_here += 1
                 self.step += 1
                 self.batch_in_epoch += 1
                 if cfg.progress and self.env.is_main:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
+                    self.stretch_loss = all_reduce_sum([loss_sum, float(n_batches)], self.env, self.device)
+                    if not self.env.is_main:
+                        self.stretch_loss = [0.0, 0.0]
+                    loss_sum, n_batches = self.stretch_loss
                     self.save(cfg.step_name)
                     self.save(cfg.last_name)
                 mid_val = cfg.val_every_steps and self.step % cfg.val_every_steps == 0
@@ -359,8 +379,9 @@ class Trainer:
                     break
             total, count = all_reduce_sum([loss_sum, float(n_batches)], self.env, self.device)
             train_loss = total / max(count, 1)
+            self.stretch_loss = [0.0, 0.0]
             # Global training throughput of this stretch (validation excluded), for scaling checks.
-            self._throughput = count * cfg.batch_size / max(time.time() - t_train, 1e-9)
+            self._throughput = n_here * self.env.world_size * cfg.batch_size / max(time.time() - t_train, 1e-9)
             if self.batch_in_epoch >= self.steps_per_epoch:
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -392,7 +413,7 @@ class Trainer:
         loss = out[0] if isinstance(out, tuple) else out
         if not torch.isfinite(loss):
             raise UserError(
-                f"training loss became {float(loss)} at step {self.step}; lower the learning rate "
+                f"training loss became {float(loss.detach())} at step {self.step}; lower the learning rate "
                 f"(now {self.scheduler.get_last_lr()[0]:.2e}) or check the input for NaN/inf"
             )
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,339 @@
+"""The core Trainer on a tiny regression model: learning, exact resume, early stopping, files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ftcore.errors import UserError
+from ftcore.training import TrainConfig, Trainer, load_history, lr_lambda
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from tiny_train import make_data, make_model  # noqa: E402
+
+VOLATILE = ("time_s", "train_samples_per_s")  # wall-clock fields: the only ones allowed to differ
+
+
+def mse_loss(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def config(tmp_path, **kw) -> TrainConfig:
+    base = dict(output_dir=str(tmp_path / "run"), epochs=3, batch_size=8, lr=5e-2, warmup_steps=2,
+                seed=3, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(cfg, dropout=0.1, loss_fn=mse_loss, **kw):
+    train, val = make_data()
+    trainer = Trainer(make_model(dropout), cfg, train, val, loss_fn=loss_fn, **kw)
+    return trainer, trainer.fit()
+
+
+def strip(history):
+    return [{k: v for k, v in h.items() if k not in VOLATILE} for h in history]
+
+
+def assert_same_state(a: dict, b: dict):
+    """Exact equality of nested checkpoint state (tensors bitwise, numbers exactly)."""
+    assert type(a) is type(b) or (isinstance(a, (int, float)) and isinstance(b, (int, float)))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_state(x, y)
+    else:
+        assert a == b
+
+
+# ------------------------------------------------------------------------------ learning
+def test_loss_decreases(tmp_path):
+    _, result = run(config(tmp_path, epochs=6))
+    train = [h["train_loss"] for h in result.history]
+    val = [h["val_loss"] for h in result.history]
+    assert len(result.history) == 6 and result.steps == 6 * 6
+    assert train[-1] < 0.5 * train[0]
+    assert val[-1] < 0.5 * val[0]
+    assert all(h["train_samples_per_s"] > 0 for h in result.history)
+
+
+def test_max_steps_caps_training(tmp_path):
+    _, result = run(config(tmp_path, epochs=5, max_steps=7))
+    assert result.steps == 7
+    assert result.history[-1]["step"] == 7
+
+
+# ------------------------------------------------------------------------------- resume
+class Crash(Exception):
+    pass
+
+
+def crashing_loss(after_calls: int):
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += model.training  # training steps only (the default eval_fn calls loss_fn too)
+        if calls["n"] > after_calls:
+            raise Crash("simulated crash")
+        return mse_loss(model, batch)
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("crash_after, ckpt_every, val_every", [
+    (6, None, None),   # stop exactly at an epoch boundary (6 steps per epoch)
+    (10, 4, None),     # mid-epoch: last checkpoint at step 8 = batch 2 of epoch 2
+    (11, 3, 4),        # mid-epoch with mid-epoch validations: resume from step 9
+])
+def test_exact_resume(tmp_path, crash_after, ckpt_every, val_every):
+    """k steps, crash, rerun the same config -> identical params, optimizer, scheduler, history."""
+    kw = dict(epochs=3, ckpt_every_steps=ckpt_every, val_every_steps=val_every)
+    full_trainer, full = run(config(tmp_path / "full", **kw))
+    cfg = config(tmp_path / "resumed", **kw)
+    with pytest.raises(Crash):
+        run(cfg, loss_fn=crashing_loss(crash_after))
+    saved = torch.load(Path(cfg.output_dir) / "last.pt", weights_only=True)
+    assert 0 < saved["step"] < full.steps
+    if ckpt_every:
+        assert saved["batch_in_epoch"] > 0, "the test should exercise a mid-epoch resume"
+    trainer, resumed = run(cfg)
+    assert resumed.steps == full.steps
+    assert strip(resumed.history) == strip(full.history)
+    a = torch.load(Path(full_trainer.config.output_dir) / "last.pt", weights_only=True)
+    b = torch.load(Path(cfg.output_dir) / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "best", "bad_validations"):
+        assert_same_state(a[key], b[key])
+    assert_same_state(a["rng"]["torch"], b["rng"]["torch"])
+    assert strip(load_history(Path(cfg.output_dir) / "history.json")) == strip(full.history)
+
+
+def test_resume_false_starts_over(tmp_path):
+    cfg = config(tmp_path, epochs=1)
+    run(cfg)
+    _, again = run(config(tmp_path, epochs=2, resume=False))
+    assert [h["epoch"] for h in again.history] == [1, 2]
+
+
+# ---------------------------------------------------------------------- early stopping
+def scripted_eval(values):
+    it = iter(values)
+
+    def eval_fn(model, loader):
+        return {"val_score": next(it)}
+
+    return eval_fn
+
+
+@pytest.mark.parametrize("mode, values, min_delta, patience, n_vals, best", [
+    ("max", [0.5, 0.7, 0.75, 0.78, 0.95, 0.99], 0.1, 2, 4, 0.7),   # 0.75/0.78 within min_delta of 0.7
+    ("max", [0.5, 0.7, 0.75, 0.78, 0.95, 0.99], 0.0, 2, 6, 0.99),  # without min_delta all improve
+    ("min", [3.0, 2.0, 2.5, 1.5, 1.6, 1.7, 1.0], 0.0, 2, 6, 1.5),
+    ("min", [3.0, float("nan"), 2.0, 2.1, 2.2], 0.0, 3, 5, 2.0),   # NaN never counts as improvement
+])
+def test_early_stopping(tmp_path, mode, values, min_delta, patience, n_vals, best):
+    cfg = config(tmp_path, epochs=len(values), monitor="val_score", mode=mode, min_delta=min_delta,
+                 patience=patience)
+    _, result = run(cfg, eval_fn=scripted_eval(values))
+    assert len(result.history) == n_vals
+    assert result.stopped_early == (n_vals < len(values))
+    assert result.best_metric == best
+    ckpt = torch.load(result.best_path, weights_only=True)
+    assert ckpt["metrics"]["val_score"] == best
+    best_epoch = next(h["epoch"] for h in result.history if h.get("val_score") == best)
+    assert ckpt["epoch"] == best_epoch
+
+
+def test_unknown_monitor_is_user_error(tmp_path):
+    with pytest.raises(UserError, match="val_pearson"):
+        run(config(tmp_path, epochs=1, monitor="val_pearson"))
+
+
+# --------------------------------------------------------------------------- outputs
+def test_checkpoints_history_and_curve(tmp_path):
+    cfg = config(tmp_path, epochs=2, epoch_name="checkpoint_epoch_{epoch}.pth", ckpt_every_steps=5,
+                 step_name="step={step}.ckpt")
+    trainer, result = run(cfg, extra_state={"genes": ["a", "b"], "n_genes": 2, "scale": torch.ones(2)})
+    out = Path(cfg.output_dir)
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    model_sd = trainer.model.state_dict()
+    assert_same_state(last["model"], model_sd)
+    assert last["extra"]["genes"] == ["a", "b"] and torch.equal(last["extra"]["scale"], torch.ones(2))
+    assert best["extra"]["n_genes"] == 2
+    assert best["metrics"]["val_loss"] == result.best_metric == min(h["val_loss"] for h in result.history)
+    assert {"checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "step=5.ckpt", "step=10.ckpt",
+            "step=12.ckpt"} <= {p.name for p in out.iterdir()}
+    history = json.loads((out / "history.json").read_text())
+    assert strip(history) == strip(result.history)
+    png = (out / "training_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = config(tmp_path, epochs=1)
+    run(cfg)
+    out = Path(cfg.output_dir)
+    before = (out / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def half_save(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)
+        with open(f, "r+b") as fh:  # leave a half-written file behind, then die
+            fh.truncate(os.path.getsize(f) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_save)
+    with pytest.raises(OSError):
+        run(config(tmp_path, epochs=2))
+    monkeypatch.undo()
+    assert (out / "last.pt").read_bytes() == before
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+# ---------------------------------------------------------------------- numerics
+def test_non_finite_loss_is_user_error(tmp_path):
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += model.training
+        loss = mse_loss(model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    with pytest.raises(UserError) as err:
+        run(config(tmp_path), loss_fn=loss_fn)
+    msg = str(err.value)
+    assert "\n" not in msg and "nan" in msg and "step 2" in msg and "learning rate" in msg
+
+
+def test_warmup_cosine_values():
+    f = lr_lambda(warmup=4, total=20, schedule="cosine", min_ratio=0.1)
+    assert [f(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    for s in range(4, 21):
+        p = (s - 4) / 16
+        assert f(s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+    assert f(4) == pytest.approx(1.0) and f(12) == pytest.approx(0.55) and f(20) == pytest.approx(0.1)
+    assert f(100) == pytest.approx(0.1)  # past the end it stays at the floor
+    const = lr_lambda(warmup=2, total=20, schedule="constant", min_ratio=0.0)
+    assert [const(s) for s in (0, 1, 2, 15)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_schedule_applied_by_trainer(tmp_path):
+    """The lr each optimizer step actually uses follows warmup + cosine over the real step count."""
+    seen = []
+    holder = {}
+
+    def loss_fn(model, batch):
+        if model.training:
+            seen.append(holder["t"].optimizer.param_groups[0]["lr"])
+        return mse_loss(model, batch)
+
+    cfg = config(tmp_path, epochs=2, warmup_steps=3, lr=0.02, min_lr_ratio=0.0)
+    train, val = make_data()
+    holder["t"] = Trainer(make_model(0.0), cfg, train, val, loss_fn=loss_fn)
+    holder["t"].fit()
+    f = lr_lambda(3, 12, "cosine", 0.0)
+    assert len(seen) == 12
+    assert seen == pytest.approx([0.02 * f(s) for s in range(12)])
+    assert seen[2] == pytest.approx(0.02) and seen[0] == pytest.approx(0.02 / 3)
+
+
+@pytest.mark.parametrize("clip", [0.5, None])
+def test_grad_clipping(tmp_path, clip):
+    norms = []
+
+    def loss_fn(model, batch):
+        return 1000.0 * mse_loss(model, batch)  # huge gradients
+
+    train, val = make_data()
+    trainer = Trainer(make_model(0.0), config(tmp_path, epochs=1, grad_clip=clip), train, val, loss_fn=loss_fn)
+    step = trainer.optimizer.step
+
+    def recording_step(*a, **kw):
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step(*a, **kw)
+
+    trainer.optimizer.step = recording_step
+    trainer.fit()
+    assert len(norms) == 6
+    if clip:
+        assert max(norms) <= clip * (1 + 1e-5)
+    else:
+        assert min(norms) > 10 * 0.5  # proves the clipped case had something to clip
+
+
+def test_no_trainable_parameters(tmp_path):
+    model = make_model(0.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    train, val = make_data()
+    with pytest.raises(UserError, match="No trainable parameters!"):
+        Trainer(model, config(tmp_path), train, val, loss_fn=mse_loss)
+
+
+def test_empty_training_set(tmp_path):
+    empty = TensorDataset(torch.zeros(0, 4), torch.zeros(0, 1))
+    with pytest.raises(UserError, match="training set is empty"):
+        Trainer(make_model(0.0), config(tmp_path), empty, None, loss_fn=mse_loss)
+
+
+@pytest.mark.parametrize("field, value", [("schedule", "linear"), ("mode", "best"), ("precision", "fp8"), ("lr", 0.0)])
+def test_bad_config_values(tmp_path, field, value):
+    with pytest.raises(UserError):
+        config(tmp_path, **{field: value})
+
+
+# ----------------------------------------------------------------------------- kill -9
+def _train_cmd(out: Path, result: Path) -> list[str]:
+    return [sys.executable, str(HERE / "tiny_train.py"), str(out), str(result), "--epochs", "2",
+            "--ckpt-every", "1", "--sleep", "0.15"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_kill_minus_9_then_rerun_resumes(tmp_path):
+    """SIGKILL after the first last-checkpoint appears; the same command finishes identically."""
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_train_cmd(ref_out, tmp_path / "ref.pt"), check=True, env=_env(), capture_output=True, timeout=120)
+    proc = subprocess.Popen(_train_cmd(out, tmp_path / "killed.pt"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed; raise --sleep"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert not (tmp_path / "killed.pt").exists()
+    rerun = subprocess.run(_train_cmd(out, tmp_path / "killed.pt"), env=_env(), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming from {out / 'last.pt'}" in rerun.stdout
+    ref = torch.load(tmp_path / "ref.pt", weights_only=True)
+    got = torch.load(tmp_path / "killed.pt", weights_only=True)
+    assert got["steps"] == ref["steps"] == 12 and killed_at < 12
+    assert_same_state(got["params"], ref["params"])
+    assert strip(got["history"]) == strip(ref["history"])
