@@ -1,7 +1,206 @@
+"""cellfm-ft: fine-tune CellFM on your cells.
+
+    cellfm-ft                                   # demo: convert -> fine-tune -> predict, embedded data
+    cellfm-ft convert CellFM_80M_weight.ckpt --output cellfm_80m.safetensors
+    cellfm-ft train --data adnc.h5ad --label-key ADNC --donor-key "Donor ID" --checkpoint CellFM_80M_weight.ckpt
+    cellfm-ft train --testcase                  # the seed's presets (data/testcase.h5ad, outputs/cellfm_testcase)
+    cellfm-ft predict --model outputs/cellfm_testcase/best_model.pth --data new.h5ad --output new_pred.h5ad
+    cellfm-ft evaluate --model outputs/cellfm_testcase/best_model.pth --data test.h5ad --label-key ADNC
+"""
+
+from __future__ import annotations
+
 import argparse
-from ftcore.errors import cli_main
+import dataclasses
+import sys
+from pathlib import Path
+
+from ftcore.errors import UserError, cli_main
+
+# The seed's two scenarios as named presets pointing at the user's files (relative to the
+# working directory; every value can be overridden by a flag or a --config-file).
+PRESETS: dict[str, dict] = {
+    "testcase": dict(data="data/testcase.h5ad", label_key="ADNC", donor_key="Donor ID",
+                     checkpoint="cellfm/CellFM_80M_weight.ckpt", config="80m", output="outputs/cellfm_testcase"),
+    "mtg": dict(data="data/mtg.h5ad", label_key="ADNC", donor_key="Donor ID",
+                checkpoint="cellfm/CellFM_80M_weight.ckpt", config="80m", output="outputs/cellfm_mtg"),
+}
+DEMO_OUTPUT = "runs/cellfm-ft/demo"
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gene-key", help="var column holding gene symbols (default: var_names)")
+    p.add_argument("--layer", help="use this .layers entry (or 'raw' for .raw) instead of X")
+    p.add_argument("--input-kind", choices=("auto", "counts", "log"),
+                   help="what X holds: raw counts (normalised here) or log-normalised values; auto detects")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, help="cells per step and process (default 16; lower it on CUDA OOM)")
+    g.add_argument("--epochs", type=int, help="epochs (default 10)")
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    g.add_argument("--seed", type=int, help="seed of the split, the initialisation and the batches (default 0)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    g.add_argument("--ckpt-every-steps", type=int, help="also checkpoint (last.pt) every N steps")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellfm-ft", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    sub = parser.add_subparsers(dest="command")
+
+    d = sub.add_parser("demo", help="run convert -> fine-tune -> predict on the embedded data (the default)")
+    d.add_argument("--dataset", choices=("pbmc68k", "synthetic"), default="pbmc68k",
+                   help="pbmc68k: scanpy's bundled 700 PBMCs (default; synthetic without scanpy); "
+                        "synthetic: generated cells with donors (donor split)")
+    d.add_argument("--config", choices=("tiny", "80m"), default="tiny", help="size of the demo checkpoint")
+    d.add_argument("--output", default=DEMO_OUTPUT, help=f"output directory (default {DEMO_OUTPUT})")
+    _add_train_args(d)
+
+    c = sub.add_parser("convert", help="MindSpore .ckpt -> safetensors with PyTorch names + a JSON report")
+    c.add_argument("checkpoint", help="CellFM checkpoint (MindSpore .ckpt; safetensors/.pth are re-mapped too)")
+    c.add_argument("--output", required=True, help="the .safetensors file to write")
+    c.add_argument("--report", help="JSON report path (default: next to --output)")
+    c.add_argument("--config", default="80m", help="architecture the checkpoint must match: 80m (default) or tiny")
+    c.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a torch file (runs code)")
+
+    t = sub.add_parser("train", help="fine-tune on an .h5ad (the teacher's rule: new gene_emb, train cls. + encoder)")
+    pre = t.add_mutually_exclusive_group()
+    for name, values in PRESETS.items():
+        pre.add_argument(f"--{name}", dest="preset", action="store_const", const=name,
+                         help=f"preset: {values['data']} -> {values['output']}")
+    t.add_argument("--config-file", help="YAML/TOML with any of the train options (flags win)")
+    t.add_argument("--data", help=".h5ad with raw counts or log-normalised X")
+    t.add_argument("--label-key", help="obs column with the cell labels (default cell_type)")
+    t.add_argument("--donor-key", help="obs column with donors: hold out whole donors for the test set")
+    t.add_argument("--test-donors", help="comma-separated donors to hold out (default: a seeded choice)")
+    t.add_argument("--test-size", type=float, help="fraction of donors (or cells) for the test set (default 0.2)")
+    _add_data_args(t)
+    t.add_argument("--vocab", help="the model's gene list (default: <checkpoint>.genes.txt if present, else all genes)")
+    t.add_argument("--checkpoint", help="CellFM weights: MindSpore .ckpt, converted .safetensors, or .pth")
+    t.add_argument("--config", help="architecture the checkpoint must match: 80m (default) or tiny")
+    t.add_argument("--trust-checkpoint", action="store_const", const=True, help="allow full unpickling (runs code)")
+    t.add_argument("--strategy", help="trainable set: cls_encoder (default, the seed's), cls_only, full")
+    t.add_argument("--include", action="append", help="extra trainable parameter-name regex (repeatable)")
+    t.add_argument("--exclude", action="append", help="extra frozen parameter-name regex (repeatable)")
+    t.add_argument("--baseline", action="store_const", const=True, help="also report a logistic-regression baseline")
+    t.add_argument("--output", help="output directory (re-running the same command resumes from last.pt)")
+    _add_train_args(t)
+
+    for name, helptext in (("predict", "write predictions into a copy of an .h5ad (obs/obsm)"),
+                           ("evaluate", "accuracy, per-label recall and a confusion matrix on labelled cells")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--model", required=True, help="best_model.pth written by `cellfm-ft train`")
+        s.add_argument("--data", required=True, help=".h5ad to annotate")
+        s.add_argument("--output", required=True,
+                       help="the .h5ad to write" if name == "predict" else "directory for metrics.json and the PNG")
+        s.add_argument("--label-key", required=name == "evaluate", help="obs column with true labels")
+        _add_data_args(s)
+        s.add_argument("--batch-size", type=int, default=64)
+        s.add_argument("--device", default="auto")
+        s.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling (runs code)")
+    return parser
+
+
+def run_config(args: argparse.Namespace):
+    """Preset < config file < flags."""
+    from ftcore.config import load_config
+
+    from cellfm_ft.train import RunConfig
+
+    base = dict(PRESETS[args.preset]) if getattr(args, "preset", None) else {}
+    cfg = load_config(RunConfig, args.config_file, data=base) if args.config_file else RunConfig(**base)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+             if getattr(args, f.name, None) is not None}
+    if "test_donors" in flags:
+        flags["test_donors"] = [d.strip() for d in flags["test_donors"].split(",") if d.strip()]
+    cfg = dataclasses.replace(cfg, **flags)
+    if args.preset and not Path(cfg.data).exists():
+        raise UserError(f"preset --{args.preset} expects the data at {cfg.data} (missing); put the file there or pass --data")
+    return cfg
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    """Embedded data + a tiny CellFM checkpoint in MindSpore format -> convert -> train -> predict."""
+    from ftcore.io import atomic_write_h5ad, check_output_dir
+
+    from cellfm_ft import demo
+    from cellfm_ft.train import RunConfig, convert, finetune, is_main_process, predict
+
+    out = check_output_dir(args.output)
+    inputs = out / "inputs"
+    adata = demo.pbmc68k() if args.dataset == "pbmc68k" else None
+    if adata is None:
+        if args.dataset == "pbmc68k":
+            print("scanpy is not installed: using the synthetic data set instead of pbmc68k_reduced")
+        adata = demo.synthetic_cells()
+        run = dict(label_key="cell_type", donor_key="donor", layer=None)
+        name = "synthetic_pbmc.h5ad"
+    else:
+        run = dict(label_key="bulk_labels", donor_key=None, layer="raw")  # X is scaled; .raw is log-normalised
+        name = "pbmc68k_reduced.h5ad"
+    data_path, ckpt_path = inputs / name, inputs / f"cellfm_{args.config}_demo.ckpt"
+    if is_main_process() and not (data_path.exists() and ckpt_path.exists()):
+        atomic_write_h5ad(adata, data_path)
+        genes = (adata.raw.var_names if run["layer"] == "raw" else adata.var_names).astype(str).tolist()
+        demo.write_demo_checkpoint(ckpt_path, demo.demo_vocabulary(genes), config=args.config)
+        print(f"wrote the demo data {data_path} and a {args.config} CellFM checkpoint in MindSpore format {ckpt_path}")
+    _wait_for(data_path, ckpt_path)
+    if is_main_process():
+        convert(str(ckpt_path), str(inputs / f"cellfm_{args.config}_demo.safetensors"), config=args.config)
+    train_flags = {k: v for k, v in vars(args).items()
+                   if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress")
+                   and v is not None}
+    cfg = RunConfig(data=str(data_path), checkpoint=str(ckpt_path), vocab=str(ckpt_path) + ".genes.txt",
+                    config=args.config, output=str(out / "finetune"), epochs=5, batch_size=16, lr=1e-3,
+                    baseline=True, **run)
+    cfg = dataclasses.replace(cfg, **train_flags)
+    results = finetune(cfg)
+    if not is_main_process():
+        return results
+    predict(str(out / "finetune" / "best_model.pth"), str(data_path), str(out / "predictions.h5ad"), layer=run["layer"])
+    print(f"\ntest accuracy: CellFM fine-tuned {results['best_test_acc']:.3f} (best epoch), "
+          f"logistic regression {results['baseline_logreg_test_acc']:.3f} (same split, same genes)")
+    return results
+
+
+def _wait_for(*paths: Path, timeout: float = 600.0) -> None:
+    """Under torchrun the other ranks wait for rank 0 to write the demo inputs."""
+    import time
+
+    start = time.time()
+    while not all(p.exists() for p in paths):
+        if time.time() - start > timeout:
+            raise UserError(f"rank 0 did not write {', '.join(map(str, paths))} within {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 @cli_main
-def main(argv=None):
-    argparse.ArgumentParser(prog="cellfm-ft").parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv or ["demo"])
+    from cellfm_ft import train
+
+    if args.command == "demo":
+        run_demo(args)
+    elif args.command == "convert":
+        train.convert(args.checkpoint, args.output, config=args.config, report_path=args.report,
+                      trust_checkpoint=args.trust_checkpoint)
+    elif args.command == "train":
+        train.finetune(run_config(args))
+    elif args.command == "predict":
+        train.predict(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
+                      layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,
+                      trust_checkpoint=args.trust_checkpoint, device=args.device)
+    elif args.command == "evaluate":
+        train.evaluate(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
+                       layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,
+                       trust_checkpoint=args.trust_checkpoint, device=args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Convert, fine-tune, predict, evaluate: the jobs behind the CLI, callable from Python.
+
+    convert("CellFM_80M_weight.ckpt", "cellfm_80m.safetensors")
+    results = finetune(RunConfig(data="adnc.h5ad", label_key="ADNC", donor_key="Donor ID",
+                                 checkpoint="CellFM_80M_weight.ckpt", output="outputs/cellfm_testcase"))
+    predict("outputs/cellfm_testcase/best_model.pth", "new.h5ad", "new_pred.h5ad")
+
+Fine-tuning follows the teacher's rule (seed 001): build the model, re-initialise gene_emb for
+our vocabulary (pad_rows(G) rows, xavier normal, pad row 0 zero), load every other layer from
+the checkpoint (gene_emb skipped, with a logged line), train only `cls.` and `encoder`
+parameters. The core Trainer does the training (AdamW, checkpoints, resume, DDP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ftcore.checkpoint import read_checkpoint, read_state_dict, write_checkpoint
+from ftcore.errors import UserError
+from ftcore.freezing import apply_freezing, resolve_strategy
+from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir
+from ftcore.loading import load_partial
+from ftcore.training import TrainConfig, Trainer, seed_everything
+
+from cellfm_ft.data import (
+    CellDataset,
+    Cells,
+    GeneVocab,
+    Split,
+    collate,
+    expressed_rows,
+    make_split,
+    read_cells,
+    read_gene_list,
+    token_matrix,
+)
+from cellfm_ft.model import (
+    CHECKPOINT_MAP,
+    FREEZE_STRATEGIES,
+    CellFMClassifier,
+    CellFMConfig,
+    classification_loss,
+    config_from_state_dict,
+    pad_rows,
+)
+
+PRED_KEY = "cellfm_pred"  # obs: predicted label
+PROBA_KEY = "cellfm_proba"  # obsm: [n_cells, n_labels] probabilities (label order in uns["cellfm"])
+EMB_KEY = "X_cellfm"  # obsm: [n_cells, enc_dims] cell embeddings
+TRAIN_ACC_CELLS = 2048  # training accuracy per epoch is measured on this many fixed training cells
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ------------------------------------------------------------------------------ convert
+def load_cellfm_weights(path: str, trust_checkpoint: bool = False) -> tuple[dict, dict]:
+    """Any CellFM checkpoint (MindSpore .ckpt, safetensors, our .pth) -> (our names, mapping report)."""
+    sd = read_state_dict(path, trust_pickle=trust_checkpoint)
+    sd, report = CHECKPOINT_MAP.apply(sd)
+    return sd, report.to_dict()
+
+
+def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: str | None = None,
+            trust_checkpoint: bool = False) -> dict:
+    """MindSpore .ckpt -> safetensors with our parameter names, plus a JSON report."""
+    if Path(output).suffix != ".safetensors":
+        raise UserError(f"--output {output} should end in .safetensors")
+    sd, mapping = load_cellfm_weights(checkpoint, trust_checkpoint)
+    cfg = config_from_state_dict(sd, config)
+    backbone = {k: v for k, v in sd.items() if k.startswith("extractor.")}
+    # Every mapped tensor must land on a parameter of the same shape (strict: the table is complete).
+    from cellfm_ft.model import CellFM
+
+    model = CellFM(cfg)
+    own = {"extractor." + k: v for k, v in model.state_dict().items()}
+    missing = [k for k in own if k not in backbone]
+    extra = [k for k in backbone if k not in own]
+    wrong = [k for k in own if k in backbone and tuple(own[k].shape) != tuple(backbone[k].shape)]
+    if missing or extra or wrong:
+        raise UserError(
+            f"{checkpoint}: does not match the CellFM layout ({len(missing)} parameters missing, e.g. "
+            f"{missing[:2]}; {len(extra)} unknown, e.g. {extra[:2]}; {len(wrong)} of another shape, e.g. {wrong[:2]})"
+        )
+    write_checkpoint(output, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "safetensors")
+    report = {
+        "source": str(checkpoint),
+        "output": str(output),
+        "config": dataclasses.asdict(cfg),
+        "n_parameters": int(sum(v.numel() for v in backbone.values())),
+        "tensors": {k: list(v.shape) for k, v in sd.items()},
+        "mapping": mapping,
+    }
+    atomic_write_json(report_path or Path(output).with_suffix(".json"), report)
+    print(f"converted {len(sd)} tensors ({report['n_parameters']:,} backbone parameters) -> {output}")
+    if mapping["skipped"]:
+        print(f"skipped {len(mapping['skipped'])} entries: " + ", ".join(f"{k} ({why})" for k, why in mapping["skipped"].items()))
+    return report
+
+
+# ----------------------------------------------------------------------------- finetune
+@dataclass
+class RunConfig:
+    data: str = ""
+    label_key: str = "cell_type"
+    checkpoint: str = ""
+    output: str = "outputs/cellfm"
+    donor_key: str | None = None  # hold out donors for the test set (else random cells per label)
+    test_donors: list[str] = field(default_factory=list)
+    test_size: float = 0.2
+    gene_key: str | None = None  # var column holding gene symbols (default: var_names)
+    layer: str | None = None  # X (default), a .layers key, or "raw"
+    input_kind: str = "auto"  # auto | counts | log
+    vocab: str | None = None  # the model's gene list (one per line); default: <checkpoint>.genes.txt if present
+    config: str = "80m"  # named architecture the checkpoint must match (80m | tiny)
+    trust_checkpoint: bool = False
+    strategy: str = "cls_encoder"  # cls_encoder (the seed's rule) | cls_only | full
+    include: list[str] = field(default_factory=list)  # extra trainable patterns
+    exclude: list[str] = field(default_factory=list)  # extra frozen patterns
+    batch_size: int = 16  # per process (torchrun: global batch = batch_size x processes)
+    epochs: int = 10
+    max_steps: int | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    nonz_len: int | None = None  # default: the config's
+    seed: int = 0
+    device: str = "auto"
+    ckpt_every_steps: int | None = None
+    baseline: bool = False  # also fit a logistic regression on the same split
+    progress: bool = True
+
+
+def _vocab_for(cfg: RunConfig) -> list[str] | None:
+    if cfg.vocab:
+        return read_gene_list(cfg.vocab)
+    sidecar = Path(cfg.checkpoint + ".genes.txt")
+    return read_gene_list(sidecar) if sidecar.exists() else None
+
+
+@dataclass
+class Prepared:
+    cells: Cells
+    vocab: GeneVocab
+    tokens: object  # csr [n_cells, G]
+    keep: np.ndarray  # cells with >= 1 vocabulary gene
+    label_names: list[str]
+    label_ids: np.ndarray  # [n_cells], -1 for labels outside label_names
+    state_dict: dict
+    model_cfg: CellFMConfig
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Everything that can fail on the user's input, before any output is written."""
+    if not cfg.data:
+        raise UserError("no data file given; pass --data FILE.h5ad (or a preset such as --testcase)")
+    if not cfg.checkpoint:
+        raise UserError("no checkpoint given; pass --checkpoint CellFM_80M_weight.ckpt (MindSpore, safetensors or .pth)")
+    resolve_strategy(cfg.strategy, FREEZE_STRATEGIES)
+    cells = read_cells(cfg.data, label_key=cfg.label_key, donor_key=cfg.donor_key, gene_key=cfg.gene_key,
+                       layer=cfg.layer, input_kind=cfg.input_kind)
+    print(f"data: {cells.n_cells} cells x {len(cells.genes)} genes from {cfg.data} (X holds {cells.input_kind})")
+    vocab = GeneVocab.build(cells.genes, _vocab_for(cfg), cfg.data)
+    print(vocab.report())
+    tokens = token_matrix(cells, vocab.genes)
+    keep = expressed_rows(tokens)
+    if len(keep) < cells.n_cells:
+        print(f"note: {cells.n_cells - len(keep)} cells express none of the vocabulary genes and are left out")
+    if len(keep) == 0:
+        raise UserError(f"{cfg.data}: no cell expresses any of the {len(vocab.genes)} vocabulary genes; check X and --layer")
+    label_names = sorted(set(cells.labels[keep]))
+    if len(label_names) < 2:
+        raise UserError(f"obs column {cfg.label_key!r} has {len(label_names)} distinct label(s); a classifier needs at least 2")
+    index = {lab: i for i, lab in enumerate(label_names)}
+    label_ids = np.array([index.get(lab, -1) for lab in cells.labels], dtype=np.int64)
+    sd, _ = load_cellfm_weights(cfg.checkpoint, cfg.trust_checkpoint)
+    model_cfg = config_from_state_dict(sd, cfg.config)
+    model_cfg = dataclasses.replace(model_cfg, num_cls=len(label_names),
+                                    nonz_len=cfg.nonz_len or model_cfg.nonz_len)
+    return Prepared(cells, vocab, tokens, keep, label_names, label_ids, sd, model_cfg)
+
+
+def build_model(p: Prepared, cfg: RunConfig) -> CellFMClassifier:
+    """The seed's loading order: init, re-init gene_emb, load the rest (gene_emb skipped), freeze."""
+    model = CellFMClassifier(p.model_cfg)
+    G = len(p.vocab.genes)
+    model.extractor.reinit_gene_emb(G)
+    print(f"Re-initializing gene embedding: {G} genes -> gene_emb ({pad_rows(G)}, {p.model_cfg.enc_dims}), "
+          "xavier normal, pad row 0 zero")
+    ckpt_rows = tuple(p.state_dict["extractor.gene_emb"].shape)
+    print(f"Skipping gene embedding: extractor.gene_emb (checkpoint {ckpt_rows} indexes the model's own vocabulary)")
+    report = load_partial(model, p.state_dict, skip=((r"^extractor\.gene_emb$", "re-initialised for our vocabulary"),),
+                          source=Path(cfg.checkpoint).name, target="CellFM classifier")
+    spec = resolve_strategy(cfg.strategy, FREEZE_STRATEGIES).with_overrides(cfg.include, cfg.exclude)
+    apply_freezing(model, spec)
+    model.load_report = report  # kept for training_results.json
+    return model
+
+
+def _loss(model, batch):
+    logits1, logits2 = model(batch["expr"], batch["gene"], batch["zero_idx"])
+    return classification_loss(logits1, logits2, batch["label"])
+
+
+@torch.no_grad()
+def infer(model: CellFMClassifier, loader) -> dict[str, np.ndarray]:
+    """-> proba [N, C] (softmax of the gene-wise read-out, as the tutorial predicts), emb [N, D], loss."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs, embs, labels, loss, n = [], [], [], 0.0, 0
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        tokens = model.extractor(batch["expr"], batch["gene"], batch["zero_idx"])
+        logits1, logits2 = model.cls(tokens, batch["zero_idx"])
+        known = batch["label"] >= 0
+        if known.any():
+            loss += float(classification_loss(logits1[known], logits2[known], batch["label"][known])) * int(known.sum())
+            n += int(known.sum())
+        probs.append(torch.softmax(logits1.float(), -1).cpu())
+        embs.append(tokens[:, 0].float().cpu())
+        labels.append(batch["label"].cpu())
+    return {"proba": torch.cat(probs).numpy(), "emb": torch.cat(embs).numpy(), "label": torch.cat(labels).numpy(),
+            "loss": loss / max(n, 1)}
+
+
+def _accuracy(out: dict) -> float:
+    known = out["label"] >= 0
+    return float((out["proba"][known].argmax(1) == out["label"][known]).mean()) if known.any() else float("nan")
+
+
+def _loader(dataset, batch_size: int):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def finetune(cfg: RunConfig) -> dict:
+    """Fine-tune on cfg.data; write the seed's outputs into cfg.output; return training_results."""
+    p = prepare(cfg)
+    out = Path(cfg.output)
+    check_output_dir(out)
+    split_path = out / "split.json"
+    if split_path.exists():  # a resumed run keeps its split even if the rule would now choose another
+        split = Split.from_file(split_path, p.cells)
+        print(f"split: reusing {split_path} ({split.how})")
+    else:
+        split = make_split(p.cells, test_donors=cfg.test_donors or None, test_size=cfg.test_size, seed=cfg.seed)
+        if is_main_process():
+            atomic_write_json(split_path, split.to_dict(p.cells))
+    keep = set(p.keep.tolist())
+    train_rows = np.array([i for i in split.train if i in keep and p.label_ids[i] >= 0], dtype=np.int64)
+    test_rows = np.array([i for i in split.test if i in keep], dtype=np.int64)
+    unseen = sorted(set(p.cells.labels[test_rows]) - set(p.cells.labels[train_rows]))
+    print(f"split: {len(train_rows)} training / {len(test_rows)} test cells ({split.how})"
+          + (f"; test labels never seen in training: {', '.join(unseen)}" if unseen else ""))
+    if len(test_rows) == 0:
+        raise UserError("the test split is empty; raise --test-size or choose other --test-donors")
+    seed_everything(cfg.seed)  # the new gene_emb and the head start the same on every run and rank
+    model = build_model(p, cfg)
+    nonz = p.model_cfg.nonz_len
+    train_set = CellDataset(p.tokens, train_rows, p.label_ids, nonz)
+    test_set = CellDataset(p.tokens, test_rows, p.label_ids, nonz)
+    probe_rows = train_rows[np.random.default_rng(cfg.seed).permutation(len(train_rows))[:TRAIN_ACC_CELLS]]
+    probe_set = CellDataset(p.tokens, np.sort(probe_rows), p.label_ids, nonz)
+
+    def evaluate(m, val_loader):
+        test = infer(m, val_loader)
+        train = infer(m, _loader(probe_set, cfg.batch_size))
+        return {"val_loss": test["loss"], "val_acc": _accuracy(test), "train_acc": _accuracy(train)}
+
+    extra = {"genes": p.vocab.genes, "labels": p.label_names, "model_config": dataclasses.asdict(p.model_cfg),
+             "label_key": cfg.label_key, "gene_key": cfg.gene_key or "", "layer": cfg.layer or "",
+             "input_kind": p.cells.input_kind}
+    tcfg = TrainConfig(
+        output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
+        monitor="val_acc", mode="max", best_name="best_model.pth", epoch_name="checkpoint_epoch_{epoch}.pth",
+        last_name="last.pt", ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress,
+    )
+    trainer = Trainer(model, tcfg, train_set, test_set, loss_fn=_loss, eval_fn=evaluate, collate_fn=collate,
+                      extra_state=extra)
+    result = trainer.fit()
+    if not is_main_process():
+        return {}
+    # Predictions of the best model (the seed's best_model.pth) on both splits.
+    best = torch.load(out / "best_model.pth", map_location="cpu", weights_only=True)
+    model.load_state_dict(best["model"])
+    model.to(trainer.device)
+    test_out = infer(model, _loader(test_set, cfg.batch_size))
+    train_out = infer(model, _loader(CellDataset(p.tokens, train_rows, p.label_ids, nonz), cfg.batch_size))
+    for rows, res, name in ((train_rows, train_out, "train"), (test_rows, test_out, "test")):
+        write_predictions(p.cells, rows, res, p.label_names, out / f"{name}.h5ad", split=name)
+    _plot_confusion(test_out, p.label_names, out / "confusion_matrix.png")
+    history = result.history
+    results = {
+        "train_acc_history": [h.get("train_acc") for h in history],
+        "test_acc_history": [h.get("val_acc") for h in history],
+        "best_test_acc": result.best_metric,
+        "n_genes": len(p.vocab.genes),
+        "gene_embedding": "reinitialized_for_our_vocab",
+        "test_acc_best_model": _accuracy(test_out),
+        "n_train_cells": int(len(train_rows)),
+        "n_test_cells": int(len(test_rows)),
+        "split": split.how,
+        "labels": p.label_names,
+        "genes_absent_from_vocab": len(p.vocab.absent),
+        "input_kind": p.cells.input_kind,
+        "trainable_parameters": int(sum(v.numel() for v in model.parameters() if v.requires_grad)),
+        "load_report": model.load_report.to_dict() if hasattr(model, "load_report") else {},
+        "steps": result.steps,
+    }
+    if cfg.baseline:
+        results["baseline_logreg_test_acc"] = logistic_baseline(p, train_rows, test_rows, cfg.seed)
+    atomic_write_json(out / "training_results.json", results)
+    print(f"best test accuracy {results['best_test_acc']:.4f}; outputs in {out}")
+    return results
+
+
+def logistic_baseline(p: Prepared, train_rows, test_rows, seed: int) -> float:
+    """Logistic regression on the same genes (log-normalised) and split: the yardstick."""
+    from sklearn.linear_model import LogisticRegression
+
+    X = p.tokens
+    y = p.label_ids
+    clf = LogisticRegression(max_iter=1000, random_state=seed)
+    clf.fit(X[train_rows], y[train_rows])
+    known = y[test_rows] >= 0
+    return float((clf.predict(X[test_rows][known]) == y[test_rows][known]).mean())
+
+
+def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], path: Path, split: str = "") -> None:
+    """A copy of the cells with obs[cellfm_pred], obs[cellfm_confidence], obsm[cellfm_proba], obsm[X_cellfm]."""
+    adata = cells.adata[np.asarray(rows)].copy()
+    pred = np.asarray(label_names, dtype=object)[res["proba"].argmax(1)]
+    import pandas as pd
+
+    adata.obs[PRED_KEY] = pd.Categorical(pred, categories=label_names)
+    adata.obs["cellfm_confidence"] = res["proba"].max(1).astype(np.float32)
+    adata.obsm[PROBA_KEY] = res["proba"].astype(np.float32)
+    adata.obsm[EMB_KEY] = res["emb"].astype(np.float32)
+    adata.uns["cellfm"] = {"labels": list(label_names), "split": split, "proba_key": PROBA_KEY}
+    atomic_write_h5ad(adata, path)
+
+
+def _plot_confusion(res: dict, label_names: list[str], path: Path) -> np.ndarray:
+    from ftcore.plotting import plot_confusion
+
+    known = res["label"] >= 0
+    C = len(label_names)
+    m = np.zeros((C, C), dtype=np.int64)
+    np.add.at(m, (res["label"][known], res["proba"][known].argmax(1)), 1)
+    plot_confusion(m, label_names, path, title=f"test accuracy {_accuracy(res):.3f}")
+    return m
+
+
+# ----------------------------------------------------------------- predict / evaluate
+def load_finetuned(path: str, trust_checkpoint: bool = False, device: str = "cpu") -> tuple[CellFMClassifier, dict]:
+    """best_model.pth (or last.pt / checkpoint_epoch_<n>.pth) -> (model, extra: genes, labels, ...)."""
+    obj = read_checkpoint(path, trust_pickle=trust_checkpoint)
+    if not isinstance(obj, dict) or "model" not in obj or "genes" not in obj.get("extra", {}):
+        raise UserError(f"{path}: not a cellfm-ft fine-tuned model (no genes/labels inside); pass the best_model.pth a "
+                        "`cellfm-ft train` run wrote")
+    extra = obj["extra"]
+    cfg = CellFMConfig(**extra["model_config"])
+    model = CellFMClassifier(cfg)
+    model.extractor.reinit_gene_emb(len(extra["genes"]))
+    model.load_state_dict(obj["model"])
+    return model.to(device).eval(), extra
+
+
+def run_inference(model_path: str, data: str, *, label_key: str | None = None, gene_key: str | None = None,
+                  layer: str | None = None, input_kind: str | None = None, batch_size: int = 64,
+                  trust_checkpoint: bool = False, device: str = "auto"):
+    """Shared by predict and evaluate: -> (cells, rows, results, label names, vocab)."""
+    from ftcore.training import resolve_device
+
+    dev = resolve_device(device)
+    model, extra = load_finetuned(model_path, trust_checkpoint, str(dev))
+    cells = read_cells(data, label_key=label_key, gene_key=gene_key if gene_key is not None else (extra["gene_key"] or None),
+                       layer=layer if layer is not None else (extra["layer"] or None), input_kind=input_kind or "auto")
+    vocab = GeneVocab.build(cells.genes, extra["genes"], data)
+    print(vocab.report())
+    missing = len(extra["genes"]) - len(vocab.genes)
+    if missing:
+        print(f"note: {missing} of the model's {len(extra['genes'])} genes are absent from {data} (treated as not expressed)")
+    tokens = token_matrix(cells, extra["genes"])
+    rows = expressed_rows(tokens)
+    if len(rows) == 0:
+        raise UserError(f"{data}: no cell expresses any of the model's genes; check X and --layer")
+    labels = extra["labels"]
+    ids = None
+    if label_key:
+        index = {lab: i for i, lab in enumerate(labels)}
+        ids = np.array([index.get(lab, -1) for lab in cells.labels], dtype=np.int64)
+    res = infer(model, _loader(CellDataset(tokens, rows, ids, model.cfg.nonz_len), batch_size))
+    return cells, rows, res, labels
+
+
+def predict(model_path: str, data: str, output: str, **kw) -> Path:
+    if Path(output).suffix != ".h5ad":
+        raise UserError(f"--output {output} should end in .h5ad")
+    check_output_dir(Path(output).parent)
+    cells, rows, res, labels = run_inference(model_path, data, **kw)
+    write_predictions(cells, rows, res, labels, Path(output), split="predict")
+    print(f"predictions for {len(rows)} cells -> {output} (obs[{PRED_KEY!r}], obsm[{PROBA_KEY!r}], obsm[{EMB_KEY!r}])")
+    return Path(output)
+
+
+def evaluate(model_path: str, data: str, output: str, *, label_key: str, **kw) -> dict:
+    check_output_dir(output)
+    cells, rows, res, labels = run_inference(model_path, data, label_key=label_key, **kw)
+    known = res["label"] >= 0
+    if not known.any():
+        raise UserError(f"none of the labels in obs[{label_key!r}] is one the model was trained on ({', '.join(labels)})")
+    m = _plot_confusion(res, labels, Path(output) / "confusion_matrix.png")
+    recall = np.diag(m) / np.maximum(m.sum(1), 1)
+    metrics = {"accuracy": _accuracy(res), "n_cells": int(known.sum()),
+               "n_cells_unknown_label": int((~known).sum()),
+               "balanced_accuracy": float(recall[m.sum(1) > 0].mean()),
+               "per_label_recall": {lab: float(r) for lab, r, n in zip(labels, recall, m.sum(1)) if n},
+               "confusion_matrix": m.tolist(), "labels": labels}
+    atomic_write_json(Path(output) / "metrics.json", metrics)
+    print(f"accuracy {metrics['accuracy']:.4f} (balanced {metrics['balanced_accuracy']:.4f}) on {metrics['n_cells']} cells")
+    return metrics
