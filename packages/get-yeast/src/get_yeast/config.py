@@ -1,0 +1,122 @@
+"""yeast_training.yaml and yeast_model.yaml as dataclasses, checked once on load.
+
+The seed lost a day to keys the code read but the file lacked (`task`, `warmup_epochs`,
+`max_epochs` vs `epochs`, `batch_size` under the wrong section). Here a config FILE must contain
+every key the code reads: a missing key and an unknown key are both errors naming the key.
+Defaults on the dataclasses serve programmatic use (tests) only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ftcore.config import apply_overrides, from_dict, read_config_file
+from ftcore.errors import UserError
+from get_yeast.data import DataConfig
+from get_yeast.model import YeastModelConfig
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "yeast_lora_finetune"
+    seed: int = 42
+
+
+@dataclass
+class PretrainedConfig:
+    checkpoint: str | None = None  # a GET checkpoint (e.g. checkpoint-799.pth); None: train from scratch
+    key: str | None = None  # entry holding the weights; None: found automatically ('model', 'state_dict')
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # Module names (suffixes) of the GET encoder's attention/MLP Linears and the expression head.
+    target_modules: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "head_exp.head"])
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, in the core Trainer's words (epochs, not max_epochs; warmup in steps)."""
+
+    epochs: int = 30
+    max_steps: int | None = None
+    batch_size: int = 16  # per process (per GPU under torchrun)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    grad_clip: float | None = 1.0
+    precision: str = "auto"
+    patience: int | None = 10  # validations without val_loss improvement before stopping
+    val_every_steps: int | None = None
+    ckpt_every_steps: int | None = None
+    device: str = "auto"
+
+
+@dataclass
+class TaskConfig:
+    """What the run produces besides the checkpoints."""
+
+    save_predictions: bool = True
+    interpret: bool = True  # permutation importance of each condition feature
+    permutation_repeats: int = 3
+    export_merged: bool = True  # LoRA merged into the base weights -> merged_model.safetensors
+
+
+@dataclass
+class YeastTrainingConfig:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    model_config: str = "yeast_model.yaml"  # relative to this file's folder
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped in the package (yeast_training.yaml, yeast_model.yaml, yeast_model_tiny.yaml)."""
+    return Path(str(resources.files("get_yeast") / "config" / name))
+
+
+def require_all_keys(cls: type, data: dict, source: str, prefix: str = "") -> None:
+    """Every field of dataclass `cls` (recursively) must be present in `data`."""
+    if not isinstance(data, dict):
+        return  # from_dict reports the wrong type
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            raise UserError(f"{source}: missing key {prefix}{f.name!r}; every key the code reads must be in the file "
+                            f"(see the packaged {'yeast_model.yaml' if cls.__module__.endswith('model') else 'yeast_training.yaml'})")
+        if dataclasses.is_dataclass(hints[f.name]):
+            require_all_keys(hints[f.name], data[f.name], source, f"{prefix}{f.name}.")
+
+
+def _load(cls, path: Path, overrides: list[str]):
+    data = apply_overrides(read_config_file(path), overrides)
+    require_all_keys(cls, data, str(path))
+    return from_dict(cls, data, str(path))
+
+
+def load_training_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[YeastTrainingConfig, Path]:
+    """(config, its folder). `overrides` like 'training.lr=1e-4'; the packaged file when path is None."""
+    path = Path(path) if path is not None else packaged_config("yeast_training.yaml")
+    return _load(YeastTrainingConfig, path, list(overrides)), path.parent
+
+
+def load_model_config(path: str | Path, overrides: list[str] = ()) -> YeastModelConfig:
+    return _load(YeastModelConfig, Path(path), list(overrides))
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """--set items: 'model.X=...' go to yeast_model.yaml (prefix removed), the rest to yeast_training.yaml."""
+    model = [o[len("model."):] for o in overrides if o.startswith("model.")]
+    return [o for o in overrides if not o.startswith("model.")], model

@@ -1,0 +1,355 @@
+"""Train (LoRA fine-tuning through the core Trainer) and evaluate GET-yeast.
+
+    file -> YeastTable (validated) -> held-out-condition split -> GETYeast (+ GET checkpoint) -> peft LoRA
+         -> ftcore Trainer -> best_model.pth -> metrics.json, predictions.csv, plots, importance
+
+A "spec" (plain dict: model config, drug vocabulary, LoRA config, feature names, splits) travels
+inside every checkpoint this package writes, so `evaluate` rebuilds exactly the trained model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ftcore.config import from_dict
+from ftcore.errors import UserError
+from ftcore.freezing import apply_freezing
+from ftcore.io import atomic_path, atomic_write_json, check_output_dir
+from ftcore.metrics import regression_report
+from ftcore.training import TrainConfig, Trainer, move_to, resolve_device, seed_everything
+from get_yeast.adapt import apply_lora, base_model, export_merged, trainable_spec
+from get_yeast.config import LoraConfig, YeastTrainingConfig
+from get_yeast.data import (NUMERIC_FEATURES, YeastDataset, YeastTable, collate, drug_vocabulary, read_table,
+                            split_samples)
+from get_yeast.model import GETYeast, YeastModelConfig, load_pretrained
+
+BEST_NAME, LAST_NAME = "best_model.pth", "last.pth"
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# --------------------------------------------------------------------------- model from spec
+def make_spec(model_cfg: YeastModelConfig, drug_vocab: list[str], lora: LoraConfig | None, table: YeastTable,
+              splits: dict | None = None) -> dict:
+    return {"model_config": dataclasses.asdict(model_cfg), "drug_vocab": list(drug_vocab),
+            "lora": dataclasses.asdict(lora) if lora is not None and lora.enabled else None,
+            "feature_names": list(table.feature_names), "target_columns": list(table.target_columns),
+            "splits": splits or {}}
+
+
+def build_model(spec: dict) -> nn.Module:
+    """GETYeast (peft-wrapped when the spec has LoRA) with freshly initialised weights."""
+    model = GETYeast(from_dict(YeastModelConfig, spec["model_config"], "model spec"), n_drugs=len(spec["drug_vocab"]))
+    if spec.get("lora"):
+        model = apply_lora(model, from_dict(LoraConfig, spec["lora"], "model spec"))
+    return model
+
+
+def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """A model this package trained: best_model.pth / last.pth, or merged_model.safetensors."""
+    from ftcore.checkpoint import read_checkpoint
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        state = read_checkpoint(path)  # validates the file, one-line errors when corrupt
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if "get_yeast_spec" not in meta:
+            raise UserError(f"{path}: no get_yeast_spec metadata; pass the best_model.pth or merged_model.safetensors "
+                            "that get-yeast train wrote")
+        spec = json.loads(meta["get_yeast_spec"])
+    else:
+        ckpt = read_checkpoint(path)
+        if not isinstance(ckpt, dict) or "spec" not in (ckpt.get("extra") or {}):
+            raise UserError(f"{path}: not a get-yeast training checkpoint (no model spec inside); pass the "
+                            "best_model.pth written by get-yeast train")
+        state, spec = ckpt["model"], ckpt["extra"]["spec"]
+    model = build_model(spec)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit the model described inside it "
+                        f"({len(missing)} missing, e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    return model.to(device).eval(), spec
+
+
+# --------------------------------------------------------------------------- loss + prediction
+def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
+    """MSE over real (unpadded) regions."""
+    pred = model(batch["region_motif"], batch["conditions"], batch["padding"])
+    valid = ~batch["padding"]
+    return F.mse_loss(pred[valid], batch["exp_label"][valid])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: YeastDataset, batch_size: int = 32,
+            conditions: dict[str, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, true) as [n_regions_total, T] over all samples in order; `conditions` replaces the
+    dataset's encoded conditions (permutation importance)."""
+    model.eval()
+    device = next(model.parameters()).device
+    preds, trues = [], []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        if conditions is not None:
+            for j, it in enumerate(items):
+                it["conditions"] = {k: v[start + j] for k, v in conditions.items()}
+        batch = move_to(collate(items), device)
+        pred = model(batch["region_motif"], batch["conditions"], batch["padding"])
+        valid = ~batch["padding"]
+        preds.append(pred[valid].float().cpu().numpy())
+        trues.append(batch["exp_label"][valid].float().cpu().numpy())
+    return np.concatenate(preds), np.concatenate(trues)
+
+
+def condition_response_pearson(pred: np.ndarray, true: np.ndarray, regions: list[str]) -> float:
+    """Pearson r of each region's deviation from its own mean across samples: how well the model
+    tracks condition-driven changes (a condition-blind model only gets what accessibility tells it)."""
+    keys = np.asarray(regions)
+    p, t = pred[:, 0].astype(float).copy(), true[:, 0].astype(float).copy()
+    for k in np.unique(keys):
+        m = keys == k
+        p[m] -= p[m].mean()
+        t[m] -= t[m].mean()
+    if p.std() == 0 or t.std() == 0:
+        return 0.0  # no variation predicted across conditions at all
+    return float(np.corrcoef(p, t)[0, 1])
+
+
+def metrics_for(pred: np.ndarray, true: np.ndarray, regions: list[str]) -> dict[str, float]:
+    rep = regression_report(pred, true)
+    return {"pearson": rep["pearson_overall"], "spearman": rep["spearman_overall"], "r2": rep["r2"],
+            "mse": rep["mse"], "mae": rep["mae"], "condition_response_pearson": condition_response_pearson(pred, true, regions),
+            "n_regions": int(pred.shape[0])}
+
+
+def make_eval_fn(val_set: YeastDataset, batch_size: int):
+    regions = [r for s in val_set.table.samples for r in s.regions]
+
+    def eval_fn(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        pred, true = predict(model, val_set, batch_size)
+        m = metrics_for(pred, true, regions)
+        return {"val_loss": m["mse"], "val_pearson": m["pearson"], "val_condition_response_pearson": m["condition_response_pearson"]}
+
+    return eval_fn
+
+
+# permutation groups: report name -> (encoded condition entry, numeric column or None)
+IMPORTANCE_GROUPS = {
+    "medium": ("medium", None),
+    "drug": ("drug", None),
+    "carbon_source": ("carbon", None),
+    "nitrogen_source": ("nitrogen", None),
+    **{name: ("numeric", i) for i, name in enumerate(NUMERIC_FEATURES)},
+}
+
+
+def permutation_importance(model: nn.Module, dataset: YeastDataset, repeats: int, seed: int) -> dict[str, float]:
+    """Increase of MSE when one condition feature is shuffled across samples (mean over repeats)."""
+    pred, true = predict(model, dataset)
+    base = float(((pred - true) ** 2).mean())
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (key, col) in IMPORTANCE_GROUPS.items():
+        deltas = []
+        for _ in range(repeats):
+            perm = torch.from_numpy(rng.permutation(len(dataset)))
+            cond = {k: v.clone() for k, v in dataset.conditions.items()}
+            if col is None:
+                cond[key] = cond[key][perm]
+            else:  # a value moves together with its "recorded or not" flag
+                cond["numeric"][:, col] = dataset.conditions["numeric"][perm, col]
+                cond["numeric_present"][:, col] = dataset.conditions["numeric_present"][perm, col]
+            p, _ = predict(model, dataset, conditions=cond)
+            deltas.append(float(((p - true) ** 2).mean()) - base)
+        out[name] = float(np.mean(deltas))
+    return out
+
+
+# --------------------------------------------------------------------------- artefacts
+def write_evaluation(model: nn.Module, table: YeastTable, spec: dict, out: Path, *, interpret: bool,
+                     save_predictions: bool, repeats: int, seed: int, label: str) -> dict:
+    """metrics.json, predictions.csv, pred_vs_true.png, residuals.png, condition_importance.{json,png}."""
+    from ftcore.plotting import plot_pred_vs_true
+
+    cc = from_dict(YeastModelConfig, spec["model_config"], "model spec").condition
+    ds = YeastDataset(table, cc, spec["drug_vocab"])
+    pred, true = predict(model, ds)
+    regions = [r for s in table.samples for r in s.regions]
+    metrics = metrics_for(pred, true, regions)
+    metrics.update({"n_samples": len(table.samples), "evaluated_on": label})
+    if interpret and cc.enabled:
+        imp = permutation_importance(model, ds, repeats, seed)
+        atomic_write_json(out / "condition_importance.json", imp)
+        _plot_importance(imp, out / "condition_importance.png")
+        metrics["condition_importance_mse_increase"] = imp
+    if save_predictions:
+        _write_predictions(table, pred, true, out / "predictions.csv")
+    plot_pred_vs_true(pred, true, out / "pred_vs_true.png", title=f"GET-yeast, {label}")
+    _plot_residuals(pred, true, out / "residuals.png")
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _write_predictions(table: YeastTable, pred: np.ndarray, true: np.ndarray, path: Path) -> None:
+    import pandas as pd
+
+    rows = []
+    for s in table.samples:
+        for r in s.regions:
+            rows.append({"sample": s.name, "region": r, **{k: s.condition[k] for k in s.condition}})
+    df = pd.DataFrame(rows)
+    for j, col in enumerate(table.target_columns):
+        df[col] = true[:, j]
+        df[f"{col}_pred"] = pred[:, j]
+        df[f"{col}_residual"] = pred[:, j] - true[:, j]
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _plot_residuals(pred: np.ndarray, true: np.ndarray, path: Path) -> None:
+    from ftcore.io import atomic_savefig
+    from ftcore.plotting import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(pred[:, 0], pred[:, 0] - true[:, 0], s=3, alpha=0.3)
+    ax.axhline(0, color="k", lw=1, ls="--")
+    ax.set_xlabel("predicted expression")
+    ax.set_ylabel("residual (pred - true)")
+    ax.set_title("residuals vs prediction")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_importance(imp: dict[str, float], path: Path) -> None:
+    from ftcore.io import atomic_savefig
+    from ftcore.plotting import _plt
+
+    plt = _plt()
+    names = sorted(imp, key=imp.get)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.barh(names, [imp[n] for n in names])
+    ax.set_xlabel("MSE increase when shuffled across samples")
+    ax.set_title("condition-feature importance (permutation)")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- train
+def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str | Path, output: str | Path, *,
+          trust_checkpoint: bool = False, progress: bool = True) -> dict:
+    """Validate everything, then fine-tune; returns the test metrics (rank 0) or {} (other ranks)."""
+    out = Path(output)
+    # 1. inputs, checked before anything is written
+    table = read_table(data_path, cfg.data, model_cfg.condition)
+    if table.num_features != model_cfg.region_model.num_features:
+        raise UserError(f"{table.source}: {table.num_features - 1} motif columns + accessibility = {table.num_features} "
+                        f"region features, but the model expects num_features={model_cfg.region_model.num_features} "
+                        "(region_model.num_features in the model config); use matching motif columns")
+    if len(table.target_columns) != model_cfg.region_model.output_dim:
+        raise UserError(f"{len(table.target_columns)} target columns ({', '.join(table.target_columns)}) but "
+                        f"region_model.output_dim={model_cfg.region_model.output_dim}; make them equal")
+    splits = split_samples(table, cfg.data, cfg.experiment.seed)
+    train_table, val_table, test_table = (table.subset(splits[k]) for k in ("train", "val", "test"))
+    vocab = drug_vocabulary(train_table)
+    resolve_device(cfg.training.device)
+    seed_everything(cfg.experiment.seed)  # same initial weights (new layers, LoRA) on every rank and rerun
+    model = GETYeast(model_cfg, n_drugs=len(vocab))
+    report = None
+    if cfg.pretrained.checkpoint:
+        report = load_pretrained(model, cfg.pretrained.checkpoint, trust_pickle=trust_checkpoint, key=cfg.pretrained.key)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    freeze = apply_freezing(model, trainable_spec(cfg.lora), verbose=is_main_process())
+    spec = make_spec(model_cfg, vocab, cfg.lora, table, splits)
+    check_output_dir(out)
+
+    # 2. this package's own artefacts (rank 0; deterministic, so a resumed run rewrites the same)
+    if is_main_process():
+        atomic_write_json(out / "splits.json", splits)
+        atomic_write_json(out / "run_config.json", {"training": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+                                                    "data": str(data_path), "drug_vocab": vocab})
+        atomic_write_json(out / "freeze_report.json", freeze.to_dict() | {"trainable_names": freeze.trainable_names})
+        if report is not None:
+            atomic_write_json(out / "load_report.json", report.to_dict())
+        print(f"data: {len(table.samples)} samples x regions from {table.source}; split by {cfg.data.split_by}: "
+              f"{len(train_table.samples)} train / {len(val_table.samples)} val / {len(test_table.samples)} test samples")
+
+    t = cfg.training
+    tc = TrainConfig(output_dir=str(out), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
+                     weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
+                     precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
+                     val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
+                     last_name=LAST_NAME, progress=progress)
+    val_set = YeastDataset(val_table if val_table.samples else train_table, model_cfg.condition, vocab)
+    trainer = Trainer(model, tc, YeastDataset(train_table, model_cfg.condition, vocab), val_set,
+                      loss_fn=loss_fn, eval_fn=make_eval_fn(val_set, t.batch_size), collate_fn=collate,
+                      extra_state={"spec": spec})
+    result = trainer.fit()
+    if not is_main_process():
+        return {}
+
+    # 3. test on held-out conditions with the best weights
+    model = trainer.model
+    best = torch.load(out / BEST_NAME, map_location="cpu", weights_only=True)
+    model.load_state_dict(best["model"])
+    eval_table = test_table if test_table.samples else val_table
+    metrics = write_evaluation(model, eval_table, spec, out, interpret=cfg.task.interpret,
+                               save_predictions=cfg.task.save_predictions, repeats=cfg.task.permutation_repeats,
+                               seed=cfg.experiment.seed, label=f"held-out {cfg.data.split_by}s (test split)")
+    metrics.update({"best_val_loss": result.best_metric, "steps": result.steps,
+                    "trainable_parameters": freeze.trainable, "total_parameters": freeze.total})
+    if cfg.task.export_merged and cfg.lora.enabled:
+        export_merged(model, out / "merged_model.safetensors", spec)
+    atomic_write_json(out / "metrics.json", metrics)
+    _print_metrics("test", metrics)
+    return metrics
+
+
+def evaluate(cfg: YeastTrainingConfig, data_path: str | Path, model_path: str | Path, output: str | Path, *,
+             device: str = "auto", split: str = "auto") -> dict:
+    """Evaluate a trained model on a data file (the held-out test samples when the file has them)."""
+    dev = resolve_device(device)
+    model, spec = load_trained(model_path, dev)
+    cc = from_dict(YeastModelConfig, spec["model_config"], "model spec").condition
+    table = read_table(data_path, cfg.data, cc)
+    if table.feature_names != spec["feature_names"]:
+        raise UserError(f"{table.source}: region features ({len(table.feature_names)}: {', '.join(table.feature_names[:3])}, ...) "
+                        f"differ from the trained model's ({len(spec['feature_names'])}: {', '.join(spec['feature_names'][:3])}, ...); "
+                        "use the same motif columns in the same order")
+    if table.target_columns != spec["target_columns"]:
+        raise UserError(f"target columns {table.target_columns} differ from the trained model's {spec['target_columns']}")
+    names = {s.name for s in table.samples}
+    if split == "auto":
+        split = "test" if set(spec["splits"].get("test", [])) & names else "all"
+    if split != "all":
+        wanted = spec["splits"].get(split, [])
+        if not set(wanted) & names:
+            raise UserError(f"none of the model's {split!r} samples are in {table.source}; use --split all for new data")
+        table = table.subset(wanted)
+    out = check_output_dir(output)
+    metrics = write_evaluation(model, table, spec, out, interpret=cfg.task.interpret, save_predictions=cfg.task.save_predictions,
+                               repeats=cfg.task.permutation_repeats, seed=cfg.experiment.seed,
+                               label="test split" if split == "test" else f"{split} samples")
+    _print_metrics(split, metrics)
+    return metrics
+
+
+def _print_metrics(label: str, m: dict) -> None:
+    print(f"{label}: pearson {m['pearson']:.3f}  spearman {m['spearman']:.3f}  r2 {m['r2']:.3f}  mse {m['mse']:.4f}  "
+          f"condition-response pearson {m['condition_response_pearson']:.3f}  ({m['n_samples']} samples)")
