@@ -1,7 +1,337 @@
+"""spatial-transfer: Cell2Gene BulkModel -> SpatialModel transfer learning with cross-validation.
+
+    spatial-transfer                          the whole flow on the embedded demo data
+    spatial-transfer run --data DIR           bulk pretraining -> transfer -> CV on your data
+    spatial-transfer pretrain --data DIR      bulk pretraining only
+    spatial-transfer compare --data DIR       transfer strategies vs from-scratch on the same folds
+    spatial-transfer make-demo-data DIR       write the demo data set in the on-disk format
+
+The guide's environment variables are read here, once: TRANSFER_STRATEGY, USE_TRANSFER_LEARNING,
+FREEZE_BACKBONE, CV_MODE, LOO_HELDOUT. A command-line flag beats its variable.
+"""
+
+from __future__ import annotations
+
 import argparse
-from ftcore.errors import cli_main
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from ftcore.errors import UserError, cli_main
+
+DEFAULT_OUTPUT = "runs/spatial-transfer"
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+# The embedded demo's schedule: a few epochs of a small problem, sized for a 2-core CPU.
+# Learning rates keep the guide's ordering (full < frozen < scratch) but are raised for the short
+# schedule; the guide's own values (model.STRATEGY_LR) are the defaults for user data.
+DEMO_PRESET = {
+    "bulk": {"epochs": 12, "batch_size": 8, "lr": 1e-3},
+    "spatial": {"epochs": 8, "batch_size": 8},
+    "model": {"ff_dim": 256},
+    "graph": {"window": 2},
+}
+DEMO_STRATEGY_LR = {"full": 3e-4, "frozen_backbone": 1e-3, "frozen_decoder": 1e-3, "scratch": 1e-3}
+
+
+# ------------------------------------------------------------------- environment + flags
+@dataclass
+class Setting:
+    value: object
+    source: str | None  # "flag", "env" or None (default)
+
+
+def _env_bool(name: str, env: Mapping[str, str]) -> Setting:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return Setting(None, None)
+    if raw.lower() in TRUE:
+        return Setting(True, "env")
+    if raw.lower() in FALSE:
+        return Setting(False, "env")
+    raise UserError(f"{name}={raw!r} is not a valid value; allowed: true, false")
+
+
+def _env_choice(name: str, allowed: tuple[str, ...], env: Mapping[str, str]) -> Setting:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return Setting(None, None)
+    if raw not in allowed:
+        raise UserError(f"{name}={raw!r} is not a valid value; allowed: {', '.join(allowed)}")
+    return Setting(raw, "env")
+
+
+def _pick(flag, env_setting: Setting) -> Setting:
+    return Setting(flag, "flag") if flag is not None else env_setting
+
+
+def resolve_strategy(args, env: Mapping[str, str]) -> str:
+    """Strategy from --strategy/--transfer/--freeze-backbone and the guide's variables."""
+    from spatial_transfer.train import STRATEGIES
+
+    if args.strategy is not None and args.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {args.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    strategy = _pick(args.strategy, _env_choice("TRANSFER_STRATEGY", STRATEGIES, env))
+    transfer = _pick(args.transfer, _env_bool("USE_TRANSFER_LEARNING", env))
+    freeze = _pick(args.freeze_backbone, _env_bool("FREEZE_BACKBONE", env))
+
+    def outranks(a: Setting, b: Setting) -> bool:  # flag beats variable; equal sources must agree
+        return a.source == "flag" and b.source != "flag"
+
+    if strategy.value is not None:
+        if transfer.value is False and strategy.value != "scratch" and not outranks(strategy, transfer):
+            if outranks(transfer, strategy):
+                return "scratch"
+            raise UserError(f"strategy {strategy.value!r} needs transfer learning but USE_TRANSFER_LEARNING/--no-transfer "
+                            "turns it off; drop one of them (or use strategy scratch)")
+        if freeze.value and strategy.value != "frozen_backbone" and not outranks(strategy, freeze):
+            if outranks(freeze, strategy):
+                return "frozen_backbone"
+            raise UserError(f"FREEZE_BACKBONE/--freeze-backbone conflicts with strategy {strategy.value!r}; "
+                            "use strategy frozen_backbone or drop the freeze setting")
+        return str(strategy.value)
+    if transfer.value is False:
+        if freeze.value and freeze.source == transfer.source:
+            raise UserError("FREEZE_BACKBONE=true needs transfer learning (the frozen layers would stay random); "
+                            "set USE_TRANSFER_LEARNING=true or FREEZE_BACKBONE=false")
+        if freeze.value and outranks(freeze, transfer):
+            return "frozen_backbone"
+        return "scratch"
+    return "frozen_backbone" if freeze.value else "full"
+
+
+def resolve_cv(args, env: Mapping[str, str]) -> tuple[str, list[str] | None]:
+    from spatial_transfer.train import CV_MODES
+
+    if args.cv is not None and args.cv not in CV_MODES:
+        raise UserError(f"unknown CV mode {args.cv!r}; allowed: {', '.join(CV_MODES)}")
+    mode = _pick(args.cv, _env_choice("CV_MODE", CV_MODES, env)).value or "kfold"
+    raw = args.loo_heldout if args.loo_heldout is not None else env.get("LOO_HELDOUT")
+    heldout = [s.strip() for s in raw.split(",") if s.strip()] if raw else None
+    return str(mode), heldout
+
+
+# ------------------------------------------------------------------- configuration
+def build_config(args, demo: bool):
+    """RunConfig: defaults < demo preset < --config file < --set overrides < flags."""
+    from ftcore.config import apply_overrides, from_dict, read_config_file
+
+    from spatial_transfer.train import RunConfig
+
+    data: dict = {}
+    if demo:
+        data = {k: dict(v) for k, v in DEMO_PRESET.items()}
+    source = "defaults"
+    if args.config:
+        user = read_config_file(args.config)
+        source = str(args.config)
+        for key, value in user.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+    data = apply_overrides(data, list(args.set or []))
+    explicit_genes = {k for k in ("bulk_genes", "spatial_genes") if k in (data.get("model") or {})}
+    cfg = from_dict(RunConfig, data, source=source)
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    for key, value in flags.items():
+        if value is not None:
+            cfg.spatial = replace(cfg.spatial, **{key: value})
+    if getattr(args, "bulk_epochs", None) is not None:
+        cfg.bulk = replace(cfg.bulk, epochs=args.bulk_epochs)
+    if args.batch_size is not None:
+        cfg.bulk = replace(cfg.bulk, batch_size=args.batch_size)
+    if args.folds is not None:
+        cfg.folds = args.folds
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.device is not None:
+        cfg.device = args.device
+    if args.no_progress:
+        cfg.progress = False
+    return cfg, explicit_genes
+
+
+def fit_genes(cfg, explicit: set[str], spatial=None, bulk=None) -> None:
+    """Gene counts come from the data unless the config fixes them (then they must agree: data.py)."""
+    model = cfg.model
+    if spatial is not None and "spatial_genes" not in explicit:
+        model = replace(model, spatial_genes=spatial.expr.shape[1])
+    if bulk is not None and "bulk_genes" not in explicit:
+        model = replace(model, bulk_genes=bulk.expr.shape[1])
+    cfg.model = model
+
+
+# ------------------------------------------------------------------- commands
+def _data_dir(args, out: Path, demo_spec=None) -> tuple[Path, bool]:
+    if args.data is not None:
+        return Path(args.data), False
+    from spatial_transfer.demo import DemoSpec, write_demo_data
+
+    print(f"no --data given: running on the embedded demo data set (written to {out / 'demo_data'})")
+    return write_demo_data(out / "demo_data", demo_spec or DemoSpec()), True
+
+
+def _check_bulk_checkpoint(path: str | None, trust: bool) -> Path | None:
+    """Read a user's bulk checkpoint before any output exists (corrupt files fail here)."""
+    if path is None:
+        return None
+    from ftcore.checkpoint import extract_state_dict, read_checkpoint
+
+    try:
+        extract_state_dict(read_checkpoint(path, trust_pickle=trust), source=str(path))
+    except UserError as err:
+        raise UserError(f"Error loading bulkmodel weights: {err}") from None
+    return Path(path)
+
+
+def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
+    """Everything validated before anything is written: env/flags, config, data, checkpoint."""
+    from spatial_transfer import data as d
+
+    out = Path(args.output)
+    demo = args.data is None
+    strategy = resolve_strategy(args, os.environ) if need_spatial else None
+    cv_mode, heldout = resolve_cv(args, os.environ) if need_spatial else ("kfold", None)
+    if need_bulk is None:  # bulk data only matter when weights are transferred
+        need_bulk = strategy != "scratch"
+    cfg, explicit = build_config(args, demo)
+    bulk_ckpt = _check_bulk_checkpoint(getattr(args, "bulk_checkpoint", None), args.trust_checkpoint)
+    if not demo:
+        for name in ((d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE) if need_spatial else ()) + (
+                (d.BULK_FILE, d.BULK_CELLS_FILE) if need_bulk and bulk_ckpt is None else ()):
+            if not (Path(args.data) / name).exists():
+                raise UserError(f"{Path(args.data) / name} does not exist; a data directory holds "
+                                f"{', '.join((d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE, d.BULK_FILE, d.BULK_CELLS_FILE))} "
+                                "(see README; `spatial-transfer make-demo-data DIR` writes an example)")
+    data_dir, _ = _data_dir(args, out)
+    spatial = d.read_spatial(data_dir, cfg.model.in_dim) if need_spatial else None
+    bulk = d.read_bulk(data_dir, cfg.model.in_dim) if need_bulk and bulk_ckpt is None else None
+    fit_genes(cfg, explicit, spatial, bulk)
+    if spatial is not None:
+        from spatial_transfer.train import make_folds
+
+        make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed)  # errors before any output
+    return out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo
+
+
+def _plan(spatial, cfg, strategy, cv_mode, heldout, demo):
+    from spatial_transfer.model import STRATEGY_LR
+    from spatial_transfer.train import CVPlan, make_folds
+
+    lr = cfg.spatial.lr or (DEMO_STRATEGY_LR if demo else STRATEGY_LR)[strategy]
+    return CVPlan(strategy, cv_mode, make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed), lr, cfg.seed)
+
+
+def cmd_run(args) -> None:
+    from spatial_transfer.train import cross_validate, pretrain_bulk
+
+    out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True)
+    print(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else ""))
+    if strategy != "scratch" and bulk_ckpt is None:
+        bulk_ckpt = pretrain_bulk(bulk, cfg, out)
+    cross_validate(spatial, cfg, _plan(spatial, cfg, strategy, cv_mode, heldout, demo), out, bulk_ckpt, args.trust_checkpoint)
+
+
+def cmd_pretrain(args) -> None:
+    from spatial_transfer.train import pretrain_bulk
+
+    out, cfg, *_, bulk, _, _ = _prepare(args, need_spatial=False, need_bulk=True)
+    pretrain_bulk(bulk, cfg, out)
+
+
+def cmd_compare(args) -> None:
+    from ftcore.io import atomic_write_json, atomic_write_text
+
+    from spatial_transfer.train import STRATEGIES, cross_validate, format_comparison, pretrain_bulk
+
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        raise UserError(f"unknown strategy {unknown[0]!r} in --strategies; allowed: {', '.join(STRATEGIES)}")
+    args.strategy = names[0]  # validated env/flags; the CV plan is shared by all strategies
+    out, cfg, _, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True, need_bulk=True)
+    if bulk_ckpt is None and any(s != "scratch" for s in names):
+        bulk_ckpt = pretrain_bulk(bulk, cfg, out)
+    results = {}
+    for name in names:
+        results[name] = cross_validate(spatial, cfg, _plan(spatial, cfg, name, cv_mode, heldout, demo), out,
+                                       bulk_ckpt, args.trust_checkpoint)
+    table = format_comparison(results)
+    print("\n=== Transfer vs from scratch (same folds) ===\n" + table)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_text(out / "comparison.txt", table + "\n")
+        atomic_write_json(out / "comparison.json", {k: {m: v[m] for m in ("overall_correlation", "gene_correlation",
+                                                                          "test_loss", "lr")} for k, v in results.items()})
+
+
+def cmd_make_demo_data(args) -> None:
+    from spatial_transfer.demo import DemoSpec, write_demo_data
+
+    out = write_demo_data(args.dir, DemoSpec(seed=args.seed))
+    print(f"wrote the demo data set to {out}")
+
+
+# ------------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
+    p.add_argument("--data", help="data directory (spatial.h5ad, spatial_cells.h5ad, bulk.h5ad, bulk_cells.h5ad); "
+                                  "default: the embedded demo data")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"run directory (default {DEFAULT_OUTPUT})")
+    p.add_argument("--config", help="YAML/TOML with sections model, graph, bulk, spatial (see README)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. spatial.epochs=20")
+    p.add_argument("--epochs", type=int, help="spatial training epochs per fold (guide: 70)")
+    p.add_argument("--bulk-epochs", type=int, help="bulk pretraining epochs")
+    p.add_argument("--batch-size", type=int, help="graphs per batch and per process (guide: 16)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the strategy's: full 1e-6, frozen 1e-5, scratch 1e-4)")
+    p.add_argument("--seed", type=int, help="seed of splits, initialisation and batches (default 42)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that need full unpickling (can run code: only files you trust)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if spatial:
+        p.add_argument("--bulk-checkpoint", help="use this BulkModel checkpoint instead of pretraining one")
+        p.add_argument("--cv", help="kfold or loo (env CV_MODE; default kfold)")
+        p.add_argument("--folds", type=int, help="number of k-fold folds (default 10)")
+        p.add_argument("--loo-heldout", help="comma-separated samples to hold out in LOO (env LOO_HELDOUT)")
+    else:
+        p.set_defaults(folds=None, cv=None, loo_heldout=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spatial-transfer", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Run `spatial-transfer` alone for the demo; see <command> --help.")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="bulk pretraining -> transfer -> cross-validation")
+    _common(run, spatial=True)
+    run.add_argument("--strategy", help="full, frozen_backbone, frozen_decoder or scratch (env TRANSFER_STRATEGY)")
+    run.add_argument("--transfer", action=argparse.BooleanOptionalAction, default=None,
+                     help="load bulk weights (env USE_TRANSFER_LEARNING; --no-transfer = scratch)")
+    run.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
+                     help="freeze GNN + feature projection (env FREEZE_BACKBONE)")
+    run.set_defaults(func=cmd_run)
+    pre = sub.add_parser("pretrain", help="bulk pretraining only (BulkModel checkpoint)")
+    _common(pre, spatial=False)
+    pre.set_defaults(func=cmd_pretrain, strategy=None, transfer=None, freeze_backbone=None)
+    cmp_ = sub.add_parser("compare", help="transfer strategies vs from scratch on the same folds, one table")
+    _common(cmp_, spatial=True)
+    cmp_.add_argument("--strategies", default="full,frozen_backbone,scratch",
+                      help="comma-separated strategies (default full,frozen_backbone,scratch)")
+    cmp_.set_defaults(func=cmd_compare, strategy=None, transfer=None, freeze_backbone=None)
+    demo = sub.add_parser("make-demo-data", help="write the embedded demo data set to DIR")
+    demo.add_argument("dir")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_make_demo_data)
+    return parser
 
 
 @cli_main
-def main(argv=None):
-    argparse.ArgumentParser(prog="spatial-transfer").parse_args(argv)
+def main(argv: list[str] | None = None) -> int | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run"] + argv  # no command: the whole flow (on the demo data unless --data)
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0

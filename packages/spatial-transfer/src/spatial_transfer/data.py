@@ -1,0 +1,342 @@
+"""On-disk data -> validated cell graphs.
+
+A data directory holds four AnnData files (the embedded demo writes the same layout with
+`spatial-transfer make-demo-data`):
+
+    spatial.h5ad        spots x genes, X = log-normalised expression
+                        obs: sample (slide id), array_row, array_col (spot grid position)
+    spatial_cells.h5ad  nuclei x features, X = nuclear features (HoVer-Net style, 128-d)
+                        obs: sample, spot (obs_name of the spot the nucleus lies in, "" if none), x, y
+    bulk.h5ad           bulk samples x genes, X = log-normalised expression (obs_names = sample ids)
+    bulk_cells.h5ad     nuclei x features of the bulk samples' slides; obs: sample, x, y
+
+Every check happens here, once, with an error naming the file, the problem and the fix. The
+rest of the package trusts a `SpatialData` / `BulkData`.
+
+Training items are cell graphs (`CellGraph`): for spatial data a window of `window` x `window`
+spots of one slide with the nuclei in them; for bulk data one whole sample with its nuclei binned
+into square tiles (the bulk model's tokens). Edges join each nucleus to its k nearest neighbours
+(or all within a radius) by centroid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+from ftcore.errors import UserError
+
+SPATIAL_FILE, SPATIAL_CELLS_FILE = "spatial.h5ad", "spatial_cells.h5ad"
+BULK_FILE, BULK_CELLS_FILE = "bulk.h5ad", "bulk_cells.h5ad"
+
+
+@dataclass
+class GraphConfig:
+    method: str = "knn"  # knn | radius
+    k: int = 6  # neighbours per nucleus (knn)
+    radius: float = 30.0  # in coordinate units (radius)
+    window: int = 4  # spatial items are windows of window x window spots
+    tile_size: float = 100.0  # bulk tokens: square tiles of this side, coordinate units
+
+    def __post_init__(self) -> None:
+        if self.method not in ("knn", "radius"):
+            raise UserError(f"unknown graph method {self.method!r}; choose one of: knn, radius")
+        if self.k < 1 or self.window < 1 or self.radius <= 0 or self.tile_size <= 0:
+            raise UserError("graph: k and window must be >= 1, radius and tile_size > 0")
+
+
+# ------------------------------------------------------------------------------------ graphs
+def knn_edges(pos: torch.Tensor, k: int) -> torch.Tensor:
+    """[N, 2] centroids -> edge_index [2, N*min(k, N-1)] (source = neighbour, target = nucleus).
+
+    Uses torch_cluster through PyG when installed, else exact distances in blocks (pure torch).
+    """
+    n = pos.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.empty(2, 0, dtype=torch.long)
+    try:
+        from torch_geometric.nn import knn_graph
+
+        return knn_graph(pos.float(), k=k, loop=False)
+    except ImportError:
+        pass
+    targets, sources = [], []
+    for start in range(0, n, 4096):  # bounded memory: 4096 x N distances at a time
+        d = torch.cdist(pos[start : start + 4096].float(), pos.float())
+        d[torch.arange(d.shape[0]), torch.arange(start, start + d.shape[0])] = float("inf")
+        nbr = d.topk(k, largest=False).indices
+        targets.append(torch.arange(start, start + d.shape[0]).repeat_interleave(k))
+        sources.append(nbr.reshape(-1))
+    return torch.stack([torch.cat(sources), torch.cat(targets)])
+
+
+def radius_edges(pos: torch.Tensor, r: float) -> torch.Tensor:
+    """[N, 2] centroids -> edge_index of all pairs closer than r (no self loops)."""
+    try:
+        from torch_geometric.nn import radius_graph
+
+        return radius_graph(pos.float(), r=r, loop=False, max_num_neighbors=64)
+    except ImportError:
+        pass
+    d = torch.cdist(pos.float(), pos.float())
+    d.fill_diagonal_(float("inf"))
+    tgt, src = (d < r).nonzero(as_tuple=True)
+    return torch.stack([src, tgt])
+
+
+def cell_edges(pos: torch.Tensor, graph: GraphConfig) -> torch.Tensor:
+    return knn_edges(pos, graph.k) if graph.method == "knn" else radius_edges(pos, graph.radius)
+
+
+class CellGraph(Data):
+    """One training item.
+
+    x [N, in_dim] nuclear features; pos [N, 2] centroids; edge_index [2, E];
+    cell_spot [N] token of each nucleus (0 where cell_in_spot is False); cell_in_spot [N] bool;
+    spot_pos [S, 2] token positions (spot array row/col relative to the window, or tile index);
+    y [S, G] spot expression (spatial) or [1, G] sample expression (bulk);
+    spot_ids [S] rows of the spots in the spatial AnnData (spatial only); sample_id [1].
+    """
+
+    def __inc__(self, key, value, *args, **kwargs):
+        if key == "cell_spot":
+            return self.spot_pos.shape[0]
+        return super().__inc__(key, value, *args, **kwargs)
+
+
+def collate(items: list[CellGraph]) -> Batch:
+    """Batch graphs; spot_pos_batch [S_total] says which graph each token belongs to."""
+    return Batch.from_data_list(items, follow_batch=["spot_pos"])
+
+
+# ------------------------------------------------------------------------------- reading
+def _read_h5ad(path: Path, what: str):
+    if not path.exists():
+        raise UserError(f"{what} file {path} does not exist; see the data format in the README "
+                        "(or run `spatial-transfer make-demo-data DIR` for an example)")
+    import anndata
+
+    try:
+        return anndata.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable file
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable .h5ad file ({first}); re-export it with anndata") from None
+
+
+def _dense(X) -> np.ndarray:
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    return np.asarray(X, dtype=np.float32)
+
+
+def _require_obs(adata, path: Path, columns: tuple[str, ...]) -> None:
+    for col in columns:
+        if col not in adata.obs.columns:
+            have = ", ".join(map(str, adata.obs.columns)) or "none"
+            raise UserError(f"{path}: obs has no column {col!r} (columns: {have}); add it (see the data format in the README)")
+
+
+def _require_finite(X: np.ndarray, path: Path, what: str) -> None:
+    bad = ~np.isfinite(X)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise UserError(f"{path}: {what} contain NaN or inf in {len(rows)} rows (first row {rows[0]}); "
+                        "impute or drop those rows")
+
+
+def _require_numeric(adata, path: Path, columns: tuple[str, ...]) -> np.ndarray:
+    try:
+        values = adata.obs[list(columns)].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: obs columns {', '.join(columns)} must be numeric") from None
+    if not np.isfinite(values).all():
+        raise UserError(f"{path}: obs columns {', '.join(columns)} contain NaN or inf; fix the coordinates")
+    return values
+
+
+def _require_nonempty(adata, path: Path, what: str) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise UserError(f"{path}: empty ({adata.n_obs} {what} x {adata.n_vars} columns); pass a file with data")
+
+
+@dataclass
+class SpatialData:
+    """Validated spatial data: spots with expression, nuclei with features."""
+
+    expr: np.ndarray  # [n_spots, G] log-normalised
+    genes: list[str]
+    spot_names: list[str]
+    spot_sample: np.ndarray  # [n_spots] sample name per spot
+    spot_rc: np.ndarray  # [n_spots, 2] array_row, array_col
+    cell_feat: np.ndarray  # [n_cells, F]
+    cell_xy: np.ndarray  # [n_cells, 2]
+    cell_sample: np.ndarray  # [n_cells]
+    cell_spot: np.ndarray  # [n_cells] spot row, -1 if outside every spot
+    path: Path | None = None
+
+    @property
+    def samples(self) -> list[str]:
+        return sorted(set(self.spot_sample.tolist()))
+
+
+@dataclass
+class BulkData:
+    expr: np.ndarray  # [n_samples, G]
+    genes: list[str]
+    sample_names: list[str]
+    cell_feat: np.ndarray
+    cell_xy: np.ndarray
+    cell_sample: np.ndarray  # sample row per cell
+    path: Path | None = None
+
+
+def read_spatial(data_dir: str | os.PathLike, in_dim: int) -> SpatialData:
+    d = Path(data_dir)
+    spots_path, cells_path = d / SPATIAL_FILE, d / SPATIAL_CELLS_FILE
+    spots = _read_h5ad(spots_path, "spatial expression")
+    cells = _read_h5ad(cells_path, "spatial nuclei")
+    _require_nonempty(spots, spots_path, "spots")
+    _require_nonempty(cells, cells_path, "nuclei")
+    _require_obs(spots, spots_path, ("sample", "array_row", "array_col"))
+    _require_obs(cells, cells_path, ("sample", "spot", "x", "y"))
+    expr = _dense(spots.X)
+    _require_finite(expr, spots_path, "expression values")
+    feat = _dense(cells.X)
+    _check_feature_dim(feat, cells_path, in_dim)
+    _require_finite(feat, cells_path, "nuclear features")
+    rc = _require_numeric(spots, spots_path, ("array_row", "array_col"))
+    xy = _require_numeric(cells, cells_path, ("x", "y"))
+    spot_names = list(map(str, spots.obs_names))
+    if len(set(spot_names)) != len(spot_names):
+        raise UserError(f"{spots_path}: spot names (obs_names) are not unique; make them unique (e.g. sample_barcode)")
+    row_of = {name: i for i, name in enumerate(spot_names)}
+    spot_col = cells.obs["spot"].astype(str).fillna("").to_numpy()
+    spot_col = np.where(np.isin(spot_col, ["", "nan", "None"]), "", spot_col)
+    unknown = sorted({s for s in spot_col if s and s not in row_of})
+    if unknown:
+        raise UserError(f"{cells_path}: {len(unknown)} nuclei refer to spots not in {spots_path.name} "
+                        f"(e.g. {unknown[0]!r}); use the spot obs_names, or '' for nuclei outside spots")
+    cell_spot = np.array([row_of.get(s, -1) for s in spot_col], dtype=np.int64)
+    spot_sample = spots.obs["sample"].astype(str).to_numpy()
+    cell_sample = cells.obs["sample"].astype(str).to_numpy()
+    inside = cell_spot >= 0
+    wrong = inside & (spot_sample[np.maximum(cell_spot, 0)] != cell_sample)
+    if wrong.any():
+        i = int(np.nonzero(wrong)[0][0])
+        raise UserError(f"{cells_path}: nucleus {cells.obs_names[i]} is in sample {cell_sample[i]!r} but its spot "
+                        f"{spot_col[i]!r} belongs to {spot_sample[cell_spot[i]]!r}; fix the sample column")
+    counts = np.bincount(cell_spot[inside], minlength=len(spot_names))
+    if (counts == 0).any():
+        empty = np.nonzero(counts == 0)[0]
+        raise UserError(f"{spots_path}: {len(empty)} spots have no nuclei (first: {spot_names[empty[0]]!r} in sample "
+                        f"{spot_sample[empty[0]]!r}); drop them from {spots_path.name} or check the nucleus table")
+    return SpatialData(expr, list(map(str, spots.var_names)), spot_names, spot_sample, rc.astype(np.int64),
+                       feat, xy.astype(np.float32), cell_sample, cell_spot, path=d)
+
+
+def read_bulk(data_dir: str | os.PathLike, in_dim: int) -> BulkData:
+    d = Path(data_dir)
+    bulk_path, cells_path = d / BULK_FILE, d / BULK_CELLS_FILE
+    bulk = _read_h5ad(bulk_path, "bulk expression")
+    cells = _read_h5ad(cells_path, "bulk nuclei")
+    _require_nonempty(bulk, bulk_path, "samples")
+    _require_nonempty(cells, cells_path, "nuclei")
+    _require_obs(cells, cells_path, ("sample", "x", "y"))
+    expr = _dense(bulk.X)
+    _require_finite(expr, bulk_path, "expression values")
+    feat = _dense(cells.X)
+    _check_feature_dim(feat, cells_path, in_dim)
+    _require_finite(feat, cells_path, "nuclear features")
+    xy = _require_numeric(cells, cells_path, ("x", "y"))
+    names = list(map(str, bulk.obs_names))
+    row_of = {n: i for i, n in enumerate(names)}
+    cell_sample_names = cells.obs["sample"].astype(str).to_numpy()
+    unknown = sorted(set(cell_sample_names) - set(row_of))
+    if unknown:
+        raise UserError(f"{cells_path}: nuclei of samples not in {bulk_path.name} (e.g. {unknown[0]!r}); "
+                        f"samples there: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+    cell_sample = np.array([row_of[s] for s in cell_sample_names], dtype=np.int64)
+    missing = np.nonzero(np.bincount(cell_sample, minlength=len(names)) == 0)[0]
+    if len(missing):
+        raise UserError(f"{bulk_path}: {len(missing)} bulk samples have no nuclei (first: {names[missing[0]]!r}); "
+                        f"drop them or add their nuclei to {cells_path.name}")
+    return BulkData(expr, list(map(str, bulk.var_names)), names, feat, xy.astype(np.float32), cell_sample, path=d)
+
+
+def _check_feature_dim(feat: np.ndarray, path: Path, in_dim: int) -> None:
+    if feat.ndim != 2 or feat.shape[1] != in_dim:
+        raise UserError(f"{path}: nuclei have {feat.shape[-1]} features but the model expects in_dim={in_dim}; "
+                        f"extract {in_dim}-d nuclear features or set model.in_dim={feat.shape[-1]} in the config")
+
+
+def check_gene_count(n_data: int, n_model: int, path: Path | None, what: str, key: str) -> None:
+    if n_data != n_model:
+        raise UserError(f"{path}: {what} has {n_data} genes but the model predicts {n_model}; "
+                        f"use data with the model's genes or set model.{key}={n_data} (new model)")
+
+
+# ----------------------------------------------------------------------------- items
+def spatial_items(data: SpatialData, graph: GraphConfig, samples: list[str]) -> list[CellGraph]:
+    """Windows of graph.window x graph.window spots of the given samples, as cell graphs."""
+    items = []
+    sample_ids = {s: i for i, s in enumerate(data.samples)}
+    for sample in samples:
+        spot_rows = np.nonzero(data.spot_sample == sample)[0]
+        cell_rows = np.nonzero(data.cell_sample == sample)[0]
+        win_of_spot = {int(s): tuple(data.spot_rc[s] // graph.window) for s in spot_rows}
+        # nuclei outside every spot join the window of the nearest spot centre (context for the GAT)
+        cell_win = _cell_windows(data, spot_rows, cell_rows, win_of_spot)
+        for win in sorted(set(win_of_spot.values())):
+            spots = np.array([s for s in spot_rows if win_of_spot[int(s)] == win])
+            cells = cell_rows[[w == win for w in cell_win]]
+            local = {int(s): i for i, s in enumerate(spots)}
+            spot_of = data.cell_spot[cells]
+            pos = torch.from_numpy(data.cell_xy[cells])
+            rc = data.spot_rc[spots] - data.spot_rc[spots].min(0)
+            items.append(CellGraph(
+                x=torch.from_numpy(data.cell_feat[cells]), pos=pos, edge_index=cell_edges(pos, graph),
+                cell_spot=torch.tensor([local.get(int(s), 0) for s in spot_of], dtype=torch.long),
+                cell_in_spot=torch.from_numpy(spot_of >= 0),
+                spot_pos=torch.from_numpy(rc.astype(np.float32)), y=torch.from_numpy(data.expr[spots]),
+                spot_ids=torch.from_numpy(spots.astype(np.int64)),
+                sample_id=torch.tensor([sample_ids[sample]]), num_nodes=len(cells),
+            ))
+    return items
+
+
+def _cell_windows(data: SpatialData, spot_rows, cell_rows, win_of_spot) -> list[tuple]:
+    spot_of = data.cell_spot[cell_rows]
+    wins = [win_of_spot.get(int(s)) for s in spot_of]
+    outside = np.nonzero(spot_of < 0)[0]
+    if len(outside):
+        centres = np.stack([data.cell_xy[cell_rows][spot_of == s].mean(0) for s in spot_rows])
+        d = torch.cdist(torch.from_numpy(data.cell_xy[cell_rows][outside]), torch.from_numpy(centres))
+        nearest = spot_rows[d.argmin(1).numpy()]
+        for i, s in zip(outside, nearest):
+            wins[i] = win_of_spot[int(s)]
+    return wins
+
+
+def bulk_items(data: BulkData, graph: GraphConfig, rows: list[int] | np.ndarray) -> list[CellGraph]:
+    """One cell graph per bulk sample, nuclei binned into square tiles (the tokens)."""
+    items = []
+    for r in rows:
+        cells = np.nonzero(data.cell_sample == r)[0]
+        xy = data.cell_xy[cells]
+        tile = np.floor((xy - xy.min(0)) / graph.tile_size).astype(np.int64)
+        tiles, cell_tile = np.unique(tile, axis=0, return_inverse=True)
+        pos = torch.from_numpy(xy)
+        items.append(CellGraph(
+            x=torch.from_numpy(data.cell_feat[cells]), pos=pos, edge_index=cell_edges(pos, graph),
+            cell_spot=torch.from_numpy(cell_tile.reshape(-1).astype(np.int64)),
+            cell_in_spot=torch.ones(len(cells), dtype=torch.bool),
+            spot_pos=torch.from_numpy(tiles.astype(np.float32)), y=torch.from_numpy(data.expr[r : r + 1]),
+            sample_id=torch.tensor([int(r)]), num_nodes=len(cells),
+        ))
+    return items

@@ -1,0 +1,339 @@
+"""Bulk pretraining, bulk -> spatial transfer, and cross-validation (all training via ftcore's Trainer).
+
+Output layout under the run directory (names from the Cell2Gene transfer guide):
+
+    bulk_pretrain/best_bulk_model.pt             BulkModel checkpoint ({"model", "extra"})
+    log_normalized_transfer_<strategy>/          per strategy ("log_normalized/" from scratch)
+        fold_<k>_metrics.json, fold_<k>_predictions.npy, fold_<k>_training_curve.png,
+        temp_fold_results.json (rewritten after each fold), final_<n>fold_results.json,
+        predictions.h5ad (observed X, out-of-fold predictions in layers["cv_predicted"])
+    checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt   ("checkpoints/" from scratch)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ftcore.checkpoint import read_checkpoint, extract_state_dict
+from ftcore.errors import UserError
+from ftcore.freezing import apply_freezing, resolve_strategy
+from ftcore.io import atomic_write_json, check_output_dir
+from ftcore.loading import LoadReport, load_partial
+from ftcore.metrics import mean_pearson, pearson_overall
+from ftcore.training import TrainConfig, Trainer, move_to
+
+from spatial_transfer.data import (
+    BulkData, GraphConfig, SpatialData, bulk_items, check_gene_count, collate, spatial_items,
+)
+from spatial_transfer.model import (
+    BULK_TO_SPATIAL, FREEZE_STRATEGIES, STRATEGY_LR, BulkModel, Cell2GeneConfig, SpatialModel,
+)
+
+STRATEGIES = tuple(FREEZE_STRATEGIES)
+CV_MODES = ("kfold", "loo")
+BULK_CHECKPOINT = "bulk_pretrain/best_bulk_model.pt"
+
+
+@dataclass
+class TrainSettings:
+    """One training job's hyper-parameters (guide: batch 16, 70 epochs, wd 1e-5, patience 5)."""
+
+    epochs: int = 70
+    batch_size: int = 16
+    lr: float | None = None  # None: the strategy's default (STRATEGY_LR); bulk pretraining 1e-4
+    weight_decay: float = 1e-5
+    patience: int | None = 5
+    min_delta: float = 1e-6
+    warmup_steps: int = 0
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs besides the data, the strategy and the CV plan (config file sections)."""
+
+    model: Cell2GeneConfig = field(default_factory=Cell2GeneConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    bulk: TrainSettings = field(default_factory=TrainSettings)
+    spatial: TrainSettings = field(default_factory=TrainSettings)
+    folds: int = 10
+    seed: int = 42
+    device: str = "auto"
+    progress: bool = True
+
+
+def is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def strategy_dirs(out: Path, strategy: str) -> tuple[Path, Path]:
+    """(log dir, checkpoint dir) of a strategy: the guide's names; from scratch = the plain ones."""
+    if strategy == "scratch":
+        return out / "log_normalized", out / "checkpoints"
+    return out / f"log_normalized_transfer_{strategy}", out / f"checkpoints_transfer_{strategy}"
+
+
+# ------------------------------------------------------------------------------ loss, eval
+def mse_loss(model, batch):
+    pred = model(batch)
+    return torch.nn.functional.mse_loss(pred.float(), batch.y.float())
+
+
+def predict(model, loader) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """-> predictions [N, G], targets [N, G], spot row ids per batch (spatial) in loader order."""
+    device = next(model.parameters()).device
+    preds, trues, ids = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = move_to(batch, device)
+            preds.append(model(batch).float().cpu())
+            trues.append(batch.y.float().cpu())
+            if "spot_ids" in batch:
+                ids.append(batch.spot_ids.cpu())
+    return torch.cat(preds), torch.cat(trues), ids
+
+
+def evaluate(model, loader) -> dict[str, float]:
+    pred, true, _ = predict(model, loader)
+    return {"val_loss": float(torch.nn.functional.mse_loss(pred, true)),
+            "val_overall_corr": pearson_overall(pred, true), "val_gene_corr": mean_pearson(pred, true)}
+
+
+def init_output_bias(model, items) -> None:
+    """Start the output layer at the training mean profile: epochs then go to variation, not gene means."""
+    mean = torch.cat([it.y for it in items]).float().mean(0)
+    with torch.no_grad():
+        model.output_projection[-1].bias.copy_(mean)
+
+
+def _train_config(settings: TrainSettings, cfg: RunConfig, out: Path, lr: float, seed: int, has_val: bool, **names) -> TrainConfig:
+    return TrainConfig(
+        output_dir=str(out), epochs=settings.epochs, batch_size=settings.batch_size, lr=lr,
+        weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=seed, device=cfg.device,
+        monitor="val_loss" if has_val else "train_loss", patience=settings.patience if has_val else None,
+        min_delta=settings.min_delta, progress=cfg.progress, **names,
+    )
+
+
+# ------------------------------------------------------------------------------ bulk
+def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
+    """Train the BulkModel (10% of samples validate); -> its best checkpoint. Resumes if killed."""
+    check_gene_count(bulk.expr.shape[1], cfg.model.bulk_genes, bulk.path, "bulk.h5ad", "bulk_genes")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(bulk.sample_names))
+    n_val = max(1, round(0.1 * len(order))) if len(order) >= 2 else 0
+    val, train = order[:n_val], order[n_val:]
+    print(f"=== Bulk pretraining: {len(train)} train / {len(val)} validation samples ===")
+    torch.manual_seed(cfg.seed)
+    model = BulkModel(cfg.model)
+    ckpt_dir = out / Path(BULK_CHECKPOINT).parent
+    tc = _train_config(cfg.bulk, cfg, ckpt_dir, cfg.bulk.lr or STRATEGY_LR["scratch"], cfg.seed, n_val > 0,
+                       best_name=Path(BULK_CHECKPOINT).name)
+    extra = {"model_config": asdict(cfg.model), "genes": list(bulk.genes), "kind": "Cell2Gene BulkModel"}
+    train_items = bulk_items(bulk, cfg.graph, train)
+    init_output_bias(model, train_items)
+    trainer = Trainer(model, tc, train_items, bulk_items(bulk, cfg.graph, val),
+                      loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate, extra_state=extra)
+    result = trainer.fit()
+    best = result.best_path if result.best_path is not None and result.best_path.exists() else result.last_path
+    print(f"BulkModel checkpoint: {best}")
+    return best
+
+
+def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = False) -> LoadReport:
+    """Partial load of a BulkModel checkpoint into the SpatialModel, with the guide's report."""
+    print("=== Loading Pretrained Weights from Bulk Model ===")
+    print(f"Bulk model path: {path}")
+    try:
+        sd = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), source=str(path))
+    except UserError as err:
+        raise UserError(f"Error loading bulkmodel weights: {err}") from None
+    print(f"Loaded state dict with {len(sd)} keys\n")
+    report = load_partial(model, sd, source="bulk", target="spatial model")
+    if not report.loaded:
+        raise UserError(f"Error loading bulkmodel weights: no tensor of {path} matches the spatial model "
+                        "(0 loaded); pass a Cell2Gene BulkModel checkpoint with the same model sizes")
+    return report
+
+
+# ------------------------------------------------------------------------------ CV plan
+def make_folds(samples: list[str], cv_mode: str, n_folds: int, heldout: list[str] | None, seed: int) -> list[list[str]]:
+    """Test samples of each fold; a sample is never split across folds (no spot leakage)."""
+    if cv_mode == "loo":
+        if heldout:
+            unknown = [s for s in heldout if s not in samples]
+            if unknown:
+                raise UserError(f"LOO_HELDOUT names unknown sample {unknown[0]!r}; samples: {', '.join(samples)}")
+            return [[s] for s in heldout]
+        return [[s] for s in samples]
+    if heldout:
+        raise UserError("LOO_HELDOUT / --loo-heldout only applies with CV_MODE=loo; unset it or use loo")
+    if n_folds < 2:
+        raise UserError(f"--folds must be >= 2 for k-fold cross-validation, got {n_folds}")
+    if n_folds > len(samples):
+        raise UserError(f"{n_folds} folds but only {len(samples)} samples (folds split by sample); "
+                        f"pass --folds {len(samples)} or fewer, or use CV_MODE=loo")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return [sorted(samples[i] for i in part) for part in np.array_split(order, n_folds)]
+
+
+def _validation_samples(train: list[str], seed: int) -> list[str]:
+    if len(train) < 2:
+        return []
+    n = max(1, round(0.1 * len(train)))
+    return sorted(np.random.default_rng(seed).choice(train, size=n, replace=False).tolist())
+
+
+@dataclass
+class CVPlan:
+    strategy: str
+    cv_mode: str
+    folds: list[list[str]]
+    lr: float
+    seed: int
+
+    def key(self, cfg: RunConfig) -> dict:
+        """What must not change between a run and its resumption."""
+        return {"strategy": self.strategy, "cv_mode": self.cv_mode, "folds": self.folds, "lr": self.lr,
+                "seed": self.seed, "model": asdict(cfg.model), "graph": asdict(cfg.graph), "train": asdict(cfg.spatial)}
+
+
+def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path,
+                   bulk_checkpoint: Path | None, trust_pickle: bool = False) -> dict:
+    """Train and test one strategy on every fold; resumable fold by fold. -> final results dict."""
+    check_gene_count(spatial.expr.shape[1], cfg.model.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
+    log_dir, ckpt_dir = strategy_dirs(out, plan.strategy)
+    temp_path = log_dir / "temp_fold_results.json"
+    done: list[dict] = []
+    if temp_path.exists():
+        import json
+
+        saved = json.loads(temp_path.read_text())
+        if saved.get("plan") != plan.key(cfg):
+            changed = [k for k, v in plan.key(cfg).items() if saved.get("plan", {}).get(k) != v]
+            raise UserError(f"{log_dir} holds results of a run with other settings (changed: {', '.join(changed)}); "
+                            "pass another --output or delete that directory")
+        done = saved["folds"]
+        if done:
+            print(f"resuming: {len(done)} of {len(plan.folds)} folds already finished in {temp_path}")
+    if is_main():
+        check_output_dir(log_dir)
+        check_output_dir(ckpt_dir)
+    n_genes = spatial.expr.shape[1]
+    oof = np.full((len(spatial.spot_names), n_genes), np.nan, dtype=np.float32)
+    for r in done:  # out-of-fold predictions of finished folds come back from their files
+        oof[r["spot_rows"]] = np.load(log_dir / f"fold_{r['fold']}_predictions.npy")
+    for k in range(len(done), len(plan.folds)):
+        result, pred, rows = _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_pickle)
+        oof[rows] = pred
+        done.append(result)
+        if is_main():
+            atomic_write_json(temp_path, {"plan": plan.key(cfg), "folds": done})
+    final = summarise(done)
+    final.update({"strategy": plan.strategy, "cv_mode": plan.cv_mode, "lr": plan.lr, "folds": done})
+    if is_main():
+        atomic_write_json(log_dir / f"final_{len(plan.folds)}fold_results.json", final)
+        _write_predictions(spatial, oof, final, log_dir / "predictions.h5ad")
+    print_summary(final)
+    return final
+
+
+def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_pickle):
+    test = plan.folds[k]
+    rest = [s for s in spatial.samples if s not in test]
+    val = _validation_samples(rest, plan.seed + k)
+    train = [s for s in rest if s not in val]
+    print(f"\n=== Fold {k + 1}/{len(plan.folds)} ({plan.strategy}): test {', '.join(test)}; "
+          f"{len(train)} train / {len(val)} validation samples ===")
+    torch.manual_seed(plan.seed + k)
+    model = SpatialModel(cfg.model)
+    report = None
+    if plan.strategy != "scratch":
+        report = load_bulk_weights(model, bulk_checkpoint, trust_pickle)
+    train_items = spatial_items(spatial, cfg.graph, train)
+    init_output_bias(model, train_items)  # same start for every strategy: the new head is never transferred
+    freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES))
+    tc = _train_config(cfg.spatial, cfg, ckpt_dir, plan.lr, plan.seed + k, bool(val),
+                       best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt",
+                       history_name=f"fold_{k}_history.json", curve_name=None)
+    trainer = Trainer(model, tc, train_items, spatial_items(spatial, cfg.graph, val),
+                      loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate,
+                      extra_state={"model_config": asdict(cfg.model), "genes": list(spatial.genes), "strategy": plan.strategy})
+    fit = trainer.fit()
+    if fit.best_path is not None and fit.best_path.exists():  # test the best epoch, as the guide does
+        model.load_state_dict(torch.load(fit.best_path, map_location="cpu", weights_only=True)["model"])
+    model.to(trainer.device)
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(spatial_items(spatial, cfg.graph, test), batch_size=cfg.spatial.batch_size, collate_fn=collate)
+    pred, true, ids = predict(model, loader)
+    rows = torch.cat(ids).numpy()
+    result = {
+        "fold": k, "test_samples": test, "validation_samples": val, "n_test_spots": int(len(rows)),
+        "overall_correlation": pearson_overall(pred, true), "gene_correlation": mean_pearson(pred, true),
+        "test_loss": float(torch.nn.functional.mse_loss(pred, true)),
+        "best_val_loss": fit.best_metric, "epochs_trained": fit.history[-1]["epoch"] if fit.history else 0,
+        "trainable_parameters": freeze.trainable, "total_parameters": freeze.total,
+        "weights_loaded": len(report.loaded) if report else 0, "spot_rows": rows.tolist(),
+    }
+    print(f"fold {k}: overall correlation {result['overall_correlation']:.4f}, gene correlation "
+          f"{result['gene_correlation']:.4f}, test loss {result['test_loss']:.4f}")
+    if is_main():
+        from ftcore.io import atomic_path
+        from ftcore.plotting import plot_training_curve
+
+        with atomic_path(log_dir / f"fold_{k}_predictions.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, pred.numpy())
+        plot_training_curve(fit.history, log_dir / f"fold_{k}_training_curve.png", title=f"{plan.strategy}, fold {k}")
+        atomic_write_json(log_dir / f"fold_{k}_metrics.json", {kk: v for kk, v in result.items() if kk != "spot_rows"} | {
+            "spot_names": [spatial.spot_names[i] for i in rows], "history": fit.history})
+        # the fold is recorded next; its resume state is no longer needed (it holds optimizer moments)
+        (ckpt_dir / f"last_fold_{k}.pt").unlink(missing_ok=True)
+    return result, pred.numpy(), rows
+
+
+def summarise(folds: list[dict]) -> dict:
+    out = {}
+    for key in ("overall_correlation", "gene_correlation", "test_loss"):
+        vals = np.array([f[key] for f in folds], dtype=float)
+        out[key] = {"mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals)), "per_fold": vals.tolist()}
+    return out
+
+
+def print_summary(final: dict) -> None:
+    print("\n=== Final Summary ===")
+    for key, label in (("overall_correlation", "overall correlation"), ("gene_correlation", "gene correlation"),
+                       ("test_loss", "final test loss")):
+        print(f"Average {label}: {final[key]['mean']:.6f} ± {final[key]['std']:.6f}")
+
+
+def _write_predictions(spatial: SpatialData, oof: np.ndarray, final: dict, path: Path) -> None:
+    import anndata
+    import pandas as pd
+
+    from ftcore.io import atomic_write_h5ad
+
+    obs = pd.DataFrame({"sample": spatial.spot_sample, "array_row": spatial.spot_rc[:, 0],
+                        "array_col": spatial.spot_rc[:, 1]}, index=spatial.spot_names)
+    adata = anndata.AnnData(spatial.expr.copy(), obs=obs, var=pd.DataFrame(index=spatial.genes))
+    adata.layers["cv_predicted"] = oof
+    adata.uns["spatial_transfer"] = {k: final[k]["mean"] for k in ("overall_correlation", "gene_correlation", "test_loss")}
+    adata.uns["spatial_transfer"]["strategy"] = final["strategy"]
+    atomic_write_h5ad(adata, path)
+
+
+def format_comparison(results: dict[str, dict]) -> str:
+    """One table: strategy x (overall correlation, gene correlation, test loss), mean ± std over folds."""
+    head = f"{'strategy':<16} {'overall correlation':>22} {'gene correlation':>22} {'test loss':>22}"
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        cells = [f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" for k in ("overall_correlation", "gene_correlation", "test_loss")]
+        lines.append(f"{name:<16} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
