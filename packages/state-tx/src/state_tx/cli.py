@@ -1,7 +1,179 @@
+"""state-tx: train / infer / predict / evaluate a State Transition perturbation model.
+
+    state-tx                       # the embedded demo: generate data, train, predict, evaluate
+    state-tx train data.kwargs.toml_config_path=/abs/train.toml model=state_sm training.max_steps=40000 \\
+                   output_dir=results name=exp1
+    state-tx infer --adata test.h5ad --output pred.h5ad --model-dir results/exp1 --pert-col gene
+    state-tx predict --output-dir results/exp1 --checkpoint last.ckpt
+    state-tx evaluate -ap pred.h5ad -ar real.h5ad --pert-col gene --control-pert non-targeting --celltype-col cell_type -o eval/
+"""
+
+from __future__ import annotations
+
 import argparse
-from ftcore.errors import cli_main
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from ftcore.errors import UserError, cli_main
+
+DEMO_DIR = "runs/state-tx"
+# A CPU-sized state_sm for the demo (same architecture, smaller widths); see README.
+DEMO_OVERRIDES = (
+    "model=state_sm", "model.kwargs.hidden_dim=128", "model.kwargs.n_layers=2", "model.kwargs.n_heads=4",
+    "model.kwargs.head_dim=32", "model.kwargs.intermediate_size=256", "model.kwargs.n_encoder_layers=2",
+    "model.kwargs.n_decoder_layers=2", "model.kwargs.cell_set_len=32", "model.kwargs.dropout=0.0",
+    "training.batch_size=8", "training.lr=1e-3", "training.warmup_steps=20",
+    "data.kwargs.pert_col=gene", "data.kwargs.cell_type_key=cell_type", "data.kwargs.batch_col=gem_group",
+    "data.kwargs.control_pert=non-targeting", "data.kwargs.output_space=gene",
+)
+
+
+def _keys_help() -> str:
+    """Every dotted key `train` accepts, with its default (generated, so it cannot go stale)."""
+    from state_tx.model import PRESETS, TUNABLE
+    from state_tx.train import MODEL_EXTRA_KWARGS, RunConfig
+
+    lines = ["overrides (key=value, as in `state tx train`):"]
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif f.name != "kwargs" or prefix != "model.":
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                lines.append(f"  {prefix}{f.name}={default}")
+
+    walk(RunConfig, "")
+    lines.append(f"  model=<preset>               one of {', '.join(PRESETS)} (default state)")
+    lines.append(f"  model.kwargs.<name>=<value>  preset overrides: {', '.join(TUNABLE + MODEL_EXTRA_KWARGS)}")
+    for name, sizes in PRESETS.items():
+        lines.append(f"    {name}: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="state-tx", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train from a cell-load TOML (dotted overrides)", epilog=_keys_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=1000 model=state_sm")
+    p.add_argument("--config", help="a YAML/TOML of the same keys (e.g. a run's config.yaml); overrides win")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow model.kwargs.init_from files that need full unpickling (can run code)")
+
+    p = sub.add_parser("infer", help="predict perturbed cells for an .h5ad (X of the output holds predictions)")
+    p.add_argument("--adata", required=True, help="input .h5ad (log-normalised; obsm['X_hvg'] for output_space gene)")
+    p.add_argument("--output", required=True, help="output .h5ad")
+    p.add_argument("--model-dir", required=True, help="output_dir/name of a training run")
+    p.add_argument("--checkpoint", help="checkpoint file or name in model-dir/checkpoints (default final.ckpt)")
+    p.add_argument("--pert-col", help="obs column of perturbation labels (default: the training pert_col)")
+    p.add_argument("--batch-col", help="obs column of batches (used by a batch encoder / batch mapping)")
+    p.add_argument("--control-pert", help="control label (default: the training control_pert)")
+    p.add_argument("--celltype-col", help="obs column of cell types (default: the training cell_type_key)")
+    _common_predict_args(p)
+
+    p = sub.add_parser("predict", help="predict + evaluate the training TOML's test split")
+    p.add_argument("--output-dir", "--output_dir", "--model-dir", dest="model_dir", required=True,
+                   help="output_dir/name of a training run")
+    p.add_argument("--checkpoint", default="final.ckpt", help="file or name in checkpoints/ (default final.ckpt)")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    _common_predict_args(p)
+
+    p = sub.add_parser("evaluate", help="metrics of predictions vs ground truth, with the control-mean baseline")
+    p.add_argument("-ap", "--adata-pred", required=True)
+    p.add_argument("-ar", "--adata-real", required=True)
+    p.add_argument("-o", "--outdir", required=True)
+    p.add_argument("--pert-col", default="gene")
+    p.add_argument("--control-pert", default="non-targeting")
+    p.add_argument("--celltype-col", default="cell_type")
+
+    p = sub.add_parser("demo", help="generate the embedded data set, train, predict, evaluate (the default)")
+    p.add_argument("--output-dir", default=DEMO_DIR)
+    p.add_argument("--max-steps", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data generator and of training")
+    p.add_argument("overrides", nargs="*", help="extra train overrides, e.g. training.device=cpu")
+    return parser
+
+
+def _common_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=42, help="seed of the control (basal) sampling")
+    p.add_argument("--batch-size", type=int, default=16, help="cell sets per forward pass")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that need full unpickling (can run code)")
+
+
+def run_demo(output_dir: str, max_steps: int, seed: int, extra: list[str]) -> dict:
+    from state_tx.evaluate import format_summary
+    from state_tx.infer import predict
+    from state_tx.synthetic import write_demo
+    from state_tx.train import load_run_config, train
+
+    _, toml = write_demo(Path(output_dir) / "demo" / "data", seed=seed)
+    steps = max(max_steps, 1)
+    every = max(steps // 4, 1)
+    cfg = load_run_config(list(DEMO_OVERRIDES) + [
+        f"data.kwargs.toml_config_path={toml}", f"training.max_steps={steps}", f"training.val_freq={every}",
+        f"training.ckpt_every_n_steps={every}", f"training.train_seed={seed}",
+        f"output_dir={output_dir}", "name=demo"] + list(extra))
+    result = train(cfg)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result
+    out_dir, summary = predict(str(cfg.run_dir), "final.ckpt", seed=seed, device=cfg.training.device)
+    print(f"\ntest split ({summary['n_perturbations']} held-out perturbation x cell type pairs), {out_dir}:")
+    print(format_summary(summary))
+    return {**result, "summary": summary, "eval_dir": str(out_dir)}
 
 
 @cli_main
-def main(argv=None):
-    argparse.ArgumentParser(prog="state-tx").parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv or ["demo"])
+    if args.command == "train":
+        from state_tx.train import load_run_config, train
+
+        train(load_run_config(args.overrides, args.config), trust_checkpoint=args.trust_checkpoint)
+    elif args.command == "infer":
+        from state_tx.infer import infer
+
+        infer(args.adata, args.output, args.model_dir, args.checkpoint, args.pert_col, args.batch_col,
+              args.control_pert, args.celltype_col, args.seed, args.batch_size, args.trust_checkpoint, args.device)
+    elif args.command == "predict":
+        from state_tx.evaluate import format_summary
+        from state_tx.infer import predict
+
+        out_dir, summary = predict(args.model_dir, args.checkpoint, args.split, args.seed, args.batch_size,
+                                   args.trust_checkpoint, args.device)
+        print(f"wrote {out_dir}/adata_pred.h5ad, adata_real.h5ad and metrics\n{format_summary(summary)}")
+    elif args.command == "evaluate":
+        _evaluate(args)
+    elif args.command == "demo":
+        run_demo(args.output_dir, args.max_steps, args.seed, args.overrides)
+    else:
+        raise UserError(f"unknown command {args.command!r}")
+    return 0
+
+
+def _evaluate(args) -> None:
+    import anndata as ad
+
+    from state_tx.evaluate import evaluate, format_summary
+
+    for flag, path in (("-ap", args.adata_pred), ("-ar", args.adata_real)):
+        if not Path(path).exists():
+            raise UserError(f"{flag} {path} does not exist")
+    summary = evaluate(ad.read_h5ad(args.adata_pred), ad.read_h5ad(args.adata_real), args.pert_col,
+                       args.control_pert, args.celltype_col, args.outdir)
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

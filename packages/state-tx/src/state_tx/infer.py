@@ -1,0 +1,277 @@
+"""`state-tx infer` (any .h5ad -> predictions) and `state-tx predict` (the training TOML's test split).
+
+Both simulate as arc-state's `tx infer` does: cells are grouped by (cell type, perturbation), cut
+into sets of at most cell_set_len, and each set gets basal cells drawn (seeded, with replacement)
+from the control cells of its cell type (and batch, under basal_mapping_strategy=batch); control
+cells are simulated too (control perturbation), so a prediction file is self-contained for
+cell-eval.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ftcore.config import from_dict
+from ftcore.errors import UserError
+from ftcore.io import atomic_write_h5ad, check_output_dir
+from ftcore.training import resolve_device
+
+from state_tx.model import StateTransitionModel, StateTxConfig, check_finite_params
+from state_tx.train import RunConfig, load_run_config
+
+RUN_FILES = ("config.yaml", "var_dims.json", "pert_onehot_map.json", "batch_onehot_map.json", "data_module.json")
+
+
+@dataclass
+class TrainedRun:
+    model_dir: Path
+    cfg: RunConfig
+    var_dims: dict
+    perts: list[str]
+    batches: list[str]
+    pert_table: torch.Tensor
+    model: StateTransitionModel
+    checkpoint: Path
+
+
+def resolve_checkpoint(model_dir: Path, checkpoint: str | None) -> Path:
+    """None -> checkpoints/final.ckpt; a bare name like 'last.ckpt' -> checkpoints/last.ckpt."""
+    if checkpoint is None:
+        path = model_dir / "checkpoints" / "final.ckpt"
+    else:
+        path = Path(checkpoint)
+        if not path.exists() and (model_dir / "checkpoints" / checkpoint).exists():
+            path = model_dir / "checkpoints" / checkpoint
+    if not path.exists():
+        have = sorted(p.name for p in (model_dir / "checkpoints").glob("*.ckpt")) if (model_dir / "checkpoints").is_dir() else []
+        raise UserError(f"checkpoint {path} does not exist; {model_dir}/checkpoints has [{', '.join(have) or 'nothing'}]")
+    return path
+
+
+def load_run(model_dir: str | Path, checkpoint: str | None = None, trust_checkpoint: bool = False,
+             device: str = "auto") -> TrainedRun:
+    from ftcore.checkpoint import read_state_dict
+    from ftcore.loading import load_partial
+
+    model_dir = Path(model_dir)
+    missing = [f for f in RUN_FILES if not (model_dir / f).exists()]
+    if missing:
+        raise UserError(f"{model_dir} is not a state-tx training run (missing {', '.join(missing)}); "
+                        "pass --model-dir output_dir/name of `state-tx train`")
+    cfg = load_run_config(config_file=str(model_dir / "config.yaml"))
+    var_dims = json.loads((model_dir / "var_dims.json").read_text())
+    pert_map = json.loads((model_dir / "pert_onehot_map.json").read_text())
+    batch_map = json.loads((model_dir / "batch_onehot_map.json").read_text())
+    perts = sorted(pert_map, key=pert_map.get)
+    batches = sorted(batch_map, key=batch_map.get)
+    mcfg = from_dict(StateTxConfig, json.loads((model_dir / "data_module.json").read_text())["model_config"],
+                     source=str(model_dir / "data_module.json"))
+    if var_dims["pert_rep"] == "features":
+        sd = read_state_dict(model_dir / "pert_features.safetensors")
+        pert_table = sd["pert_features"]
+    else:
+        pert_table = torch.eye(len(perts))
+    ckpt = resolve_checkpoint(model_dir, checkpoint)
+    model = StateTransitionModel(mcfg)
+    load_partial(model, read_state_dict(ckpt, trust_pickle=trust_checkpoint), strict=True, source=str(ckpt),
+                 target="state-tx model", verbose=False)
+    check_finite_params(model)
+    model.to(resolve_device(device)).eval()
+    return TrainedRun(model_dir, cfg, var_dims, perts, batches, pert_table, model, ckpt)
+
+
+@torch.no_grad()
+def simulate(run: TrainedRun, read: Callable[[np.ndarray], np.ndarray],
+             groups: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]], seed: int, batch_size: int = 16) -> list[np.ndarray]:
+    """Predictions per group. groups: (rows [n], control pool rows [m], pert index, batch codes [n]).
+
+    Full-length sets run batch_size at a time; a group's last, shorter set runs on its own (the
+    model has no positions, so any set size is valid).
+    """
+    model, S = run.model, run.model.config.cell_set_len
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+    out = [np.zeros((len(g[0]), model.config.output_dim), np.float32) for g in groups]
+    windows = []  # (group id, start, end, basal rows)
+    for gid, (rows, pool, _, _) in enumerate(groups):
+        for start in range(0, len(rows), S):
+            end = min(start + S, len(rows))
+            windows.append((gid, start, end, rng.choice(pool, end - start, replace=True)))
+    full = [w for w in windows if w[2] - w[1] == S]
+    short = [[w] for w in windows if w[2] - w[1] != S]
+    chunks = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + short
+    for chunk in chunks:
+        basal = torch.from_numpy(np.stack([read(w[3]) for w in chunk])).to(device)
+        pert = torch.stack([run.pert_table[groups[w[0]][2]].expand(w[2] - w[1], -1) for w in chunk]).to(device)
+        batch = torch.from_numpy(np.stack([groups[w[0]][3][w[1]:w[2]] for w in chunk]).astype(np.int64)).to(device)
+        pred = model(basal, pert, batch).float().cpu().numpy()
+        for w, p in zip(chunk, pred):
+            out[w[0]][w[1]:w[2]] = p
+    return out
+
+
+def _feature_matrix(adata, run: TrainedRun) -> tuple[np.ndarray, str]:
+    """The matrix the model reads, or the seed's "expected 2000, got 18080" error with the fix."""
+    vd = run.var_dims
+    want, genes = vd["input_dim"], vd["gene_names"]
+    if vd["output_space"] == "gene" and "X_hvg" in adata.obsm:
+        M, where = adata.obsm["X_hvg"], "obsm['X_hvg']"
+    elif adata.n_vars == want:
+        M, where = adata.X, "X"
+    elif set(genes) <= set(map(str, adata.var_names)):
+        # the training genes are all there by name: take them in training order
+        M, where = adata[:, genes].X, f"X[:, {len(genes)} training genes by name]"
+    else:
+        got = adata.obsm["X_hvg"].shape[1] if "X_hvg" in adata.obsm else adata.n_vars
+        space = "the HVG matrix obsm['X_hvg']" if vd["output_space"] == "gene" else "all genes in X"
+        raise UserError(
+            f"feature mismatch: the model expects {want} input features ({space}), got {got}; prepare the data "
+            f"like the training data: adata.obsm['X_hvg'] = adata[:, hvg_names].X with hvg_names = "
+            f"var_dims.json['gene_names'] in {run.model_dir} (or restrict X to those {want} genes)")
+    M = np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float32)
+    if M.shape[1] != want:
+        raise UserError(f"feature mismatch: the model expects {want} input features, got {M.shape[1]} in {where}; "
+                        f"use the genes listed in {run.model_dir}/var_dims.json ('gene_names')")
+    if not np.isfinite(M).all():
+        raise UserError(f"{where} contains {int((~np.isfinite(M)).sum())} NaN/inf values; fix or drop those cells")
+    return M, where
+
+
+def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None = None, pert_col: str | None = None,
+          batch_col: str | None = None, control_pert: str | None = None, celltype_col: str | None = None,
+          seed: int = 42, batch_size: int = 16, trust_checkpoint: bool = False, device: str = "auto") -> Path:
+    import anndata as ad
+    import pandas as pd
+
+    run = load_run(model_dir, checkpoint, trust_checkpoint, device)
+    vd = run.var_dims
+    pert_col = pert_col or vd["pert_col"]
+    celltype_col = celltype_col or vd["cell_type_key"]
+    control_pert = control_pert or vd["control_pert"]
+    if not Path(adata_path).exists():
+        raise UserError(f"--adata {adata_path} does not exist")
+    try:
+        adata = ad.read_h5ad(adata_path)
+    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
+        raise UserError(f"--adata {adata_path} cannot be read as .h5ad ({type(err).__name__}: {err})") from None
+    cols = list(map(str, adata.obs.columns))
+    for flag, col in (("--pert-col", pert_col), ("--celltype-col", celltype_col)) + ((("--batch-col", batch_col),) if batch_col else ()):
+        if col not in adata.obs:
+            raise UserError(f"{adata_path}: obs has no column {col!r} ({flag}); the file has [{', '.join(cols)}]")
+    if adata.n_obs == 0:
+        raise UserError(f"{adata_path} has no cells")
+    M, where = _feature_matrix(adata, run)
+    pert = adata.obs[pert_col].astype(str).to_numpy()
+    ct = adata.obs[celltype_col].astype(str).to_numpy()
+    is_ctrl = pert == control_pert
+    if not is_ctrl.any():
+        raise UserError(f"{adata_path}: no control cells ({control_pert!r} in obs[{pert_col!r}]); basal cells are drawn "
+                        "from controls: include them or pass --control-pert with the file's control label")
+    p_ix = {p: i for i, p in enumerate(run.perts)}
+    if control_pert not in p_ix:
+        raise UserError(f"--control-pert {control_pert!r} is not the trained control ({run.perts[0]!r})")
+    unknown = sorted(set(pert) - set(p_ix))
+    if unknown:
+        raise UserError(f"{len(unknown)} perturbations were not seen in training (first: {', '.join(unknown[:5])}); "
+                        f"the model knows {len(run.perts)} (see {run.model_dir}/pert_onehot_map.json): drop those cells "
+                        "or train with them / a perturbation_features_file")
+    b_ix = {b: i for i, b in enumerate(run.batches)}
+    bcol = batch_col or (vd["batch_col"] if vd["batch_col"] in adata.obs else None)
+    batch = (np.array([b_ix.get(b, -1) for b in adata.obs[bcol].astype(str)]) if bcol
+             else np.full(adata.n_obs, -1))
+    by_batch = run.cfg.data.kwargs.basal_mapping_strategy == "batch" and bcol is not None
+    check_output_dir(Path(output).resolve().parent)
+
+    groups, index = [], []
+    all_ctrl = np.flatnonzero(is_ctrl)
+    for c in np.unique(ct):
+        ct_ctrl = np.flatnonzero(is_ctrl & (ct == c))
+        for p in np.unique(pert[ct == c]):
+            rows = np.flatnonzero((ct == c) & (pert == p))
+            keys = batch[rows] if by_batch else np.zeros(len(rows), int)
+            for k in np.unique(keys):
+                sub = rows[keys == k]
+                pool = ct_ctrl[batch[ct_ctrl] == k] if by_batch else ct_ctrl
+                pool = pool if len(pool) else (ct_ctrl if len(ct_ctrl) else all_ctrl)  # fall back as arc-state
+                groups.append((sub, pool, p_ix[p], batch[sub]))
+                index.append(sub)
+    preds = simulate(run, lambda r: M[r], groups, seed, batch_size)
+    X = np.zeros((adata.n_obs, run.model.config.output_dim), np.float32)
+    for rows, p in zip(index, preds):
+        X[rows] = p
+    if X.shape[1] == adata.n_vars:
+        var = adata.var.copy()
+    elif "highly_variable" in adata.var and int(adata.var["highly_variable"].sum()) == X.shape[1]:
+        var = adata.var[adata.var["highly_variable"].astype(bool).to_numpy()].copy()
+    else:
+        var = pd.DataFrame(index=vd["gene_names"])
+    out = ad.AnnData(X=X, obs=adata.obs.copy(), var=var)
+    out.uns["state_tx"] = {"model_dir": str(run.model_dir), "checkpoint": str(run.checkpoint), "input": where,
+                           "output_space": vd["output_space"], "control_pert": control_pert, "pert_col": pert_col}
+    atomic_write_h5ad(out, output)
+    print(f"wrote {output}: {out.n_obs} cells x {out.n_vars} genes of predictions in X (input from {where})")
+    return Path(output)
+
+
+def predict(model_dir: str, checkpoint: str | None = "final.ckpt", split: str = "test", seed: int = 42,
+            batch_size: int = 16, trust_checkpoint: bool = False, device: str = "auto") -> tuple[Path, dict]:
+    """Predict the TOML's test (or val) split of a training run; write adata_pred/adata_real + metrics."""
+    import anndata as ad
+    import pandas as pd
+
+    from state_tx.data import plan_splits, read_experiment_toml
+    from state_tx.evaluate import evaluate
+
+    run = load_run(model_dir, checkpoint, trust_checkpoint, device)
+    kw = run.cfg.data.kwargs
+    exp = read_experiment_toml(kw.toml_config_path)
+    metas, vocab, plans, _ = plan_splits(exp, kw, run.cfg.training.train_seed, need_batch=run.model.batch_encoder is not None)
+    if vocab.perts != run.perts:
+        raise UserError(f"the data of {kw.toml_config_path} changed since training (perturbation list differs); "
+                        "predict with the files the model was trained on, or use `state-tx infer`")
+    plan = plans[split]
+    if not plan.groups:
+        raise UserError(f"the TOML {kw.toml_config_path} puts no cells in the {split} split; "
+                        f"add a [zeroshot] or [fewshot] {split} entry, or use --split val")
+    out_dir = Path(model_dir) / f"eval_{run.checkpoint.stem}"
+    check_output_dir(out_dir)
+    entries = [(fid, rows, plan.group_pool[g]) for g, (fid, rows) in enumerate(plan.groups)]
+    entries += [(fid, plan.pools[pid][1], pid) for fid, pid in plan.controls]  # controls: simulated as well
+    preds, reals, obs = [], [], []
+    for fid, meta in enumerate(metas):
+        mine = [e for e in entries if e[0] == fid]
+        if not mine:
+            continue
+        groups = [(rows, plan.pools[pid][1], int(meta.pert[rows[0]]), meta.batch[rows]) for _, rows, pid in mine]
+        preds += simulate(run, meta.source.read_rows, groups, seed, batch_size)
+        for _, rows, _ in mine:
+            reals.append(meta.source.read_rows(rows))
+            obs.append(pd.DataFrame({
+                kw.pert_col: np.asarray(vocab.perts)[meta.pert[rows]],
+                kw.cell_type_key: np.asarray(vocab.cell_types)[meta.cell_type[rows]],
+                kw.batch_col: np.asarray(vocab.batches)[meta.batch[rows]],
+                "dataset": meta.dataset, "file": meta.source.name,
+                "obs_name": meta.source.obs_names[rows] if meta.source.obs_names is not None else rows.astype(str),
+            }))
+    obs_df = pd.concat(obs, ignore_index=True)
+    obs_df.index = obs_df.index.astype(str)
+    var = pd.DataFrame(index=run.var_dims["gene_names"])
+    adata_pred = ad.AnnData(X=np.concatenate(preds), obs=obs_df, var=var)
+    adata_real = ad.AnnData(X=np.concatenate(reals).astype(np.float32), obs=obs_df.copy(), var=var.copy())
+    for col in (kw.pert_col, kw.cell_type_key, kw.batch_col):
+        adata_pred.obs[col] = adata_pred.obs[col].astype("category")
+        adata_real.obs[col] = adata_real.obs[col].astype("category")
+    atomic_write_h5ad(adata_pred, out_dir / "adata_pred.h5ad")
+    atomic_write_h5ad(adata_real, out_dir / "adata_real.h5ad")
+    summary = evaluate(adata_pred, adata_real, kw.pert_col, kw.control_pert, kw.cell_type_key, out_dir)
+    summary.update({"split": split, "checkpoint": str(run.checkpoint)})
+    from ftcore.io import atomic_write_json
+
+    atomic_write_json(out_dir / "summary.json", summary)
+    return out_dir, summary

@@ -1,0 +1,301 @@
+"""`state-tx train`: run configuration (the seed's dotted keys), setup, training, artefacts.
+
+    cfg = load_run_config(["data.kwargs.toml_config_path=/abs/train.toml", "model=state_sm",
+                           "training.max_steps=1000", "output_dir=results", "name=exp1"])
+    train(cfg)   # -> output_dir/name/{config.yaml, checkpoints/, *_onehot_map.json, var_dims.json, ...}
+
+Artefacts are JSON / YAML / safetensors and weights-only torch checkpoints (never pickles that run
+code); they replace arc-state's .pkl files one for one:
+    cell_type_onehot_map.pkl -> cell_type_onehot_map.json    pert_onehot_map.pt -> pert_onehot_map.json
+    batch_onehot_map.pkl -> batch_onehot_map.json            var_dims.pkl -> var_dims.json
+    data_module.torch -> data_module.json                    (+ pert_features.safetensors with features)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ftcore.config import apply_overrides, from_dict, read_config_file
+from ftcore.errors import UserError
+from ftcore.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_output_dir
+from ftcore.training import Trainer, TrainConfig
+
+from state_tx.data import DataKwargs, SentenceDataset, Vocab, load_perturbation_features, plan_splits, read_experiment_toml
+from state_tx.model import (ARC_STATE_SKIP, TUNABLE, StateTransitionModel, StateTxConfig, arc_state_to_ours,
+                            preset_kwargs, set_loss)
+
+
+@dataclass
+class DataSection:
+    kwargs: DataKwargs = field(default_factory=DataKwargs)
+
+
+@dataclass
+class TrainingSection:
+    """`training.*` (seed section 5.2 names; defaults of arc-state's training/default.yaml)."""
+
+    max_steps: int = 40000
+    batch_size: int = 16  # cell sentences per optimizer step (per process under torchrun)
+    lr: float = 1e-4
+    weight_decay: float = 0.0005
+    ckpt_every_n_steps: int = 2000
+    val_freq: int = 2000
+    gradient_clip_val: float = 10.0  # 0 = no clipping
+    warmup_steps: int = 0
+    train_seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    precision: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp32
+    progress: bool = True
+
+
+@dataclass
+class ModelSection:
+    name: str = "state"  # preset: state_sm | state | state_lg (`model=state_sm`)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the preset (model.kwargs.*)
+
+
+@dataclass
+class RunConfig:
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    output_dir: str = "runs/state-tx"
+    name: str = "state_tx"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+MODEL_EXTRA_KWARGS = ("init_from",)  # model.kwargs that are not network sizes
+
+# Keys users of arc-state type that this package handles differently: one line saying how.
+REDIRECTS = {
+    "wandb": "Weights & Biases logging is not part of state-tx (no network at run time); history.json and "
+             "training_curve.png in output_dir/name hold the curves: drop the wandb.* overrides",
+    "use_wandb": "Weights & Biases logging is not part of state-tx; drop use_wandb (curves are in training_curve.png)",
+    "training.devices": "multi-GPU runs use torchrun: torchrun --nproc_per_node=4 -m state_tx.cli train ... "
+                        "(drop training.devices / training.strategy)",
+    "training.strategy": "multi-GPU runs use torchrun (DDP): torchrun --nproc_per_node=N -m state_tx.cli train ...",
+    "data.kwargs.pin_memory": "pin_memory is not configurable here (batches are small dense tensors); drop it",
+}
+
+
+def normalise_overrides(overrides: list[str]) -> list[str]:
+    """Hydra-style `model=state_sm` -> `model.name=state_sm`; redirect keys we do not take."""
+    out = []
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        for prefix, why in REDIRECTS.items():
+            if key == prefix or key.startswith(prefix + "."):
+                raise UserError(f"{key}: {why}")
+        if key == "model":
+            text = "model.name=" + text.split("=", 1)[1]
+        out.append(text)
+    return out
+
+
+def load_run_config(overrides: list[str] = (), config_file: str | None = None) -> RunConfig:
+    base = read_config_file(config_file) if config_file else {}
+    data = apply_overrides(base, normalise_overrides(list(overrides)))
+    cfg = from_dict(RunConfig, data, source=config_file or "command line")
+    preset_kwargs(cfg.model.name)  # unknown preset -> error now
+    allowed = TUNABLE + MODEL_EXTRA_KWARGS
+    for key in cfg.model.kwargs:
+        if key not in allowed:
+            import difflib
+
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean model.kwargs.{close[0]}?" if close else f"known: {', '.join(allowed)}"
+            raise UserError(f"unknown key model.kwargs.{key}; {hint}")
+    return cfg
+
+
+def model_config(cfg: RunConfig, input_dim: int, pert_dim: int, batch_dim: int) -> StateTxConfig:
+    """Preset sizes, then model.kwargs (typed and checked by the core), then the data's dimensions."""
+    sizes = {k: v for k, v in cfg.model.kwargs.items() if k not in MODEL_EXTRA_KWARGS}
+    data = {**preset_kwargs(cfg.model.name), **sizes, "input_dim": input_dim, "output_dim": input_dim,
+            "pert_dim": pert_dim, "batch_dim": batch_dim, "output_space": cfg.data.kwargs.output_space}
+    return from_dict(StateTxConfig, data, source="model.kwargs")
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# --------------------------------------------------------------------------------- setup
+@dataclass
+class Setup:
+    cfg: RunConfig
+    model_cfg: StateTxConfig
+    vocab: Vocab
+    pert_table: torch.Tensor  # [n_perts, pert_dim]
+    train: SentenceDataset
+    val: SentenceDataset | None
+    test_plan: Any
+    metas: list
+    plans: dict
+    var_dims: dict
+    summary: dict
+
+
+def setup(cfg: RunConfig, scan: bool = True) -> Setup:
+    """Files + TOML -> validated datasets and the model config. Writes nothing."""
+    kw = cfg.data.kwargs
+    if not kw.toml_config_path:
+        raise UserError("data.kwargs.toml_config_path is required (a cell-load TOML: [datasets] [training] ...); "
+                        "run `state-tx demo` to see one")
+    exp = read_experiment_toml(kw.toml_config_path)
+    batch_encoder = str(cfg.model.kwargs.get("batch_encoder", False)).lower() in ("true", "1", "yes")
+    metas, vocab, plans, summary = plan_splits(exp, kw, cfg.training.train_seed, need_batch=batch_encoder)
+    if scan:
+        for meta in metas:
+            hi = meta.source.scan()
+            if hi > 50 and is_main_process():
+                print(f"warning: {meta.source.path} {meta.source.matrix_key} reaches {hi:.0f}: it looks like raw counts; "
+                      "STATE expects log-normalised data (sc.pp.normalize_total + sc.pp.log1p)")
+    if kw.perturbation_features_file:
+        pert_table = load_perturbation_features(kw.perturbation_features_file, vocab.perts, kw.control_pert)
+    else:
+        pert_table = torch.eye(len(vocab.perts))
+    ref = metas[0].source
+    mcfg = model_config(cfg, ref.n_features, pert_table.shape[1], len(vocab.batches))
+    seed = cfg.training.train_seed
+    train_ds = SentenceDataset(metas, plans["train"], pert_table, mcfg.cell_set_len, seed)
+    val_ds = SentenceDataset(metas, plans["val"], pert_table, mcfg.cell_set_len, seed + 1) if plans["val"].groups else None
+    var_dims = {
+        "input_dim": mcfg.input_dim, "output_dim": mcfg.output_dim, "pert_dim": mcfg.pert_dim,
+        "batch_dim": mcfg.batch_dim, "gene_dim": ref.n_features, "output_space": kw.output_space,
+        "matrix_key": ref.matrix_key, "gene_names": [str(g) for g in ref.gene_names],
+        "pert_col": kw.pert_col, "cell_type_key": kw.cell_type_key, "batch_col": kw.batch_col,
+        "control_pert": kw.control_pert, "pert_rep": "features" if kw.perturbation_features_file else "onehot",
+    }
+    return Setup(cfg, mcfg, vocab, pert_table, train_ds, val_ds, plans["test"], metas, plans, var_dims, summary)
+
+
+def write_artefacts(s: Setup) -> None:
+    """The maps and dims inference needs, in safe formats (rank 0 only, before training)."""
+    out = s.cfg.run_dir
+    old = out / "var_dims.json"
+    if old.exists():
+        prev = json.loads(old.read_text())
+        if prev.get("gene_names") != s.var_dims["gene_names"] or prev.get("pert_dim") != s.var_dims["pert_dim"]:
+            raise UserError(f"{out} holds a run on other data (genes or perturbations differ); "
+                            "choose another name=... or output_dir=...")
+    atomic_write_text(out / "config.yaml", to_yaml(s.cfg))
+    atomic_write_json(out / "var_dims.json", s.var_dims)
+    atomic_write_json(out / "pert_onehot_map.json", {p: i for i, p in enumerate(s.vocab.perts)})
+    atomic_write_json(out / "cell_type_onehot_map.json", {c: i for i, c in enumerate(s.vocab.cell_types)})
+    atomic_write_json(out / "batch_onehot_map.json", {b: i for i, b in enumerate(s.vocab.batches)})
+    if s.var_dims["pert_rep"] == "features":
+        from ftcore.checkpoint import write_checkpoint
+
+        write_checkpoint(out / "pert_features.safetensors", {"pert_features": s.pert_table.contiguous()}, "safetensors")
+    atomic_write_json(out / "data_module.json", {
+        "toml_config_path": s.cfg.data.kwargs.toml_config_path,
+        "files": s.summary,
+        "sentences": {"train": len(s.train), "val": len(s.val) if s.val else 0},
+        "cells": {k: p.n_cells for k, p in s.plans.items()},
+        "model_config": dataclasses.asdict(s.model_cfg),
+    })
+
+
+# ------------------------------------------------------------------------------- training
+def make_loss_fn(mcfg: StateTxConfig):
+    def loss_fn(model, batch):
+        # `model` may be the DDP wrapper: call it, never reach into it
+        pred = model(batch["basal"], batch["pert"], batch["batch"])
+        return set_loss(pred, batch["target"], mcfg.loss, mcfg.blur)
+
+    return loss_fn
+
+
+def pearson_delta(pred_mean: torch.Tensor, real_mean: torch.Tensor, basal_mean: torch.Tensor) -> torch.Tensor:
+    """Pearson r [B] between predicted and observed mean shifts from the basal mean; inputs [B, G]."""
+    a = pred_mean - basal_mean
+    b = real_mean - basal_mean
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+
+
+def make_eval_fn(mcfg: StateTxConfig, control_idx: int = 0):
+    def eval_fn(model, loader) -> dict[str, float]:
+        losses, rs, n = [], [], 0
+        for batch in loader:
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) for k, v in batch.items()}
+            pred = model(batch["basal"], batch["pert"], batch["batch"])
+            losses.append(float(set_loss(pred, batch["target"], mcfg.loss, mcfg.blur)) * len(pred))
+            keep = batch["pert_idx"] != control_idx  # a control sentence has no shift to correlate
+            if keep.any():
+                r = pearson_delta(pred.float().mean(1), batch["target"].mean(1), batch["basal"].mean(1))[keep]
+                rs += r.tolist()
+            n += len(pred)
+        return {"val_loss": sum(losses) / max(n, 1), "val_pearson_delta": float(np.mean(rs)) if rs else float("nan")}
+
+    return eval_fn
+
+
+def init_from(model: StateTransitionModel, path: str, trust_pickle: bool) -> None:
+    """Warm start from a state-tx or arc-state checkpoint (matching names/shapes load, rest reported)."""
+    from ftcore.checkpoint import read_state_dict
+    from ftcore.loading import load_partial
+
+    sd = arc_state_to_ours(read_state_dict(path, trust_pickle=trust_pickle))
+    load_partial(model, sd, skip=ARC_STATE_SKIP, source=str(path), target="state-tx model",
+                 verbose=is_main_process())
+
+
+def train_config(cfg: RunConfig, has_val: bool) -> TrainConfig:
+    t = cfg.training
+    return TrainConfig(
+        output_dir=str(cfg.run_dir), epochs=0, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
+        weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, grad_clip=t.gradient_clip_val or None,
+        precision=t.precision, device=t.device, seed=t.train_seed,
+        monitor="val_loss" if has_val else "train_loss", mode="min",
+        val_every_steps=t.val_freq, ckpt_every_steps=t.ckpt_every_n_steps,
+        num_workers=cfg.data.kwargs.num_workers, progress=t.progress,
+        best_name="checkpoints/best.ckpt" if has_val else None,
+        last_name="checkpoints/last.ckpt", step_name="checkpoints/step={step}.ckpt",
+    )
+
+
+def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
+    """Validate everything, write the maps, train with the core Trainer, write final.ckpt."""
+    if cfg.training.max_steps < 1 or cfg.training.val_freq < 1 or cfg.training.ckpt_every_n_steps < 1:
+        raise UserError("training.max_steps, training.val_freq and training.ckpt_every_n_steps must be >= 1")
+    s = setup(cfg)
+    model = StateTransitionModel(s.model_cfg)
+    if cfg.model.kwargs.get("init_from"):
+        init_from(model, str(cfg.model.kwargs["init_from"]), trust_checkpoint)
+    check_output_dir(cfg.run_dir)  # inputs are valid: only now touch the output directory
+    if is_main_process():
+        write_artefacts(s)
+        print(f"state-tx: {len(s.train)} train sentences ({s.plans['train'].n_cells} cells), "
+              f"{len(s.val) if s.val else 0} val sentences; model {cfg.model.name} "
+              f"{model.n_params() / 1e6:.2f}M parameters, cell_set_len {s.model_cfg.cell_set_len}")
+    trainer = Trainer(model, train_config(cfg, s.val is not None), s.train, s.val,
+                      loss_fn=make_loss_fn(s.model_cfg), eval_fn=make_eval_fn(s.model_cfg),
+                      extra_state={"model_config": dataclasses.asdict(s.model_cfg)})
+    result = trainer.fit()
+    final = cfg.run_dir / "checkpoints" / "final.ckpt"
+    if is_main_process():
+        atomic_torch_save({"model": model.state_dict(), "extra": {"model_config": dataclasses.asdict(s.model_cfg)},
+                           "step": result.steps}, final)
+        print(f"wrote {final}")
+    return {"steps": result.steps, "history": result.history, "final": str(final), "run_dir": str(cfg.run_dir)}
