@@ -94,7 +94,7 @@ def require_all_keys(cls: type, data: dict, source: str, prefix: str = "") -> No
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name not in data:
-            raise UserError(f"{source}: missing key {prefix}{f.name!r}; every key the code reads must be in the file "
+            raise UserError(f"{source}: missing key '{prefix}{f.name}'; every key the code reads must be in the file "
                             f"(see the packaged {'yeast_model.yaml' if cls.__module__.endswith('model') else 'yeast_training.yaml'})")
         if dataclasses.is_dataclass(hints[f.name]):
             require_all_keys(hints[f.name], data[f.name], source, f"{prefix}{f.name}.")
@@ -102,8 +102,9 @@ def require_all_keys(cls: type, data: dict, source: str, prefix: str = "") -> No
 
 def _load(cls, path: Path, overrides: list[str]):
     data = apply_overrides(read_config_file(path), overrides)
+    cfg = from_dict(cls, data, str(path))  # unknown keys (typos) and bad values first
     require_all_keys(cls, data, str(path))
-    return from_dict(cls, data, str(path))
+    return cfg
 
 
 def load_training_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[YeastTrainingConfig, Path]:

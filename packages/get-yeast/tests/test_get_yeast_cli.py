@@ -1,0 +1,94 @@
+"""CLI end to end on tiny sizes: train (LoRA from a GET checkpoint) -> evaluate, and the opt-in."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from get_yeast.cli import main
+from get_yeast.config import packaged_config
+
+TINY_MODEL = str(packaged_config("yeast_model_tiny.yaml"))
+
+
+def train_args(data, out, *extra):
+    sets = [x for kv in TINY_TRAIN for x in ("--set", kv)]
+    return ["train", "--data", str(data), "--output", str(out), "--model-config", TINY_MODEL, "--no-progress", *sets, *extra]
+
+
+def test_train_refuses_get_checkpoint_without_opt_in(tiny_csv, get_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--trust-checkpoint" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint), "--trust-checkpoint")) == 0
+    printed = capsys.readouterr().out
+    assert "Successfully loaded" in printed and "shape mismatch" in printed
+    for name in ("best_model.pth", "last.pth", "history.json", "training_curve.png", "metrics.json", "predictions.csv",
+                 "pred_vs_true.png", "residuals.png", "condition_importance.json", "merged_model.safetensors", "splits.json"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"pearson", "spearman", "r2", "mse"} <= set(metrics) and metrics["steps"] > 0
+    report = json.loads((out / "load_report.json").read_text())
+    assert "encoder.blocks.0.attn.qkv.weight" in report["loaded"]
+    # the base stayed frozen: the encoder weight in the trained checkpoint is the GET checkpoint's
+    best = torch.load(out / "best_model.pth", weights_only=True)["model"]
+    get = torch.load(get_checkpoint, weights_only=False)["model"]
+    torch.testing.assert_close(best["base_model.model.encoder.blocks.0.attn.qkv.base_layer.weight"],
+                               get["encoder.blocks.0.attn.qkv.weight"])
+
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(tiny_csv), "--model", str(out / "best_model.pth"), "--output", str(ev),
+                 "--device", "cpu"]) == 0
+    m2 = json.loads((ev / "metrics.json").read_text())
+    assert m2["evaluated_on"] == "test split" and m2["n_samples"] == metrics["n_samples"]
+    assert m2["mse"] == pytest.approx(metrics["mse"], rel=1e-5)
+    # the merged export predicts the same
+    ev2 = tmp_path / "eval_merged"
+    assert main(["evaluate", "--data", str(tiny_csv), "--model", str(out / "merged_model.safetensors"),
+                 "--output", str(ev2), "--split", "test"]) == 0
+    assert json.loads((ev2 / "metrics.json").read_text())["mse"] == pytest.approx(m2["mse"], rel=1e-4)
+
+
+def test_train_on_excel(tmp_path, tiny_frame):
+    xlsx = tmp_path / "yeast.xlsx"
+    tiny_frame.to_excel(xlsx, index=False)
+    out = tmp_path / "run"
+    assert main(train_args(xlsx, out, "--max-steps", "2", "--set", "task.interpret=false")) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+def test_embedded_default_data(tmp_path, monkeypatch):
+    """`train` without --data: the embedded generator and the tiny GET checkpoint (trusted: made here)."""
+    from get_yeast import demo
+
+    real = demo.pretrain_tiny_get
+    monkeypatch.setattr(demo, "pretrain_tiny_get", lambda path, seed=0, progress=True: real(path, seed, progress=False))
+    out = tmp_path / "run"
+    assert main(["train", "--output", str(out), "--max-steps", "3", "--no-progress", "--set", "task.interpret=false"]) == 0
+    assert (out / "embedded" / "checkpoint-799.pth").exists() and (out / "embedded" / "yeast_demo.csv").exists()
+    assert len(json.loads((out / "load_report.json").read_text())["loaded"]) > 0
+
+
+def test_console_script_help():
+    exe = shutil.which("get-yeast") or str(Path(sys.executable).parent / "get-yeast")
+    res = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--trust-checkpoint" in res.stdout and "--data" in res.stdout
+
+
+def test_console_script_reports_bad_input(tmp_path):
+    exe = shutil.which("get-yeast") or str(Path(sys.executable).parent / "get-yeast")
+    res = subprocess.run([exe, "train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "does not exist" in res.stderr
