@@ -1,0 +1,252 @@
+"""Stage 1 and stage 2 training (on ftcore's Trainer), prediction and evaluation.
+
+    data -> train_stage1 -> best_vqvae.ckpt -> train_stage2 -> complete_model.ckpt
+         -> predict (obsm['var_st_prediction']) -> evaluate (metrics.json, next to ridge and the stage-1 ceiling)
+
+Everything here takes validated SpotData (var_st.data) and plain config objects; the CLI does
+the argument parsing. Files written by rank 0 only; every write is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from ftcore.errors import UserError
+from ftcore.io import atomic_write_json
+from ftcore.metrics import mae, mse, pearson_per_gene
+from ftcore.training import Trainer, TrainConfig
+from var_st.data import SpotData, top_variable_genes
+from var_st.model import TwoStageVARST, codebook_stats
+
+MODEL_NAME = "TWO_STAGE_VAR_ST"
+PREDICTION_KEY = "var_st_prediction"  # obsm key of predictions [N, G]; uns['var_st']['genes'] names the columns
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class RunPaths:
+    """logs/<dataset>/TWO_STAGE_VAR_ST/... as in the user's guide."""
+
+    def __init__(self, log_dir: str | Path, dataset: str):
+        self.root = Path(log_dir) / dataset / MODEL_NAME
+        self.stage1 = self.root / "stage1_vqvae"
+        self.stage1_ckpt = self.stage1 / "best_vqvae.ckpt"
+        self.stage2 = self.root / "stage2_var"
+        self.complete = self.root / "complete_model.ckpt"
+        self.predictions = self.root / "predictions.h5ad"
+        self.metrics = self.root / "metrics.json"
+
+
+def _tensor(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+
+def _train_config(out_dir: Path, run: dict, **kw) -> TrainConfig:
+    return TrainConfig(output_dir=str(out_dir), last_name="last.ckpt", **run, **kw)
+
+
+# ----------------------------------------------------------------------------- stage 1
+def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict, metadata: dict):
+    """Train the VQ-VAE on the training spots' expression; returns the TrainResult (best_vqvae.ckpt)."""
+    tr, va = data.split["train"], data.split["val"]
+    x = _tensor(data.expression)
+    model.set_training_stage(1)
+    model.gene_names = list(data.gene_names)
+    vqvae = model.vqvae
+    vqvae.fit_gene_stats(x[tr])  # replaced by the checkpoint's buffers when a run resumes
+
+    def loss_fn(m, batch):
+        out = m(batch[0])
+        return out["loss"], {"recon_loss": float(out["recon_loss"])}
+
+    def eval_fn(m, loader):
+        # restart first, so the metrics below describe the weights the checkpoint will hold
+        restarted = m.restart_dead_codes()
+        sums, n, tokens, recon, true = {}, 0, [], [], []
+        for (xb,) in loader:
+            xb = xb.to(next(m.parameters()).device)
+            out = m(xb)
+            for key in ("loss", "recon_loss", "vq_loss", "hier_loss"):
+                sums[key] = sums.get(key, 0.0) + float(out[key]) * len(xb)
+            n += len(xb)
+            tokens.append(out["tokens"].cpu())
+            recon.append(m.decode_tokens(out["tokens"]).cpu())
+            true.append(xb.cpu())
+        metrics = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+        metrics.update(codebook_stats(torch.cat(tokens), m.scale_sizes, m.cfg.vocab_size))
+        metrics["val_recon_pearson"] = _nan_to(np.nanmean(pearson_per_gene(torch.cat(recon), torch.cat(true))), 0.0)
+        metrics["dead_codes_restarted"] = float(restarted)
+        return metrics
+
+    cfg = _train_config(out_dir, run, best_name="best_vqvae.ckpt", monitor="val_loss", mode="min")
+    trainer = Trainer(vqvae, cfg, TensorDataset(x[tr]), TensorDataset(x[va]) if len(va) else None,
+                      loss_fn=loss_fn, eval_fn=eval_fn, extra_state=model.metadata(1, **metadata))
+    if is_main_process():
+        atomic_write_json(out_dir / "split.json", _split_record(data))
+    return trainer.fit()
+
+
+# ----------------------------------------------------------------------------- stage 2
+def stage1_tokens(model: TwoStageVARST, expression: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Frozen stage-1 tokens of every spot [N, L] (the teacher-forcing targets)."""
+    model.vqvae.eval()
+    return torch.cat([model.vqvae.encode_tokens(expression[i:i + batch_size]) for i in range(0, len(expression), batch_size)])
+
+
+def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict, metadata: dict):
+    """Train the VAR transformer with the frozen VQ-VAE; returns the TrainResult (best_var.ckpt)."""
+    if model.current_stage != 2:
+        raise UserError("stage 2 needs the stage-1 VQ-VAE: call set_training_stage(2, stage1_ckpt_path=...) "
+                        "(CLI: --stage1_ckpt logs/<dataset>/TWO_STAGE_VAR_ST/stage1_vqvae/best_vqvae.ckpt)")
+    tr, va = data.split["train"], data.split["val"]
+    x, h, c = _tensor(data.expression), _tensor(data.histology), _tensor(data.coords)
+    tokens = stage1_tokens(model, x)
+    V = model.var_config.vocab_size
+
+    def loss_fn(m, batch):
+        hb, cb, tb, _ = batch
+        logits = m(hb, cb, tb)
+        loss = F.cross_entropy(logits.reshape(-1, V).float(), tb.reshape(-1))
+        return loss, {"token_accuracy": float((logits.argmax(-1) == tb).float().mean())}
+
+    def eval_fn(m, loader):
+        ce, correct, per_scale, n, preds, true = 0.0, 0.0, None, 0, [], []
+        for hb, cb, tb, xb in loader:
+            dev = next(m.parameters()).device
+            hb, cb, tb = hb.to(dev), cb.to(dev), tb.to(dev)
+            logits = m(hb, cb, tb)
+            ce += float(F.cross_entropy(logits.reshape(-1, V).float(), tb.reshape(-1), reduction="sum"))
+            hit = (logits.argmax(-1) == tb).float()
+            correct += float(hit.sum())
+            s = torch.stack([p.mean(1) for p in torch.split(hit, list(m.scale_sizes), 1)], 1).sum(0)
+            per_scale = s if per_scale is None else per_scale + s
+            n += len(tb)
+            preds.append(m.inference(hb, cb, greedy=True)["predicted_gene_expression"].cpu())
+            true.append(xb)
+        L = sum(m.scale_sizes)
+        metrics = {"val_loss": ce / max(n * L, 1), "val_token_accuracy": correct / max(n * L, 1)}
+        for size, acc in zip(m.scale_sizes, per_scale.tolist()):
+            metrics[f"val_token_accuracy_s{size}"] = acc / max(n, 1)
+        metrics["val_pearson"] = _nan_to(np.nanmean(pearson_per_gene(torch.cat(preds), torch.cat(true))), -1.0)
+        return metrics
+
+    # Best = highest mean per-gene Pearson of greedy predictions on the validation slide: what
+    # users select models by (token cross-entropy keeps falling while fine-scale noise is fitted).
+    cfg = _train_config(out_dir, run, best_name="best_var.ckpt", monitor="val_pearson", mode="max")
+    ds = lambda idx: TensorDataset(h[idx], c[idx], tokens[idx], x[idx])  # noqa: E731
+    trainer = Trainer(model, cfg, ds(tr), ds(va) if len(va) else None, loss_fn=loss_fn,
+                      eval_fn=eval_fn if len(va) else None, extra_state=model.metadata(2, **metadata))
+    result = trainer.fit()
+    if result.best_path is not None and result.best_path.exists():
+        best = torch.load(result.best_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(best["model"])
+    return result
+
+
+# ----------------------------------------------------------------------------- predict / evaluate
+@torch.no_grad()
+def predict_expression(model: TwoStageVARST, data: SpotData, idx: np.ndarray | None = None, batch_size: int = 256,
+                       temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = 0.9,
+                       greedy: bool = True, seed: int = 0, num_samples: int = 1) -> np.ndarray:
+    """Predicted expression [n, G] for spots idx (all by default); the mean of num_samples draws."""
+    idx = np.arange(len(data)) if idx is None else idx
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    h, c = _tensor(data.histology[idx]), _tensor(data.coords[idx])
+    out = []
+    for i in range(0, len(idx), batch_size):
+        draws = [model.inference(h[i:i + batch_size], c[i:i + batch_size], temperature, top_k, top_p, greedy,
+                                 generator=gen)["predicted_gene_expression"] for _ in range(1 if greedy else num_samples)]
+        out.append(torch.stack(draws).mean(0).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.num_genes), np.float32)
+
+
+@torch.no_grad()
+def reconstruct_expression(model: TwoStageVARST, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Stage-1 reconstruction decode(encode(x)): the ceiling of what stage 2 can reach."""
+    dev = next(model.parameters()).device
+    t = _tensor(x)
+    return torch.cat([model.vqvae.reconstruct(t[i:i + batch_size].to(dev)).cpu() for i in range(0, len(t), batch_size)]).numpy()
+
+
+def ridge_baseline(data: SpotData, train_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
+    """Ridge regression histology -> expression fitted on train_idx (alpha by internal CV), predicted on test_idx."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
+    ridge.fit(data.histology[train_idx], data.expression[train_idx])
+    return ridge.predict(data.histology[test_idx]).astype(np.float32)
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray, top_genes: np.ndarray) -> dict[str, float]:
+    """Per-gene Pearson (mean over all genes and over the top-50 HVGs, as HEST reports), MSE, MAE."""
+    r = pearson_per_gene(pred, true)
+    return {"pearson_mean_all_genes": _nan_to(np.nanmean(r) if np.isfinite(r).any() else np.nan, float("nan")),
+            "pearson_mean_top50_hvg": _nan_to(np.nanmean(r[top_genes]) if np.isfinite(r[top_genes]).any() else np.nan, float("nan")),
+            "mse": mse(pred, true), "mae": mae(pred, true)}
+
+
+def evaluate(model: TwoStageVARST, data: SpotData, split: str, prediction: np.ndarray) -> dict:
+    """Metrics of `prediction` (spots of `split`), the stage-1 ceiling and ridge on the same split."""
+    test = _split_indices(data, split)
+    train = data.split["train"]
+    true = data.expression[test]
+    top = top_variable_genes(data.expression[train], 50)
+    report = {
+        "split": split, "split_rule": data.split_rule, "n_train_spots": int(len(train)), "n_eval_spots": int(len(test)),
+        "num_genes": len(data.gene_names), "top50_hvg": [data.gene_names[i] for i in top],
+        "methods": {
+            "var_st": regression_metrics(prediction, true, top),
+            "stage1_reconstruction_ceiling": regression_metrics(reconstruct_expression(model, true), true, top),
+            "ridge_histology": regression_metrics(ridge_baseline(data, train, test), true, top),
+        },
+    }
+    return report
+
+
+def _split_indices(data: SpotData, split: str) -> np.ndarray:
+    if split == "all":
+        return np.arange(len(data))
+    if split not in data.split:
+        raise UserError(f"unknown split {split!r}; choose train, val, test or all")
+    idx = data.split[split]
+    if len(idx) < 2:
+        raise UserError(f"the {split} split has {len(idx)} spots; evaluate needs at least 2 (try --split all)")
+    return idx
+
+
+def format_report(report: dict) -> str:
+    rows = [f"{'method':32s} {'pearson(all)':>12s} {'pearson(top50)':>14s} {'mse':>8s} {'mae':>8s}"]
+    for name, m in report["methods"].items():
+        rows.append(f"{name:32s} {m['pearson_mean_all_genes']:12.4f} {m['pearson_mean_top50_hvg']:14.4f} "
+                    f"{m['mse']:8.4f} {m['mae']:8.4f}")
+    return f"{report['split']} split ({report['split_rule']}), {report['n_eval_spots']} spots:\n" + "\n".join(rows)
+
+
+def _split_record(data: SpotData) -> dict:
+    return {"rule": data.split_rule, "source": data.source,
+            **{k: [data.obs_names[i] for i in v] for k, v in data.split.items()}}
+
+
+def _nan_to(value, fill: float) -> float:
+    value = float(value)
+    return value if np.isfinite(value) else fill
+
+
+def train_settings(args_dict: dict) -> dict:
+    """The plain-typed run description stored in checkpoints (extra['data'])."""
+    return {k: v for k, v in args_dict.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+__all__ = ["RunPaths", "train_stage1", "train_stage2", "predict_expression", "evaluate", "format_report",
+           "ridge_baseline", "reconstruct_expression", "PREDICTION_KEY"]
