@@ -155,7 +155,7 @@ def run_demo(args: argparse.Namespace) -> dict:
                    if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress")
                    and v is not None}
     cfg = RunConfig(data=str(data_path), checkpoint=str(ckpt_path), vocab=str(ckpt_path) + ".genes.txt",
-                    config=args.config, output=str(out / "finetune"), epochs=5, batch_size=16, lr=1e-3,
+                    config=args.config, output=str(out / "finetune"), epochs=8, batch_size=16, lr=3e-3,
                     baseline=True, **run)
     cfg = dataclasses.replace(cfg, **train_flags)
     results = finetune(cfg)

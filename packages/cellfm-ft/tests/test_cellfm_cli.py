@@ -1,0 +1,125 @@
+"""The CLI end to end on tiny sizes: convert, train (the seed's outputs), predict, evaluate, demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from ftcore.checkpoint import read_state_dict
+
+from cellfm_ft.cli import main
+from cellfm_ft.model import pad_rows
+from cellfm_ft.train import load_cellfm_weights
+
+from conftest import train_argv
+
+
+@pytest.fixture(scope="module")
+def trained(cellfm_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cellfm_run") / "run"
+    assert main(train_argv(cellfm_inputs, out, "--test-donors", "D2", "--baseline")) == 0
+    return out
+
+
+def test_convert_writes_safetensors_and_report(cellfm_inputs, tmp_path, capsys):
+    out = tmp_path / "cellfm.safetensors"
+    assert main(["convert", str(cellfm_inputs["ckpt"]), "--output", str(out), "--config", "tiny",
+                 "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mapping"]["skipped"] == {"global_step": "training counter saved beside the weights"}
+    assert report["config"]["enc_dims"] == 32 and report["config"]["enc_nlayers"] == 2
+    sd = read_state_dict(out)
+    assert "extractor.encoder.1.post_norm2.weight" in sd and set(report["tensors"]) == set(sd)
+    assert "converted" in capsys.readouterr().out
+
+
+def test_train_writes_the_seeds_outputs(trained, cellfm_inputs):
+    names = {p.name for p in trained.iterdir()}
+    assert {"best_model.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "training_results.json",
+            "train.h5ad", "test.h5ad", "confusion_matrix.png", "training_curve.png", "last.pt", "split.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    res = json.loads((trained / "training_results.json").read_text())
+    assert res["gene_embedding"] == "reinitialized_for_our_vocab"
+    assert len(res["train_acc_history"]) == len(res["test_acc_history"]) == 2
+    assert res["best_test_acc"] == max(res["test_acc_history"])
+    assert 0 <= res["baseline_logreg_test_acc"] <= 1
+    vocab = cellfm_inputs["vocab"].read_text().split()
+    assert res["n_genes"] == len(set(vocab) & set(cellfm_inputs["adata"].var_names)) == 64 - res["genes_absent_from_vocab"]
+
+
+def test_train_and_test_h5ad_hold_predictions(trained, cellfm_inputs):
+    test = ad.read_h5ad(trained / "test.h5ad")
+    train = ad.read_h5ad(trained / "train.h5ad")
+    assert set(test.obs["donor"]) == {"D2"} and "D2" not in set(train.obs["donor"])
+    labels = test.uns["cellfm"]["labels"]
+    proba = test.obsm["cellfm_proba"]
+    assert proba.shape == (test.n_obs, len(labels))
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
+    assert (test.obs["cellfm_pred"].astype(str).to_numpy() == np.asarray(labels)[proba.argmax(1)]).all()
+    assert test.obsm["X_cellfm"].shape == (test.n_obs, 32)
+    source = cellfm_inputs["adata"][test.obs_names]
+    np.testing.assert_array_equal(test.X.toarray(), source.X.toarray())  # X untouched (raw counts)
+    res = json.loads((trained / "training_results.json").read_text())
+    acc = float((test.obs["cellfm_pred"].astype(str) == test.obs["cell_type"].astype(str)).mean())
+    assert acc == pytest.approx(res["test_acc_best_model"])
+
+
+def test_gene_emb_reinitialised_frozen_layers_loaded(trained, cellfm_inputs):
+    best = torch.load(trained / "best_model.pth", weights_only=True)
+    sd = best["model"]
+    n = json.loads((trained / "training_results.json").read_text())["n_genes"]
+    assert sd["extractor.gene_emb"].shape == (pad_rows(n), 32)
+    assert torch.all(sd["extractor.gene_emb"][0] == 0)
+    ckpt, _ = load_cellfm_weights(str(cellfm_inputs["ckpt"]))
+    # frozen: value encoder identical to the checkpoint; trained: encoder moved away from it
+    torch.testing.assert_close(sd["extractor.value_enc.value_enc.w3.weight"], ckpt["extractor.value_enc.value_enc.w3.weight"])
+    assert not torch.equal(sd["extractor.encoder.0.attn.q_proj.weight"], ckpt["extractor.encoder.0.attn.q_proj.weight"])
+    assert best["extra"]["genes"][:2] and best["extra"]["labels"] == sorted(set(cellfm_inputs["adata"].obs["cell_type"]))
+
+
+def test_predict_and_evaluate(trained, cellfm_inputs, tmp_path):
+    out = tmp_path / "pred.h5ad"
+    assert main(["predict", "--model", str(trained / "best_model.pth"), "--data", str(cellfm_inputs["data"]),
+                 "--output", str(out)]) == 0
+    pred = ad.read_h5ad(out)
+    assert pred.n_obs == cellfm_inputs["adata"].n_obs and "cellfm_pred" in pred.obs
+    assert main(["evaluate", "--model", str(trained / "best_model.pth"), "--data", str(cellfm_inputs["data"]),
+                 "--label-key", "cell_type", "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    acc = float((pred.obs["cellfm_pred"].astype(str) == pred.obs["cell_type"].astype(str)).mean())
+    assert metrics["accuracy"] == pytest.approx(acc)
+    assert np.array(metrics["confusion_matrix"]).sum() == pred.n_obs
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_preset_points_at_user_files(tmp_path, monkeypatch, capsys, cellfm_inputs):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--testcase"]) == 2
+    assert "preset --testcase expects the data at data/testcase.h5ad" in capsys.readouterr().err
+    (tmp_path / "data").mkdir()
+    shutil.copy(cellfm_inputs["data"], tmp_path / "data" / "mtg.h5ad")
+    # The preset supplies data, donor split and output dir; the flags here only point at the tiny checkpoint.
+    assert main(["train", "--mtg", "--label-key", "cell_type", "--donor-key", "donor", "--checkpoint",
+                 str(cellfm_inputs["ckpt"]), "--config", "tiny", "--max-steps", "1", "--no-progress"]) == 0
+    assert (tmp_path / "outputs" / "cellfm_mtg" / "training_results.json").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--dataset", "synthetic", "--max-steps", "2", "--output", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "logistic regression" in out
+    assert (tmp_path / "predictions.h5ad").exists() and (tmp_path / "inputs" / "cellfm_tiny_demo.safetensors").exists()
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "cellfm-ft"
+    proc = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--testcase" in proc.stdout and "--trust-checkpoint" in proc.stdout
