@@ -94,14 +94,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "config", pre
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
-            raise UserError(f"{source}: unknown key {prefix}{key!r}{hint}")
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
+            raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], source, f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise UserError(f"{source}: missing required key {prefix}{name!r}")
+            raise UserError(f"{source}: missing required key '{prefix}{name}'")
     try:
         return cls(**kwargs)
     except UserError as err:
