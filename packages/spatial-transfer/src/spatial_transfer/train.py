@@ -200,8 +200,11 @@ class CVPlan:
 
     def key(self, cfg: RunConfig) -> dict:
         """What must not change between a run and its resumption."""
+        model = asdict(cfg.model)
+        if self.strategy == "scratch":  # the bulk model's sizes play no part
+            model = {k: v for k, v in model.items() if not k.startswith("bulk_")}
         return {"strategy": self.strategy, "cv_mode": self.cv_mode, "folds": self.folds, "lr": self.lr,
-                "seed": self.seed, "model": asdict(cfg.model), "graph": asdict(cfg.graph), "train": asdict(cfg.spatial)}
+                "seed": self.seed, "model": model, "graph": asdict(cfg.graph), "train": asdict(cfg.spatial)}
 
 
 def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path,

@@ -1,0 +1,130 @@
+"""CLI: env vars vs flags, the whole flow on tiny data, outputs, resume after a finished fold, compare."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+from ftcore.errors import UserError
+from spatial_transfer.cli import main, resolve_cv, resolve_strategy
+
+
+def _args(strategy=None, transfer=None, freeze=None, cv=None, heldout=None):
+    return types.SimpleNamespace(strategy=strategy, transfer=transfer, freeze_backbone=freeze, cv=cv, loo_heldout=heldout)
+
+
+@pytest.mark.parametrize("flags,env,expected", [
+    ({}, {}, "full"),
+    ({}, {"TRANSFER_STRATEGY": "frozen_backbone"}, "frozen_backbone"),
+    ({}, {"USE_TRANSFER_LEARNING": "false"}, "scratch"),
+    ({}, {"USE_TRANSFER_LEARNING": "true", "FREEZE_BACKBONE": "true"}, "frozen_backbone"),
+    ({"strategy": "frozen_decoder"}, {"TRANSFER_STRATEGY": "full"}, "frozen_decoder"),  # flag beats variable
+    ({"strategy": "full"}, {"FREEZE_BACKBONE": "true"}, "full"),
+    ({"transfer": False}, {"TRANSFER_STRATEGY": "full"}, "scratch"),
+    ({"freeze": True}, {"TRANSFER_STRATEGY": "full"}, "frozen_backbone"),
+])
+def test_strategy_resolution(flags, env, expected):
+    assert resolve_strategy(_args(**flags), env) == expected
+
+
+@pytest.mark.parametrize("env,phrase", [
+    ({"TRANSFER_STRATEGY": "partial"}, "TRANSFER_STRATEGY='partial' is not a valid value; allowed: full, frozen_backbone, frozen_decoder, scratch"),
+    ({"USE_TRANSFER_LEARNING": "maybe"}, "allowed: true, false"),
+    ({"TRANSFER_STRATEGY": "full", "FREEZE_BACKBONE": "true"}, "conflicts with strategy 'full'"),
+    ({"USE_TRANSFER_LEARNING": "false", "FREEZE_BACKBONE": "true"}, "FREEZE_BACKBONE=true needs transfer learning"),
+])
+def test_strategy_errors(env, phrase):
+    with pytest.raises(UserError, match=phrase.replace("(", r"\(")):
+        resolve_strategy(_args(), env)
+
+
+def test_cv_resolution():
+    assert resolve_cv(_args(), {}) == ("kfold", None)
+    assert resolve_cv(_args(), {"CV_MODE": "loo", "LOO_HELDOUT": "a, b"}) == ("loo", ["a", "b"])
+    assert resolve_cv(_args(cv="kfold"), {"CV_MODE": "loo"}) == ("kfold", None)
+    with pytest.raises(UserError, match="CV_MODE='lopo' is not a valid value; allowed: kfold, loo"):
+        resolve_cv(_args(), {"CV_MODE": "lopo"})
+
+
+def test_run_end_to_end_outputs_and_resume(tiny_data, tmp_path, tiny_args, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--data", str(tiny_data), "--output", str(out), "--folds", "2", "--lr", "1e-3", *tiny_args()]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "=== Loading Pretrained Weights from Bulk Model ===" in text
+    assert "Skipped 2 layers due to shape mismatch" in text
+    assert "Average overall correlation:" in text and "±" in text
+    log, ck = out / "log_normalized_transfer_full", out / "checkpoints_transfer_full"
+    for k in (0, 1):
+        for name in (f"fold_{k}_metrics.json", f"fold_{k}_predictions.npy", f"fold_{k}_training_curve.png"):
+            assert (log / name).stat().st_size > 0, name
+        best = torch.load(ck / f"best_hest_graph_model_fold_{k}.pt", weights_only=True)
+        assert "output_projection.1.weight" in best["model"]
+        assert not (ck / f"last_fold_{k}.pt").exists()
+    final = json.loads((log / "final_2fold_results.json").read_text())
+    temp = json.loads((log / "temp_fold_results.json").read_text())
+    assert [f["fold"] for f in temp["folds"]] == [0, 1]
+    tested = [s for f in final["folds"] for s in f["test_samples"]]
+    assert sorted(tested) == sorted({f"slide{i:02d}" for i in range(4)})
+    for f in final["folds"]:
+        m = json.loads((log / f"fold_{f['fold']}_metrics.json").read_text())
+        pred = np.load(log / f"fold_{f['fold']}_predictions.npy")
+        assert pred.shape == (m["n_test_spots"], 20) and np.isfinite(pred).all()
+        assert all(name.startswith(tuple(f["test_samples"])) for name in m["spot_names"])
+        assert -1 <= m["overall_correlation"] <= 1
+    adata = anndata.read_h5ad(log / "predictions.h5ad")
+    assert adata.layers["cv_predicted"].shape == adata.X.shape and np.isfinite(adata.layers["cv_predicted"]).all()
+    assert (out / "bulk_pretrain" / "best_bulk_model.pt").exists()
+
+    # a crash after fold 0: drop fold 1 from the record, rerun, only fold 1 is trained again
+    temp["folds"] = temp["folds"][:1]
+    (log / "temp_fold_results.json").write_text(json.dumps(temp))
+    before = (log / "fold_0_metrics.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "resuming: 1 of 2 folds already finished" in text and "Fold 1/2" not in text and "Fold 2/2" in text
+    assert (log / "fold_0_metrics.json").stat().st_mtime_ns == before
+    again = json.loads((log / "final_2fold_results.json").read_text())
+    assert again["folds"][1]["test_loss"] == pytest.approx(final["folds"][1]["test_loss"], rel=1e-5)
+
+    # other settings in the same directory: refused, not mixed
+    assert main(argv[:-2] + ["--seed", "7", *argv[-2:]]) == 2
+    assert "holds results of a run with other settings (changed: folds, seed" in capsys.readouterr().err
+
+
+def test_scratch_loo_by_env_and_compare(tiny_data, tmp_path, tiny_args, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("USE_TRANSFER_LEARNING", "false")
+    monkeypatch.setenv("CV_MODE", "loo")
+    monkeypatch.setenv("LOO_HELDOUT", "slide01")
+    assert main(["run", "--data", str(tiny_data), "--output", str(out), *tiny_args()]) == 0
+    assert (out / "log_normalized" / "final_1fold_results.json").exists()  # the guide's from-scratch dir
+    assert (out / "checkpoints" / "best_hest_graph_model_fold_0.pt").exists()
+    assert not (out / "bulk_pretrain").exists()  # from scratch needs no bulk model
+    monkeypatch.delenv("USE_TRANSFER_LEARNING")
+    capsys.readouterr()
+    assert main(["compare", "--data", str(tiny_data), "--output", str(out), "--strategies", "frozen_backbone,scratch",
+                 *tiny_args()]) == 0
+    text = capsys.readouterr().out
+    table = text.split("=== Transfer vs from scratch (same folds) ===")[1]
+    assert "frozen_backbone" in table and "scratch" in table and "±" in table
+    cmp_ = json.loads((out / "comparison.json").read_text())
+    assert set(cmp_) == {"frozen_backbone", "scratch"}
+    assert cmp_["scratch"]["lr"] == 1e-4 and cmp_["frozen_backbone"]["lr"] == 1e-5  # the guide's defaults
+
+
+def test_console_script_help_and_unknown_strategy(tmp_path):
+    exe = Path(sys.executable).parent / "spatial-transfer"
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "compare" in r.stdout and "make-demo-data" in r.stdout
+    env = dict(os.environ, TRANSFER_STRATEGY="everything")
+    r = subprocess.run([str(exe), "--output", str(tmp_path / "x")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: TRANSFER_STRATEGY='everything'") and "allowed: full" in r.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,101 @@
+"""Cell2Gene models: shapes, gradients, graph building, bulk -> spatial transfer report, freezing sets."""
+
+import pytest
+import torch
+
+from ftcore.errors import UserError
+from ftcore.freezing import FreezeSpec, apply_freezing
+from ftcore.loading import load_partial
+from spatial_transfer.data import GraphConfig, bulk_items, collate, knn_edges, radius_edges, read_bulk, read_spatial, spatial_items
+from spatial_transfer.model import FREEZE_STRATEGIES, BulkModel, SpatialModel
+
+
+@pytest.fixture
+def batches(tiny_data):
+    g = GraphConfig(window=2, k=3)
+    sp = read_spatial(tiny_data, 16)
+    bk = read_bulk(tiny_data, 16)
+    return collate(spatial_items(sp, g, sp.samples[:2])), collate(bulk_items(bk, g, [0, 1, 2]))
+
+
+def test_forward_shapes_and_gradients(tiny_config, batches):
+    spatial_batch, bulk_batch = batches
+    torch.manual_seed(0)
+    sm, bm = SpatialModel(tiny_config), BulkModel(tiny_config)
+    out = sm(spatial_batch)
+    assert out.shape == spatial_batch.y.shape == (spatial_batch.spot_pos.shape[0], 20)
+    out_b = bm(bulk_batch)
+    assert out_b.shape == (3, 12) == bulk_batch.y.shape
+    loss = torch.nn.functional.mse_loss(out, spatial_batch.y)
+    loss.backward()
+    for name, p in sm.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert sm.gnn.convs[0].lin.weight.grad.abs().sum() > 0  # the GAT learns through the pooling
+
+
+def test_spot_output_depends_only_on_its_own_window(tiny_config, batches):
+    spatial_batch, _ = batches
+    sm = SpatialModel(tiny_config).eval()
+    with torch.no_grad():
+        a = sm(spatial_batch)
+        b = spatial_batch.clone()
+        first = b.batch == 0
+        b.x[first] += 5.0  # change the nuclei of the first window only
+        out = sm(b)
+    n0 = int((b.spot_pos_batch == 0).sum())
+    assert not torch.allclose(a[:n0], out[:n0])
+    torch.testing.assert_close(a[n0:], out[n0:])
+
+
+def test_knn_edges_known_case():
+    pos = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.5, 0.0]])
+    e = knn_edges(pos, 1)
+    pairs = {(int(s), int(t)) for s, t in e.t()}
+    assert pairs == {(1, 0), (0, 1), (3, 2), (2, 3)}  # (neighbour, nucleus)
+    r = radius_edges(pos, 1.2)
+    assert {(int(s), int(t)) for s, t in r.t()} == {(0, 1), (1, 0)}
+    assert knn_edges(pos[:1], 3).shape == (2, 0)
+
+
+def test_transfer_report_matches_the_guide(tiny_config, capsys):
+    bulk, spatial = BulkModel(tiny_config), SpatialModel(tiny_config)
+    report = load_partial(spatial, bulk.state_dict(), source="bulk", target="spatial model")
+    text = capsys.readouterr().out
+    mism = {k: (m, c) for k, m, c in report.shape_mismatch}
+    assert mism == {"output_projection.1.weight": ((20, 16), (12, 16)), "output_projection.1.bias": ((20,), (12,))}
+    assert "output_projection.1.weight: spatial model (20, 16) vs bulk (12, 16)" in text
+    # bulk_layers=2 vs spatial_layers=1: layer 1 is not present in the spatial model
+    assert report.not_in_model and all(k.startswith("transformer.layers.1.") for k in report.not_in_model)
+    assert set(report.not_in_checkpoint) == {"pos_encoding.proj.weight", "pos_encoding.proj.bias"}
+    assert any(k.startswith("gnn.") for k in report.loaded) and any(k.startswith("transformer.layers.0.") for k in report.loaded)
+    for k in report.loaded:
+        torch.testing.assert_close(spatial.state_dict()[k], bulk.state_dict()[k])
+
+
+@pytest.mark.parametrize("strategy,frozen_prefixes", [
+    ("full", ()), ("scratch", ()),
+    ("frozen_backbone", ("gnn.", "feature_projection.")),
+    ("frozen_decoder", ("gnn.", "transformer.")),
+])
+def test_strategy_trainable_sets(tiny_config, strategy, frozen_prefixes):
+    model = SpatialModel(tiny_config)
+    report = apply_freezing(model, FREEZE_STRATEGIES[strategy], verbose=False)
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (not name.startswith(frozen_prefixes)), name
+    groups = {n.split(".")[0] for n in report.trainable_names}
+    if strategy == "frozen_backbone":
+        assert groups == {"transformer", "output_projection", "pos_encoding"}
+    if strategy == "frozen_decoder":
+        assert groups == {"feature_projection", "output_projection", "pos_encoding"}
+
+
+def test_freezing_everything_is_an_error(tiny_config):
+    with pytest.raises(UserError, match="No trainable parameters!"):
+        apply_freezing(SpatialModel(tiny_config), FreezeSpec(frozen=(".",)), verbose=False)
+
+
+def test_config_checks_divisibility():
+    from spatial_transfer.model import Cell2GeneConfig
+
+    with pytest.raises(UserError, match="n_heads"):
+        Cell2GeneConfig(embed_dim=20, n_heads=8)
