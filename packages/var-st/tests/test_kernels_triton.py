@@ -13,19 +13,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the @triton.jit decorations
 triton = pytest.importorskip("triton")
 
-from var_st.kernels import (  # noqa: E402
+from var_st.kernels import (
     cached_scale_attention,
     nearest_code,
     nearest_code_reference,
     scale_causal_attention,
     scale_causal_attention_reference,
-    scale_causal_attention_split,
     scale_causal_mask,
     scale_kv_end,
     use_kernels,
 )
-from var_st.kernels.triton_attention import prefix_attention_triton  # noqa: E402
-from var_st.kernels.triton_vq import nearest_code_triton  # noqa: E402
+from var_st.kernels.triton_attention import prefix_attention_triton
+from var_st.kernels.triton_vq import nearest_code_triton
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.gpu
@@ -69,13 +68,25 @@ def test_nearest_code_kernel_matches_fp64(n, k, d, dtype):
     assert torch.all((dist.double() - ref_dist).abs() <= 5e-5 * scale + 1e-6)
 
 
+@pytest.mark.parametrize("block_n,block_k", [(16, 16), (32, 64), (64, 16)])
+def test_nearest_code_tile_sizes_agree(block_n, block_k):
+    # Every tiling sweeps the same codebook: identical indices and distances.
+    g = fresh_generator()
+    x, c = torch.randn(45, 40, generator=g).to(DEV), torch.randn(300, 40, generator=g).to(DEV)
+    one = nearest_code_triton(x, c, return_dist=True)
+    other = nearest_code_triton(x, c, return_dist=True, block_n=block_n, block_k=block_k)
+    assert torch.equal(one[0], other[0]) and torch.allclose(one[1], other[1], rtol=1e-6)
+    assert_same_argmin(other[0], x, c)
+
+
 def test_nearest_code_ties_pick_lowest_index():
     g = fresh_generator()
     c = torch.randn(70, 24, generator=g)
     c[65] = c[3]  # duplicate codeword in a later tile
     x = c[[3, 3, 10]] + 0.0
-    idx = nearest_code_triton(x.to(DEV), c.to(DEV))
-    assert idx.tolist()[:2] == [3, 3] and idx[2].item() == 10
+    for block_k in (16, 64):
+        idx = nearest_code_triton(x.to(DEV), c.to(DEV), block_k=block_k)
+        assert idx.tolist()[:2] == [3, 3] and idx[2].item() == 10
 
 
 def test_nearest_code_dispatch_on_cpu_is_reference():
@@ -89,7 +100,7 @@ def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("scales,dh", [((1, 2, 5, 13), 20), ((1, 3, 7, 40), 80), ((4,), 16)])
+@pytest.mark.parametrize("scales,dh", [((1, 2, 5, 13), 20), ((1, 3, 7, 40), 80), ((4,), 16), ((2, 9), 96), ((3, 30), 64)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_prefix_kernel_matches_masked_reference(scales, dh, dtype, tol):
     g = fresh_generator()
@@ -124,16 +135,18 @@ def test_cached_decode_step_matches_full_attention():
 
 
 @pytest.mark.parametrize("scales", [(1, 8, 32, 200), (1, 2, 3), (5,)])
-def test_split_path_equals_reference_with_gradients(scales):
+def test_dispatch_with_gradients_matches_reference(scales):
+    # Training goes through SDPA with the mask on every device: gradients must be the reference's.
     g = fresh_generator()
     L = sum(scales)
     q, k, v = (torch.randn(2, 2, L, 16, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     w = torch.randn(2, 2, L, 16, generator=g, dtype=torch.float64)
-    ref = scale_causal_attention_reference(q, k, v, scales)
-    grads_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
-    out = scale_causal_attention_split(q, k, v, scales)
+    mask = scale_causal_mask(scales)
+    dense = torch.softmax((q @ k.transpose(-1, -2)) / 4.0 + torch.where(mask, 0.0, float("-inf")), -1) @ v
+    grads_ref = torch.autograd.grad((dense * w).sum(), (q, k, v))
+    out = scale_causal_attention(q, k, v, scales)
     grads = torch.autograd.grad((out * w).sum(), (q, k, v))
-    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(out, dense, atol=1e-12)
     for a, b in zip(grads, grads_ref):
         assert torch.allclose(a, b, atol=1e-10)
 
@@ -178,4 +191,5 @@ def test_gpu_attention_var_st_size_all_paths():
     ref = scale_causal_attention_reference(q.float(), k.float(), v.float(), scales)
     with torch.no_grad():
         assert rel_err(scale_causal_attention(q, k, v, scales), ref) < 1e-2  # Triton path
-    assert rel_err(scale_causal_attention_split(q, k, v, scales), ref) < 1e-2
+    out = scale_causal_attention(q.requires_grad_(), k, v, scales)  # training: SDPA with the mask
+    assert rel_err(out.detach(), ref) < 1e-2

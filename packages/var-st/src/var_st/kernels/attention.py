@@ -1,23 +1,28 @@
 """Scale-block-causal attention: token i attends to token j when scale(j) <= scale(i).
 
-Over VAR's token sequence (scales s_1 < s_2 < ... laid end to end) that mask is a PREFIX per
-query: token i of scale s sees exactly the keys j < end(s), the end of its own scale. Two
-consequences drive the fast paths here:
+Over VAR's token sequence (scales laid end to end, coarse to fine) that mask is a PREFIX per
+query: token i of scale s sees exactly the keys j < end(s), the end of its own scale. The Triton
+kernel takes that prefix length per query row (`kv_end`) and never loads keys beyond it; the
+same kernel serves the KV-cached decode step (each new token of a scale sees the whole cache
+and its own scale: kv_end = cache length).
 
-* training: the last (and by far largest) scale sees every key, so its queries need no mask at
-  all and go to the flash kernel; only the short head of coarser scales needs a masked call.
-  `scale_causal_attention_split` is therefore exact, keeps flash's fast backward, and drops
-  the L x L mask (SDPA with a boolean mask falls back to a slower kernel for the whole sequence).
-* inference: a Triton kernel takes the prefix length per query row (`kv_end`) and never touches
-  keys beyond it; the same kernel serves the KV-cached decode step (every new token of a scale
-  sees the whole cache and its own scale, i.e. kv_end = cache length).
+Which path runs (measured on an H100, B=64, 8 heads, L=241, Dh=80, bf16; numbers and command
+in benchmarks/results/kernels_h100.json):
+* no gradient (inference, evaluation): the Triton kernel, ~2.3x faster than SDPA with a
+  boolean mask and ~2x faster than flex_attention.
+* gradients or dropout (training): SDPA with the boolean mask. Its forward+backward beat
+  flex_attention's (about 2x) and an exact split into a masked head plus an unmasked flash call
+  for the last scale (about 3x: the slicing and concatenation cost more than flash saves). A
+  Triton backward was not written, so training keeps SDPA.
+* decode step: the Triton kernel for short scales (<= 64 new tokens), SDPA's flash kernel for
+  the long last scale, where it measured faster.
 
 Shapes everywhere: q, k, v [B, H, L, Dh] -> [B, H, L, Dh].
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,28 +54,15 @@ def scale_causal_attention_reference(q, k, v, scale_sizes: Sequence[int], dropou
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
-def scale_causal_attention_split(q, k, v, scale_sizes: Sequence[int], dropout_p: float = 0.0):
-    """Exact block-causal attention as two calls: masked head (coarse scales), unmasked last scale."""
-    head = sum(scale_sizes[:-1])
-    if head == 0:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    out_head = scale_causal_attention_reference(q[:, :, :head], k[:, :, :head], v[:, :, :head],
-                                                scale_sizes[:-1], dropout_p)
-    out_last = F.scaled_dot_product_attention(q[:, :, head:], k, v, dropout_p=dropout_p)
-    return torch.cat([out_head, out_last], dim=2)
-
-
 def scale_causal_attention(q, k, v, scale_sizes: Sequence[int], dropout_p: float = 0.0):
-    """Block-causal attention over scales; picks the fastest exact path for the device.
+    """Block-causal attention over scales; the fastest measured exact path for the call.
 
-    CUDA + gradients or dropout: the split path (flash forward and backward). CUDA, no gradient,
-    no dropout: the Triton prefix kernel. CPU or kernels off: the masked SDPA reference.
+    CUDA, no gradient, no dropout: the Triton prefix kernel. Otherwise (training, CPU, kernels
+    off): SDPA with the boolean mask.
     """
-    if not q.is_cuda or not kernels_enabled():
-        return scale_causal_attention_reference(q, k, v, scale_sizes, dropout_p)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if needs_grad or dropout_p > 0 or not triton_available():
-        return scale_causal_attention_split(q, k, v, scale_sizes, dropout_p)
+    if not (q.is_cuda and kernels_enabled() and triton_available()) or needs_grad or dropout_p > 0:
+        return scale_causal_attention_reference(q, k, v, scale_sizes, dropout_p)
     from var_st.kernels.triton_attention import prefix_attention_triton
 
     return prefix_attention_triton(q, k, v, scale_kv_end(scale_sizes, q.device))
@@ -79,7 +71,8 @@ def scale_causal_attention(q, k, v, scale_sizes: Sequence[int], dropout_p: float
 def cached_scale_attention(q, k, v):
     """KV-cached decode step: q [B, H, Lnew, Dh] are the tokens of the scale being generated,
     k, v [B, H, Lcache, Dh] hold every token so far including these; all keys are visible."""
-    if q.is_cuda and kernels_enabled() and triton_available() and not torch.is_grad_enabled():
+    short_scale = q.shape[2] <= 64  # measured: Triton wins for 1..32 new tokens, flash at 200
+    if short_scale and q.is_cuda and kernels_enabled() and triton_available() and not torch.is_grad_enabled():
         from var_st.kernels.triton_attention import prefix_attention_triton
 
         kv_end = torch.full((q.shape[2],), k.shape[2], dtype=torch.int32, device=q.device)

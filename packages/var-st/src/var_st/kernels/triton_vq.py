@@ -27,10 +27,13 @@ def mma(a, b, UPCAST: tl.constexpr):
 
 @triton.jit
 def vq_argmin_kernel(
-    x_ptr, chi_ptr, clo_ptr, cnorm_ptr, idx_ptr, dist_ptr,
+    x_ptr, chi_ptr, clo_ptr, cnorm_ptr, best_ptr, idx_ptr,
     N, K, D, stride_x, stride_c,
-    SPLIT: tl.constexpr, WRITE_DIST: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    HILO: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Program i: rows [i*BLOCK_N, ...) against the whole codebook ->
+    best[rows] = min_k |c_k|^2 - 2 x.c_k and idx[rows] = its k."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
@@ -38,39 +41,47 @@ def vq_argmin_kernel(
     # One tile of x stays in registers for the whole codebook sweep (D <= BLOCK_D).
     x = tl.load(x_ptr + rows[:, None] * stride_x + dims[None, :],
                 mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
-    if SPLIT:
+    if HILO:
         x_hi = x.to(tl.bfloat16)
         x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
     else:
         x_hi = x
     best = tl.full((BLOCK_N,), float("inf"), tl.float32)
-    best_idx = tl.zeros((BLOCK_N,), tl.int32)
+    best_idx = tl.zeros((BLOCK_N,), tl.int64)
     for k0 in range(0, K, BLOCK_K):
         codes = k0 + tl.arange(0, BLOCK_K)
         code_ok = codes < K
         cmask = code_ok[None, :] & (dims[:, None] < D)
         c_hi = tl.load(chi_ptr + codes[None, :] * stride_c + dims[:, None], mask=cmask, other=0.0)  # [D, BK]
         dot = mma(x_hi, c_hi, UPCAST)
-        if SPLIT:
+        if HILO:
             c_lo = tl.load(clo_ptr + codes[None, :] * stride_c + dims[:, None], mask=cmask, other=0.0)
             dot += mma(x_hi, c_lo, UPCAST)
             dot += mma(x_lo, c_hi, UPCAST)
         cn = tl.load(cnorm_ptr + codes, mask=code_ok, other=float("inf"))
         dist = cn[None, :] - 2.0 * dot  # [BN, BK]
         tile_best = tl.min(dist, axis=1)
-        tile_idx = tl.argmin(dist, axis=1) + k0
+        tile_idx = tl.argmin(dist, axis=1).to(tl.int64) + k0
         # Strict '<' keeps the lowest index on ties, like torch.argmin over the whole row.
         better = tile_best < best
         best = tl.where(better, tile_best, best)
         best_idx = tl.where(better, tile_idx, best_idx)
-    tl.store(idx_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
-    if WRITE_DIST:
-        xf = x.to(tl.float32)
-        xnorm = tl.sum(xf * xf, axis=1)
-        tl.store(dist_ptr + rows, tl.maximum(best + xnorm, 0.0), mask=row_ok)
+    tl.store(best_ptr + rows, best, mask=row_ok)
+    tl.store(idx_ptr + rows, best_idx, mask=row_ok)
+
+
+def _default_config(n: int, hilo: bool) -> tuple[int, int, int]:
+    """(block_n, block_k, num_warps), the best measured on an H100 at K = 4096, D = 128
+    (benchmarks/results/kernels_h100.json). Splitting the codebook across programs to fill the
+    GPU at small N was measured too and lost to the extra combine step, so it is not done."""
+    if n > 65536:
+        return 256, 64, 8
+    return (128, 64, 8) if hilo else (128, 64, 4)
+
 
 def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, return_dist: bool = False,
-                        block_n: int = 128, block_k: int = 64):
+                        block_n: int | None = None, block_k: int | None = None,
+                        num_warps: int | None = None):
     """Fused nearest codeword; same contract as nearest_code_reference."""
     if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
         raise ValueError(f"expected x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
@@ -79,22 +90,26 @@ def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, return_dist: bo
     block_d = max(16, triton.next_power_of_2(d))
     if block_d > 256:  # a tile of x per program must fit in registers
         return nearest_code_reference(x, codebook, return_dist)
-    split = x.dtype == torch.float32
-    x = x.contiguous()
-    c = codebook.to(x.dtype if x.dtype != torch.float64 else torch.float32).contiguous()
     if x.dtype == torch.float64:
-        x, split = x.float(), True
-    c32 = c.float()
+        x = x.float()
+    hilo = x.dtype == torch.float32  # fp32: bf16 hi/lo products (see vq.py)
+    x = x.contiguous()
+    c32 = codebook.float()
     cnorm = (c32 * c32).sum(1).contiguous()
-    if split:
-        c_hi = c32.to(torch.bfloat16)
-        c_lo = (c32 - c_hi.float()).to(torch.bfloat16)
+    if hilo:
+        c_hi = c32.to(torch.bfloat16).contiguous()
+        c_lo = (c32 - c_hi.float()).to(torch.bfloat16).contiguous()
     else:
-        c_hi, c_lo = c, c
+        c_hi = c_lo = codebook.to(x.dtype).contiguous()
+    bn, bk, warps = _default_config(n, hilo)
+    bn, bk, warps = block_n or bn, block_k or bk, num_warps or warps
+    best = torch.empty(n, dtype=torch.float32, device=x.device)
     idx = torch.empty(n, dtype=torch.int64, device=x.device)
-    dist = torch.empty(n if return_dist else 1, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n, block_n),)
-    vq_argmin_kernel[grid](x, c_hi, c_lo, cnorm, idx, dist, n, k, d, x.stride(0), c_hi.stride(0),
-                  SPLIT=split, WRITE_DIST=return_dist, UPCAST=_interpreting(), BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
-                  num_warps=8 if block_n * block_k >= 128 * 128 else 4)
-    return (idx, dist) if return_dist else idx
+    vq_argmin_kernel[(triton.cdiv(n, bn),)](
+        x, c_hi, c_lo, cnorm, best, idx, n, k, d, x.stride(0), c_hi.stride(0),
+        HILO=hilo, UPCAST=_interpreting(), BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=block_d, num_warps=warps,
+    )
+    if not return_dist:
+        return idx
+    xf = x.float()
+    return idx, (best + (xf * xf).sum(1)).clamp_min(0)

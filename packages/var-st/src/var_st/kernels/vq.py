@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from var_st.kernels.dispatch import triton_available, kernels_enabled
+from var_st.kernels.dispatch import kernels_enabled, triton_available
 
 
 def nearest_code_reference(x: torch.Tensor, codebook: torch.Tensor, return_dist: bool = False):
