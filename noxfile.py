@@ -49,7 +49,8 @@ def _packages() -> dict[str, dict]:
 
 
 PACKAGES = _packages()
-TEST_DIRS = ["shared/tests", *(f"packages/{name}/tests" for name in PACKAGES), "tests"]
+# only directories that exist: git keeps no empty tests/ dir, and pytest fails on a missing path
+TEST_DIRS = [d for d in ("shared/tests", *(f"packages/{name}/tests" for name in PACKAGES), "tests") if (ROOT / d).is_dir()]
 
 
 def _install_dev(session: nox.Session, extra: list[str]) -> None:
