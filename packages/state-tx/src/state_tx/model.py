@@ -234,8 +234,9 @@ class StateTransitionModel(nn.Module):
         self.batch_encoder = nn.Embedding(c.batch_dim, c.hidden_dim) if c.batch_encoder and c.batch_dim else None
         self.transformer_backbone = SetTransformer(c)
         self.project_out = mlp(c.hidden_dim, c.hidden_dim, c.output_dim, c.n_decoder_layers, c.dropout)
-        if c.output_space == "all":
-            # arc-state's low-rank refinement over all genes after the residual add
+        if c.output_space == "all" and c.predict_residual:
+            # arc-state's low-rank refinement over all genes after the residual add (arc-state also
+            # builds it without predict_residual, unused; left out so DDP has no unused parameters)
             self.final_down_then_up = nn.Sequential(
                 nn.Linear(c.output_dim, max(c.output_dim // 8, 1)), nn.GELU(),
                 nn.Linear(max(c.output_dim // 8, 1), c.output_dim),

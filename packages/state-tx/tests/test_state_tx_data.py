@@ -1,0 +1,99 @@
+"""h5ad contract: lazy row reads (dense and CSR), column / label / matrix errors, sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from ftcore.errors import UserError
+from state_tx.data import DataKwargs, H5Source, SentenceDataset, plan_splits, read_experiment_toml
+
+KW = DataKwargs(pert_col="gene", cell_type_key="cell_type", batch_col="gem_group", control_pert="non-targeting")
+
+
+def test_dense_and_csr_rows_match_the_matrix(tmp_path, tiny_adata):
+    a = tiny_adata.copy()
+    a.obsm["X_hvg"] = sp.csr_matrix(a.obsm["X_hvg"])
+    path = tmp_path / "csr.h5ad"
+    a.write_h5ad(path)
+    rows = np.array([5, 2, 2, 40, 0])  # unsorted, repeated
+    csr = H5Source(path, "gene")
+    dense = H5Source(path, "all")
+    np.testing.assert_array_equal(csr.read_rows(rows), tiny_adata.obsm["X_hvg"][rows])
+    np.testing.assert_array_equal(dense.read_rows(rows), tiny_adata.X[rows])
+    assert csr.sparse and not dense.sparse
+    assert list(csr.gene_names) == list(tiny_adata.var_names[tiny_adata.var.highly_variable])
+    assert csr.scan() == pytest.approx(float(tiny_adata.obsm["X_hvg"].max()))
+
+
+def test_missing_obs_column_lists_what_the_file_has(tiny_h5ad):
+    """The seed's `KeyError: 'gene' not in adata.obs`, as one actionable line."""
+    src = H5Source(tiny_h5ad, "gene")
+    with pytest.raises(UserError, match=r"no column 'target_gene'.*\[gene, cell_type, gem_group\].*pert_col"):
+        src.obs_column("target_gene", "data.kwargs.pert_col")
+
+
+def test_absent_control_label_lists_frequent_labels(tmp_path, tiny_h5ad):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[datasets]\ns = "{tiny_h5ad}"\n[training]\ns = "train"\n')
+    kw = DataKwargs(pert_col="gene", cell_type_key="cell_type", control_pert="DMSO")
+    with pytest.raises(UserError, match=r"control_pert='DMSO' is not in obs\['gene'\].*non-targeting"):
+        plan_splits(read_experiment_toml(toml), kw, 0)
+
+
+def test_gene_space_needs_x_hvg(tmp_path, tiny_adata):
+    a = tiny_adata.copy()
+    del a.obsm["X_hvg"]
+    path = tmp_path / "nohvg.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(UserError, match=r"obsm\['X_hvg'\].*output_space=all"):
+        H5Source(path, "gene")
+    assert H5Source(path, "all").n_features == a.n_vars
+
+
+def test_nan_is_found_with_the_cell_name(tmp_path, tiny_adata):
+    a = tiny_adata.copy()
+    a.obsm["X_hvg"][7, 3] = np.nan
+    path = tmp_path / "nan.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(UserError, match=f"NaN/inf.*{a.obs_names[7]}"):
+        H5Source(path, "gene").scan()
+
+
+def test_truncated_file_is_a_clear_error(tmp_path, tiny_h5ad):
+    path = tmp_path / "cut.h5ad"
+    path.write_bytes(tiny_h5ad.read_bytes()[:2000])
+    with pytest.raises(UserError, match="cannot be read"):
+        H5Source(path, "gene")
+
+
+def test_sentences_share_perturbation_and_cell_type_and_are_deterministic(tiny_toml):
+    metas, vocab, plans, _ = plan_splits(read_experiment_toml(tiny_toml), KW, seed=0)
+    table = torch.eye(len(vocab.perts))
+    ds = SentenceDataset(metas, plans["train"], table, cell_set_len=8, seed=0)
+    meta = metas[0]
+    assert len(ds) >= plans["train"].n_cells // 8
+    for i in range(0, len(ds), 5):
+        rows = ds.cells[i]
+        assert len(set(meta.pert[rows])) == 1 and len(set(meta.cell_type[rows])) == 1
+        item = ds[i]
+        assert item["basal"].shape == item["target"].shape == (8, meta.source.n_features)
+        assert item["pert"].shape == (8, len(vocab.perts)) and item["pert"][0].argmax() == item["pert_idx"]
+        _, pool = plans["train"].pools[ds.pool[i]]
+        # basal cells are controls of the same cell type
+        assert (meta.pert[pool] == 0).all() and set(meta.cell_type[pool]) == {int(item["cell_type_idx"])}
+    again = SentenceDataset(metas, plans["train"], table, cell_set_len=8, seed=0)
+    torch.testing.assert_close(ds[3]["basal"], again[3]["basal"])
+
+
+def test_batch_mapping_strategy_draws_controls_of_the_same_batch(tiny_toml):
+    kw = DataKwargs(pert_col="gene", cell_type_key="cell_type", batch_col="gem_group", control_pert="non-targeting",
+                    basal_mapping_strategy="batch")
+    metas, vocab, plans, _ = plan_splits(read_experiment_toml(tiny_toml), kw, seed=0)
+    meta, plan = metas[0], plans["train"]
+    for (fid, rows), pid in zip(plan.groups, plan.group_pool):
+        _, pool = plan.pools[pid]
+        assert len(set(meta.batch[rows])) == 1
+        assert set(meta.batch[pool]) == set(meta.batch[rows[:1]])
