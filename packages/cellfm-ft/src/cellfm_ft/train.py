@@ -244,15 +244,12 @@ def finetune(cfg: RunConfig) -> dict:
     """Fine-tune on cfg.data; write the seed's outputs into cfg.output; return training_results."""
     p = prepare(cfg)
     out = Path(cfg.output)
-    check_output_dir(out)
     split_path = out / "split.json"
     if split_path.exists():  # a resumed run keeps its split even if the rule would now choose another
         split = Split.from_file(split_path, p.cells)
         print(f"split: reusing {split_path} ({split.how})")
     else:
         split = make_split(p.cells, test_donors=cfg.test_donors or None, test_size=cfg.test_size, seed=cfg.seed)
-        if is_main_process():
-            atomic_write_json(split_path, split.to_dict(p.cells))
     keep = set(p.keep.tolist())
     train_rows = np.array([i for i in split.train if i in keep and p.label_ids[i] >= 0], dtype=np.int64)
     test_rows = np.array([i for i in split.test if i in keep], dtype=np.int64)
@@ -263,6 +260,10 @@ def finetune(cfg: RunConfig) -> dict:
         raise UserError("the test split is empty; raise --test-size or choose other --test-donors")
     seed_everything(cfg.seed)  # the new gene_emb and the head start the same on every run and rank
     model = build_model(p, cfg)
+    # Inputs are valid and the model is built: only now is anything written.
+    check_output_dir(out)
+    if is_main_process() and not split_path.exists():
+        atomic_write_json(split_path, split.to_dict(p.cells))
     nonz = p.model_cfg.nonz_len
     train_set = CellDataset(p.tokens, train_rows, p.label_ids, nonz)
     test_set = CellDataset(p.tokens, test_rows, p.label_ids, nonz)
