@@ -337,3 +337,38 @@ def test_kill_minus_9_then_rerun_resumes(tmp_path):
     assert got["steps"] == ref["steps"] == 12 and killed_at < 12
     assert_same_state(got["params"], ref["params"])
     assert strip(got["history"]) == strip(ref["history"])
+    assert not list(out.glob(".*.tmp")), "a temp file of the killed run survived the rerun"
+
+
+# ------------------------------------------------------------------ resume edge cases
+def test_stale_temp_files_removed_on_start(tmp_path):
+    """A run killed mid-save leaves '.last.pt.<random>.tmp'; the next start deletes it."""
+    cfg = config(tmp_path, epochs=1)
+    run(cfg)
+    out = Path(cfg.output_dir)
+    stale = out / ".last.pt.k3j4h2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = out / "notes.tmp"  # not an atomic_path temp name: left alone
+    keep.write_text("mine")
+    _, result = run(config(tmp_path, epochs=2))
+    assert not stale.exists() and keep.exists()
+    assert result.steps == 12
+
+
+def test_unreadable_last_checkpoint_is_user_error(tmp_path):
+    cfg = config(tmp_path, epochs=1)
+    run(cfg)
+    last = Path(cfg.output_dir) / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(UserError) as err:
+        run(config(tmp_path, epochs=2))
+    assert "cannot resume" in str(err.value) and str(last) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_with_another_model_is_user_error(tmp_path):
+    run(config(tmp_path, epochs=1))
+    train, val = make_data()
+    other = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 1))
+    with pytest.raises(UserError) as err:
+        Trainer(other, config(tmp_path, epochs=2), train, val, loss_fn=mse_loss).fit()
+    assert "different model" in str(err.value) and "\n" not in str(err.value)

@@ -198,6 +198,7 @@ class Trainer:
         if self.env.is_main:
             n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             check_output_dir(self.out, need_bytes=8 * n_bytes)  # last (+2 Adam moments) and best, plus temp copies
+            _remove_stale_temp_files(self.out)
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         params = param_groups or self._default_param_groups()
         if not any(p.requires_grad for g in params for p in g["params"]):
@@ -289,9 +290,21 @@ class Trainer:
         last = self.path(self.config.last_name)
         if not (self.config.resume and last is not None and last.exists()):
             return False
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise UserError(
+                f"cannot resume: {last} is unreadable ({_first_line(err)}); "
+                "delete it to start over, or choose another output directory"
+            ) from None
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(
+                f"cannot resume from {last}: it was written for a different model or freezing setup "
+                f"({_first_line(err)}); choose another output directory, or delete {last} to start over"
+            ) from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best, self.bad_validations, self.history = ckpt["best"], ckpt["bad_validations"], ckpt["history"]
@@ -423,6 +436,22 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach())
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete temp files (ftcore.io.atomic_path's '.<name>.<random>.tmp') left by a killed run.
+
+    A process killed during a save cannot clean up after itself; its temp file was never
+    renamed, so no finished file depends on it.
+    """
+    for tmp in out.glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def _progress(loader, enabled: bool, desc: str, total: int, initial: int):
