@@ -145,7 +145,7 @@ def make(out: Path = HERE) -> None:
         "|---|---|---|",
         *[f"| `{name}` | {what} | `{phrase}` |" for name, (what, phrase) in CASES.items()],
         "",
-        f"`evil_pickle.pt` calls `exec` when fully unpickled; the payload only writes a marker file at the path in",
+        "`evil_pickle.pt` calls `exec` when fully unpickled; the payload only writes a marker file at the path in",
         f"`${MARKER_ENV}` (nothing when unset). `needs_trust.pt` is a legitimate old checkpoint that loads",
         "with `trust_pickle=True` / `--trust-checkpoint`; without the opt-in it is refused like the evil one.",
         "",
