@@ -15,6 +15,7 @@ TINY_SETS = [
     "model.in_dim=16", "model.gnn_dim=8", "model.gnn_heads=2", "model.gnn_layers=1", "model.embed_dim=16",
     "model.n_heads=2", "model.ff_dim=16", "model.bulk_layers=2", "model.spatial_layers=1", "model.dropout=0.0",
     "graph.window=2", "graph.k=3", "bulk.epochs=2", "spatial.epochs=2", "bulk.lr=0.001",
+    "bulk.batch_size=4", "spatial.batch_size=4",
 ]
 
 
@@ -26,7 +27,7 @@ def tiny_args():
         out = []
         for s in TINY_SETS:
             out += ["--set", s]
-        return out + ["--batch-size", "4", "--no-progress", "--device", "cpu", *extra]
+        return out + ["--no-progress", "--device", "cpu", *extra]
 
     return make
 

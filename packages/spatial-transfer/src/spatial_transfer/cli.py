@@ -335,3 +335,7 @@ def main(argv: list[str] | None = None) -> int | None:
     args = build_parser().parse_args(argv)
     args.func(args)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,6 +51,7 @@ class TrainSettings:
     patience: int | None = 5
     min_delta: float = 1e-6
     warmup_steps: int = 0
+    ckpt_every_steps: int | None = None  # extra resume points inside an epoch (default: end of each epoch)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def _train_config(settings: TrainSettings, cfg: RunConfig, out: Path, lr: float,
         output_dir=str(out), epochs=settings.epochs, batch_size=settings.batch_size, lr=lr,
         weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=seed, device=cfg.device,
         monitor="val_loss" if has_val else "train_loss", patience=settings.patience if has_val else None,
-        min_delta=settings.min_delta, progress=cfg.progress, **names,
+        min_delta=settings.min_delta, ckpt_every_steps=settings.ckpt_every_steps, progress=cfg.progress, **names,
     )
 
 
