@@ -372,3 +372,21 @@ def test_resume_with_another_model_is_user_error(tmp_path):
     with pytest.raises(UserError) as err:
         Trainer(other, config(tmp_path, epochs=2), train, val, loss_fn=mse_loss).fit()
     assert "different model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_rerun_after_early_stop_is_a_no_op(tmp_path):
+    values = [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
+    cfg = config(tmp_path, epochs=6, monitor="val_score", mode="max", patience=2)
+    _, first = run(cfg, eval_fn=scripted_eval(values))
+    assert first.stopped_early and len(first.history) == 3
+    _, again = run(cfg, eval_fn=scripted_eval(values))
+    assert again.stopped_early and again.steps == first.steps
+    assert strip(again.history) == strip(first.history)
+
+
+def test_rerun_after_finishing_is_a_no_op(tmp_path):
+    cfg = config(tmp_path, epochs=2)
+    trainer1, first = run(cfg)
+    trainer2, again = run(cfg)
+    assert again.steps == first.steps == 12 and strip(again.history) == strip(first.history)
+    assert_same_state(trainer1.model.state_dict(), trainer2.model.state_dict())

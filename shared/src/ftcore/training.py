@@ -362,7 +362,8 @@ class Trainer:
         self.try_resume()
         self._t0 = time.time() - (self.history[-1]["time_s"] if self.history else 0.0)
         self.ddp_model.train()
-        stopped_early = False
+        # A resumed run that had already stopped early stays stopped (rerunning a finished command is a no-op).
+        stopped_early = cfg.patience is not None and self.bad_validations >= cfg.patience
         max_epochs = cfg.epochs if cfg.epochs else math.ceil(self.total_steps / self.steps_per_epoch)
         while self.epoch < max_epochs and self.step < self.total_steps and not stopped_early:
             self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * cfg.batch_size)
