@@ -256,6 +256,12 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     """Validate everything, then fine-tune; returns the test metrics (rank 0) or {} (other ranks)."""
     out = Path(output)
     # 1. inputs, checked before anything is written
+    t = cfg.training  # the core validates schedule/precision/sizes here
+    tc = TrainConfig(output_dir=str(out), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
+                     weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
+                     precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
+                     val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
+                     last_name=LAST_NAME, progress=progress)
     table = read_table(data_path, cfg.data, model_cfg.condition)
     if table.num_features != model_cfg.region_model.num_features:
         raise UserError(f"{table.source}: {table.num_features - 1} motif columns + accessibility = {table.num_features} "
@@ -290,12 +296,6 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
         print(f"data: {len(table.samples)} samples x regions from {table.source}; split by {cfg.data.split_by}: "
               f"{len(train_table.samples)} train / {len(val_table.samples)} val / {len(test_table.samples)} test samples")
 
-    t = cfg.training
-    tc = TrainConfig(output_dir=str(out), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
-                     weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
-                     precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
-                     val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
-                     last_name=LAST_NAME, progress=progress)
     val_set = YeastDataset(val_table if val_table.samples else train_table, model_cfg.condition, vocab)
     trainer = Trainer(model, tc, YeastDataset(train_table, model_cfg.condition, vocab), val_set,
                       loss_fn=loss_fn, eval_fn=make_eval_fn(val_set, t.batch_size), collate_fn=collate,
