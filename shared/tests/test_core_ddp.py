@@ -1,4 +1,5 @@
-"""The Trainer under torchrun on CPU (gloo): 2 processes behave as one process at equal global batch.
+"""The Trainer under torchrun on CPU (gloo): 2 processes behave as one process at equal global batch,
+also when the 2-process run is killed mid-epoch and resumed.
 
 2 ranks x batch 8 versus 1 process x batch 16, same seed, no dropout: each global batch holds
 the same samples (EpochSampler gives rank r every 2nd index of the epoch's order), DDP averages
@@ -33,12 +34,18 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         pytest.skip("this torch build has no gloo backend")
     script = [str(HERE / "tiny_train.py")]
     common = ["--epochs", "2", "--dropout", "0", "--ckpt-every", "2"]
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script,
-         str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), "--batch-size", "8",
-         "--write-log", str(tmp_path / "writes"), *common],
-        env=_env(), capture_output=True, text=True, timeout=120)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script,
+                str(tmp_path / "ddp"), str(tmp_path / "ddp.pt"), "--batch-size", "8", *common]
+    # First both ranks die at step 5 (last checkpoint: step 4, mid-epoch 2), then the same
+    # command resumes: the comparison below therefore also covers an interrupted DDP run.
+    crashed = subprocess.run([*torchrun, "--crash-after", "4"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert crashed.returncode != 0
+    saved = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert (saved["step"], saved["batch_in_epoch"]) == (4, 1)
+    ddp = subprocess.run([*torchrun, "--write-log", str(tmp_path / "writes")], env=_env(), capture_output=True,
+                         text=True, timeout=120)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "resuming from" in ddp.stdout
     single = subprocess.run(
         [sys.executable, *script, str(tmp_path / "single"), str(tmp_path / "single.pt"), "--batch-size", "16", *common],
         env=_env(), capture_output=True, text=True, timeout=120)

@@ -1,7 +1,7 @@
 """A tiny Trainer run used by the subprocess tests (kill -9 resume, torchrun DDP).
 
     python tiny_train.py OUT_DIR RESULT.pt [--batch-size 8] [--epochs 3] [--ckpt-every 1]
-                         [--sleep 0] [--dropout 0.1] [--write-log LOG]
+                         [--sleep 0] [--dropout 0.1] [--write-log LOG] [--crash-after STEPS]
 
 Writes RESULT.pt (per rank: RESULT.rank{r}.pt under torchrun) with the final parameters and the
 history, outside OUT_DIR so it never counts as a Trainer output. --write-log records every
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--write-log", default=None)
+    ap.add_argument("--crash-after", type=int, default=None, help="hard exit (like kill -9) at this training step")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
@@ -61,7 +62,12 @@ def main() -> None:
 
         ftcore.io.atomic_path = logged
 
+    calls = [0]
+
     def loss_fn(model, batch):
+        calls[0] += model.training
+        if args.crash_after is not None and calls[0] > args.crash_after:
+            os._exit(17)  # no cleanup, no atexit: what a killed process leaves behind
         if args.sleep:
             time.sleep(args.sleep)  # slow enough that the kill test can hit mid-training
         x, y = batch
