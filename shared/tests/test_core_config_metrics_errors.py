@@ -167,6 +167,8 @@ def test_constant_columns_are_nan_and_ignored(rng):
     pred[:, 3] = -1.0  # constant in prediction
     r = metrics.pearson_per_gene(pred, true)
     assert np.isnan(r[1]) and np.isnan(r[3]) and np.isfinite(r[[0, 2, 4]]).all()
+    sp = metrics.spearman_per_gene(pred, true)
+    assert np.isnan(sp[1]) and np.isnan(sp[3]) and np.isfinite(sp[[0, 2, 4]]).all()
     ref = [stats.pearsonr(pred[:, g], true[:, g])[0] for g in (0, 2, 4)]
     assert metrics.mean_pearson(pred, true) == pytest.approx(np.mean(ref), rel=1e-10)
     assert np.isnan(metrics.mean_pearson(np.ones((4, 2)), rng.normal(size=(4, 2))))

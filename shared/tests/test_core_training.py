@@ -390,3 +390,21 @@ def test_rerun_after_finishing_is_a_no_op(tmp_path):
     trainer2, again = run(cfg)
     assert again.steps == first.steps == 12 and strip(again.history) == strip(first.history)
     assert_same_state(trainer1.model.state_dict(), trainer2.model.state_dict())
+
+
+# ------------------------------------------------------------------------- helpers
+def test_resolve_device_and_move_to():
+    from collections import namedtuple
+
+    from ftcore.training import move_to, resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cpu"):
+            resolve_device("cuda:0")
+    Pair = namedtuple("Pair", "a b")
+    batch = {"x": torch.ones(2), "pair": [torch.zeros(1), (torch.ones(1), "name")], "nt": Pair(1, 2), "n": 3}
+    moved = move_to(batch, torch.device("cpu"))
+    assert torch.equal(moved["x"], torch.ones(2)) and moved["pair"][1][1] == "name"
+    assert isinstance(moved["pair"][1], tuple) and moved["nt"] == Pair(1, 2) and moved["n"] == 3
