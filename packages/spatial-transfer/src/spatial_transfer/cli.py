@@ -168,23 +168,40 @@ def fit_genes(cfg, explicit: set[str], spatial=None, bulk=None) -> None:
 def _data_dir(args, out: Path, demo_spec=None) -> tuple[Path, bool]:
     if args.data is not None:
         return Path(args.data), False
+    from ftcore.io import check_output_dir
+
     from spatial_transfer.demo import DemoSpec, write_demo_data
 
+    check_output_dir(out)
     print(f"no --data given: running on the embedded demo data set (written to {out / 'demo_data'})")
     return write_demo_data(out / "demo_data", demo_spec or DemoSpec()), True
 
 
-def _check_bulk_checkpoint(path: str | None, trust: bool) -> Path | None:
-    """Read a user's bulk checkpoint before any output exists (corrupt files fail here)."""
+def _read_bulk_checkpoint(path: str | None, trust: bool) -> dict | None:
+    """A user's bulk checkpoint as a state dict, read before any output exists (corrupt files fail here)."""
     if path is None:
         return None
     from ftcore.checkpoint import extract_state_dict, read_checkpoint
 
     try:
-        extract_state_dict(read_checkpoint(path, trust_pickle=trust), source=str(path))
+        return extract_state_dict(read_checkpoint(path, trust_pickle=trust), source=str(path))
     except UserError as err:
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
-    return Path(path)
+
+
+def _check_transferable(sd: dict, path: str, cfg) -> None:
+    """Dry run of the partial load: a checkpoint of which nothing fits is an error, not a silent scratch run."""
+    from ftcore.loading import load_partial
+
+    from spatial_transfer.model import SpatialModel
+
+    report = load_partial(SpatialModel(cfg.model), sd, verbose=False)
+    if not report.loaded:
+        first = report.shape_mismatch[0] if report.shape_mismatch else None
+        why = (f"e.g. {first[0]}: spatial model {first[1]} vs bulk {first[2]}" if first
+               else f"none of its {len(sd)} names are Cell2Gene layer names")
+        raise UserError(f"Error loading bulkmodel weights: no tensor of {path} matches the spatial model ({why}); "
+                        "pass a Cell2Gene BulkModel checkpoint trained with the same model sizes (--config)")
 
 
 def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
@@ -198,7 +215,9 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
     if need_bulk is None:  # bulk data only matter when weights are transferred
         need_bulk = strategy != "scratch"
     cfg, explicit = build_config(args, demo)
-    bulk_ckpt = _check_bulk_checkpoint(getattr(args, "bulk_checkpoint", None), args.trust_checkpoint)
+    bulk_path = getattr(args, "bulk_checkpoint", None) if strategy != "scratch" else None
+    bulk_sd = _read_bulk_checkpoint(bulk_path, args.trust_checkpoint)
+    bulk_ckpt = Path(bulk_path) if bulk_path else None
     if not demo:
         for name in ((d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE) if need_spatial else ()) + (
                 (d.BULK_FILE, d.BULK_CELLS_FILE) if need_bulk and bulk_ckpt is None else ()):
@@ -211,9 +230,20 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
     bulk = d.read_bulk(data_dir, cfg.model.in_dim) if need_bulk and bulk_ckpt is None else None
     fit_genes(cfg, explicit, spatial, bulk)
     if spatial is not None:
+        from spatial_transfer.data import check_gene_count
         from spatial_transfer.train import make_folds
 
+        check_gene_count(spatial.expr.shape[1], cfg.model.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
         make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed)  # errors before any output
+    if bulk is not None:
+        from spatial_transfer.data import check_gene_count
+
+        check_gene_count(bulk.expr.shape[1], cfg.model.bulk_genes, bulk.path, "bulk.h5ad", "bulk_genes")
+    if bulk_sd is not None:
+        _check_transferable(bulk_sd, bulk_path, cfg)
+    from ftcore.io import check_output_dir
+
+    check_output_dir(out)  # unwritable / full disk: said now, not after the bulk pretraining
     return out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo
 
 
