@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -182,6 +183,8 @@ def _wait_for(*paths: Path, timeout: float = 600.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv or ["demo"])
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")
     from cellfm_ft import train
 
     if args.command == "demo":
