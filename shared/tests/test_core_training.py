@@ -408,3 +408,16 @@ def test_resolve_device_and_move_to():
     moved = move_to(batch, torch.device("cpu"))
     assert torch.equal(moved["x"], torch.ones(2)) and moved["pair"][1][1] == "name"
     assert isinstance(moved["pair"][1], tuple) and moved["nt"] == Pair(1, 2) and moved["n"] == 3
+
+
+def test_without_validation_data(tmp_path):
+    """Default monitor falls back to train_loss; any other val_* monitor fails before training."""
+    train, _ = make_data()
+    trainer = Trainer(make_model(0.0), config(tmp_path, epochs=2), train, None, loss_fn=mse_loss)
+    result = trainer.fit()
+    assert trainer.monitor == "train_loss" and "val_loss" not in result.history[-1]
+    assert result.best_metric == min(h["train_loss"] for h in result.history)
+    assert torch.load(result.best_path, weights_only=True)["metrics"]["train_loss"] == result.best_metric
+    with pytest.raises(UserError, match="needs validation data"):
+        Trainer(make_model(0.0), config(tmp_path / "b", monitor="val_pearson"), train, None, loss_fn=mse_loss)
+    assert not (tmp_path / "b" / "run" / "last.pt").exists()

@@ -194,6 +194,14 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:
             raise UserError("the training set is empty; check the split / data file")
+        self.monitor = config.monitor
+        if (val_data is None or len(val_data) == 0) and self.monitor != "train_loss":
+            if self.monitor != "val_loss":
+                raise UserError(f"monitor {self.monitor!r} needs validation data but none was given; "
+                                "pass a validation set or monitor train_loss")
+            # Without validation data the default monitor falls back to the training loss (best.pt
+            # and early stopping follow it) instead of failing after the first epoch.
+            self.monitor = "train_loss"
         self.out = Path(config.output_dir)
         if self.env.is_main:
             n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -334,13 +342,13 @@ class Trainer:
                 metrics = dict(self.eval_fn(self.model, loader))
             self.model.train()
             record.update({k: float(v) for k, v in metrics.items()})
-        if self.config.monitor not in record:
+        if self.monitor not in record:
             have = ", ".join(k for k in record if k not in ("epoch", "step", "lr"))
-            raise UserError(f"monitor {self.config.monitor!r} is not among the metrics ({have}); set monitor to one of them")
+            raise UserError(f"monitor {self.monitor!r} is not among the metrics ({have}); set monitor to one of them")
         record["time_s"] = round(time.time() - self._t0, 2)
         record["train_samples_per_s"] = round(getattr(self, "_throughput", 0.0), 2)
         self.history.append(record)
-        value = record[self.config.monitor]
+        value = record[self.monitor]
         if self._improved(value):
             self.best, self.bad_validations = value, 0
             self._save_best(record)
@@ -407,7 +415,7 @@ class Trainer:
             if cfg.patience is not None and self.bad_validations >= cfg.patience:
                 stopped_early = True
                 if self.env.is_main:
-                    print(f"early stopping: no improvement of {cfg.monitor} for {cfg.patience} validations")
+                    print(f"early stopping: no improvement of {self.monitor} for {cfg.patience} validations")
             if self.batch_in_epoch == 0 and cfg.epoch_name:
                 self.save(cfg.epoch_name)
             self.save(cfg.last_name)
