@@ -421,3 +421,10 @@ def test_without_validation_data(tmp_path):
     with pytest.raises(UserError, match="needs validation data"):
         Trainer(make_model(0.0), config(tmp_path / "b", monitor="val_pearson"), train, None, loss_fn=mse_loss)
     assert not (tmp_path / "b" / "run" / "last.pt").exists()
+
+
+def test_progress_bar_and_epoch_lines(tmp_path, capsys):
+    run(config(tmp_path, epochs=1, progress=True))
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.err  # tqdm bar
+    assert "epoch 1 step 6: train_loss" in captured.out and "[best]" in captured.out
