@@ -25,8 +25,8 @@ from ftcore.errors import UserError, cli_main
 
 DEMO = "demo"
 # The embedded demo's run (documented in the README): small model, a few epochs, CPU minutes.
-DEMO_RUN = {"stage1_epochs": 12, "stage2_epochs": 6, "stage1_batch_size": 64, "stage2_batch_size": 32,
-            "stage1_lr": 2e-3, "stage2_lr": 1e-3}
+DEMO_RUN = {"stage1_epochs": 12, "stage2_epochs": 8, "stage1_batch_size": 64, "stage2_batch_size": 32,
+            "stage1_lr": 2e-3, "stage2_lr": 2e-3}
 SEED_RUN = {"stage1_epochs": 150, "stage2_epochs": 300, "stage1_batch_size": 256, "stage2_batch_size": 64,
             "stage1_lr": 1e-4, "stage2_lr": 1e-4}
 
@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="TWO_STAGE_VAR_ST", choices=["TWO_STAGE_VAR_ST"], help="(as in the user's guide)")
     t.add_argument("--training_stage", type=int, choices=[1, 2], default=1)
     t.add_argument("--stage1_ckpt", default=None, help="stage 2: the stage-1 checkpoint (best_vqvae.ckpt)")
-    t.add_argument("--epochs", type=int, default=None, help="default 150 (stage 1) / 300 (stage 2); demo: 12 / 6")
+    t.add_argument("--epochs", type=int, default=None, help="default 150 (stage 1) / 300 (stage 2); demo: 12 / 8")
     t.add_argument("--batch_size", type=int, default=None, help="per process; default 256 / 64; demo: 64 / 32")
-    t.add_argument("--lr", type=float, default=None, help="default 1e-4; demo: 2e-3 / 1e-3")
+    t.add_argument("--lr", type=float, default=None, help="default 1e-4; demo: 2e-3")
     t.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     t.add_argument("--patience", type=int, default=None, help="early stopping after this many epochs without improvement")
     t.add_argument("--num_genes", type=int, default=200, help="stage 1: top highly variable genes modelled")

@@ -65,7 +65,8 @@ class VARConfig:
     num_heads: int = 8
     num_layers: int = 12
     feedforward_dim: int = 2560
-    dropout: float = 0.1
+    dropout: float = 0.1  # residual and feed-forward dropout
+    attention_dropout: float = 0.0  # on attention weights (VAR's default is 0: it costs an L x L mask per head)
     max_sequence_length: int = 1500
     condition_embed_dim: int = 640
     histology_dim: int = 1024  # histology feature vector per spot (e.g. a pathology foundation model)
@@ -387,7 +388,7 @@ class AdaLNBlock(nn.Module):
         super().__init__()
         E = cfg.embed_dim
         self.norm1 = nn.LayerNorm(E, elementwise_affine=False)
-        self.attn = ScaleCausalSelfAttention(E, cfg.num_heads, cfg.dropout)
+        self.attn = ScaleCausalSelfAttention(E, cfg.num_heads, cfg.attention_dropout)
         self.norm2 = nn.LayerNorm(E, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(E, cfg.feedforward_dim), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.feedforward_dim, E))

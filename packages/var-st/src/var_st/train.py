@@ -49,8 +49,12 @@ def _tensor(a) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=torch.float32)
 
 
-def _train_config(out_dir: Path, run: dict, **kw) -> TrainConfig:
-    return TrainConfig(output_dir=str(out_dir), last_name="last.ckpt", **run, **kw)
+def _train_config(out_dir: Path, run: dict, n_train: int, **kw) -> TrainConfig:
+    # Warm the learning rate up over about one epoch (at most 100 steps): without it the VQ-VAE's
+    # latent scale and the codebook chase each other in the first steps and the loss spikes.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    warmup = min(100, max(1, n_train // (run["batch_size"] * world)))
+    return TrainConfig(output_dir=str(out_dir), last_name="last.ckpt", warmup_steps=warmup, **run, **kw)
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -82,11 +86,11 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
             true.append(xb.cpu())
         metrics = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
         metrics.update(codebook_stats(torch.cat(tokens), m.scale_sizes, m.cfg.vocab_size))
-        metrics["val_recon_pearson"] = _nan_to(np.nanmean(pearson_per_gene(torch.cat(recon), torch.cat(true))), 0.0)
+        metrics["val_recon_pearson"] = _mean_pearson(torch.cat(recon), torch.cat(true))
         metrics["dead_codes_restarted"] = float(restarted)
         return metrics
 
-    cfg = _train_config(out_dir, run, best_name="best_vqvae.ckpt", monitor="val_loss", mode="min")
+    cfg = _train_config(out_dir, run, len(tr), best_name="best_vqvae.ckpt", monitor="val_loss", mode="min")
     trainer = Trainer(vqvae, cfg, TensorDataset(x[tr]), TensorDataset(x[va]) if len(va) else None,
                       loss_fn=loss_fn, eval_fn=eval_fn, extra_state=model.metadata(1, **metadata))
     if is_main_process():
@@ -135,12 +139,12 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
         metrics = {"val_loss": ce / max(n * L, 1), "val_token_accuracy": correct / max(n * L, 1)}
         for size, acc in zip(m.scale_sizes, per_scale.tolist()):
             metrics[f"val_token_accuracy_s{size}"] = acc / max(n, 1)
-        metrics["val_pearson"] = _nan_to(np.nanmean(pearson_per_gene(torch.cat(preds), torch.cat(true))), -1.0)
+        metrics["val_pearson"] = _mean_pearson(torch.cat(preds), torch.cat(true))
         return metrics
 
     # Best = highest mean per-gene Pearson of greedy predictions on the validation slide: what
     # users select models by (token cross-entropy keeps falling while fine-scale noise is fitted).
-    cfg = _train_config(out_dir, run, best_name="best_var.ckpt", monitor="val_pearson", mode="max")
+    cfg = _train_config(out_dir, run, len(tr), best_name="best_var.ckpt", monitor="val_pearson", mode="max")
     ds = lambda idx: TensorDataset(h[idx], c[idx], tokens[idx], x[idx])  # noqa: E731
     trainer = Trainer(model, cfg, ds(tr), ds(va) if len(va) else None, loss_fn=loss_fn,
                       eval_fn=eval_fn if len(va) else None, extra_state=model.metadata(2, **metadata))
@@ -191,8 +195,8 @@ def ridge_baseline(data: SpotData, train_idx: np.ndarray, test_idx: np.ndarray) 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, top_genes: np.ndarray) -> dict[str, float]:
     """Per-gene Pearson (mean over all genes and over the top-50 HVGs, as HEST reports), MSE, MAE."""
     r = pearson_per_gene(pred, true)
-    return {"pearson_mean_all_genes": _nan_to(np.nanmean(r) if np.isfinite(r).any() else np.nan, float("nan")),
-            "pearson_mean_top50_hvg": _nan_to(np.nanmean(r[top_genes]) if np.isfinite(r[top_genes]).any() else np.nan, float("nan")),
+    mean = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
+    return {"pearson_mean_all_genes": mean(r), "pearson_mean_top50_hvg": mean(r[top_genes]),
             "mse": mse(pred, true), "mae": mae(pred, true)}
 
 
@@ -238,9 +242,10 @@ def _split_record(data: SpotData) -> dict:
             **{k: [data.obs_names[i] for i in v] for k, v in data.split.items()}}
 
 
-def _nan_to(value, fill: float) -> float:
-    value = float(value)
-    return value if np.isfinite(value) else fill
+def _mean_pearson(pred, true) -> float:
+    """Mean per-gene Pearson; -1 when no gene has a defined r (so 'best' logic never sees NaN)."""
+    r = pearson_per_gene(pred, true)
+    return float(np.nanmean(r)) if np.isfinite(r).any() else -1.0
 
 
 def train_settings(args_dict: dict) -> dict:

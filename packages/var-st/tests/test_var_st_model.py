@@ -1,0 +1,235 @@
+"""Model: shapes, gradients, quantiser known case, KV cache == full forward, sampling, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ftcore.errors import UserError
+from var_st.model import (KVCache, MultiScaleGeneVQVAE, TwoStageVARST, VARConfig, VQVAEConfig, codebook_stats,
+                          sample_tokens)
+
+VQ = {"vocab_size": 32, "embed_dim": 8, "hidden_dim": 32, "coarse_scales": (1, 4, 8), "reservoir_size": 64}
+VAR = {"embed_dim": 16, "num_heads": 2, "num_layers": 2, "feedforward_dim": 32, "condition_embed_dim": 16,
+       "histology_dim": 12, "max_sequence_length": 64}
+G = 20
+
+
+def tiny_model(stage=1, seed=0) -> TwoStageVARST:
+    torch.manual_seed(seed)
+    return TwoStageVARST(num_genes=G, vqvae_config=VQ, var_config=VAR, current_stage=stage)
+
+
+def randomise_ada(model: TwoStageVARST) -> None:
+    """AdaLN-Zero starts every block as the identity; give the gates values so tests see the blocks."""
+    with torch.no_grad():
+        for block in model.var.blocks:
+            block.ada[1].weight.normal_(0, 0.3)
+            block.ada[1].bias.normal_(0, 0.3)
+
+
+def test_default_sizes_give_241_tokens():
+    vq = MultiScaleGeneVQVAE(200, VQVAEConfig(vocab_size=64, embed_dim=4, hidden_dim=8))
+    assert vq.scale_sizes == (1, 8, 32, 200) and vq.seq_len == 241
+    assert VQVAEConfig().vocab_size == 4096 and VQVAEConfig().embed_dim == 128
+    cfg = VARConfig()
+    assert (cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.feedforward_dim, cfg.condition_embed_dim) == (640, 8, 12, 2560, 640)
+    x = torch.rand(3, 200)
+    assert vq.encode_tokens(x).shape == (3, 241)
+    assert vq.reconstruct(x).shape == (3, 200)
+
+
+def test_stage1_forward_shapes_and_straight_through_gradients():
+    model = tiny_model()
+    vq = model.vqvae
+    vq.fit_gene_stats(torch.rand(50, G) * 3)
+    out = vq(torch.rand(6, G) * 3)
+    assert out["tokens"].shape == (6, 1 + 4 + 8 + G)
+    out["loss"].backward()
+    for name in ("encoder.0.weight", "quantizer.codebook", "quantizer.phi.0.weight", "decoder.0.weight", "readout"):
+        grad = dict(vq.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.var.parameters())  # stage 1 leaves the VAR alone
+
+
+def test_quantiser_known_case_picks_nearest_codes_per_scale():
+    cfg = VQVAEConfig(vocab_size=3, embed_dim=2, hidden_dim=4, coarse_scales=(1, 2), phi_ratio=0.0)
+    vq = MultiScaleGeneVQVAE(4, cfg)
+    q = vq.quantizer
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [-2.0, 0.0]]))
+    f = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])  # all positions at code 1
+    _, tokens, _, _, residual = q(f)
+    assert tokens[0].tolist() == [[1]]  # global: mean is (1, 1) -> code 1
+    assert tokens[1].tolist() == [[0, 0]]  # nothing left -> code 0 (the zero vector)
+    assert tokens[2].tolist() == [[0, 0, 0, 0]]
+    assert torch.allclose(residual, torch.zeros_like(residual))
+
+
+def test_teacher_forcing_inputs_have_one_row_per_non_first_token():
+    model = tiny_model(stage=2)
+    tokens = torch.randint(0, 32, (3, model.vqvae.seq_len))
+    inputs = model.vqvae.quantizer.teacher_forcing_inputs(model.vqvae.split_scales(tokens))
+    assert inputs.shape == (3, model.vqvae.seq_len - 1, 8)
+
+
+def test_kv_cached_decoding_matches_full_block_causal_forward():
+    model = tiny_model(stage=2)
+    randomise_ada(model)
+    model.eval()
+    tokens = torch.randint(0, 32, (4, model.vqvae.seq_len))
+    h, c = torch.randn(4, 12), torch.randn(4, 2)
+    full = model(h, c, tokens)
+    q = model.vqvae.quantizer
+    cond = model.var.condition(h, c)
+    caches = [KVCache() for _ in model.var.blocks]
+    scales = model.vqvae.split_scales(tokens)
+    f_hat, inputs, outs = None, None, []
+    for k in range(len(scales)):
+        outs.append(model.var.step(cond, inputs, k, caches))
+        part = q.embed_scale(scales[k], k)
+        f_hat = part if f_hat is None else f_hat + part
+        if k + 1 < len(scales):
+            inputs = q.next_scale_input(f_hat, k + 1)
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_block_causal_future_scales_do_not_change_earlier_logits():
+    model = tiny_model(stage=2)
+    randomise_ada(model)
+    model.eval()
+    tokens = torch.randint(0, 32, (2, model.vqvae.seq_len))
+    changed = tokens.clone()
+    changed[:, 1 + 4:] = torch.randint(0, 32, changed[:, 1 + 4:].shape)  # scales 8 and G differ
+    h, c = torch.randn(2, 12), torch.randn(2, 2)
+    a, b = model(h, c, tokens), model(h, c, changed)
+    # scale-8 logits depend on tokens of scales 1 and 4 only (their f_hat); scales 1 and 4 too
+    torch.testing.assert_close(a[:, : 1 + 4 + 8], b[:, : 1 + 4 + 8])
+    assert not torch.allclose(a[:, 1 + 4 + 8:], b[:, 1 + 4 + 8:])
+
+
+def test_stage2_gradients_reach_var_only():
+    model = tiny_model(stage=2)
+    randomise_ada(model)
+    model.train()
+    tokens = torch.randint(0, 32, (3, model.vqvae.seq_len))
+    logits = model(torch.randn(3, 12), torch.randn(3, 2), tokens)
+    assert logits.shape == (3, model.vqvae.seq_len, 32)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 32), tokens.flatten()).backward()
+    assert all(p.grad is None for p in model.vqvae.parameters())
+    assert model.var.histology_embed[1].weight.grad.abs().sum() > 0
+    assert model.var.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_inference_shapes_and_seed_reproducibility():
+    model = tiny_model(stage=2)
+    randomise_ada(model)
+    h, c = torch.randn(5, 12), torch.randn(5, 2)
+    a = model.inference(h, c, temperature=1.0, top_k=10, top_p=0.9, seed=7)
+    b = model.inference(h, c, temperature=1.0, top_k=10, top_p=0.9, seed=7)
+    other = model.inference(h, c, temperature=1.0, top_k=None, top_p=None, seed=8)
+    assert a["predicted_gene_expression"].shape == (5, G) and a["tokens"].shape == (5, model.vqvae.seq_len)
+    assert torch.equal(a["tokens"], b["tokens"])
+    assert torch.equal(a["predicted_gene_expression"], b["predicted_gene_expression"])
+    assert not torch.equal(a["tokens"], other["tokens"])
+    g1 = model.inference(h, c, greedy=True)["tokens"]
+    assert torch.equal(g1, model.inference(h, c, greedy=True)["tokens"])
+    with pytest.raises(UserError, match="expects"):
+        model.inference(torch.randn(5, 13), c)
+
+
+def test_sample_tokens_filters():
+    logits = torch.tensor([[[5.0, 4.0, 0.0, -1.0]]])
+    assert sample_tokens(logits, greedy=True).item() == 0
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_tokens(logits, top_k=2, generator=gen).item() for _ in range(200)}
+    assert draws == {0, 1}
+    # top_p: p(0) = 0.72 -> keeping mass >= 0.5 keeps only token 0
+    assert {sample_tokens(logits, top_p=0.5, generator=gen).item() for _ in range(50)} == {0}
+    with pytest.raises(UserError, match="temperature"):
+        sample_tokens(logits, temperature=0.0)
+
+
+def test_codebook_stats_known_case():
+    tokens = torch.tensor([[0, 1, 1], [0, 2, 3]])  # scale 1: codes {0}; scale 2: {1, 2, 3}
+    stats = codebook_stats(tokens, (1, 2), vocab_size=4)
+    assert stats["utilisation_s1"] == 0.25 and stats["perplexity_s1"] == pytest.approx(1.0)
+    assert stats["utilisation_s2"] == 0.75
+    p = torch.tensor([0.5, 0.25, 0.25])
+    assert stats["perplexity_s2"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
+    assert stats["utilisation"] == 1.0
+
+
+def test_dead_code_restart_moves_unused_codes_onto_data():
+    model = tiny_model()
+    vq = model.vqvae
+    vq.fit_gene_stats(torch.rand(40, G))
+    vq.train()
+    vq(torch.rand(16, G))
+    used = vq.code_counts.sum(0) > 0
+    before = vq.quantizer.codebook.detach().clone()
+    n = vq.restart_dead_codes()
+    after = vq.quantizer.codebook.detach()
+    assert n == int((~used).sum()) > 0
+    assert torch.equal(after[used], before[used])
+    assert not torch.allclose(after[~used], before[~used])
+    assert vq.code_counts.sum() == 0 and int(vq.restart_round) == 1
+
+
+def test_configs_from_dicts_with_clear_errors():
+    with pytest.raises(UserError, match="did you mean"):
+        TwoStageVARST(G, {**VQ, "vocab_sise": 8}, VAR)
+    with pytest.raises(UserError, match="must match"):
+        TwoStageVARST(G, VQ, {**VAR, "vocab_size": 64})
+    with pytest.raises(UserError, match="below num_genes"):
+        TwoStageVARST(6, VQ, VAR)
+    model = TwoStageVARST(G, VQ, VAR)  # var_config without vocab_size inherits the codebook size
+    assert model.var_config.vocab_size == 32
+
+
+def test_training_stage_freezing_and_info():
+    model = tiny_model(stage=1)
+    info = model.get_model_info()
+    assert info["current_stage"] == 1 and info["trainable_parameters"] == info["stage1_parameters"]
+    assert info["total_parameters"] == sum(p.numel() for p in model.parameters())
+    model.set_training_stage(2)
+    info = model.get_model_info()
+    assert info["current_stage"] == 2 and info["trainable_parameters"] == info["stage2_parameters"]
+    with pytest.raises(UserError):
+        model.set_training_stage(3)
+
+
+def test_stage_and_complete_checkpoints_round_trip(tmp_path):
+    model = tiny_model(stage=1)
+    model.vqvae.fit_gene_stats(torch.rand(30, G))
+    model.gene_names = [f"g{i}" for i in range(G)]
+    model.save_stage_checkpoint(tmp_path / "stage1.ckpt", stage=1)
+    other = tiny_model(stage=1, seed=1)
+    other.set_training_stage(2, stage1_ckpt_path=tmp_path / "stage1.ckpt")
+    for (k, a), b in zip(model.vqvae.state_dict().items(), other.vqvae.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert other.gene_names == model.gene_names and other.current_stage == 2
+    randomise_ada(other)
+    other.save_complete_model(tmp_path / "complete.ckpt")
+    loaded = TwoStageVARST.load_complete_model(tmp_path / "complete.ckpt", device="cpu")
+    h, c = torch.randn(3, 12), torch.randn(3, 2)
+    torch.testing.assert_close(loaded.inference(h, c, seed=3)["predicted_gene_expression"],
+                               other.inference(h, c, seed=3)["predicted_gene_expression"])
+    with pytest.raises(UserError, match="stage-1"):
+        TwoStageVARST.load_complete_model(tmp_path / "stage1.ckpt")
+    fresh = TwoStageVARST.from_stage1(tmp_path / "stage1.ckpt", VAR)
+    assert fresh.current_stage == 2 and fresh.num_genes == G
+    with pytest.raises(UserError, match="genes"):
+        TwoStageVARST(G + 1, VQ, VAR).set_training_stage(2, stage1_ckpt_path=tmp_path / "stage1.ckpt")
+
+
+def test_lightning_prefixed_checkpoint_loads(tmp_path):
+    model = tiny_model(stage=2)
+    randomise_ada(model)
+    sd = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": sd, "extra": model.metadata(2)}, tmp_path / "lightning.ckpt")
+    # read_checkpoint keeps the whole object; load_complete_model maps "model.var." -> "var."
+    obj = torch.load(tmp_path / "lightning.ckpt", weights_only=True)
+    torch.save({"model": obj["state_dict"], "extra": obj["extra"]}, tmp_path / "wrapped.ckpt")
+    loaded = TwoStageVARST.load_complete_model(tmp_path / "wrapped.ckpt")
+    assert torch.equal(loaded.var.head.weight, model.var.head.weight)
