@@ -24,7 +24,7 @@ DEMO_OVERRIDES = (
     "model=state_sm", "model.kwargs.hidden_dim=128", "model.kwargs.n_layers=2", "model.kwargs.n_heads=4",
     "model.kwargs.head_dim=32", "model.kwargs.intermediate_size=256", "model.kwargs.n_encoder_layers=2",
     "model.kwargs.n_decoder_layers=2", "model.kwargs.cell_set_len=32", "model.kwargs.dropout=0.0",
-    "training.batch_size=8", "training.lr=1e-3", "training.warmup_steps=20",
+    "training.batch_size=16", "training.lr=2e-3", "training.warmup_steps=20",
     "data.kwargs.pert_col=gene", "data.kwargs.cell_type_key=cell_type", "data.kwargs.batch_col=gem_group",
     "data.kwargs.control_pert=non-targeting", "data.kwargs.output_space=gene",
 )
@@ -32,8 +32,8 @@ DEMO_OVERRIDES = (
 
 def _keys_help() -> str:
     """Every dotted key `train` accepts, with its default (generated, so it cannot go stale)."""
-    from state_tx.model import PRESETS, TUNABLE
-    from state_tx.train import MODEL_EXTRA_KWARGS, RunConfig
+    from state_tx.model import PRESETS, TUNABLE, StateTxConfig
+    from state_tx.train import RunConfig
 
     lines = ["overrides (key=value, as in `state tx train`):"]
 
@@ -48,9 +48,12 @@ def _keys_help() -> str:
 
     walk(RunConfig, "")
     lines.append(f"  model=<preset>               one of {', '.join(PRESETS)} (default state)")
-    lines.append(f"  model.kwargs.<name>=<value>  preset overrides: {', '.join(TUNABLE + MODEL_EXTRA_KWARGS)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(StateTxConfig)} | PRESETS["state"]
+    lines.append("  model.kwargs.* (override the preset; values shown for model=state):")
+    lines += [f"  model.kwargs.{k}={defaults[k]}" for k in TUNABLE]
+    lines.append("  model.kwargs.init_from=None         warm start from a state-tx or arc-state checkpoint")
     for name, sizes in PRESETS.items():
-        lines.append(f"    {name}: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+        lines.append(f"    preset {name}: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     return "\n".join(lines)
 
 
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate the embedded data set, train, predict, evaluate (the default)")
     p.add_argument("--output-dir", default=DEMO_DIR)
-    p.add_argument("--max-steps", type=int, default=600)
+    p.add_argument("--max-steps", type=int, default=400)
     p.add_argument("--seed", type=int, default=0, help="seed of the data generator and of training")
     p.add_argument("overrides", nargs="*", help="extra train overrides, e.g. training.device=cpu")
     return parser

@@ -26,7 +26,7 @@ import torch
 from ftcore.config import apply_overrides, from_dict, read_config_file
 from ftcore.errors import UserError
 from ftcore.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_output_dir
-from ftcore.training import Trainer, TrainConfig
+from ftcore.training import Trainer, TrainConfig, seed_everything
 
 from state_tx.data import DataKwargs, SentenceDataset, Vocab, load_perturbation_features, plan_splits, read_experiment_toml
 from state_tx.model import (ARC_STATE_SKIP, TUNABLE, StateTransitionModel, StateTxConfig, arc_state_to_ours,
@@ -280,6 +280,7 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     if cfg.training.max_steps < 1 or cfg.training.val_freq < 1 or cfg.training.ckpt_every_n_steps < 1:
         raise UserError("training.max_steps, training.val_freq and training.ckpt_every_n_steps must be >= 1")
     s = setup(cfg)
+    seed_everything(cfg.training.train_seed)  # the initial weights too depend on the seed alone
     model = StateTransitionModel(s.model_cfg)
     if cfg.model.kwargs.get("init_from"):
         init_from(model, str(cfg.model.kwargs["init_from"]), trust_checkpoint)
