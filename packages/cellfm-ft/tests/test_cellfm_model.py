@@ -127,8 +127,12 @@ def test_table_accounts_for_every_key_of_the_pretraining_layout():
     ms["moment1.encoder.0.attn.q_proj.weight"] = torch.zeros(32, 32)
     ms["global_step"] = torch.tensor(10)
     ms["learning_rate"] = torch.tensor(1e-4)
+    ms["query.attn.q_proj.weight"] = torch.zeros(32, 32)  # the pretraining net's optional label head
+    ms["proj.0.weight"] = torch.zeros(32, 32)
+    ms["value_dec.zero_logit.0.weight"] = torch.zeros(32, 32)
     mapped, report = CHECKPOINT_MAP.apply(ms)
-    assert set(report.skipped) == {"moment1.encoder.0.attn.q_proj.weight", "global_step", "learning_rate"}
+    assert set(report.skipped) == {"moment1.encoder.0.attn.q_proj.weight", "global_step", "learning_rate",
+                                   "query.attn.q_proj.weight", "proj.0.weight", "value_dec.zero_logit.0.weight"}
     assert all(report.skipped.values())
     own = {"extractor." + k: v for k, v in model.state_dict().items()}
     assert set(mapped) == set(own)

@@ -354,6 +354,8 @@ CHECKPOINT_MAP = KeyMap(
          r"current_iterator_step|last_overflow_iterator_step|scale_sense|loss_scale)$",
          "training counter saved beside the weights"),
         (r"(^|\.)lora_[a-z]+\.", "LoRA adapter of a tuned variant; merge it into the weights before converting"),
+        (r"^(query|proj)\.", "label head of the pretraining net (cfg.label); fine-tuning builds its own `cls` head"),
+        (r"^(value_dec|cellwise_dec)\.zero_logit\b", "zero-probability decoder (add_zero), pretraining only"),
     ),
 )
 

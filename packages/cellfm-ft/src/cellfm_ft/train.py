@@ -406,19 +406,19 @@ def run_inference(model_path: str, data: str, *, label_key: str | None = None, g
 def predict(model_path: str, data: str, output: str, **kw) -> Path:
     if Path(output).suffix != ".h5ad":
         raise UserError(f"--output {output} should end in .h5ad")
-    check_output_dir(Path(output).parent)
     cells, rows, res, labels = run_inference(model_path, data, **kw)
+    check_output_dir(Path(output).parent)
     write_predictions(cells, rows, res, labels, Path(output), split="predict")
     print(f"predictions for {len(rows)} cells -> {output} (obs[{PRED_KEY!r}], obsm[{PROBA_KEY!r}], obsm[{EMB_KEY!r}])")
     return Path(output)
 
 
 def evaluate(model_path: str, data: str, output: str, *, label_key: str, **kw) -> dict:
-    check_output_dir(output)
     cells, rows, res, labels = run_inference(model_path, data, label_key=label_key, **kw)
     known = res["label"] >= 0
     if not known.any():
         raise UserError(f"none of the labels in obs[{label_key!r}] is one the model was trained on ({', '.join(labels)})")
+    check_output_dir(output)
     m = _plot_confusion(res, labels, Path(output) / "confusion_matrix.png")
     recall = np.diag(m) / np.maximum(m.sum(1), 1)
     metrics = {"accuracy": _accuracy(res), "n_cells": int(known.sum()),
