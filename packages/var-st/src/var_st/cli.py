@@ -32,6 +32,13 @@ SEED_RUN = {"stage1_epochs": 150, "stage2_epochs": 300, "stage1_batch_size": 256
 
 
 # ----------------------------------------------------------------------------- argument parsing
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error:` line (exit 2) like every other input error."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=DEMO, help="an .h5ad path, or a name read as <data_dir>/<name>.h5ad ('demo': embedded data)")
     p.add_argument("--data_dir", default="data", help="where dataset names are looked up")
@@ -56,7 +63,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="var-st", description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog="var-st", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
 

@@ -94,7 +94,7 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
     if genes is not None:
         index = {g: i for i, g in enumerate(var_names)}
         missing = [g for g in genes if g not in index]
-        if missing and (need_expression or len(missing) < len(genes)):
+        if missing and need_expression:  # predict needs histology + coords only
             raise UserError(f"{source}: {len(missing)} of the model's {len(genes)} genes are not in var_names "
                             f"(e.g. {', '.join(missing[:3])}); use a file with the same gene names as training")
         cols = [index[g] for g in genes] if not missing else None

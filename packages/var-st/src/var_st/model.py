@@ -217,7 +217,7 @@ class MultiScaleGeneVQVAE(nn.Module):
     @torch.no_grad()
     def fit_gene_stats(self, x: torch.Tensor) -> None:
         """x [N, G] training expression: set gene_mean, gene_std and gene_order."""
-        x = x.double()
+        x = x.detach().double().cpu()
         self.gene_mean.copy_(x.mean(0).float())
         self.gene_std.copy_(x.std(0).clamp_min(1e-3).float())
         self.gene_order.copy_(torch.as_tensor(_coexpression_order(x.numpy()), dtype=torch.long))
