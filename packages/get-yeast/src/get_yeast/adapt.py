@@ -43,11 +43,6 @@ def trainable_spec(cfg: LoraConfig) -> FreezeSpec:
     return LORA_TRAINABLE if cfg.enabled else FULL_FINETUNE
 
 
-def base_model(model: nn.Module) -> nn.Module:
-    """The GETYeast module inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Weights with every LoRA update folded in, under plain GET-yeast names (peft merge_and_unload)."""
     if hasattr(model, "merge_and_unload"):

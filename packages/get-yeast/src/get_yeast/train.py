@@ -26,7 +26,7 @@ from ftcore.freezing import apply_freezing
 from ftcore.io import atomic_path, atomic_write_json, check_output_dir
 from ftcore.metrics import regression_report
 from ftcore.training import TrainConfig, Trainer, move_to, resolve_device, seed_everything
-from get_yeast.adapt import apply_lora, base_model, export_merged, trainable_spec
+from get_yeast.adapt import apply_lora, export_merged, trainable_spec
 from get_yeast.config import LoraConfig, YeastTrainingConfig
 from get_yeast.data import (NUMERIC_FEATURES, YeastDataset, YeastTable, collate, drug_vocabulary, read_table,
                             split_samples)
