@@ -81,7 +81,7 @@ def test_infer_feature_mismatch_says_expected_and_got(trained_run, tmp_path, cap
     out = tmp_path / "never.h5ad"
     assert main(["infer", "--adata", str(src), "--output", str(out), "--model-dir", str(trained_run)]) == 2
     err = capsys.readouterr().err
-    assert "expects 24 input features" in err and "got 55" in err and "X_hvg" in err
+    assert "expected 24 input features" in err and "got 55" in err and "X_hvg" in err
     assert not out.exists()
 
 

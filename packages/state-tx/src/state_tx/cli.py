@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=1000 model=state_sm")
     p.add_argument("--config", help="a YAML/TOML of the same keys (e.g. a run's config.yaml); overrides win")
     p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow model.kwargs.init_from files that need full unpickling (can run code)")
+                   help="allow model.kwargs.init_from / perturbation_features_file files that need full unpickling (can run code)")
 
     p = sub.add_parser("infer", help="predict perturbed cells for an .h5ad (X of the output holds predictions)")
     p.add_argument("--adata", required=True, help="input .h5ad (log-normalised; obsm['X_hvg'] for output_space gene)")

@@ -506,11 +506,11 @@ def plan_splits(exp: ExperimentConfig, kw: DataKwargs, seed: int, need_batch: bo
 
 
 # ------------------------------------------------------------------------ perturbation inputs
-def load_perturbation_features(path: str, perts: list[str], control_pert: str) -> torch.Tensor:
+def load_perturbation_features(path: str, perts: list[str], control_pert: str, trust_pickle: bool = False) -> torch.Tensor:
     """[n_perts, D] vectors from a .pt {name: tensor} file; the control gets zeros if absent."""
     from ftcore.checkpoint import read_checkpoint
 
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"{path}: expected a dict {{perturbation: vector}} saved with torch.save")
     vectors = {str(k): torch.as_tensor(v).float().flatten() for k, v in obj.items()}

@@ -131,12 +131,12 @@ def _feature_matrix(adata, run: TrainedRun) -> tuple[np.ndarray, str]:
         got = adata.obsm["X_hvg"].shape[1] if "X_hvg" in adata.obsm else adata.n_vars
         space = "the HVG matrix obsm['X_hvg']" if vd["output_space"] == "gene" else "all genes in X"
         raise UserError(
-            f"feature mismatch: the model expects {want} input features ({space}), got {got}; prepare the data "
+            f"feature mismatch: expected {want} input features ({space}), got {got}; fix: prepare the data "
             f"like the training data: adata.obsm['X_hvg'] = adata[:, hvg_names].X with hvg_names = "
             f"var_dims.json['gene_names'] in {run.model_dir} (or restrict X to those {want} genes)")
     M = np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float32)
     if M.shape[1] != want:
-        raise UserError(f"feature mismatch: the model expects {want} input features, got {M.shape[1]} in {where}; "
+        raise UserError(f"feature mismatch: expected {want} input features, got {M.shape[1]} in {where}; "
                         f"use the genes listed in {run.model_dir}/var_dims.json ('gene_names')")
     if not np.isfinite(M).all():
         raise UserError(f"{where} contains {int((~np.isfinite(M)).sum())} NaN/inf values; fix or drop those cells")

@@ -49,7 +49,7 @@ def make_perturbation_adata(n_genes: int = 256, n_hvg: int = 128, n_perts: int =
     effects = {}
     for p, tgt in zip(pert_names, targets):
         shared = np.zeros(n_genes)
-        for prog in rng.choice(n_programs, rng.integers(1, 4), replace=False):
+        for prog in rng.choice(n_programs, min(int(rng.integers(1, 4)), n_programs), replace=False):
             shared[programs[prog]] += rng.choice([-1, 1]) * rng.uniform(0.6, 1.4)
         specific_ct = rng.choice(cell_types)
         specific_prog = programs[rng.integers(n_programs)]

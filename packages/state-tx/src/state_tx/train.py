@@ -153,7 +153,7 @@ class Setup:
     summary: dict
 
 
-def setup(cfg: RunConfig, scan: bool = True) -> Setup:
+def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> Setup:
     """Files + TOML -> validated datasets and the model config. Writes nothing."""
     kw = cfg.data.kwargs
     if not kw.toml_config_path:
@@ -169,7 +169,8 @@ def setup(cfg: RunConfig, scan: bool = True) -> Setup:
                 print(f"warning: {meta.source.path} {meta.source.matrix_key} reaches {hi:.0f}: it looks like raw counts; "
                       "STATE expects log-normalised data (sc.pp.normalize_total + sc.pp.log1p)")
     if kw.perturbation_features_file:
-        pert_table = load_perturbation_features(kw.perturbation_features_file, vocab.perts, kw.control_pert)
+        pert_table = load_perturbation_features(kw.perturbation_features_file, vocab.perts, kw.control_pert,
+                                                trust_checkpoint)
     else:
         pert_table = torch.eye(len(vocab.perts))
     ref = metas[0].source
@@ -279,7 +280,7 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     """Validate everything, write the maps, train with the core Trainer, write final.ckpt."""
     if cfg.training.max_steps < 1 or cfg.training.val_freq < 1 or cfg.training.ckpt_every_n_steps < 1:
         raise UserError("training.max_steps, training.val_freq and training.ckpt_every_n_steps must be >= 1")
-    s = setup(cfg)
+    s = setup(cfg, trust_checkpoint=trust_checkpoint)
     seed_everything(cfg.training.train_seed)  # the initial weights too depend on the seed alone
     model = StateTransitionModel(s.model_cfg)
     if cfg.model.kwargs.get("init_from"):
