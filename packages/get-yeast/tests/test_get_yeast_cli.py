@@ -34,7 +34,7 @@ def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint), "--trust-checkpoint")) == 0
     printed = capsys.readouterr().out
-    assert "Successfully loaded" in printed and "shape mismatch" in printed
+    assert "Successfully loaded" in printed and "+ strand row" in printed
     for name in ("best_model.pth", "last.pth", "history.json", "training_curve.png", "metrics.json", "predictions.csv",
                  "pred_vs_true.png", "residuals.png", "condition_importance.json", "merged_model.safetensors", "splits.json"):
         assert (out / name).exists(), name

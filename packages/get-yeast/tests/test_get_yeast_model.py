@@ -115,12 +115,19 @@ def test_checkpoint_loads_with_report(get_checkpoint, tiny_model_cfg):
     model = GETYeast(tiny_model_cfg, 3)
     report = load_pretrained(model, str(get_checkpoint), trust_pickle=True)
     sd = get_layout_state_dict(tiny_model_cfg)
-    n_get = len(sd) - 2 - 2  # minus the pretraining-only entries and the 2-strand head
-    assert len(report.loaded) == n_get
-    assert {k for k, _, _ in report.shape_mismatch} == {"head_exp.head.weight", "head_exp.head.bias"}
+    assert len(report.loaded) == len(sd) - 2  # all but the pretraining-only entries
+    assert not report.shape_mismatch
     assert set(report.skipped) == {"mask_token", "head_mask.weight"}
-    assert all(k.startswith(("condition_encoder.", "fusion.", "head_exp.")) for k in report.not_in_checkpoint)
-    torch.testing.assert_close(model.state_dict()["encoder.blocks.1.attn.qkv.weight"], sd["encoder.blocks.1.attn.qkv.weight"])
+    assert report.not_in_checkpoint and all(k.startswith(("condition_encoder.", "fusion.")) for k in report.not_in_checkpoint)
+    own = model.state_dict()
+    torch.testing.assert_close(own["encoder.blocks.1.attn.qkv.weight"], sd["encoder.blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(own["head_exp.head.weight"], sd["head_exp.head.weight"][:1])  # the + strand row
+
+
+def test_head_of_another_size_is_reported_not_loaded(get_checkpoint, tiny_model_cfg):
+    cfg = dataclasses.replace(tiny_model_cfg, region_model=dataclasses.replace(tiny_model_cfg.region_model, output_dim=3))
+    report = load_pretrained(GETYeast(cfg, 3), str(get_checkpoint), trust_pickle=True)
+    assert report.shape_mismatch == [("head_exp.head.weight", (3, 32), (2, 32)), ("head_exp.head.bias", (3,), (2,))]
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path, tiny_model_cfg):

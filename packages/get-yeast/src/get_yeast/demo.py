@@ -51,7 +51,7 @@ def pretrain_tiny_get(path: Path, seed: int = 0, progress: bool = True) -> Path:
         valid = ~batch["padding"]
         return torch.nn.functional.mse_loss(pred[valid], batch["exp_label"][valid])
 
-    trainer = Trainer(model, TrainConfig(output_dir=str(run), epochs=6, batch_size=16, lr=2e-3, warmup_steps=5,
+    trainer = Trainer(model, TrainConfig(output_dir=str(run), epochs=15, batch_size=16, lr=2e-3, warmup_steps=5,
                                          seed=seed, progress=progress, monitor="train_loss", best_name=None,
                                          curve_name=None),
                       YeastDataset(table, model_cfg.condition, vocab), None, loss_fn=loss, collate_fn=collate)

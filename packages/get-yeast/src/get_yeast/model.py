@@ -20,7 +20,7 @@ argparse.Namespace) loads with `load_pretrained` and a report. The names GET use
     encoder.blocks.{i}.mlp.fc1.{weight,bias}   same                                 [3072, 768]
     encoder.blocks.{i}.mlp.fc2.{weight,bias}   same                                 [768, 3072]
     encoder.norm.{weight,bias}                 same                                 [768]
-    head_exp.head.{weight,bias}                same                                 [2, 768] (two strands)
+    head_exp.head.{weight,bias}                same (1 output: the + strand row)    [2, 768] (two strands)
     mask_token, head_mask.*, head_atac.*       skipped (pretraining heads)          -
 
 condition_encoder.* and fusion.* are new (never in a GET checkpoint) and keep their initialisation.
@@ -301,18 +301,33 @@ GET_CHECKPOINT_SKIP = (
 )
 
 
-def load_pretrained(model: GETYeast, path: str, *, trust_pickle: bool = False, key: str | None = None) -> LoadReport:
+def load_pretrained(model: GETYeast, path: str, *, trust_pickle: bool = False, key: str | None = None,
+                    verbose: bool = True) -> LoadReport:
     """Load a GET checkpoint into `model` non-strictly; print and return the report.
 
     Files that need full unpickling (GET's checkpoint-799.pth holds an argparse.Namespace) are
     refused by the core reader unless trust_pickle=True (CLI: --trust-checkpoint).
     """
     tensors = read_state_dict(path, trust_pickle=trust_pickle, key=key)
+    tensors = _sense_strand_head(model, tensors, verbose)
     report = load_partial(model, tensors, skip=GET_CHECKPOINT_SKIP, source=f"GET checkpoint {path}",
-                          target="GET-yeast model")
+                          target="GET-yeast model", verbose=verbose)
     if not report.loaded:
         raise UserError(
             f"{path}: none of its {len(tensors)} tensors matches the GET region model by name and shape "
             f"(first key: {next(iter(tensors))}); is it a GET checkpoint of this size (yeast_model.yaml region_model)?"
         )
     return report
+
+
+def _sense_strand_head(model: GETYeast, tensors: dict, verbose: bool) -> dict:
+    """Released GET heads predict 2 outputs (+ and - strand); a 1-output yeast head starts from the
+    + strand row instead of a random init (the output conversion the seed did by hand)."""
+    own = model.state_dict()
+    keys = ("head_exp.head.weight", "head_exp.head.bias")
+    if all(k in tensors and k in own for k in keys) and own[keys[0]].shape[0] == 1 and tensors[keys[0]].shape[0] == 2 \
+            and tensors[keys[0]].shape[1:] == own[keys[0]].shape[1:]:
+        tensors = dict(tensors, **{k: tensors[k][:1] for k in keys})
+        if verbose:
+            print("ℹ head_exp.head: the checkpoint's 2-strand head -> 1 output, starting from its + strand row")
+    return tensors

@@ -278,7 +278,8 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     model = GETYeast(model_cfg, n_drugs=len(vocab))
     report = None
     if cfg.pretrained.checkpoint:
-        report = load_pretrained(model, cfg.pretrained.checkpoint, trust_pickle=trust_checkpoint, key=cfg.pretrained.key)
+        report = load_pretrained(model, cfg.pretrained.checkpoint, trust_pickle=trust_checkpoint, key=cfg.pretrained.key,
+                                 verbose=is_main_process())
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     freeze = apply_freezing(model, trainable_spec(cfg.lora), verbose=is_main_process())
@@ -308,10 +309,13 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     model = trainer.model
     best = torch.load(out / BEST_NAME, map_location="cpu", weights_only=True)
     model.load_state_dict(best["model"])
-    eval_table = test_table if test_table.samples else val_table
+    eval_table, label = (test_table, "test split") if test_table.samples else (val_table, "validation split")
+    if not eval_table.samples:  # val_fraction = test_fraction = 0: nothing held out to score
+        raise UserError("training finished, but no samples were held out to evaluate (data.val_fraction and "
+                        f"data.test_fraction are 0); the model is in {out / BEST_NAME}")
     metrics = write_evaluation(model, eval_table, spec, out, interpret=cfg.task.interpret,
                                save_predictions=cfg.task.save_predictions, repeats=cfg.task.permutation_repeats,
-                               seed=cfg.experiment.seed, label=f"held-out {cfg.data.split_by}s (test split)")
+                               seed=cfg.experiment.seed, label=f"held-out {cfg.data.split_by}s ({label})")
     metrics.update({"best_val_loss": result.best_metric, "steps": result.steps,
                     "trainable_parameters": freeze.trainable, "total_parameters": freeze.total})
     if cfg.task.export_merged and cfg.lora.enabled:
