@@ -176,3 +176,21 @@ def test_demo_beats_the_control_mean_baseline(tmp_path):
     assert s["model"]["mse"] < s["control_mean_baseline"]["mse"]
     assert s["model"]["pearson_delta"] > 0.3
     shutil.rmtree(tmp_path / "runs")
+
+
+def test_perturbation_features_file_replaces_one_hot(tiny_toml, tiny_perts, tiny_h5ad, make_train_args, tmp_path):
+    """ESM2-style vectors per perturbation: pert_dim is their width; inference uses the stored table."""
+    feats = tmp_path / "esm2.pt"
+    torch.save({p: torch.randn(8) for p in tiny_perts}, feats)  # no control vector: it gets zeros
+    assert main(make_train_args(tiny_toml, tmp_path, steps=2,
+                                extra=[f"data.kwargs.perturbation_features_file={feats}"])) == 0
+    run = tmp_path / "run"
+    vd = json.loads((run / "var_dims.json").read_text())
+    assert vd["pert_dim"] == 8 and vd["pert_rep"] == "features"
+    from safetensors.torch import load_file
+
+    table = load_file(run / "pert_features.safetensors")["pert_features"]
+    assert table.shape == (7, 8) and float(table[0].abs().sum()) == 0.0
+    out = tmp_path / "p.h5ad"
+    assert main(["infer", "--adata", str(tiny_h5ad), "--output", str(out), "--model-dir", str(run)]) == 0
+    assert ad.read_h5ad(out).n_vars == 24
