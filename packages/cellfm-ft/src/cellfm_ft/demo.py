@@ -45,8 +45,9 @@ def synthetic_cells(n_cells: int = 600, n_genes: int = 240, n_donors: int = 6, s
     types = list(MARKERS)
     base = rng.gamma(0.6, 0.6, len(genes))  # housekeeping-to-rare spread of baseline expression
     program = np.ones((len(types), len(genes)))
+    program[:, : len(markers)] = 0.3  # marker genes are mostly silent outside their cell type
     for t, name in enumerate(types):
-        program[t, [genes.index(g) for g in MARKERS[name]]] = rng.uniform(1.5, 3.5, len(MARKERS[name]))
+        program[t, [genes.index(g) for g in MARKERS[name]]] = rng.uniform(0.8, 2.0, len(MARKERS[name]))
         program[t, rng.choice(np.arange(len(markers), len(genes)), 12, replace=False)] *= 3  # weaker programs
     donor_effect = rng.lognormal(0, 0.25, (n_donors, len(genes)))
     cell_type = rng.choice(len(types), n_cells, p=np.linspace(1.5, 0.5, len(types)) / np.linspace(1.5, 0.5, len(types)).sum())
