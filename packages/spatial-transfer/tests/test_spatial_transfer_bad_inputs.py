@@ -2,7 +2,6 @@
 naming the problem, a non-zero exit, no traceback, and no file left in the output directory."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 

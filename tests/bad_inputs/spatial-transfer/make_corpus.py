@@ -14,7 +14,6 @@ import json
 import shutil
 from pathlib import Path
 
-import anndata
 import numpy as np
 import torch
 
@@ -176,7 +175,7 @@ def main() -> None:
     cases["bulk_checkpoint_foreign"] = {
         "what": "a state dict of another model", "args": [*good_args, "--bulk-checkpoint", "{here}/checkpoints/not_cell2gene.pt"],
         "phrase": "none of its 2 names are Cell2Gene layer names"}
-    for name, c in cases.items():
+    for c in cases.values():
         c.setdefault("command", "run")
         c.setdefault("env", {})
         c.setdefault("overlay", None)

@@ -256,10 +256,10 @@ def _plan(spatial, cfg, strategy, cv_mode, heldout, demo):
 
 
 def cmd_run(args) -> None:
-    from spatial_transfer.train import cross_validate, pretrain_bulk
+    from spatial_transfer.train import cross_validate, log, pretrain_bulk
 
     out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True)
-    print(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else ""))
+    log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else ""))
     if strategy != "scratch" and bulk_ckpt is None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
     cross_validate(spatial, cfg, _plan(spatial, cfg, strategy, cv_mode, heldout, demo), out, bulk_ckpt, args.trust_checkpoint)
@@ -275,7 +275,7 @@ def cmd_pretrain(args) -> None:
 def cmd_compare(args) -> None:
     from ftcore.io import atomic_write_json, atomic_write_text
 
-    from spatial_transfer.train import STRATEGIES, cross_validate, format_comparison, pretrain_bulk
+    from spatial_transfer.train import STRATEGIES, cross_validate, format_comparison, is_main, pretrain_bulk
 
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in names if s not in STRATEGIES]
@@ -290,8 +290,8 @@ def cmd_compare(args) -> None:
         results[name] = cross_validate(spatial, cfg, _plan(spatial, cfg, name, cv_mode, heldout, demo), out,
                                        bulk_ckpt, args.trust_checkpoint)
     table = format_comparison(results)
-    print("\n=== Transfer vs from scratch (same folds) ===\n" + table)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main():
+        print("\n=== Transfer vs from scratch (same folds) ===\n" + table)
         atomic_write_text(out / "comparison.txt", table + "\n")
         atomic_write_json(out / "comparison.json", {k: {m: v[m] for m in ("overall_correlation", "gene_correlation",
                                                                           "test_loss", "lr")} for k, v in results.items()})

@@ -12,7 +12,6 @@ Output layout under the run directory (names from the Cell2Gene transfer guide):
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from spatial_transfer.data import (
     BulkData, GraphConfig, SpatialData, bulk_items, check_gene_count, collate, spatial_items,
 )
 from spatial_transfer.model import (
-    BULK_TO_SPATIAL, FREEZE_STRATEGIES, STRATEGY_LR, BulkModel, Cell2GeneConfig, SpatialModel,
+    FREEZE_STRATEGIES, STRATEGY_LR, BulkModel, Cell2GeneConfig, SpatialModel,
 )
 
 STRATEGIES = tuple(FREEZE_STRATEGIES)
@@ -70,6 +69,12 @@ class RunConfig:
 
 def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def log(*args, **kwargs) -> None:
+    """print on rank 0 only (under torchrun every rank runs the same code)."""
+    if is_main():
+        print(*args, **{"flush": True, **kwargs})
 
 
 def strategy_dirs(out: Path, strategy: str) -> tuple[Path, Path]:
@@ -130,7 +135,7 @@ def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
     order = rng.permutation(len(bulk.sample_names))
     n_val = max(1, round(0.1 * len(order))) if len(order) >= 2 else 0
     val, train = order[:n_val], order[n_val:]
-    print(f"=== Bulk pretraining: {len(train)} train / {len(val)} validation samples ===")
+    log(f"=== Bulk pretraining: {len(train)} train / {len(val)} validation samples ===")
     torch.manual_seed(cfg.seed)
     model = BulkModel(cfg.model)
     ckpt_dir = out / Path(BULK_CHECKPOINT).parent
@@ -143,20 +148,20 @@ def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
                       loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate, extra_state=extra)
     result = trainer.fit()
     best = result.best_path if result.best_path is not None and result.best_path.exists() else result.last_path
-    print(f"BulkModel checkpoint: {best}")
+    log(f"BulkModel checkpoint: {best}")
     return best
 
 
 def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = False) -> LoadReport:
     """Partial load of a BulkModel checkpoint into the SpatialModel, with the guide's report."""
-    print("=== Loading Pretrained Weights from Bulk Model ===")
-    print(f"Bulk model path: {path}")
+    log("=== Loading Pretrained Weights from Bulk Model ===")
+    log(f"Bulk model path: {path}")
     try:
         sd = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), source=str(path))
     except UserError as err:
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
-    print(f"Loaded state dict with {len(sd)} keys\n")
-    report = load_partial(model, sd, source="bulk", target="spatial model")
+    log(f"Loaded state dict with {len(sd)} keys\n")
+    report = load_partial(model, sd, source="bulk", target="spatial model", verbose=is_main())
     if not report.loaded:
         raise UserError(f"Error loading bulkmodel weights: no tensor of {path} matches the spatial model "
                         "(0 loaded); pass a Cell2Gene BulkModel checkpoint with the same model sizes")
@@ -225,7 +230,7 @@ def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path
                             "pass another --output or delete that directory")
         done = saved["folds"]
         if done:
-            print(f"resuming: {len(done)} of {len(plan.folds)} folds already finished in {temp_path}")
+            log(f"resuming: {len(done)} of {len(plan.folds)} folds already finished in {temp_path}")
     if is_main():
         check_output_dir(log_dir)
         check_output_dir(ckpt_dir)
@@ -253,7 +258,7 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
     rest = [s for s in spatial.samples if s not in test]
     val = _validation_samples(rest, plan.seed + k)
     train = [s for s in rest if s not in val]
-    print(f"\n=== Fold {k + 1}/{len(plan.folds)} ({plan.strategy}): test {', '.join(test)}; "
+    log(f"\n=== Fold {k + 1}/{len(plan.folds)} ({plan.strategy}): test {', '.join(test)}; "
           f"{len(train)} train / {len(val)} validation samples ===")
     torch.manual_seed(plan.seed + k)
     model = SpatialModel(cfg.model)
@@ -262,7 +267,7 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
         report = load_bulk_weights(model, bulk_checkpoint, trust_pickle)
     train_items = spatial_items(spatial, cfg.graph, train)
     init_output_bias(model, train_items)  # same start for every strategy: the new head is never transferred
-    freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES))
+    freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES), verbose=is_main())
     tc = _train_config(cfg.spatial, cfg, ckpt_dir, plan.lr, plan.seed + k, bool(val),
                        best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt",
                        history_name=f"fold_{k}_history.json", curve_name=None)
@@ -286,7 +291,7 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
         "trainable_parameters": freeze.trainable, "total_parameters": freeze.total,
         "weights_loaded": len(report.loaded) if report else 0, "spot_rows": rows.tolist(),
     }
-    print(f"fold {k}: overall correlation {result['overall_correlation']:.4f}, gene correlation "
+    log(f"fold {k}: overall correlation {result['overall_correlation']:.4f}, gene correlation "
           f"{result['gene_correlation']:.4f}, test loss {result['test_loss']:.4f}")
     if is_main():
         from ftcore.io import atomic_path
@@ -312,10 +317,10 @@ def summarise(folds: list[dict]) -> dict:
 
 
 def print_summary(final: dict) -> None:
-    print("\n=== Final Summary ===")
+    log("\n=== Final Summary ===")
     for key, label in (("overall_correlation", "overall correlation"), ("gene_correlation", "gene correlation"),
                        ("test_loss", "final test loss")):
-        print(f"Average {label}: {final[key]['mean']:.6f} ± {final[key]['std']:.6f}")
+        log(f"Average {label}: {final[key]['mean']:.6f} ± {final[key]['std']:.6f}")
 
 
 def _write_predictions(spatial: SpatialData, oof: np.ndarray, final: dict, path: Path) -> None:
