@@ -34,7 +34,7 @@ def make_perturbation_adata(n_genes: int = 256, n_hvg: int = 128, n_perts: int =
     hvg = np.sort(rng.choice(n_genes, n_hvg, replace=False))
     programs = [rng.choice(hvg, 12, replace=False) for _ in range(n_programs)]
     targets = rng.choice(hvg, n_perts, replace=False)  # perturbations target HVGs (knockdowns are visible)
-    pert_names = list(genes[targets])
+    pert_names = [str(g) for g in genes[targets]]
 
     # basal mean profile per cell type (log-normalised scale ~0..3), programs at cell-type levels
     base = rng.gamma(2.0, 0.35, n_genes)
