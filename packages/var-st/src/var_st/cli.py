@@ -234,7 +234,10 @@ def cmd_train(args) -> None:
     from var_st.model import TwoStageVARST
     from var_st.train import RunPaths, is_main_process, train_stage1, train_stage2, train_settings
 
+    from ftcore.training import seed_everything
+
     _debug(args)
+    seed_everything(args.seed)  # the initial weights too, so a run is reproducible from its command line
     name, path = _resolve_dataset(args)
     demo = path is None
     preset = args.preset or ("demo" if demo else "full")
