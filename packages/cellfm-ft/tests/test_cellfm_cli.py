@@ -123,3 +123,16 @@ def test_console_script_help():
     exe = Path(sys.executable).parent / "cellfm-ft"
     proc = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--testcase" in proc.stdout and "--trust-checkpoint" in proc.stdout
+
+
+def test_cuda_oom_becomes_batch_size_advice(monkeypatch, capsys):
+    import cellfm_ft.train as train_mod
+
+    def boom(cfg):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_mod, "finetune", boom)
+    assert main(["train", "--data", "x.h5ad", "--checkpoint", "c.ckpt", "--batch-size", "16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: CUDA ran out of memory at batch size 16; lower --batch-size (e.g. 16 -> 8), "
+                   "or run on a GPU with more memory"]

@@ -185,6 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or ["demo"])
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (errors still reach stderr)
         sys.stdout = open(os.devnull, "w")
+    try:
+        _run(args)
+    except Exception as err:  # noqa: BLE001 - only CUDA OOM is translated, with this CLI's flag names
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        size = getattr(args, "batch_size", None)
+        raise UserError(
+            f"CUDA ran out of memory{f' at batch size {size}' if size else ''}; lower --batch-size (e.g. 16 -> 8), "
+            "or run on a GPU with more memory"
+        ) from None
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     from cellfm_ft import train
 
     if args.command == "demo":
@@ -202,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         train.evaluate(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
                        layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,
                        trust_checkpoint=args.trust_checkpoint, device=args.device)
-    return 0
 
 
 if __name__ == "__main__":

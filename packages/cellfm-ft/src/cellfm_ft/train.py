@@ -14,7 +14,6 @@ parameters. The core Trainer does the training (AdamW, checkpoints, resume, DDP)
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
