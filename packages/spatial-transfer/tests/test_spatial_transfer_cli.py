@@ -120,6 +120,26 @@ def test_scratch_loo_by_env_and_compare(tiny_data, tmp_path, tiny_args, capsys, 
     assert cmp_["scratch"]["lr"] == 1e-4 and cmp_["frozen_backbone"]["lr"] == 1e-5  # the guide's defaults
 
 
+def test_pretrain_then_transfer_from_a_given_checkpoint(tiny_data, tmp_path, tiny_args, capsys):
+    pre = tmp_path / "pre"
+    assert main(["pretrain", "--data", str(tiny_data), "--output", str(pre), *tiny_args()]) == 0
+    ckpt = pre / "bulk_pretrain" / "best_bulk_model.pt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["extra"]["model_config"]["bulk_genes"] == 12 and len(saved["extra"]["genes"]) == 12
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["run", "--data", str(tiny_data), "--output", str(out), "--bulk-checkpoint", str(ckpt),
+                 "--strategy", "frozen_decoder", "--folds", "2", *tiny_args()]) == 0
+    text = capsys.readouterr().out
+    assert f"Bulk model path: {ckpt}" in text and not (out / "bulk_pretrain").exists()
+    best = torch.load(out / "checkpoints_transfer_frozen_decoder" / "best_hest_graph_model_fold_0.pt", weights_only=True)
+    bulk_sd = saved["model"]
+    for name, value in best["model"].items():  # frozen groups still hold the bulk weights after training
+        if name.startswith(("gnn.", "transformer.")) and name in bulk_sd:
+            torch.testing.assert_close(value, bulk_sd[name])
+    assert not torch.equal(best["model"]["feature_projection.0.weight"], bulk_sd["feature_projection.0.weight"])
+
+
 def test_console_script_help_and_unknown_strategy(tmp_path):
     exe = Path(sys.executable).parent / "spatial-transfer"
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)

@@ -282,7 +282,8 @@ def cmd_compare(args) -> None:
     if unknown:
         raise UserError(f"unknown strategy {unknown[0]!r} in --strategies; allowed: {', '.join(STRATEGIES)}")
     args.strategy = names[0]  # validated env/flags; the CV plan is shared by all strategies
-    out, cfg, _, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True, need_bulk=True)
+    out, cfg, _, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(
+        args, need_spatial=True, need_bulk=any(s != "scratch" for s in names))
     if bulk_ckpt is None and any(s != "scratch" for s in names):
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
     results = {}
