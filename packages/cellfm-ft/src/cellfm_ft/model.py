@@ -266,9 +266,12 @@ class CellFM(nn.Module):
         emb = torch.empty(pad_rows(n_genes), self.cfg.enc_dims, device=self.gene_emb.device)
         nn.init.xavier_normal_(emb)
         emb[0] = 0
-        self.gene_emb = nn.Parameter(emb, requires_grad=self.gene_emb.requires_grad)
-        # Row 0 is the pad token: it stays zero even if gene_emb is made trainable.
+        trainable = self.gene_emb.requires_grad
+        self.gene_emb = nn.Parameter(emb)
+        # Row 0 is the pad token: it stays zero even if gene_emb is made trainable. (Padded
+        # positions are zeroed by zero_idx anyway; the hook makes the rule explicit.)
         self.gene_emb.register_hook(_zero_pad_row_grad)
+        self.gene_emb.requires_grad_(trainable)
         self.cfg = dataclasses.replace(self.cfg, n_genes=n_genes)
 
 

@@ -79,7 +79,8 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
     # Every mapped tensor must land on a parameter of the same shape (strict: the table is complete).
     from cellfm_ft.model import CellFM
 
-    model = CellFM(cfg)
+    with torch.device("meta"):  # shapes only: no memory for an 80M-parameter copy
+        model = CellFM(cfg)
     own = {"extractor." + k: v for k, v in model.state_dict().items()}
     missing = [k for k in own if k not in backbone]
     extra = [k for k in backbone if k not in own]
