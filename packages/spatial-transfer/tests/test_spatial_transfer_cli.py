@@ -63,7 +63,8 @@ def test_run_end_to_end_outputs_and_resume(tiny_data, tmp_path, tiny_args, capsy
     assert "Average overall correlation:" in text and "±" in text
     log, ck = out / "log_normalized_transfer_full", out / "checkpoints_transfer_full"
     for k in (0, 1):
-        for name in (f"fold_{k}_metrics.json", f"fold_{k}_predictions.npy", f"fold_{k}_training_curve.png"):
+        for name in (f"fold_{k}_metrics.json", f"fold_{k}_predictions.npy", f"fold_{k}_training_curve.png",
+                     f"fold_{k}_pred_vs_true.png"):
             assert (log / name).stat().st_size > 0, name
         best = torch.load(ck / f"best_hest_graph_model_fold_{k}.pt", weights_only=True)
         assert "output_projection.1.weight" in best["model"]

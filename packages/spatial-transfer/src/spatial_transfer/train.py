@@ -4,7 +4,7 @@ Output layout under the run directory (names from the Cell2Gene transfer guide):
 
     bulk_pretrain/best_bulk_model.pt             BulkModel checkpoint ({"model", "extra"})
     log_normalized_transfer_<strategy>/          per strategy ("log_normalized/" from scratch)
-        fold_<k>_metrics.json, fold_<k>_predictions.npy, fold_<k>_training_curve.png,
+        fold_<k>_metrics.json, fold_<k>_predictions.npy, fold_<k>_training_curve.png, fold_<k>_pred_vs_true.png,
         temp_fold_results.json (rewritten after each fold), final_<n>fold_results.json,
         predictions.h5ad (observed X, out-of-fold predictions in layers["cv_predicted"])
     checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt   ("checkpoints/" from scratch)
@@ -295,12 +295,16 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
           f"{result['gene_correlation']:.4f}, test loss {result['test_loss']:.4f}")
     if is_main():
         from ftcore.io import atomic_path
-        from ftcore.plotting import plot_training_curve
+        from ftcore.plotting import plot_pred_vs_true, plot_training_curve
 
         with atomic_path(log_dir / f"fold_{k}_predictions.npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, pred.numpy())
-        plot_training_curve(fit.history, log_dir / f"fold_{k}_training_curve.png", title=f"{plan.strategy}, fold {k}")
+        # the core marks improving validations with best=True; a flag, not a curve to draw
+        curve = [{kk: v for kk, v in h.items() if kk != "best"} for h in fit.history]
+        plot_training_curve(curve, log_dir / f"fold_{k}_training_curve.png", title=f"{plan.strategy}, fold {k}")
+        plot_pred_vs_true(pred.numpy(), true.numpy(), log_dir / f"fold_{k}_pred_vs_true.png",
+                          title=f"{plan.strategy}, fold {k}: {', '.join(test)}")
         atomic_write_json(log_dir / f"fold_{k}_metrics.json", {kk: v for kk, v in result.items() if kk != "spot_rows"} | {
             "spot_names": [spatial.spot_names[i] for i in rows], "history": fit.history})
         # the fold is recorded next; its resume state is no longer needed (it holds optimizer moments)
