@@ -215,7 +215,7 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
     if need_bulk is None:  # bulk data only matter when weights are transferred
         need_bulk = strategy != "scratch"
     cfg, explicit = build_config(args, demo)
-    bulk_path = getattr(args, "bulk_checkpoint", None) if strategy != "scratch" else None
+    bulk_path = getattr(args, "bulk_checkpoint", None) if need_bulk else None
     bulk_sd = _read_bulk_checkpoint(bulk_path, args.trust_checkpoint)
     bulk_ckpt = Path(bulk_path) if bulk_path else None
     if not demo:
