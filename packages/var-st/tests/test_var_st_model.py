@@ -233,3 +233,19 @@ def test_lightning_prefixed_checkpoint_loads(tmp_path):
     torch.save({"model": obj["state_dict"], "extra": obj["extra"]}, tmp_path / "wrapped.ckpt")
     loaded = TwoStageVARST.load_complete_model(tmp_path / "wrapped.ckpt")
     assert torch.equal(loaded.var.head.weight, model.var.head.weight)
+
+
+def test_gene_order_puts_coexpressed_genes_next_to_each_other():
+    from var_st.model import _coexpression_order
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 1, generator=gen), torch.randn(400, 1, generator=gen)
+    # genes 0, 2, 4, ... follow program a; 1, 3, 5, ... follow program b
+    x = torch.cat([(a if g % 2 == 0 else b) + 0.3 * torch.randn(400, 1, generator=gen) for g in range(10)], 1)
+    order = _coexpression_order(x.double()).tolist()
+    assert sorted(order) == list(range(10))
+    assert {g % 2 for g in order[:5]} == {order[0] % 2} and {g % 2 for g in order[5:]} == {order[5] % 2}
+    vq = MultiScaleGeneVQVAE(10, VQVAEConfig(vocab_size=8, embed_dim=2, hidden_dim=4, coarse_scales=(1, 2)))
+    vq.fit_gene_stats(x)
+    assert vq.gene_order.tolist() == order
+    torch.testing.assert_close(vq.gene_mean, x.mean(0))

@@ -16,7 +16,7 @@ import torch
 
 from var_st.cli import main
 
-EPOCHS = 12
+EPOCHS = 8
 
 
 def _final_state(log_dir, stage):

@@ -184,8 +184,8 @@ class MultiScaleGeneVQVAE(nn.Module):
 
     Buffers fitted once on the training expression (`fit_gene_stats`) and saved with the weights:
     gene_mean / gene_std (the model works on standardised genes) and gene_order (a permutation
-    from hierarchical clustering of gene-gene correlation, so the pooled groups of the pathway
-    and module scales are groups of co-expressed genes, not arbitrary neighbours in the file).
+    from spectral seriation of gene-gene correlation, so the pooled groups of the pathway and
+    module scales are groups of co-expressed genes, not arbitrary neighbours in the file).
     """
 
     def __init__(self, num_genes: int, cfg: VQVAEConfig):
@@ -220,7 +220,7 @@ class MultiScaleGeneVQVAE(nn.Module):
         x = x.detach().double().cpu()
         self.gene_mean.copy_(x.mean(0).float())
         self.gene_std.copy_(x.std(0).clamp_min(1e-3).float())
-        self.gene_order.copy_(torch.as_tensor(_coexpression_order(x.numpy()), dtype=torch.long))
+        self.gene_order.copy_(_coexpression_order(x))
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, G] (gene order of the data) -> f [B, G, D] (positions in gene_order)."""
@@ -318,17 +318,24 @@ class MultiScaleGeneVQVAE(nn.Module):
         return self.decode_tokens(self.encode_tokens(x))
 
 
-def _coexpression_order(x) -> list[int]:
-    """Leaf order of average-linkage clustering on 1 - Pearson r between genes (x [N, G])."""
-    import numpy as np
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
+def _coexpression_order(x: torch.Tensor) -> torch.Tensor:
+    """Spectral seriation of genes (x [N, G] float64): co-expressed genes end up next to each other.
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.nan_to_num(np.corrcoef(x.T), nan=0.0)
-    dist = np.clip(1.0 - corr, 0.0, 2.0)
-    np.fill_diagonal(dist, 0.0)
-    return leaves_list(linkage(squareform(dist, checks=False), method="average")).tolist()
+    Affinity = positive Pearson r between genes; the order sorts genes by the Fiedler vector of
+    the normalised graph Laplacian (the smoothest non-trivial ordering of the graph). The sign of
+    the eigenvector is fixed so the result is deterministic. torch only (no scipy on GPU boxes).
+    """
+    xc = x - x.mean(0)
+    norm = xc.norm(dim=0).clamp_min(1e-12)
+    corr = (xc.T @ xc) / (norm[:, None] * norm[None, :])
+    affinity = corr.clamp_min(0).fill_diagonal_(0) + 1e-6  # tiny floor keeps the graph connected
+    d = affinity.sum(1).rsqrt()
+    lap = torch.eye(len(d), dtype=x.dtype) - d[:, None] * affinity * d[None, :]
+    _, vecs = torch.linalg.eigh(lap)
+    fiedler = vecs[:, 1] * d
+    if fiedler[fiedler.abs().argmax()] < 0:
+        fiedler = -fiedler
+    return torch.argsort(fiedler, stable=True)
 
 
 def codebook_stats(tokens: torch.Tensor, scale_sizes: Sequence[int], vocab_size: int) -> dict[str, float]:
