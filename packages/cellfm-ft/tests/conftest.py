@@ -41,7 +41,7 @@ def cellfm_inputs(tmp_path_factory) -> dict:
     return {"data": data, "ckpt": ckpt, "vocab": vocab, "adata": adata}
 
 
-def train_argv(inputs: dict, out: Path, *extra: str) -> list[str]:
+def _train_argv(inputs: dict, out: Path, *extra: str) -> list[str]:
     """A tiny but complete `cellfm-ft train` command line."""
     return ["train", "--data", str(inputs["data"]), "--label-key", "cell_type", "--donor-key", "donor",
             "--checkpoint", str(inputs["ckpt"]), "--config", "tiny", "--output", str(out),
@@ -52,3 +52,20 @@ def train_argv(inputs: dict, out: Path, *extra: str) -> list[str]:
 def parity_ckpt() -> Path:
     """The CellFM-shaped checkpoint written by real MindSpore (make_parity_fixture.py)."""
     return FIXTURES / "cellfm_tiny.ckpt"
+
+
+@pytest.fixture(scope="session")
+def trained(cellfm_inputs, tmp_path_factory) -> Path:
+    """Output dir of one tiny `cellfm-ft train` run (donor D2 held out, with the baseline)."""
+    from cellfm_ft.cli import main
+
+    out = tmp_path_factory.mktemp("cellfm_run") / "run"
+    assert main(_train_argv(cellfm_inputs, out, "--test-donors", "D2", "--baseline")) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_argv():
+    """train_argv(inputs, out, *extra) -> argv of a tiny `cellfm-ft train` run (a fixture: test modules
+    must not import conftest, whose module name every package's tests share)."""
+    return _train_argv

@@ -1,6 +1,6 @@
 """Every case of the bad-input corpus: non-zero exit, ONE `error:` line with the expected phrase,
 no traceback, and no partial output. Cases: tests/bad_inputs/cellfm-ft/cases.json (made by its
-make_corpus.py) and the shared checkpoint corpus tests/bad_inputs/checkpoints/ fed to
+make_corpus.py; {model} is a best_model.pth of a tiny run) and the shared checkpoint corpus tests/bad_inputs/checkpoints/ fed to
 `cellfm-ft train --checkpoint` (plus the code-running pickle with a marker check)."""
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ def _cases() -> list:
 
 
 @pytest.mark.parametrize("argv, phrase", _cases())
-def test_bad_input(argv, phrase, cellfm_inputs, tmp_path, capsys, monkeypatch):
+def test_bad_input(argv, phrase, cellfm_inputs, tmp_path, capsys, monkeypatch, request):
     marker = tmp_path / "evil_marker"
     monkeypatch.setenv("FTCORE_EVIL_MARKER", str(marker))
     out = tmp_path / "out"
     subs = {"{corpus}": str(CORPUS), "{data}": str(cellfm_inputs["data"]), "{ckpt}": str(cellfm_inputs["ckpt"]),
             "{out}": str(out)}
+    if any("{model}" in a for a in argv):  # predict/evaluate cases need a fine-tuned model
+        subs["{model}"] = str(request.getfixturevalue("trained") / "best_model.pth")
     args = []
     for a in argv:
         for k, v in subs.items():

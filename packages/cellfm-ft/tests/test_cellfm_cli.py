@@ -19,14 +19,6 @@ from cellfm_ft.cli import main
 from cellfm_ft.model import pad_rows
 from cellfm_ft.train import load_cellfm_weights
 
-from conftest import train_argv
-
-
-@pytest.fixture(scope="module")
-def trained(cellfm_inputs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cellfm_run") / "run"
-    assert main(train_argv(cellfm_inputs, out, "--test-donors", "D2", "--baseline")) == 0
-    return out
 
 
 def test_convert_writes_safetensors_and_report(cellfm_inputs, tmp_path, capsys):

@@ -9,6 +9,7 @@ plus relative 1e-4 (float32 on both sides; the differences measured are <= 3.1e-
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 from cellfm_ft.model import CellFMClassifier, config_from_state_dict, pad_rows
 from cellfm_ft.train import convert, load_cellfm_weights
 
-from conftest import FIXTURES
+FIXTURES = Path(__file__).parent / "fixtures"
 
 ATOL, RTOL = 2e-5, 1e-4
 

@@ -13,27 +13,23 @@ import torch
 
 from cellfm_ft.cli import main
 
-from conftest import train_argv
 
 
-def _argv(inputs, out):
+def _argv(train_argv, inputs, out):
     return train_argv(inputs, out, "--test-donors", "D3", "--ckpt-every-steps", "1")
-
-
-def _cmd(inputs, out):
-    return [sys.executable, "-m", "cellfm_ft.cli", *_argv(inputs, out)]
 
 
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def test_kill_9_then_resume_matches_uninterrupted(cellfm_inputs, tmp_path, capsys):
+def test_kill_9_then_resume_matches_uninterrupted(cellfm_inputs, train_argv, tmp_path, capsys):
     """Only the killed run is a subprocess; the reference and the re-run use main() in-process (same command)."""
     ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
-    assert main(_argv(cellfm_inputs, ref_out)) == 0
+    assert main(_argv(train_argv, cellfm_inputs, ref_out)) == 0
 
-    proc = subprocess.Popen(_cmd(cellfm_inputs, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "cellfm_ft.cli", *_argv(train_argv, cellfm_inputs, out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 90
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -43,7 +39,7 @@ def test_kill_9_then_resume_matches_uninterrupted(cellfm_inputs, tmp_path, capsy
     assert not list(out.glob(".*.tmp"))  # atomic writes: nothing half-written
 
     capsys.readouterr()
-    assert main(_argv(cellfm_inputs, out)) == 0
+    assert main(_argv(train_argv, cellfm_inputs, out)) == 0
     assert "resuming from" in capsys.readouterr().out
 
     ref = json.loads((ref_out / "training_results.json").read_text())
