@@ -331,7 +331,7 @@ def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spatial-transfer", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="spatial-transfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Run `spatial-transfer` alone for the demo; see <command> --help.")
     sub = parser.add_subparsers(dest="command")
