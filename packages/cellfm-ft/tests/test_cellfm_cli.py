@@ -31,6 +31,7 @@ def test_convert_writes_safetensors_and_report(cellfm_inputs, tmp_path, capsys):
     sd = read_state_dict(out)
     assert "extractor.encoder.1.post_norm2.weight" in sd and set(report["tensors"]) == set(sd)
     assert "converted" in capsys.readouterr().out
+    assert Path(str(out) + ".genes.txt").read_text() == cellfm_inputs["vocab"].read_text()
 
 
 def test_train_writes_the_seeds_outputs(trained, cellfm_inputs):

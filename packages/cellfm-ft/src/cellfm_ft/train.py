@@ -99,6 +99,12 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
         "tensors": {k: list(v.shape) for k, v in sd.items()},
         "mapping": mapping,
     }
+    vocab = Path(str(checkpoint) + ".genes.txt")
+    if vocab.exists():  # the gene list travels with the weights it indexes
+        from ftcore.io import atomic_write_text
+
+        atomic_write_text(str(output) + ".genes.txt", vocab.read_text())
+        report["vocabulary"] = str(output) + ".genes.txt"
     atomic_write_json(report_path or Path(output).with_suffix(".json"), report)
     print(f"converted {len(sd)} tensors ({report['n_parameters']:,} backbone parameters) -> {output}")
     if mapping["skipped"]:
