@@ -11,8 +11,9 @@ is linear in L). Position 0 of the output is the cell embedding, 1..L the gene e
 
 Faithful to the public MindSpore code (biomed-AI/CellFM), including the MindSpore defaults that
 differ from torch's: LayerNorm eps 1e-7 and LeakyReLU slope 0.2. Every layer masks the padded
-keys with `zero_idx`, as the public cell-annotation backbone does (the pretraining script masks
-only the upper half of the layers; with pad_zero both agree on every real token of layer 1).
+keys with `zero_idx`, as the public cell-annotation backbone does. (The pretraining script masks
+only the upper half of the layers; in the lower half padded tokens are zero vectors on entry,
+hence zero keys/values in the first layer, so for the 2-layer 80M model both forms agree exactly.)
 """
 
 from __future__ import annotations
