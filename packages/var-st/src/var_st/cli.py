@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None, help="default 150 (stage 1) / 300 (stage 2); demo: 12 / 8")
     t.add_argument("--batch_size", type=int, default=None, help="per process; default 256 / 64; demo: 64 / 32")
     t.add_argument("--lr", type=float, default=None, help="default 1e-4; demo: 2e-3")
-    t.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    t.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps (with --epochs 0: run exactly this many)")
     t.add_argument("--patience", type=int, default=None, help="early stopping after this many epochs without improvement")
     t.add_argument("--num_genes", type=int, default=200, help="stage 1: top highly variable genes modelled")
     t.add_argument("--preset", choices=["full", "demo"], default=None,
@@ -194,8 +194,8 @@ def _run_settings(args, stage: int, demo: bool) -> dict:
            "lr": args.lr if args.lr is not None else defaults[f"{key}_lr"],
            "max_steps": args.max_steps, "patience": args.patience, "seed": args.seed,
            "device": _device(args.gpus), "progress": not os.environ.get("VAR_ST_NO_PROGRESS")}
-    if run["epochs"] < 1 or run["batch_size"] < 1 or run["lr"] <= 0:
-        raise UserError("--epochs and --batch_size must be >= 1 and --lr > 0")
+    if run["epochs"] < 0 or (run["epochs"] == 0 and not run["max_steps"]) or run["batch_size"] < 1 or run["lr"] <= 0:
+        raise UserError("--epochs must be >= 1 (or 0 with --max_steps), --batch_size >= 1 and --lr > 0")
     return run
 
 
