@@ -3,7 +3,8 @@
     python tests/bad_inputs/cellfm-ft/make_corpus.py
 
 cases.json maps a case name to the `cellfm-ft` argv (placeholders: {corpus} this folder, {data} a
-good .h5ad, {ckpt} a good tiny CellFM checkpoint, {out} a fresh output dir) and the phrase its
+good .h5ad, {ckpt} a good tiny CellFM checkpoint, {model} a fine-tuned best_model.pth, {out} a
+fresh output dir) and the phrase its
 one-line error must contain. The good inputs are made by the test (a valid CellFM checkpoint is
 too large for this corpus). The shared checkpoint corpus (../checkpoints) is run by the test too.
 """
@@ -99,6 +100,18 @@ def main() -> None:
     case("convert_wrong_suffix", ["convert", "{ckpt}", "--output", "{out}/x.pt", "--config", "tiny"], "should end in .safetensors")
     case("predict_with_pretrained_checkpoint", ["predict", "--model", "{ckpt}", "--data", "{data}", "--output", "{out}/p.h5ad"],
          "not a cellfm-ft fine-tuned model")
+    predict = ["predict", "--model", "{model}", "--output", "{out}/p.h5ad", "--data"]
+    case("predict_no_gene_overlap", [*predict, "{corpus}/no_overlap.h5ad"], "is in the model vocabulary")
+    case("predict_nan", [*predict, "{corpus}/nan.h5ad"], "NaN/inf")
+    case("predict_output_not_h5ad", ["predict", "--model", "{model}", "--data", "{data}", "--output", "{out}/p.csv"],
+         "should end in .h5ad")
+    case("evaluate_missing_label_column", ["evaluate", "--model", "{model}", "--data", "{corpus}/missing_label.h5ad",
+                                           "--label-key", "cell_type", "--output", "{out}"], "no obs column 'cell_type'")
+    case("evaluate_unknown_labels", ["evaluate", "--model", "{model}", "--data", "{corpus}/unknown_labels.h5ad",
+                                     "--label-key", "cell_type", "--output", "{out}"], "is one the model was trained on")
+    a = cells()
+    a.obs["cell_type"] = ["Erythrocyte", "Platelet", "Mast"] * 4
+    h5ad("unknown_labels.h5ad", a)
     case("unwritable_output", with_data("{data}", out="{corpus}/not_h5ad.h5ad/run"), "is not writable")
     (HERE / "cases.json").write_text(json.dumps(cases, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {HERE}")
