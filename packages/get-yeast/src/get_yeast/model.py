@@ -11,7 +11,7 @@ argparse.Namespace) loads with `load_pretrained` and a report. The names GET use
 
     GET checkpoint key                         here                                 shape (released)
     region_embed.embed.{weight,bias}           same                                 [768, 283], [768]
-    cls_token                                  same                                 [1, 1, 768]
+    cls_token                                  same (newer GET; older files lack it) [1, 1, 768]
     encoder.blocks.{i}.norm1.{weight,bias}     same                                 [768]
     encoder.blocks.{i}.attn.qkv.weight         same (no bias: q_bias/v_bias below)  [2304, 768]
     encoder.blocks.{i}.attn.{q_bias,v_bias}    same                                 [768]
