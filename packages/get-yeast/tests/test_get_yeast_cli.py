@@ -65,7 +65,9 @@ def test_train_on_excel(tmp_path, tiny_frame):
     xlsx = tmp_path / "yeast.xlsx"
     tiny_frame.to_excel(xlsx, index=False)
     out = tmp_path / "run"
-    assert main(train_args(xlsx, out, "--max-steps", "2", "--set", "task.interpret=false")) == 0
+    args = train_args(xlsx, out, "--max-steps", "2", "--set", "task.interpret=false")
+    args[args.index(TINY_MODEL)] = "tiny"  # the packaged size by name
+    assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
 
 

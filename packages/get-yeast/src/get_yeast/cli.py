@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="LoRA fine-tuning of a GET checkpoint on a CSV/Excel table")
     t.add_argument("--config", help="yeast_training.yaml (default: the packaged one)")
-    t.add_argument("--model-config", help="yeast_model.yaml (default: the training config's model_config; "
-                   "the tiny packaged size when --data is not given)")
+    t.add_argument("--model-config", help="yeast_model.yaml, or 'released' / 'tiny' for the packaged sizes (default: the "
+                   "training config's model_config; tiny when --data is not given)")
     t.add_argument("--data", help="CSV/TSV/Excel table, one row per (sample, region); "
                    "without it: the embedded synthetic yeast data set and a tiny GET checkpoint")
     t.add_argument("--output", default=f"{DEFAULT_OUTPUT}/yeast_lora_finetune", help="run folder (re-run to resume)")
@@ -89,6 +89,9 @@ def _train(args) -> None:
         data = Path(args.data)
     if args.checkpoint is not None:
         cfg.pretrained.checkpoint = args.checkpoint
+    packaged = {"released": "yeast_model.yaml", "tiny": "yeast_model_tiny.yaml"}
+    if args.model_config in packaged:
+        args.model_config = str(packaged_config(packaged[args.model_config]))
     model_path = Path(args.model_config) if args.model_config else cfg_dir / cfg.model_config
     model_cfg = load_model_config(model_path, model_over)
     train(cfg, model_cfg, data, args.output, trust_checkpoint=trust, progress=not args.no_progress)
