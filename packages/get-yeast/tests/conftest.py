@@ -56,6 +56,24 @@ def get_layout_state_dict(model_cfg, output_dim: int = 2, seed: int = 0) -> dict
 
 
 @pytest.fixture
+def get_layout():
+    """The function above (test modules cannot import conftest: every package has one)."""
+    return get_layout_state_dict
+
+
+@pytest.fixture
+def train_args():
+    """argv of a tiny `get-yeast train` run on `data` into `out`, plus `extra` flags."""
+
+    def make(data, out, *extra):
+        sets = [x for kv in TINY_TRAIN for x in ("--set", kv)]
+        return ["train", "--data", str(data), "--output", str(out), "--model-config", str(packaged_config("yeast_model_tiny.yaml")),
+                "--no-progress", *sets, *extra]
+
+    return make
+
+
+@pytest.fixture
 def get_checkpoint(tmp_path, tiny_model_cfg) -> Path:
     """checkpoint-799.pth as GET writes it: weights under 'model', argparse.Namespace + numpy inside."""
     return write_get_checkpoint(tmp_path / "checkpoint-799.pth", get_layout_state_dict(tiny_model_cfg))

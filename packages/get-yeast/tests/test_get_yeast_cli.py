@@ -10,19 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
 from get_yeast.cli import main
 from get_yeast.config import packaged_config
 
-TINY_MODEL = str(packaged_config("yeast_model_tiny.yaml"))
+TINY_MODEL = str(packaged_config("yeast_model_tiny.yaml"))  # what the train_args fixture passes
 
 
-def train_args(data, out, *extra):
-    sets = [x for kv in TINY_TRAIN for x in ("--set", kv)]
-    return ["train", "--data", str(data), "--output", str(out), "--model-config", TINY_MODEL, "--no-progress", *sets, *extra]
-
-
-def test_train_refuses_get_checkpoint_without_opt_in(tiny_csv, get_checkpoint, tmp_path, capsys):
+def test_train_refuses_get_checkpoint_without_opt_in(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
     out = tmp_path / "run"
     assert main(train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint))) == 2
     err = capsys.readouterr().err.strip()
@@ -30,7 +24,7 @@ def test_train_refuses_get_checkpoint_without_opt_in(tiny_csv, get_checkpoint, t
     assert not out.exists()
 
 
-def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys):
+def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
     out = tmp_path / "run"
     assert main(train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint), "--trust-checkpoint")) == 0
     printed = capsys.readouterr().out
@@ -61,7 +55,7 @@ def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys):
     assert json.loads((ev2 / "metrics.json").read_text())["mse"] == pytest.approx(m2["mse"], rel=1e-4)
 
 
-def test_train_on_excel(tmp_path, tiny_frame):
+def test_train_on_excel(tmp_path, tiny_frame, train_args):
     xlsx = tmp_path / "yeast.xlsx"
     tiny_frame.to_excel(xlsx, index=False)
     out = tmp_path / "run"
@@ -97,3 +91,14 @@ def test_console_script_reports_bad_input(tmp_path):
     res = subprocess.run([exe, "train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 2 and res.stderr.startswith("error:") and "does not exist" in res.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_on_gpu_bf16(tiny_csv, get_checkpoint, tmp_path, train_args):
+    out = tmp_path / "run"
+    args = train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint), "--trust-checkpoint", "--device", "cuda",
+                      "--set", "training.precision=bf16")
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] > 0 and metrics["mse"] == metrics["mse"]  # finite, not NaN

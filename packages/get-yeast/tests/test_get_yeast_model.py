@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import get_layout_state_dict
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing
 from get_yeast.adapt import apply_lora, merged_state_dict, trainable_spec
@@ -111,10 +110,10 @@ def test_checkpoint_needs_trust_opt_in(get_checkpoint, tiny_model_cfg):
         load_pretrained(model, str(get_checkpoint))
 
 
-def test_checkpoint_loads_with_report(get_checkpoint, tiny_model_cfg):
+def test_checkpoint_loads_with_report(get_checkpoint, tiny_model_cfg, get_layout):
     model = GETYeast(tiny_model_cfg, 3)
     report = load_pretrained(model, str(get_checkpoint), trust_pickle=True)
-    sd = get_layout_state_dict(tiny_model_cfg)
+    sd = get_layout(tiny_model_cfg)
     assert len(report.loaded) == len(sd) - 2  # all but the pretraining-only entries
     assert not report.shape_mismatch
     assert set(report.skipped) == {"mask_token", "head_mask.weight"}
