@@ -93,7 +93,7 @@ def test_batch_mapping_strategy_draws_controls_of_the_same_batch(tiny_toml):
                     basal_mapping_strategy="batch")
     metas, vocab, plans, _ = plan_splits(read_experiment_toml(tiny_toml), kw, seed=0)
     meta, plan = metas[0], plans["train"]
-    for (fid, rows), pid in zip(plan.groups, plan.group_pool):
+    for (_fid, rows), pid in zip(plan.groups, plan.group_pool):
         _, pool = plan.pools[pid]
         assert len(set(meta.batch[rows])) == 1
         assert set(meta.batch[pool]) == set(meta.batch[rows[:1]])

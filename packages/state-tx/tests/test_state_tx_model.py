@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -142,10 +140,3 @@ def test_arc_state_checkpoint_table_loads_everything_but_the_skipped():
     assert set(report.skipped) == {"transformer_backbone.embed_tokens.weight", "gene_decoder.decoder.0.weight"}
     basal, pert, batch = inputs(c, 1)
     torch.testing.assert_close(dst.eval()(basal, pert), src.eval()(basal, pert))
-
-
-def test_config_roundtrip_through_dict():
-    from state_tx.model import config_from_dict
-
-    c = tiny(batch_encoder=True)
-    assert config_from_dict(dataclasses.asdict(c)) == c

@@ -93,11 +93,6 @@ def preset_kwargs(name: str) -> dict:
     return dict(PRESETS[name])
 
 
-def config_from_dict(d: dict) -> StateTxConfig:
-    known = {f.name for f in dataclasses.fields(StateTxConfig)}
-    return StateTxConfig(**{k: v for k, v in d.items() if k in known})
-
-
 # ----------------------------------------------------------------------------------------- loss
 def pairwise_sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances [B, N, M] between sets x [B, N, D] and y [B, M, D].
@@ -275,14 +270,6 @@ class StateTransitionModel(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def flops_per_cell(c: StateTxConfig) -> float:
-    """Forward multiply-adds x2 per cell (for throughput notes; attention over the set included)."""
-    inner = c.n_heads * c.head_dim
-    per_layer = 4 * c.hidden_dim * inner + 3 * c.hidden_dim * c.intermediate_size + 2 * c.cell_set_len * inner
-    return 2.0 * (c.n_layers * per_layer + c.input_dim * c.hidden_dim + c.hidden_dim * c.output_dim
-                  + c.pert_dim * c.hidden_dim)
 
 
 # ---------------------------------------------------------------------------- checkpoint table

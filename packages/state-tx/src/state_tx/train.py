@@ -50,6 +50,7 @@ class TrainingSection:
     val_freq: int = 2000
     gradient_clip_val: float = 10.0  # 0 = no clipping
     warmup_steps: int = 0
+    lr_schedule: str = "cosine"  # cosine (decay to 0 at max_steps) | constant (arc-state: Adam, fixed lr)
     train_seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     precision: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp32
@@ -266,7 +267,8 @@ def train_config(cfg: RunConfig, has_val: bool) -> TrainConfig:
     t = cfg.training
     return TrainConfig(
         output_dir=str(cfg.run_dir), epochs=0, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
-        weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, grad_clip=t.gradient_clip_val or None,
+        weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.lr_schedule,
+        grad_clip=t.gradient_clip_val or None,
         precision=t.precision, device=t.device, seed=t.train_seed,
         monitor="val_loss" if has_val else "train_loss", mode="min",
         val_every_steps=t.val_freq, ckpt_every_steps=t.ckpt_every_n_steps,

@@ -1,0 +1,159 @@
+"""state-tx vs arc-state (the public STATE implementation) on the same data, split and network.
+
+    python benchmarks/state_tx_peer/run_peer.py --steps 300 --out /tmp/stx_peer \
+        --arc-venv /work/arcstate-venv --cell-eval /work/venv/bin/cell-eval
+
+1. writes the embedded demo screen + TOML (state_tx.synthetic.write_demo; 3 cell types, 20 knockdowns,
+   Jurkat zeroshot test, 5 HepG2 fewshot test perturbations);
+2. trains both with the same network (state_sm architecture at CPU size: hidden 128, 2 LLaMA layers,
+   4 heads x 32, MLP 256, 2-layer encoders/decoder, cell_set_len 32, dropout 0), batch 16 sentences,
+   Adam(W, wd 0) at a constant lr 2e-3, grad clip 10, the energy loss, `--steps` steps;
+   each is run twice (20 steps and --steps) so steps/s excludes start-up;
+3. predicts the test split with each (`state tx predict --predict-only`, `state-tx predict`);
+4. runs `cell-eval run --profile minimal` on both prediction files;
+5. writes results_<device>.json beside this script: steps/s, peak RSS, cell-eval means per cell type.
+
+arc-state runs from its own venv (its dependencies are pinned apart from ours); on a GPU machine the
+same command runs both on the GPU (Lightning picks it; state-tx uses training.device=auto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STEPS_SHORT = 20
+
+# one network, written in each tool's keys
+SHARED = dict(cell_set_len=32, hidden_dim=128, n_layers=2, n_heads=4, head_dim=32, intermediate_size=256,
+              n_encoder_layers=2, n_decoder_layers=2, batch_size=16, lr=2e-3, seed=0)
+
+
+def ours_cmd(toml: Path, out: Path, name: str, steps: int) -> list[str]:
+    s = SHARED
+    return [sys.executable, "-m", "state_tx.cli", "train", f"data.kwargs.toml_config_path={toml}",
+            "data.kwargs.pert_col=gene", "data.kwargs.cell_type_key=cell_type", "data.kwargs.batch_col=gem_group",
+            "data.kwargs.control_pert=non-targeting", "data.kwargs.output_space=gene", "model=state_sm",
+            f"model.kwargs.cell_set_len={s['cell_set_len']}", f"model.kwargs.hidden_dim={s['hidden_dim']}",
+            f"model.kwargs.n_layers={s['n_layers']}", f"model.kwargs.n_heads={s['n_heads']}",
+            f"model.kwargs.head_dim={s['head_dim']}", f"model.kwargs.intermediate_size={s['intermediate_size']}",
+            f"model.kwargs.n_encoder_layers={s['n_encoder_layers']}", f"model.kwargs.n_decoder_layers={s['n_decoder_layers']}",
+            "model.kwargs.dropout=0.0", f"training.batch_size={s['batch_size']}", f"training.lr={s['lr']}",
+            "training.weight_decay=0", "training.warmup_steps=0", "training.lr_schedule=constant",
+            "training.gradient_clip_val=10", f"training.max_steps={steps}", f"training.val_freq={steps}",
+            f"training.ckpt_every_n_steps={steps}", f"training.train_seed={s['seed']}", "training.progress=false",
+            f"output_dir={out}", f"name={name}"]
+
+
+def arc_cmd(arc_bin: Path, toml: Path, out: Path, name: str, steps: int) -> list[str]:
+    s = SHARED
+    bk = "model.kwargs.transformer_backbone_kwargs"
+    return [str(arc_bin / "state"), "tx", "train", f"data.kwargs.toml_config_path={toml}",
+            "data.kwargs.pert_col=gene", "data.kwargs.cell_type_key=cell_type", "data.kwargs.batch_col=gem_group",
+            "data.kwargs.control_pert=non-targeting", "data.kwargs.output_space=gene", "data.kwargs.embed_key=X_hvg",
+            "data.kwargs.num_workers=0", "data.kwargs.pin_memory=false", "model=state_sm",
+            f"model.kwargs.cell_set_len={s['cell_set_len']}", f"model.kwargs.hidden_dim={s['hidden_dim']}",
+            f"model.kwargs.n_encoder_layers={s['n_encoder_layers']}", f"model.kwargs.n_decoder_layers={s['n_decoder_layers']}",
+            "+model.kwargs.dropout=0.0", f"{bk}.num_hidden_layers={s['n_layers']}",
+            f"{bk}.num_attention_heads={s['n_heads']}", f"{bk}.num_key_value_heads={s['n_heads']}",
+            f"{bk}.head_dim={s['head_dim']}", f"{bk}.intermediate_size={s['intermediate_size']}",
+            f"training.batch_size={s['batch_size']}", f"training.lr={s['lr']}", "training.gradient_clip_val=10",
+            f"training.max_steps={steps}", f"training.val_freq={steps}", f"training.ckpt_every_n_steps={steps}",
+            f"training.train_seed={s['seed']}", "use_wandb=false", f"output_dir={out}", f"name={name}"]
+
+
+def timed(cmd: list[str], log: Path, env: dict | None = None) -> dict:
+    """Run cmd; wall seconds and the peak RSS of its process tree (RUSAGE_CHILDREN of a wrapper)."""
+    wrapper = ("import resource,subprocess,sys,time;t=time.time();r=subprocess.run(sys.argv[1:]);"
+               "print('PEAK_RSS_KB',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,'WALL',time.time()-t);"
+               "sys.exit(r.returncode)")
+    with open(log, "w") as fh:
+        res = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdout=subprocess.PIPE, stderr=fh, text=True,
+                             env={**os.environ, **(env or {})})
+    fh_text = res.stdout
+    log.write_text(log.read_text() + "\n--- stdout ---\n" + fh_text)
+    if res.returncode != 0:
+        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\nsee {log}")
+    line = next(l for l in fh_text.splitlines() if l.startswith("PEAK_RSS_KB"))
+    parts = line.split()
+    return {"peak_rss_mib": round(int(parts[1]) / 1024, 1), "wall_s": round(float(parts[3]), 2)}
+
+
+def cell_eval(exe: str, pred: Path, real: Path, out: Path, log: Path) -> dict:
+    import pandas as pd
+
+    timed([exe, "run", "-ap", str(pred), "-ar", str(real), "-o", str(out), "--control-pert", "non-targeting",
+           "--pert-col", "gene", "--celltype-col", "cell_type", "--profile", "minimal", "--num-threads", "1"], log)
+    res = {}
+    for csv in sorted(out.glob("*_agg_results.csv")):
+        agg = pd.read_csv(csv)
+        mean = agg[agg["statistic"] == "mean"].iloc[0].drop("statistic")
+        res[csv.name.replace("_agg_results.csv", "")] = {k: round(float(v), 4) for k, v in mean.items()}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--out", default="/tmp/stx_peer")
+    ap.add_argument("--arc-venv", default="/work/arcstate-venv")
+    ap.add_argument("--cell-eval", default=str(Path(sys.executable).with_name("cell-eval")))
+    ap.add_argument("--skip-arc", action="store_true", help="state-tx only (e.g. where arc-state cannot install)")
+    args = ap.parse_args()
+    from state_tx.synthetic import write_demo
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, toml = write_demo(out / "data", seed=0)
+    arc_bin = Path(args.arc_venv) / "bin"
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "disabled"}
+    results: dict = {"shared_config": SHARED, "steps": args.steps, "data": str(toml), "runs": {}}
+    tools = [("state-tx", lambda name, n: ours_cmd(toml, out / "ours", name, n))]
+    if not args.skip_arc:
+        if not (arc_bin / "state").exists():
+            raise SystemExit(f"{arc_bin}/state not found: install arc-state into its own venv first")
+        tools.append(("arc-state", lambda name, n: arc_cmd(arc_bin, toml, out / "arc", name, n)))
+    for tool, make in tools:
+        short = timed(make("short", STEPS_SHORT), out / f"{tool}_short.log", env)
+        full = timed(make("full", args.steps), out / f"{tool}_full.log", env)
+        steps_per_s = (args.steps - STEPS_SHORT) / max(full["wall_s"] - short["wall_s"], 1e-9)
+        run_dir = out / ("ours" if tool == "state-tx" else "arc") / "full"
+        if tool == "state-tx":
+            pcmd = [sys.executable, "-m", "state_tx.cli", "predict", "--output-dir", str(run_dir),
+                    "--checkpoint", "final.ckpt"]
+            ev = run_dir / "eval_final"
+        else:
+            pcmd = [str(arc_bin / "state"), "tx", "predict", "--output-dir", str(run_dir), "--checkpoint",
+                    "final.ckpt", "--predict-only"]
+            ev = run_dir / "eval_final.ckpt"
+        pred_t = timed(pcmd, out / f"{tool}_predict.log", env)
+        metrics = cell_eval(args.cell_eval, ev / "adata_pred.h5ad", ev / "adata_real.h5ad", out / f"cell_eval_{tool}",
+                            out / f"{tool}_cell_eval.log")
+        results["runs"][tool] = {"train_full": full, "train_short": short, "steps_per_s": round(steps_per_s, 3),
+                                 "predict": pred_t, "cell_eval_mean": metrics,
+                                 "train_command": " ".join(make("full", args.steps))}
+        print(json.dumps({tool: results["runs"][tool]}, indent=1), flush=True)
+    device = "cpu"
+    try:
+        import torch
+
+        device = torch.cuda.get_device_name(0).replace(" ", "_") if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        pass
+    results.update({"device": device, "host": platform.node(), "python": platform.python_version(),
+                    "command": " ".join([sys.executable, *sys.argv]),
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    path = HERE / f"results_{device}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
