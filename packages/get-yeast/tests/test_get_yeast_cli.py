@@ -53,6 +53,11 @@ def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys, train_a
     assert main(["evaluate", "--data", str(tiny_csv), "--model", str(out / "merged_model.safetensors"),
                  "--output", str(ev2), "--split", "test"]) == 0
     assert json.loads((ev2 / "metrics.json").read_text())["mse"] == pytest.approx(m2["mse"], rel=1e-4)
+    # without --data: the data the run was trained on (run_config.json beside the model)
+    ev3 = tmp_path / "eval_default_data"
+    assert main(["evaluate", "--model", str(out / "best_model.pth"), "--output", str(ev3), "--set", "task.interpret=false"]) == 0
+    assert json.loads((ev3 / "metrics.json").read_text())["mse"] == pytest.approx(m2["mse"], rel=1e-5)
+    assert not (ev3 / "condition_importance.json").exists()
 
 
 def test_train_on_excel(tmp_path, tiny_frame, train_args):
