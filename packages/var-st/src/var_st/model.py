@@ -219,7 +219,9 @@ class MultiScaleGeneVQVAE(nn.Module):
         """x [N, G] training expression: set gene_mean, gene_std and gene_order."""
         x = x.detach().double().cpu()
         self.gene_mean.copy_(x.mean(0).float())
-        self.gene_std.copy_(x.std(0).clamp_min(1e-3).float())
+        # floor of 0.1 (log-expression units): a gene almost constant in training must not blow up
+        # to huge z-scores on other slides
+        self.gene_std.copy_(x.std(0).clamp_min(0.1).float())
         self.gene_order.copy_(_coexpression_order(x))
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
