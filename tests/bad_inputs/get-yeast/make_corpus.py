@@ -121,6 +121,8 @@ def main() -> None:
     m["condition"]["media"] = ["SC"]
     config("model_media_without_ypd.yaml", m, "unknown medium 'YPD'", flag="--model-config")
     case("output_dir_unwritable", [a.replace("{out}", "{corpus}/good.csv/run") for a in TRAIN], "is not writable")
+    case("nothing_held_out", TRAIN + ["--set", "data.val_fraction=0", "--set", "data.test_fraction=0"],
+         "no samples held out for validation/test")
     case("bad_override", TRAIN + ["--set", "training.epoch=3"], "unknown key 'training.epoch'")
 
     # ---- GET checkpoints: refused without the opt-in; wrong size with it

@@ -272,6 +272,9 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
                         f"region_model.output_dim={model_cfg.region_model.output_dim}; make them equal")
     splits = split_samples(table, cfg.data, cfg.experiment.seed)
     train_table, val_table, test_table = (table.subset(splits[k]) for k in ("train", "val", "test"))
+    if not (val_table.samples or test_table.samples):
+        raise UserError(f"no samples held out for validation/test ({len(splits['train'])} all in training); "
+                        "raise data.val_fraction / data.test_fraction or add conditions")
     vocab = drug_vocabulary(train_table)
     resolve_device(cfg.training.device)
     seed_everything(cfg.experiment.seed)  # same initial weights (new layers, LoRA) on every rank and rerun
@@ -290,7 +293,7 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     if is_main_process():
         atomic_write_json(out / "splits.json", splits)
         atomic_write_json(out / "run_config.json", {"training": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
-                                                    "data": str(data_path), "drug_vocab": vocab})
+                                                    "data": str(Path(data_path).resolve()), "drug_vocab": vocab})
         atomic_write_json(out / "freeze_report.json", freeze.to_dict() | {"trainable_names": freeze.trainable_names})
         if report is not None:
             atomic_write_json(out / "load_report.json", report.to_dict())
@@ -310,9 +313,6 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     best = torch.load(out / BEST_NAME, map_location="cpu", weights_only=True)
     model.load_state_dict(best["model"])
     eval_table, label = (test_table, "test split") if test_table.samples else (val_table, "validation split")
-    if not eval_table.samples:  # val_fraction = test_fraction = 0: nothing held out to score
-        raise UserError("training finished, but no samples were held out to evaluate (data.val_fraction and "
-                        f"data.test_fraction are 0); the model is in {out / BEST_NAME}")
     metrics = write_evaluation(model, eval_table, spec, out, interpret=cfg.task.interpret,
                                save_predictions=cfg.task.save_predictions, repeats=cfg.task.permutation_repeats,
                                seed=cfg.experiment.seed, label=f"held-out {cfg.data.split_by}s ({label})")
