@@ -97,3 +97,13 @@ def test_batch_mapping_strategy_draws_controls_of_the_same_batch(tiny_toml):
         _, pool = plan.pools[pid]
         assert len(set(meta.batch[rows])) == 1
         assert set(meta.batch[pool]) == set(meta.batch[rows[:1]])
+
+
+def test_passes_repeat_sentences_with_fresh_basal_draws(tiny_toml):
+    metas, vocab, plans, _ = plan_splits(read_experiment_toml(tiny_toml), KW, seed=0)
+    ds = SentenceDataset(metas, plans["train"], torch.eye(len(vocab.perts)), cell_set_len=8, seed=0, passes=3)
+    n = ds.n_sentences
+    assert len(ds) == 3 * n
+    a, b = ds[2], ds[n + 2]
+    torch.testing.assert_close(a["target"], b["target"])  # the same sentence ...
+    assert not torch.equal(a["basal"], b["basal"])  # ... with other control cells

@@ -543,11 +543,16 @@ class SentenceDataset(Dataset):
 
     Item: basal [S, G] float32, target [S, G] float32, pert [S, P] float32, batch [S] long,
     pert_idx, cell_type_idx, file_id (long scalars).
+
+    `passes` > 1 lists every sentence that many times, each pass with fresh basal draws (cell-load
+    re-draws controls too): STATE's loop is step-based, and a pass over a small data set would
+    otherwise end an epoch (validation, checkpoint, plot) every few steps.
     """
 
     def __init__(self, metas: list[FileMeta], plan: SplitPlan, pert_table: torch.Tensor, cell_set_len: int,
-                 seed: int):
+                 seed: int, passes: int = 1):
         self.metas, self.plan, self.pert_table, self.S, self.seed = metas, plan, pert_table, cell_set_len, seed
+        self.passes = max(int(passes), 1)
         files, cells, pools = [], [], []
         for (fid, rows), pool in zip(plan.groups, plan.group_pool):
             for start in range(0, len(rows), cell_set_len):
@@ -562,14 +567,19 @@ class SentenceDataset(Dataset):
         self.cells = np.stack(cells).astype(np.int64) if cells else np.zeros((0, cell_set_len), np.int64)
         self.pool = np.asarray(pools, dtype=np.int32)
 
-    def __len__(self) -> int:
+    @property
+    def n_sentences(self) -> int:
         return len(self.cells)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __len__(self) -> int:
+        return len(self.cells) * self.passes
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        draw, i = divmod(int(index), len(self.cells))
         meta = self.metas[self.file_id[i]]
         rows = self.cells[i]
         _, ctrl_rows = self.plan.pools[self.pool[i]]
-        rng = np.random.default_rng([self.seed, 7919, int(i)])
+        rng = np.random.default_rng([self.seed, 7919, i, draw])
         basal_rows = rng.choice(ctrl_rows, self.S, replace=len(ctrl_rows) < self.S)
         pert_idx = int(meta.pert[rows[0]])
         return {

@@ -178,6 +178,9 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
     mcfg = model_config(cfg, ref.n_features, pert_table.shape[1], len(vocab.batches))
     seed = cfg.training.train_seed
     train_ds = SentenceDataset(metas, plans["train"], pert_table, mcfg.cell_set_len, seed)
+    # one Trainer epoch ~ val_freq steps (STATE validates every val_freq steps, not per pass)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    train_ds.passes = max(1, -(-cfg.training.val_freq * cfg.training.batch_size * world // max(len(train_ds), 1)))
     val_ds = SentenceDataset(metas, plans["val"], pert_table, mcfg.cell_set_len, seed + 1) if plans["val"].groups else None
     var_dims = {
         "input_dim": mcfg.input_dim, "output_dim": mcfg.output_dim, "pert_dim": mcfg.pert_dim,
@@ -210,7 +213,8 @@ def write_artefacts(s: Setup) -> None:
     atomic_write_json(out / "data_module.json", {
         "toml_config_path": s.cfg.data.kwargs.toml_config_path,
         "files": s.summary,
-        "sentences": {"train": len(s.train), "val": len(s.val) if s.val else 0},
+        "sentences": {"train": s.train.n_sentences, "val": s.val.n_sentences if s.val else 0,
+                      "train_passes_per_epoch": s.train.passes},
         "cells": {k: p.n_cells for k, p in s.plans.items()},
         "model_config": dataclasses.asdict(s.model_cfg),
     })
@@ -290,8 +294,8 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     check_output_dir(cfg.run_dir)  # inputs are valid: only now touch the output directory
     if is_main_process():
         write_artefacts(s)
-        print(f"state-tx: {len(s.train)} train sentences ({s.plans['train'].n_cells} cells), "
-              f"{len(s.val) if s.val else 0} val sentences; model {cfg.model.name} "
+        print(f"state-tx: {s.train.n_sentences} train sentences ({s.plans['train'].n_cells} cells), "
+              f"{s.val.n_sentences if s.val else 0} val sentences; model {cfg.model.name} "
               f"{model.n_params() / 1e6:.2f}M parameters, cell_set_len {s.model_cfg.cell_set_len}")
     trainer = Trainer(model, train_config(cfg, s.val is not None), s.train, s.val,
                       loss_fn=make_loss_fn(s.model_cfg), eval_fn=make_eval_fn(s.model_cfg),
