@@ -59,11 +59,12 @@ def test_quantiser_known_case_picks_nearest_codes_per_scale():
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [-2.0, 0.0]]))
     f = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])  # all positions at code 1
-    _, tokens, _, _, residual = q(f)
+    _, tokens, _, _, pooled = q(f)
     assert tokens[0].tolist() == [[1]]  # global: mean is (1, 1) -> code 1
     assert tokens[1].tolist() == [[0, 0]]  # nothing left -> code 0 (the zero vector)
     assert tokens[2].tolist() == [[0, 0, 0, 0]]
-    assert torch.allclose(residual, torch.zeros_like(residual))
+    torch.testing.assert_close(pooled[0], torch.ones(1, 1, 2))  # what each scale quantised
+    torch.testing.assert_close(pooled[1], torch.zeros(1, 2, 2))
 
 
 def test_teacher_forcing_inputs_have_one_row_per_non_first_token():
@@ -249,3 +250,20 @@ def test_gene_order_puts_coexpressed_genes_next_to_each_other():
     vq.fit_gene_stats(x)
     assert vq.gene_order.tolist() == order
     torch.testing.assert_close(vq.gene_mean, x.mean(0))
+
+
+def test_codebook_init_places_codes_on_each_scales_residuals():
+    model = tiny_model()
+    vq = model.vqvae
+    x = torch.rand(40, G) * 3
+    vq.fit_gene_stats(x)
+    vq.init_codebook(x, seed=0)
+    f, _ = vq._encode(x)
+    coarse = vq.quantizer._down(f, 1).reshape(-1, 8)
+    share = 32 // 4
+    # the global scale's share of the codebook are global-scale latents of the data
+    d = torch.cdist(vq.quantizer.codebook[:share].detach(), coarse).min(1).values
+    assert torch.allclose(d, torch.zeros_like(d), atol=1e-3)  # cdist rounding
+    cb = vq.quantizer.codebook.detach().clone()
+    vq.init_codebook(x, seed=0)
+    assert torch.equal(cb, vq.quantizer.codebook.detach())  # deterministic (identical on every DDP rank)

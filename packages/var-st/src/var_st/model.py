@@ -133,14 +133,16 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     def forward(self, f: torch.Tensor):
         """f [B, G, D] -> (f_hat with straight-through grads [B, G, D], tokens per scale [[B, n_k]],
-        vq_loss scalar, f_hat after each coarse scale [[B, G, D]] for the hierarchical loss)."""
+        vq_loss scalar, f_hat after each coarse scale [[B, G, D]] for the hierarchical loss,
+        the pooled residual each scale quantised [[B, n_k, D]] (restart candidates))."""
         f_const = f.detach()
         f_hat = torch.zeros_like(f)
         residual = f_const.clone()
-        tokens, prefixes = [], []
+        tokens, prefixes, pooled = [], [], []
         vq_loss = f.new_zeros(())
         for k, n in enumerate(self.scale_sizes):
             r_k = self._down(residual, n)
+            pooled.append(r_k)
             with torch.no_grad():
                 idx = nearest_code(r_k.reshape(-1, r_k.shape[-1]), self.codebook).view(r_k.shape[0], n)
             h = self.embed_scale(idx, k)
@@ -153,7 +155,7 @@ class MultiScaleResidualQuantizer(nn.Module):
                 prefixes.append(f_hat)
         vq_loss = vq_loss / len(self.scale_sizes)
         f_hat_st = f + (f_hat - f).detach()  # straight-through: decoder grads reach the encoder
-        return f_hat_st, tokens, vq_loss, prefixes, residual
+        return f_hat_st, tokens, vq_loss, prefixes, pooled
 
     @torch.no_grad()
     def tokens_to_f_hat(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -242,21 +244,21 @@ class MultiScaleGeneVQVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x [B, G] -> {loss, recon_loss, vq_loss, hier_loss, tokens [B, L]}; counts codes when training."""
         f, z = self._encode(x)
-        f_hat, tokens, vq_loss, prefixes, residual = self.quantizer(f)
+        f_hat, tokens, vq_loss, prefixes, pooled = self.quantizer(f)
         recon_loss = F.mse_loss(self._decode_std(f_hat), z)
         hier_loss = torch.stack([F.mse_loss(self._decode_std(p), z) for p in prefixes]).mean()
         loss = recon_loss + self.cfg.vq_loss_weight * vq_loss + self.cfg.hierarchical_loss_weight * hier_loss
         if self.training:
-            self._update_code_stats(tokens, f.detach())
+            self._update_code_stats(tokens, pooled)
         return {"loss": loss, "recon_loss": recon_loss.detach(), "vq_loss": vq_loss.detach(),
                 "hier_loss": hier_loss.detach(), "tokens": torch.cat(tokens, 1)}
 
     @torch.no_grad()
-    def _update_code_stats(self, tokens: Sequence[torch.Tensor], f: torch.Tensor) -> None:
+    def _update_code_stats(self, tokens: Sequence[torch.Tensor], pooled: Sequence[torch.Tensor]) -> None:
         for k, idx in enumerate(tokens):
             self.code_counts[k] += torch.bincount(idx.flatten(), minlength=self.cfg.vocab_size).float()
-        # keep a random subset of this batch's latent vectors (at every scale's resolution)
-        cand = torch.cat([self.quantizer._down(f, n).reshape(-1, f.shape[-1]) for n in self.scale_sizes])
+        # keep a random subset of the residuals this batch quantised (every scale)
+        cand = torch.cat([r.reshape(-1, r.shape[-1]) for r in pooled]).float()
         m = min(len(cand), self.cfg.reservoir_size // 4)
         pick = cand[torch.randperm(len(cand), device=cand.device)[:m]]
         start = int(self.reservoir_filled) % self.cfg.reservoir_size
@@ -293,6 +295,29 @@ class MultiScaleGeneVQVAE(nn.Module):
         self.code_counts.zero_()
         self.restart_round += 1
         return n
+
+    @torch.no_grad()
+    def init_codebook(self, x: torch.Tensor, seed: int = 0) -> None:
+        """Data-dependent codebook start (before stage-1 training; x [N, G] training expression).
+
+        Scale by scale, a share of the codebook is set to randomly chosen residuals of that scale
+        and the residual is quantised with them, so every scale starts with codes where its
+        residuals are. Without this the codes start near zero while the encoder's latents grow,
+        and the first dead-code restarts jolt the decoder.
+        """
+        g = torch.Generator().manual_seed(seed)
+        q, K, S = self.quantizer, self.cfg.vocab_size, len(self.scale_sizes)
+        f, _ = self._encode(x)
+        residual, start = f.clone(), 0
+        for k, n in enumerate(self.scale_sizes):
+            r_k = q._down(residual, n)
+            flat = r_k.reshape(-1, r_k.shape[-1])
+            m = K // S if k < S - 1 else K - start
+            pick = torch.randint(len(flat), (m,), generator=g).to(flat.device)
+            q.codebook.data[start:start + m] = flat[pick].to(q.codebook.dtype)
+            start += m
+            idx = nearest_code(flat, q.codebook[:start]).view(len(x), n)  # only the codes placed so far
+            residual = residual - q.embed_scale(idx, k)
 
     # -- inference helpers (no gradients) -----------------------------------------------------
     def split_scales(self, tokens: torch.Tensor) -> list[torch.Tensor]:

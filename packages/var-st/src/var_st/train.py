@@ -65,7 +65,10 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
     model.set_training_stage(1)
     model.gene_names = list(data.gene_names)
     vqvae = model.vqvae
-    vqvae.fit_gene_stats(x[tr])  # replaced by the checkpoint's buffers when a run resumes
+    # data-derived starting point (buffers and codebook); a resumed run replaces it with its checkpoint
+    vqvae.fit_gene_stats(x[tr])
+    vqvae.init_codebook(x[tr][torch.randperm(len(tr), generator=torch.Generator().manual_seed(run["seed"]))[:2048]],
+                        seed=run["seed"])
 
     def loss_fn(m, batch):
         out = m(batch[0])
