@@ -107,3 +107,23 @@ def test_passes_repeat_sentences_with_fresh_basal_draws(tiny_toml):
     a, b = ds[2], ds[n + 2]
     torch.testing.assert_close(a["target"], b["target"])  # the same sentence ...
     assert not torch.equal(a["basal"], b["basal"])  # ... with other control cells
+
+
+def test_lazy_and_in_memory_reads_agree(tmp_path, tiny_adata, monkeypatch):
+    """Small files are read once into RAM; large ones row by row from disk: same values either way."""
+    import state_tx.data as data
+
+    a = tiny_adata.copy()
+    a.obsm["X_hvg"] = sp.csr_matrix(a.obsm["X_hvg"])
+    path = tmp_path / "m.h5ad"
+    a.write_h5ad(path)
+    rows = np.array([9, 1, 1, 30])
+    got = {}
+    for limit in (0, 2**30):
+        monkeypatch.setattr(data, "IN_MEMORY_BYTES", limit)
+        for space in ("gene", "all"):
+            src = H5Source(path, space)
+            got[limit, space] = src.read_rows(rows)
+            assert (src._cache is not None) == (limit > 0)
+    for space in ("gene", "all"):
+        np.testing.assert_array_equal(got[0, space], got[2**30, space])

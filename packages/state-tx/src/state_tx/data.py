@@ -28,6 +28,7 @@ from ftcore.errors import UserError
 
 SPLITS = ("train", "val", "test")
 SCAN_ROWS = 8192  # rows per chunk when checking a matrix for NaN/inf
+IN_MEMORY_BYTES = 256 * 2**20  # matrices below this are read once into RAM (per process); larger stay on disk
 
 
 @dataclass
@@ -198,6 +199,7 @@ class H5Source:
                             "or not an AnnData file") from None
         self._handle = None
         self._pid = None
+        self._cache = None  # the whole matrix, for files small enough (IN_MEMORY_BYTES)
 
     def _read_layout(self, f) -> None:
         if "obs" not in f or "X" not in f:
@@ -278,11 +280,17 @@ class H5Source:
     def __getstate__(self) -> dict:  # DataLoader workers / spawn: reopen in the child
         state = dict(self.__dict__)
         state["_handle"] = None
+        state["_cache"] = None
         return state
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Rows (any order, repeats allowed) -> float32 [len(rows), n_features]."""
         rows = np.asarray(rows, dtype=np.int64)
+        if self._cache is None and self.n_obs * self.n_features * 4 <= IN_MEMORY_BYTES:
+            self._cache = self._read_all()
+        if self._cache is not None:
+            block = self._cache[rows]
+            return np.asarray(block.toarray() if self.sparse else block, dtype=np.float32)
         uniq, inverse = np.unique(rows, return_inverse=True)
         node = self._file()[self.matrix_key]
         if not self.sparse:
@@ -300,6 +308,14 @@ class H5Source:
             if e > s:
                 out[i, indices[s:e]] = data[s:e]
         return out[inverse]
+
+    def _read_all(self):
+        node = self._file()[self.matrix_key]
+        if not self.sparse:
+            return np.asarray(node[:], dtype=np.float32)
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]), shape=(self.n_obs, self.n_features))
 
     def scan(self) -> float:
         """Fail on NaN/inf anywhere in the matrix; return its max (to spot raw counts)."""
