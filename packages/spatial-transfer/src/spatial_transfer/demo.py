@@ -30,7 +30,7 @@ class DemoSpec:
     bulk_genes: int = 372
     spatial_genes: int = 897
     n_spatial_samples: int = 10
-    grid: int = 8  # spots per side of each spatial slide
+    grid: int = 6  # spots per side of each spatial slide
     spot_spacing: float = 100.0  # centre-to-centre (Visium: 100 um)
     spot_radius: float = 27.5  # capture area radius (Visium: 55 um diameter)
     cells_per_spot: float = 8.0
