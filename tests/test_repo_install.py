@@ -42,7 +42,8 @@ def test_pip_install_package_brings_the_core(name, tmp_path):
     before = run(py, "-c", "import ftcore")
     assert before.returncode != 0, "ftcore importable before the install: the venv is not clean"
 
-    # --no-index: nothing may come from an index; --no-build-isolation: hatchling from the parent env.
+    # --no-index: nothing may come from an index; --no-build-isolation: hatchling from the parent env
+    # (the nox tests session installs it for this).
     install = run(py, "-m", "pip", "install", "--no-compile", "--no-index", "--no-build-isolation", "-c", ROOT / "constraints" / "cpu.txt",
                   ROOT / "packages" / name, cwd=tmp_path)
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
