@@ -44,12 +44,12 @@ def test_predict_writes_obsm_and_keeps_x(trained_run, tiny_h5ad, tmp_path):
     ad, original = anndata.read_h5ad(out), anndata.read_h5ad(tiny_h5ad)
     assert ad.obsm["var_st_prediction"].shape == (ad.n_obs, 24)
     assert np.array_equal(ad.X, original.X)
-    assert len(ad.uns["var_st"]["genes"]) == 24 and bool(ad.uns["var_st"]["greedy"])
+    assert len(ad.uns["var_st"]["genes"]) == 24 and ad.uns["var_st"]["decoding"] == "expected"
     # sampled predictions are reproducible with the seed and differ from another seed
     outs = []
     for seed, name in ((1, "a"), (1, "b"), (2, "c")):
         path = tmp_path / f"{name}.h5ad"
-        assert main(["predict", *common, "--output", str(path), "--temperature", "1.0", "--top_k", "5", "--seed", str(seed)]) == 0
+        assert main(["predict", *common, "--output", str(path), "--decoding", "sample", "--top_k", "5", "--seed", str(seed)]) == 0
         outs.append(anndata.read_h5ad(path).obsm["var_st_prediction"])
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
 

@@ -133,6 +133,10 @@ def test_inference_shapes_and_seed_reproducibility():
     assert torch.equal(a["tokens"], b["tokens"])
     assert torch.equal(a["predicted_gene_expression"], b["predicted_gene_expression"])
     assert not torch.equal(a["tokens"], other["tokens"])
+    e1 = model.inference(h, c, expected=True)
+    assert torch.equal(e1["predicted_gene_expression"], model.inference(h, c, expected=True)["predicted_gene_expression"])
+    with pytest.raises(UserError, match="not both"):
+        model.inference(h, c, greedy=True, expected=True)
     g1 = model.inference(h, c, greedy=True)["tokens"]
     assert torch.equal(g1, model.inference(h, c, greedy=True)["tokens"])
     with pytest.raises(UserError, match="expects"):
@@ -267,3 +271,12 @@ def test_codebook_init_places_codes_on_each_scales_residuals():
     cb = vq.quantizer.codebook.detach().clone()
     vq.init_codebook(x, seed=0)
     assert torch.equal(cb, vq.quantizer.codebook.detach())  # deterministic (identical on every DDP rank)
+
+
+def test_expected_decoding_is_the_mean_contribution_of_the_codes():
+    model = tiny_model(stage=2)
+    q = model.vqvae.quantizer
+    p = torch.softmax(torch.randn(32), -1)  # one distribution for every position of scale 1 (4 tokens)
+    expected = q.contribution((p @ q.codebook).expand(2, 4, -1), 1)
+    mixture = sum(p[v] * q.embed_scale(torch.full((2, 4), v), 1) for v in range(32))
+    torch.testing.assert_close(expected, mixture, atol=1e-5, rtol=1e-4)

@@ -122,7 +122,7 @@ def main() -> None:
         "shape_mismatch_checkpoint": (swap(predict, "--checkpoint", "{corpus}/mismatched_complete.ckpt"),
                                       "weights do not fit this model"),
         "predict_output_not_h5ad": (swap(predict, "--output", "{out}/pred.csv"), "must end in .h5ad"),
-        "zero_temperature": (predict + ["--temperature", "0"], "temperature must be > 0"),
+        "zero_temperature": (predict + ["--decoding", "sample", "--temperature", "0"], "temperature must be > 0"),
         "unwritable_output_dir": (swap(train, "--log_dir", "{corpus}/a_file.txt/logs"), "is not writable"),
     }
     (HERE / "cases.json").write_text(json.dumps({k: {"argv": a, "phrase": p} for k, (a, p) in cases.items()}, indent=1) + "\n")

@@ -54,10 +54,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--greedy", action="store_true", default=None, help="argmax tokens (default unless a sampling flag is given)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--decoding", choices=["expected", "greedy", "sample"], default="expected",
+                   help="expected: probability-weighted codes per scale (best point prediction, default); "
+                        "greedy: argmax tokens; sample: temperature / top_k / top_p")
+    p.add_argument("--temperature", type=float, default=1.0, help="expected and sample decoding")
+    p.add_argument("--top_k", type=int, default=50, help="sample decoding")
+    p.add_argument("--top_p", type=float, default=0.9, help="sample decoding")
     p.add_argument("--num_samples", type=int, default=1, help="average this many sampled predictions (sampling only)")
     p.add_argument("--batch_size", type=int, default=256)
 
@@ -218,11 +220,9 @@ def _checkpoint_path(args, name: str) -> Path:
 
 
 def _sampling(args) -> dict:
-    sampled = any(v is not None for v in (args.temperature, args.top_k, args.top_p)) and not args.greedy
     if args.num_samples < 1:
         raise UserError("--num_samples must be >= 1")
-    return {"greedy": not sampled, "temperature": args.temperature if args.temperature is not None else 1.0,
-            "top_k": args.top_k if args.top_k is not None else 50, "top_p": args.top_p if args.top_p is not None else 0.9,
+    return {"decoding": args.decoding, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size}
 
 

@@ -125,7 +125,11 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     def embed_scale(self, idx: torch.Tensor, k: int) -> torch.Tensor:
         """Codes of scale k [B, n_k] -> their contribution to f_hat [B, G, D]."""
-        q = F.embedding(idx, self.codebook).transpose(1, 2)  # [B, D, n_k]
+        return self.contribution(F.embedding(idx, self.codebook), k)
+
+    def contribution(self, vectors: torch.Tensor, k: int) -> torch.Tensor:
+        """Code vectors of scale k [B, n_k, D] -> contribution to f_hat [B, G, D] (affine in the vectors)."""
+        q = vectors.transpose(1, 2)  # [B, D, n_k]
         if q.shape[-1] != self.num_positions:
             q = F.interpolate(q, size=self.num_positions, mode="linear", align_corners=False)
         r = self.cfg.phi_ratio
@@ -612,12 +616,20 @@ class TwoStageVARST(nn.Module):
     @torch.no_grad()
     def inference(self, histology_features: torch.Tensor, spatial_coords: torch.Tensor, temperature: float = 1.0,
                   top_k: int | None = 50, top_p: float | None = 0.9, greedy: bool = False,
-                  seed: int | None = None, generator: torch.Generator | None = None) -> dict[str, Any]:
+                  seed: int | None = None, generator: torch.Generator | None = None,
+                  expected: bool = False) -> dict[str, Any]:
         """Generate tokens scale by scale with the KV cache, decode with the frozen VQ-VAE.
 
         histology_features [B, F], spatial_coords [B, 2] -> {"predicted_gene_expression": [B, G],
-        "tokens": [B, L]}. With `seed` (or a `generator`) the sampling is reproducible.
+        "tokens": [B, L]}. Sampling (temperature / top_k / top_p) is reproducible with `seed` or a
+        `generator`; greedy=True takes the argmax token. expected=True feeds each scale the
+        probability-weighted mean of the code vectors (softmax(logits / temperature)) instead of one
+        token: every scale's contribution is affine in its code vectors, so this is that scale's
+        expected contribution given the coarser ones - a better point prediction of expression
+        than any single draw (tokens then report the argmax).
         """
+        if greedy and expected:
+            raise UserError("choose one decoding: greedy=True or expected=True, not both")
         was_training = self.training
         self.eval()
         dev = next(self.parameters()).device
@@ -634,9 +646,15 @@ class TwoStageVARST(nn.Module):
         f_hat, inputs, tokens = None, None, []
         for k in range(len(self.scale_sizes)):
             logits = self.var.step(cond, inputs, k, caches)
-            idx = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
+            if expected:
+                if temperature <= 0:
+                    raise UserError(f"temperature must be > 0 (got {temperature})")
+                probs = (logits.float() / temperature).softmax(-1)
+                idx, h = probs.argmax(-1), q.contribution(probs @ q.codebook, k)
+            else:
+                idx = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
+                h = q.embed_scale(idx, k)
             tokens.append(idx)
-            h = q.embed_scale(idx, k)
             f_hat = h if f_hat is None else f_hat + h
             if k + 1 < len(self.scale_sizes):
                 inputs = q.next_scale_input(f_hat, k + 1)

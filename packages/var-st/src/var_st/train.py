@@ -136,7 +136,7 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
             s = torch.stack([p.mean(1) for p in torch.split(hit, list(m.scale_sizes), 1)], 1).sum(0)
             per_scale = s if per_scale is None else per_scale + s
             n += len(tb)
-            preds.append(m.inference(hb, cb, greedy=True)["predicted_gene_expression"].cpu())
+            preds.append(m.inference(hb, cb, expected=True)["predicted_gene_expression"].cpu())
             true.append(xb)
         L = sum(m.scale_sizes)
         metrics = {"val_loss": ce / max(n * L, 1), "val_token_accuracy": correct / max(n * L, 1)}
@@ -145,7 +145,7 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
         metrics["val_pearson"] = _mean_pearson(torch.cat(preds), torch.cat(true))
         return metrics
 
-    # Best = highest mean per-gene Pearson of greedy predictions on the validation slide: what
+    # Best = highest mean per-gene Pearson of expected-code predictions on the validation slide: what
     # users select models by (token cross-entropy keeps falling while fine-scale noise is fitted).
     cfg = _train_config(out_dir, run, len(tr), best_name="best_var.ckpt", monitor="val_pearson", mode="max")
     ds = lambda idx: TensorDataset(h[idx], c[idx], tokens[idx], x[idx])  # noqa: E731
@@ -161,17 +161,25 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
 # ----------------------------------------------------------------------------- predict / evaluate
 @torch.no_grad()
 def predict_expression(model: TwoStageVARST, data: SpotData, idx: np.ndarray | None = None, batch_size: int = 256,
-                       temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = 0.9,
-                       greedy: bool = True, seed: int = 0, num_samples: int = 1) -> np.ndarray:
-    """Predicted expression [n, G] for spots idx (all by default); the mean of num_samples draws."""
+                       decoding: str = "expected", temperature: float = 1.0, top_k: int | None = 50,
+                       top_p: float | None = 0.9, seed: int = 0, num_samples: int = 1) -> np.ndarray:
+    """Predicted expression [n, G] for spots idx (all by default).
+
+    decoding: "expected" (probability-weighted codes), "greedy" (argmax tokens) or "sample"
+    (temperature / top_k / top_p; the mean of num_samples draws, reproducible with seed).
+    """
+    if decoding not in ("expected", "greedy", "sample"):
+        raise UserError(f"unknown decoding {decoding!r}; choose expected, greedy or sample")
+    draws_per_batch = num_samples if decoding == "sample" else 1
     idx = np.arange(len(data)) if idx is None else idx
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     h, c = _tensor(data.histology[idx]), _tensor(data.coords[idx])
     out = []
     for i in range(0, len(idx), batch_size):
-        draws = [model.inference(h[i:i + batch_size], c[i:i + batch_size], temperature, top_k, top_p, greedy,
-                                 generator=gen)["predicted_gene_expression"] for _ in range(1 if greedy else num_samples)]
+        draws = [model.inference(h[i:i + batch_size], c[i:i + batch_size], temperature, top_k, top_p,
+                                 greedy=decoding == "greedy", expected=decoding == "expected",
+                                 generator=gen)["predicted_gene_expression"] for _ in range(draws_per_batch)]
         out.append(torch.stack(draws).mean(0).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.num_genes), np.float32)
 
