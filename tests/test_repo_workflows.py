@@ -52,3 +52,9 @@ def test_actionlint_clean():
     files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
     result = subprocess.run(["actionlint", *files], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_clean_venv_install_proof_runs_for_every_package():
+    job = load("ci.yml")["jobs"]["package"]
+    assert sorted(job["strategy"]["matrix"]["package"]) == sorted(packages())
+    assert 'nox -s "package(${{ matrix.package }})"' in steps_run(job)
