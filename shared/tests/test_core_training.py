@@ -258,6 +258,7 @@ def test_schedule_applied_by_trainer(tmp_path):
     assert seen[2] == pytest.approx(0.02) and seen[0] == pytest.approx(0.02 / 3)
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 @pytest.mark.parametrize("clip", [0.5, None])
 def test_grad_clipping(tmp_path, clip):
     norms = []
