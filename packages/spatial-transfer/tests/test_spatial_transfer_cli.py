@@ -84,6 +84,19 @@ def test_run_end_to_end_outputs_and_resume(tiny_data, tmp_path, tiny_args, capsy
     assert adata.layers["cv_predicted"].shape == adata.X.shape and np.isfinite(adata.layers["cv_predicted"]).all()
     assert (out / "bulk_pretrain" / "best_bulk_model.pt").exists()
 
+    # the fold-0 model on the slides: predictions in layers["predicted"]; a bulk checkpoint is refused
+    pred_dir = tmp_path / "pred"
+    ckpt = ck / "best_hest_graph_model_fold_0.pt"
+    assert main(["predict", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--output", str(pred_dir), "--device", "cpu"]) == 0
+    p = anndata.read_h5ad(pred_dir / "predictions.h5ad")
+    assert p.layers["predicted"].shape == (64, 20) and np.isfinite(p.layers["predicted"]).all()
+    rows = [adata.obs_names.get_loc(n) for n in json.loads((log / "fold_0_metrics.json").read_text())["spot_names"]]
+    np.testing.assert_allclose(p.layers["predicted"][rows], adata.layers["cv_predicted"][rows], rtol=1e-4, atol=1e-5)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(out / "bulk_pretrain" / "best_bulk_model.pt"), "--data", str(tiny_data),
+                 "--output", str(tmp_path / "pred2")]) == 2
+    assert "is a Cell2Gene BulkModel checkpoint" in capsys.readouterr().err and not (tmp_path / "pred2").exists()
+
     # a crash after fold 0: drop fold 1 from the record, rerun, only fold 1 is trained again
     temp["folds"] = temp["folds"][:1]
     (log / "temp_fold_results.json").write_text(json.dumps(temp))

@@ -4,6 +4,8 @@
     spatial-transfer run --data DIR           bulk pretraining -> transfer -> CV on your data
     spatial-transfer pretrain --data DIR      bulk pretraining only
     spatial-transfer compare --data DIR       transfer strategies vs from-scratch on the same folds
+    spatial-transfer predict --checkpoint best_hest_graph_model_fold_0.pt --data DIR
+                                              a trained SpatialModel on new slides -> predictions.h5ad
     spatial-transfer make-demo-data DIR       write the demo data set in the on-disk format
 
 The guide's environment variables are read here, once: TRANSFER_STRATEGY, USE_TRANSFER_LEARNING,
@@ -298,6 +300,34 @@ def cmd_compare(args) -> None:
                                                                           "test_loss", "lr")} for k, v in results.items()})
 
 
+def cmd_predict(args) -> None:
+    from ftcore.checkpoint import read_checkpoint
+    from ftcore.config import from_dict
+    from ftcore.io import check_output_dir
+
+    from spatial_transfer.data import GraphConfig, check_gene_count, read_spatial
+    from spatial_transfer.model import Cell2GeneConfig, SpatialModel
+    from spatial_transfer.train import predict_spatial
+
+    ckpt = read_checkpoint(args.checkpoint, trust_pickle=args.trust_checkpoint)
+    extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
+    if not isinstance(extra, dict) or extra.get("kind") != "Cell2Gene SpatialModel":
+        kind = extra.get("kind") if isinstance(extra, dict) else None
+        raise UserError(f"{args.checkpoint} is {'a ' + kind if kind else 'not a spatial-transfer'} checkpoint; pass a "
+                        "checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt written by `spatial-transfer run`")
+    cfg = from_dict(Cell2GeneConfig, extra["model_config"], source=str(args.checkpoint))
+    graph = from_dict(GraphConfig, extra.get("graph", {}), source=str(args.checkpoint))
+    spatial = read_spatial(args.data, cfg.in_dim)
+    check_gene_count(spatial.expr.shape[1], cfg.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
+    if list(spatial.genes) != list(extra["genes"]):
+        raise UserError(f"{spatial.path}: spatial.h5ad genes differ from the model's (same count, other names or order); "
+                        "reorder the genes (var_names) to the model's")
+    model = SpatialModel(cfg)
+    model.load_state_dict(ckpt["model"])
+    out = check_output_dir(args.output)
+    predict_spatial(spatial, model, graph, out / "predictions.h5ad", batch_size=args.batch_size, device=args.device)
+
+
 def cmd_make_demo_data(args) -> None:
     from spatial_transfer.demo import DemoSpec, write_demo_data
 
@@ -351,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--strategies", default="full,frozen_backbone,scratch",
                       help="comma-separated strategies (default full,frozen_backbone,scratch)")
     cmp_.set_defaults(func=cmd_compare, strategy=None, transfer=None, freeze_backbone=None)
+    pred = sub.add_parser("predict", help="a trained SpatialModel on slides -> predictions.h5ad (layers['predicted'])")
+    pred.add_argument("--checkpoint", required=True, help="best_hest_graph_model_fold_<k>.pt of a run")
+    pred.add_argument("--data", required=True, help="directory with spatial.h5ad and spatial_cells.h5ad")
+    pred.add_argument("--output", default=DEFAULT_OUTPUT + "/predict", help="where predictions.h5ad goes")
+    pred.add_argument("--batch-size", type=int, default=16)
+    pred.add_argument("--device", default="auto")
+    pred.add_argument("--trust-checkpoint", action="store_true",
+                      help="allow checkpoints that need full unpickling (can run code: only files you trust)")
+    pred.set_defaults(func=cmd_predict)
     demo = sub.add_parser("make-demo-data", help="write the embedded demo data set to DIR")
     demo.add_argument("dir")
     demo.add_argument("--seed", type=int, default=0)

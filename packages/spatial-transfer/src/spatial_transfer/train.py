@@ -273,7 +273,8 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
                        history_name=f"fold_{k}_history.json", curve_name=None)
     trainer = Trainer(model, tc, train_items, spatial_items(spatial, cfg.graph, val),
                       loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate,
-                      extra_state={"model_config": asdict(cfg.model), "genes": list(spatial.genes), "strategy": plan.strategy})
+                      extra_state={"model_config": asdict(cfg.model), "graph": asdict(cfg.graph), "genes": list(spatial.genes),
+                                   "strategy": plan.strategy, "kind": "Cell2Gene SpatialModel"})
     fit = trainer.fit()
     if fit.best_path is not None and fit.best_path.exists():  # test the best epoch, as the guide does
         model.load_state_dict(torch.load(fit.best_path, map_location="cpu", weights_only=True)["model"])
@@ -350,3 +351,35 @@ def format_comparison(results: dict[str, dict]) -> str:
         cells = [f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" for k in ("overall_correlation", "gene_correlation", "test_loss")]
         lines.append(f"{name:<16} " + " ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
+
+
+def predict_spatial(spatial: SpatialData, model: SpatialModel, graph: GraphConfig, out_path: Path,
+                    batch_size: int = 16, device: str = "auto") -> dict:
+    """Predict every spot of `spatial` with a trained SpatialModel; write AnnData with layers["predicted"]."""
+    from torch.utils.data import DataLoader
+
+    from ftcore.training import resolve_device
+
+    model.to(resolve_device(device))
+    loader = DataLoader(spatial_items(spatial, graph, spatial.samples), batch_size=batch_size, collate_fn=collate)
+    pred, true, ids = predict(model, loader)
+    rows = torch.cat(ids).numpy()
+    out = np.full((len(spatial.spot_names), pred.shape[1]), np.nan, dtype=np.float32)
+    out[rows] = pred.numpy()
+    metrics = {"overall_correlation": pearson_overall(pred, true), "gene_correlation": mean_pearson(pred, true),
+               "test_loss": float(torch.nn.functional.mse_loss(pred, true))}
+    if is_main():
+        import anndata
+        import pandas as pd
+
+        from ftcore.io import atomic_write_h5ad
+
+        obs = pd.DataFrame({"sample": spatial.spot_sample, "array_row": spatial.spot_rc[:, 0],
+                            "array_col": spatial.spot_rc[:, 1]}, index=spatial.spot_names)
+        adata = anndata.AnnData(spatial.expr.copy(), obs=obs, var=pd.DataFrame(index=spatial.genes))
+        adata.layers["predicted"] = out
+        adata.uns["spatial_transfer"] = metrics
+        atomic_write_h5ad(adata, out_path)
+    log(f"overall correlation {metrics['overall_correlation']:.4f}, gene correlation "
+        f"{metrics['gene_correlation']:.4f}, loss {metrics['test_loss']:.4f}; predictions in {out_path} (layers['predicted'])")
+    return metrics
