@@ -99,3 +99,15 @@ def test_config_checks_divisibility():
 
     with pytest.raises(UserError, match="n_heads"):
         Cell2GeneConfig(embed_dim=20, n_heads=8)
+
+
+def test_mapping_table_covers_every_tensor(tiny_config):
+    """BULK_TO_SPATIAL documents every weight of both models (a new layer must be added to the table)."""
+    import re
+
+    from spatial_transfer.model import BULK_TO_SPATIAL
+
+    names = set(BulkModel(tiny_config).state_dict()) | set(SpatialModel(tiny_config).state_dict())
+    for name in names:
+        hits = [p for p in BULK_TO_SPATIAL if re.search(p, name)]
+        assert len(hits) == 1, (name, hits)
