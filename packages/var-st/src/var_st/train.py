@@ -102,10 +102,17 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
 
 
 # ----------------------------------------------------------------------------- stage 2
-def stage1_tokens(model: TwoStageVARST, expression: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Frozen stage-1 tokens of every spot [N, L] (the teacher-forcing targets)."""
-    model.vqvae.eval()
-    return torch.cat([model.vqvae.encode_tokens(expression[i:i + batch_size]) for i in range(0, len(expression), batch_size)])
+def stage1_tokens(model: TwoStageVARST, expression: torch.Tensor, device: str = "auto", batch_size: int = 512) -> torch.Tensor:
+    """Frozen stage-1 tokens of every spot [N, L] (the teacher-forcing targets), computed on the
+    training device (this process's GPU under torchrun) and returned on the CPU."""
+    from ftcore.training import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    vq = model.vqvae.to(dev).eval()
+    return torch.cat([vq.encode_tokens(expression[i:i + batch_size].to(dev)).cpu()
+                      for i in range(0, len(expression), batch_size)])
 
 
 def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict, metadata: dict):
@@ -115,7 +122,7 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
                         "(CLI: --stage1_ckpt logs/<dataset>/TWO_STAGE_VAR_ST/stage1_vqvae/best_vqvae.ckpt)")
     tr, va = data.split["train"], data.split["val"]
     x, h, c = _tensor(data.expression), _tensor(data.histology), _tensor(data.coords)
-    tokens = stage1_tokens(model, x)
+    tokens = stage1_tokens(model, x, run.get("device", "auto"))
     V = model.var_config.vocab_size
 
     def loss_fn(m, batch):
