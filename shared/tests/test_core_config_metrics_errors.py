@@ -243,6 +243,19 @@ def test_cli_main_user_error_is_one_line(capsys, monkeypatch):
         _cli(["bug"])
 
 
+def test_cli_main_oom_names_the_cli_batch_size_flag(capsys, monkeypatch):
+    monkeypatch.delenv("FTCORE_TRACEBACK", raising=False)
+    assert _cli(["oom"]) == 3
+    assert "lower --batch-size " in capsys.readouterr().err  # the default: most CLIs spell it so
+
+    @cli_main(batch_size_hint="--batch_size")
+    def underscore_cli(argv):
+        raise type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory")
+
+    assert underscore_cli(["oom"]) == 3
+    assert "lower --batch_size " in capsys.readouterr().err
+
+
 def test_cli_main_traceback_opt_in(monkeypatch):
     monkeypatch.setenv("FTCORE_TRACEBACK", "1")
     with pytest.raises(UserError):

@@ -15,11 +15,15 @@ class UserError(Exception):
     """
 
 
-def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a CLI entry point: UserError (and a CUDA OOM) becomes one line on stderr, exit 2.
+def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: str = "--batch-size"):
+    """Wrap a CLI entry point: UserError becomes one line on stderr, exit 2; a CUDA OOM, exit 3.
 
-    Set FTCORE_TRACEBACK=1 to see the full traceback instead (for bug reports).
+    `batch_size_hint` is how this CLI sets the batch size, named in the OOM advice: a flag
+    (`@cli_main(batch_size_hint="--batch_size")`) or a config key. Plain `@cli_main` means
+    `--batch-size`. Set FTCORE_TRACEBACK=1 to see the full traceback instead (for bug reports).
     """
+    if fn is None:
+        return functools.partial(cli_main, batch_size_hint=batch_size_hint)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> int:
@@ -39,7 +43,7 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
         except Exception as err:  # noqa: BLE001 - only CUDA OOM is translated, the rest re-raised
             if type(err).__name__ == "OutOfMemoryError" and not os.environ.get("FTCORE_TRACEBACK"):
                 print(
-                    "error: CUDA ran out of memory; lower --batch_size (or the model size / "
+                    f"error: CUDA ran out of memory; lower {batch_size_hint} (or the model size / "
                     "sequence length), or run on a GPU with more memory",
                     file=sys.stderr,
                 )

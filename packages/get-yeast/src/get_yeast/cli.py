@@ -127,7 +127,7 @@ def _make_data(args) -> None:
     print(f"wrote {out}: {df['sample'].nunique()} samples, {len(df)} rows")
 
 
-@cli_main
+@cli_main(batch_size_hint="--batch-size (training.batch_size in the config)")
 def main(argv: list[str] | None = None) -> int | None:
     args = build_parser().parse_args(argv)
     if args.command in (None, "demo"):

@@ -135,7 +135,7 @@ def run_demo(output_dir: str, max_steps: int, seed: int, extra: list[str]) -> di
     return {**result, "summary": summary, "eval_dir": str(out_dir)}
 
 
-@cli_main
+@cli_main(batch_size_hint="--batch-size (train: training.batch_size=N)")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()

@@ -413,7 +413,7 @@ COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate
             "make-demo-data": cmd_make_demo_data, "info": cmd_info}
 
 
-@cli_main
+@cli_main(batch_size_hint="--batch_size")
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] != "--help":
