@@ -396,6 +396,20 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
     assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["w"], torch.ones(2))
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "hello")
+        atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
+        (tmp_path / "plain.txt").write_text("hello")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.txt": mode, "c.pt": mode, "plain.txt": mode}
+
+
 def test_atomic_path_failure_keeps_old_file(tmp_path):
     target = tmp_path / "results.csv"
     target.write_text("old\n")
