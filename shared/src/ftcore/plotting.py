@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Sequence
 
@@ -19,24 +20,44 @@ def _plt():
     return plt
 
 
+_NOT_CURVES = ("epoch", "step", "lr", "time_s", "train_samples_per_s")
+
+
+def _is_real(v) -> bool:
+    # bool is an int subclass: flags such as `best` are not curves
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _value(v) -> float:
+    return float(v) if _is_real(v) else np.nan
+
+
+def curve_keys(history: Sequence[dict]) -> list[str]:
+    """History keys plotted as curves: real-valued in every epoch that has them (None = not logged)."""
+    keys = list(dict.fromkeys(k for h in history for k in h if k not in _NOT_CURVES))
+    return [k for k in keys
+            if any(_is_real(h.get(k)) for h in history)
+            and all(_is_real(h[k]) or h[k] is None for h in history if k in h)]
+
+
 def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
     """One panel for losses, one for the other numeric metrics, against epoch."""
     plt = _plt()
     if not history:
         return
     x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    keys = [k for k in history[-1] if k not in ("epoch", "step", "lr", "time_s", "train_samples_per_s") and isinstance(history[-1][k], (int, float))]
+    keys = curve_keys(history)
     losses = [k for k in keys if "loss" in k]
     others = [k for k in keys if "loss" not in k]
     fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
     for k in losses:
-        axes[0, 0].plot(x, [h.get(k, np.nan) for h in history], marker=".", label=k)
+        axes[0, 0].plot(x, [_value(h.get(k)) for h in history], marker=".", label=k)
     axes[0, 0].set_xlabel("epoch")
     axes[0, 0].set_ylabel("loss")
     axes[0, 0].legend()
     if others:
         for k in others:
-            axes[0, 1].plot(x, [h.get(k, np.nan) for h in history], marker=".", label=k)
+            axes[0, 1].plot(x, [_value(h.get(k)) for h in history], marker=".", label=k)
         axes[0, 1].set_xlabel("epoch")
         axes[0, 1].legend()
     if title:
