@@ -113,6 +113,20 @@ def test_toml_syntax_error_names_line(tmp_path):
     assert "line 3" in msg and str(path) in msg and "\n" not in msg
 
 
+def test_toml_on_python_310_reads_with_tomli(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: the declared tomli backport (same API) is used instead."""
+    try:
+        import tomllib as parser
+    except ModuleNotFoundError:
+        import tomli as parser
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", parser)
+    assert read_config_file(write(tmp_path, "ok.toml", 'name = "a"\n'))["name"] == "a"
+    (tmp_path / "bad.toml").write_text("name = \n")
+    with pytest.raises(UserError, match="line 1"):
+        read_config_file(tmp_path / "bad.toml")
+
+
 @pytest.mark.parametrize("data, phrase", [
     ({"name": "a", "trainig": {}}, "did you mean 'training'"),
     ({"name": "a", "training": {"epoch": 3}}, "did you mean 'training.epochs'"),

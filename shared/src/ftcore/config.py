@@ -29,7 +29,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise UserError(f"config file {path} does not exist")
     text = path.read_text()
     if path.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+            import tomli as tomllib
 
         try:
             return tomllib.loads(text)
