@@ -386,7 +386,9 @@ def test_check_output_dir_under_a_file_and_no_space(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError) as err:
         check_output_dir(blocker / "out")
-    assert "not writable" in str(err.value) and "--output" in str(err.value)
+    assert "not writable" in str(err.value) and str(err.value).endswith("; choose another output directory")
+    with pytest.raises(UserError, match="choose another with --output-dir$"):  # the caller's own flag
+        check_output_dir(blocker / "out", flag="--output-dir")
     with pytest.raises(UserError, match="MiB free but about"):
         check_output_dir(tmp_path / "ok", need_bytes=2**62)
     assert check_output_dir(tmp_path / "ok") == tmp_path / "ok"

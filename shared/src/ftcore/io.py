@@ -89,9 +89,14 @@ def atomic_write_h5ad(adata, path: str | os.PathLike) -> None:
         adata.write_h5ad(tmp)
 
 
-def check_output_dir(path: str | os.PathLike, need_bytes: int = 0) -> Path:
-    """Fail before any work starts if `path` cannot be written or lacks `need_bytes` free space."""
+def check_output_dir(path: str | os.PathLike, need_bytes: int = 0, flag: str | None = None) -> Path:
+    """Fail before any work starts if `path` cannot be written or lacks `need_bytes` free space.
+
+    `flag` is the CLI option that set `path` (e.g. "--output"), named in the advice; without
+    it the advice is only to choose another directory (library callers do not know the flag).
+    """
     path = Path(path)
+    choose = f"choose another with {flag}" if flag else "choose another output directory"
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check.") as fh:
@@ -99,12 +104,12 @@ def check_output_dir(path: str | os.PathLike, need_bytes: int = 0) -> Path:
             fh.flush()
     except OSError as err:
         raise UserError(
-            f"output directory {path} is not writable ({err.strerror}); choose another with --output"
+            f"output directory {path} is not writable ({err.strerror}); {choose}"
         ) from None
     free = shutil.disk_usage(path).free
     if need_bytes and free < need_bytes:
         raise UserError(
             f"output directory {path} has {free / 2**20:.0f} MiB free but about "
-            f"{need_bytes / 2**20:.0f} MiB are needed for checkpoints; free space or choose another directory"
+            f"{need_bytes / 2**20:.0f} MiB are needed for checkpoints; free space or {choose}"
         )
     return path

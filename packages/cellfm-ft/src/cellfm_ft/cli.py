@@ -131,7 +131,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from cellfm_ft import demo
     from cellfm_ft.train import RunConfig, convert, finetune, is_main_process, predict
 
-    out = check_output_dir(args.output)
+    out = check_output_dir(args.output, flag="--output")
     inputs = out / "inputs"
     adata = demo.pbmc68k() if args.dataset == "pbmc68k" else None
     if adata is None:

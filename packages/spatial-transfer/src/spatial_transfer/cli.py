@@ -245,7 +245,7 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
         _check_transferable(bulk_sd, bulk_path, cfg)
     from ftcore.io import check_output_dir
 
-    check_output_dir(out)  # unwritable / full disk: said now, not after the bulk pretraining
+    check_output_dir(out, flag="--output")  # unwritable / full disk: said now, not after the bulk pretraining
     return out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo
 
 
@@ -324,7 +324,7 @@ def cmd_predict(args) -> None:
                         "reorder the genes (var_names) to the model's")
     model = SpatialModel(cfg)
     model.load_state_dict(ckpt["model"])
-    out = check_output_dir(args.output)
+    out = check_output_dir(args.output, flag="--output")
     predict_spatial(spatial, model, graph, out / "predictions.h5ad", batch_size=args.batch_size, device=args.device)
 
 
