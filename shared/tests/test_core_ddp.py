@@ -65,7 +65,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert len(r0["history"]) == len(ref["history"]) == 2
     for a, b in zip(r0["history"], ref["history"]):
         assert a["step"] == b["step"]
-        for key in ("train_loss", "val_loss", "lr"):
+        for key in ("train_loss", "train_abs_err", "val_loss", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert r0["history"][0]["train_loss"] > r0["history"][-1]["train_loss"]  # it did train
 

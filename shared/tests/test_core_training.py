@@ -87,14 +87,14 @@ class Crash(Exception):
     pass
 
 
-def crashing_loss(after_calls: int):
+def crashing_loss(after_calls: int, loss=mse_loss):
     calls = {"n": 0}
 
     def loss_fn(model, batch):
         calls["n"] += model.training  # training steps only (the default eval_fn calls loss_fn too)
         if calls["n"] > after_calls:
             raise Crash("simulated crash")
-        return mse_loss(model, batch)
+        return loss(model, batch)
 
     return loss_fn
 
@@ -124,6 +124,40 @@ def test_exact_resume(tmp_path, crash_after, ckpt_every, val_every):
         assert_same_state(a[key], b[key])
     assert_same_state(a["rng"]["torch"], b["rng"]["torch"])
     assert strip(load_history(Path(cfg.output_dir) / "history.json")) == strip(full.history)
+
+
+def logging_loss(model, batch):
+    """The MSE, plus two logged values: `(loss, {"name": value})`."""
+    x, y = batch
+    err = model(x) - y
+    return (err**2).mean(), {"abs_err": err.abs().mean().detach(), "rows": float(len(x))}
+
+
+def test_logged_values_are_averaged_into_history(tmp_path):
+    seen = []
+
+    def loss_fn(model, batch):
+        loss, logs = logging_loss(model, batch)
+        if model.training:
+            seen.append(float(logs["abs_err"]))
+        return loss, logs
+
+    _, result = run(config(tmp_path, epochs=2), loss_fn=loss_fn)  # 48 samples / 8 = 6 steps per epoch
+    assert len(seen) == 12
+    assert [h["train_abs_err"] for h in result.history] == pytest.approx([sum(seen[:6]) / 6, sum(seen[6:]) / 6])
+    assert [h["train_rows"] for h in result.history] == [8.0, 8.0]
+    assert json.loads((Path(result.last_path).parent / "history.json").read_text())[-1]["train_abs_err"] > 0
+
+
+def test_exact_resume_keeps_the_logged_values_of_the_interrupted_epoch(tmp_path):
+    kw = dict(epochs=2, ckpt_every_steps=4)
+    _, full = run(config(tmp_path / "full", **kw), loss_fn=logging_loss)
+    cfg = config(tmp_path / "resumed", **kw)
+    with pytest.raises(Crash):  # last checkpoint at step 8: batch 2 of epoch 2
+        run(cfg, loss_fn=crashing_loss(10, logging_loss))
+    _, resumed = run(cfg, loss_fn=logging_loss)
+    assert "train_abs_err" in resumed.history[-1]
+    assert strip(resumed.history) == strip(full.history)
 
 
 def test_resume_false_starts_over(tmp_path):

@@ -71,7 +71,8 @@ def main() -> None:
         if args.sleep:
             time.sleep(args.sleep)  # slow enough that the kill test can hit mid-training
         x, y = batch
-        return nn.functional.mse_loss(model(x), y)
+        pred = model(x)
+        return nn.functional.mse_loss(pred, y), {"abs_err": (pred - y).abs().mean().detach()}
 
     train, val = make_data()
     cfg = TrainConfig(output_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=5e-2,

@@ -4,7 +4,8 @@
                       train_data, val_data, loss_fn=my_loss, eval_fn=my_eval)
     result = trainer.fit()
 
-`loss_fn(model, batch) -> loss` (or `(loss, {"name": float})`) and
+`loss_fn(model, batch) -> loss` (or `(loss, {"name": float})`, averaged over the stretch into the
+history as `train_name`) and
 `eval_fn(model, loader) -> {"val_loss": ..., "val_pearson": ...}` are the only model-specific
 parts. The loop gives AdamW with warmup + cosine, gradient clipping, bf16 autocast on GPU,
 early stopping, atomic best/last checkpoints, exact resume (model, optimizer, scheduler, RNG,
@@ -244,6 +245,8 @@ class Trainer:
         # Loss sum and batch count of the stretch since the last validation, summed over ranks
         # when a mid-stretch checkpoint is written, so a resumed run reports the same train_loss.
         self.stretch_loss: list[float] = [0.0, 0.0]
+        # The same for the values a loss_fn logs beside the loss: name -> [sum, batches].
+        self.stretch_logs: dict[str, list[float]] = {}
 
     # ----------------------------------------------------------------- helpers
     def _default_param_groups(self) -> list[dict]:
@@ -278,6 +281,7 @@ class Trainer:
             "bad_validations": self.bad_validations,
             "history": self.history,
             "stretch_loss": list(self.stretch_loss),
+            "stretch_logs": {k: list(v) for k, v in self.stretch_logs.items()},
             "rng": _rng_state(),
             "config": asdict(self.config),
             "extra": self.extra_state,
@@ -319,6 +323,8 @@ class Trainer:
         # The saved stretch is the all-rank total: rank 0 carries it on, the others start at zero.
         stretch = [float(v) for v in ckpt.get("stretch_loss", (0.0, 0.0))]
         self.stretch_loss = stretch if self.env.is_main else [0.0, 0.0]
+        self.stretch_logs = {k: [float(v) for v in sums] if self.env.is_main else [0.0, 0.0]
+                             for k, sums in ckpt.get("stretch_logs", {}).items()}
         _set_rng_state(ckpt["rng"])
         if self.env.is_main:
             print(f"resuming from {last} (epoch {self.epoch}, step {self.step})")
@@ -332,10 +338,11 @@ class Trainer:
                           generator=torch.Generator().manual_seed(self.config.seed))
 
     # -------------------------------------------------------------- main loop
-    def validate(self, train_loss: float) -> dict:
+    def validate(self, train_loss: float, train_logs: Mapping[str, float] | None = None) -> dict:
         loader = self._val_loader()
-        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
-                                  "lr": self.scheduler.get_last_lr()[0]}
+        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss}
+        record.update({k: v for k, v in (train_logs or {}).items() if k not in record})
+        record["lr"] = self.scheduler.get_last_lr()[0]
         if loader is not None:
             self.model.eval()
             with torch.no_grad():
@@ -381,8 +388,12 @@ class Trainer:
             bar = _progress(self.train_loader, cfg.progress and self.env.is_main,
                             f"epoch {self.epoch + 1}/{max_epochs}", self.steps_per_epoch, self.batch_in_epoch)
             for batch in bar:
-                loss = self._train_step(batch)
+                loss, logs = self._train_step(batch)
                 loss_sum += loss
+                for k, v in logs.items():
+                    sums = self.stretch_logs.setdefault(k, [0.0, 0.0])
+                    sums[0] += v
+                    sums[1] += 1
                 n_batches += 1
                 n_here += 1
                 self.step += 1
@@ -390,24 +401,26 @@ class Trainer:
                 if cfg.progress and self.env.is_main:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
-                    self.stretch_loss = all_reduce_sum([loss_sum, float(n_batches)], self.env, self.device)
+                    self.stretch_loss, self.stretch_logs = self._reduce_stretch(loss_sum, n_batches)
                     if not self.env.is_main:
                         self.stretch_loss = [0.0, 0.0]
+                        self.stretch_logs = {k: [0.0, 0.0] for k in self.stretch_logs}
                     loss_sum, n_batches = self.stretch_loss
                     self.save(cfg.step_name)
                     self.save(cfg.last_name)
                 mid_val = cfg.val_every_steps and self.step % cfg.val_every_steps == 0
                 if mid_val or self.step >= self.total_steps:
                     break
-            total, count = all_reduce_sum([loss_sum, float(n_batches)], self.env, self.device)
+            (total, count), logs = self._reduce_stretch(loss_sum, n_batches)
             train_loss = total / max(count, 1)
-            self.stretch_loss = [0.0, 0.0]
+            train_logs = {k if k.startswith("train_") else f"train_{k}": s / n for k, (s, n) in logs.items() if n}
+            self.stretch_loss, self.stretch_logs = [0.0, 0.0], {}
             # Global training throughput of this stretch (validation excluded), for scaling checks.
             self._throughput = n_here * self.env.world_size * cfg.batch_size / max(time.time() - t_train, 1e-9)
             if self.batch_in_epoch >= self.steps_per_epoch:
                 self.epoch += 1
                 self.batch_in_epoch = 0
-            record = self.validate(train_loss)
+            record = self.validate(train_loss, train_logs)
             if self.env.is_main:
                 shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
                                  if isinstance(v, float) and k not in ("lr", "time_s"))
@@ -428,11 +441,23 @@ class Trainer:
         return TrainResult(self.history, self.best, self.path(cfg.best_name, step=self.step, epoch=self.epoch),
                            self.path(cfg.last_name), self.step, stopped_early)
 
-    def _train_step(self, batch) -> float:
+    def _reduce_stretch(self, loss_sum: float, n_batches: float) -> tuple[list[float], dict[str, list[float]]]:
+        """The stretch's loss sum and batch count, and its logs' [sum, batches], summed over ranks.
+
+        Every rank logs the same names (they run the same loss_fn), so the sorted names line up.
+        """
+        names = sorted(self.stretch_logs)
+        flat = [loss_sum, float(n_batches)] + [v for k in names for v in self.stretch_logs[k]]
+        flat = all_reduce_sum(flat, self.env, self.device)
+        return flat[:2], {k: flat[2 + 2 * i: 4 + 2 * i] for i, k in enumerate(names)}
+
+    def _train_step(self, batch) -> tuple[float, dict[str, float]]:
+        """One optimizer step: the loss and the values loss_fn logged beside it."""
         batch = move_to(batch, self.device)
         with self.autocast():
             out = self.loss_fn(self.ddp_model, batch)
         loss = out[0] if isinstance(out, tuple) else out
+        logs = out[1] if isinstance(out, tuple) and len(out) > 1 and isinstance(out[1], Mapping) else {}
         if not torch.isfinite(loss):
             raise UserError(
                 f"training loss became {float(loss.detach())} at step {self.step}; lower the learning rate "
@@ -444,7 +469,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss.detach())
+        return float(loss.detach()), {k: float(v) for k, v in logs.items()}
 
 
 def _first_line(err: Exception) -> str:
