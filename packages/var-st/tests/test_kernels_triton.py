@@ -13,7 +13,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the @triton.jit decorations
 triton = pytest.importorskip("triton")
 
-from var_st.kernels import (
+# imported after TRITON_INTERPRET is set: the kernels are decorated at import time
+from var_st.kernels import (  # noqa: E402
     cached_scale_attention,
     nearest_code,
     nearest_code_reference,
@@ -23,8 +24,8 @@ from var_st.kernels import (
     scale_kv_end,
     use_kernels,
 )
-from var_st.kernels.triton_attention import prefix_attention_triton
-from var_st.kernels.triton_vq import nearest_code_triton
+from var_st.kernels.triton_attention import prefix_attention_triton  # noqa: E402
+from var_st.kernels.triton_vq import nearest_code_triton  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.gpu
