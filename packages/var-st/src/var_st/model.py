@@ -27,7 +27,7 @@ from torch import nn
 from ftcore.config import from_dict
 from ftcore.errors import UserError
 from ftcore.mapping import KeyMap, Rename
-from var_st.kernels import nearest_code, scale_causal_attention
+from var_st.kernels import cached_scale_attention, nearest_code, scale_causal_attention
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -396,8 +396,8 @@ class ScaleCausalSelfAttention(nn.Module):
     """Multi-head self-attention whose only attention math is the two calls below:
 
     training / full sequence: kernels.scale_causal_attention (a token sees its scale and coarser)
-    cached decoding of one new scale: SDPA without a mask (its queries see every cached token of
-    coarser scales and all tokens of their own scale, which is exactly the block-causal rule).
+    cached decoding of one new scale: kernels.cached_scale_attention, no mask (its queries see every
+    cached token of coarser scales and all tokens of their own scale: exactly the block-causal rule).
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float):
@@ -415,7 +415,7 @@ class ScaleCausalSelfAttention(nn.Module):
             if cache.k is not None:
                 k, v = torch.cat([cache.k, k], 2), torch.cat([cache.v, v], 2)
             cache.k, cache.v = k, v
-            y = F.scaled_dot_product_attention(q, k, v)
+            y = cached_scale_attention(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(B, L, E))
 
 
