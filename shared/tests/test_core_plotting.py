@@ -8,7 +8,8 @@ from ftcore import plotting
 
 HISTORY = [
     {"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "val_pearson": None, "best": True, "note": "warmup", "lr": 1e-3},
-    {"epoch": 2, "train_loss": 0.8, "val_loss": 1.3, "val_pearson": np.float32(0.4), "best": np.bool_(False), "note": ""},
+    {"epoch": 2, "train_loss": 0.8, "val_loss": 1.3, "val_pearson": np.float32(0.4), "best": np.bool_(False),
+     "note": ""},
     {"epoch": 3, "train_loss": 0.5, "val_loss": 0.9, "val_pearson": 0.6, "best": True, "n_skipped": 0},
 ]
 
