@@ -154,10 +154,11 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Calla
     return f
 
 
-def default_eval(loss_fn: LossFn, autocast) -> EvalFn:
+def default_eval(loss_fn: LossFn, autocast, device: torch.device) -> EvalFn:
     def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
         total, n = 0.0, 0
         for batch in loader:
+            batch = move_to(batch, device)  # as the training step does
             with autocast():
                 out = loss_fn(model, batch)
             loss = out[0] if isinstance(out, tuple) else out
@@ -234,7 +235,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DDP(self.model, device_ids=ids, find_unused_parameters=config.ddp_find_unused)
-        self.eval_fn = eval_fn or default_eval(loss_fn, self.autocast)
+        self.eval_fn = eval_fn or default_eval(loss_fn, self.autocast, self.device)
         # training state (all of it goes into the last checkpoint)
         self.step = 0
         self.epoch = 0  # completed epochs
