@@ -16,17 +16,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
 
 
-def pytest_collection_modifyitems(config, items):
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session")
 def cellfm_inputs(tmp_path_factory) -> dict:
     """{'data': h5ad of raw counts (obs cell_type, donor), 'ckpt': tiny MindSpore .ckpt, 'vocab': gene list}."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("VAR_ST_NO_PROGRESS", "1")
 
@@ -30,15 +29,6 @@ TINY_HIST = 16
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 def make_tiny_adata(seed: int = 0, slides: int = 3, grid: int = 5, genes: int = 40):
