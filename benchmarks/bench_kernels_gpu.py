@@ -27,7 +27,7 @@ from var_st.kernels import (
     scale_kv_end,
 )
 from var_st.kernels.triton_attention import prefix_attention_triton
-from var_st.kernels.triton_vq import nearest_code_triton
+from var_st.kernels.triton_vq import nearest_code_triton, prepare_codebook
 
 SCALES = (1, 8, 32, 200)
 
@@ -80,6 +80,8 @@ def bench_vq(ns, results):
                 row["cdist_fp32_upcast_ms"] = med(lambda x32=x32, c32=c32: torch.cdist(x32, c32).argmin(1))
             row["matmul_argmin_ms"] = med(matmul_argmin)
             row["triton_default_ms"] = med(lambda x=x, c=c: nearest_code_triton(x, c))
+            # part of the default time spent preparing the codebook (hi/lo split, norms): a profile line
+            row["triton_codebook_prep_ms"] = med(lambda c=c, dt=x.dtype: prepare_codebook(c, dt))
             best = (row["triton_default_ms"], "default")
             for bn, bk, warps in [(64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (256, 64, 8)]:
                 name = f"triton_{bn}x{bk}_w{warps}"
@@ -186,7 +188,9 @@ def bench_attention(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--vq-n", type=int, nargs="+", default=[15424, 65536, 262144, 1048576])
+    # 64 .. 12800: the per-scale calls of var-st's quantiser at batch 64 (scales 1, 8, 32, 200);
+    # 15424 = 64 x 241 (all scales at once) and up to 1M: the sizes
+    ap.add_argument("--vq-n", type=int, nargs="+", default=[64, 512, 2048, 12800, 15424, 65536, 262144, 1048576])
     ap.add_argument("--skip-vq", action="store_true")
     ap.add_argument("--skip-attention", action="store_true")
     args = ap.parse_args()

@@ -25,7 +25,7 @@ from var_st.kernels import (  # noqa: E402
     use_kernels,
 )
 from var_st.kernels.triton_attention import prefix_attention_triton  # noqa: E402
-from var_st.kernels.triton_vq import nearest_code_triton  # noqa: E402
+from var_st.kernels.triton_vq import nearest_code_triton, prepare_codebook  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.gpu
@@ -88,6 +88,31 @@ def test_nearest_code_ties_pick_lowest_index():
     for block_k in (16, 64):
         idx = nearest_code_triton(x.to(DEV), c.to(DEV), block_k=block_k)
         assert idx.tolist()[:2] == [3, 3] and idx[2].item() == 10
+
+
+@pytest.mark.parametrize("k,d", [(1, 5), (45, 33), (300, 128)])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_codebook_prep_kernel_matches_torch(k, d, x_dtype):
+    # One launch gives what five torch ops gave: |c|^2 in fp32 and the operand(s) of the argmin kernel.
+    g = fresh_generator()
+    c = (torch.randn(k, d, generator=g) * 3).to(DEV)
+    hi, lo, norm = prepare_codebook(c, x_dtype)
+    assert torch.allclose(norm, (c.double() ** 2).sum(1).float(), rtol=1e-5, atol=1e-5)
+    # On the GPU the casts round to nearest even, exactly as torch; Triton's CPU interpreter
+    # truncates instead, so there only the error bounds (which hold for both roundings) are checked.
+    exact = DEV == "cuda"
+    if x_dtype == torch.float32:
+        assert hi.dtype == lo.dtype == torch.bfloat16
+        assert ((hi.double() - c.double()).abs() <= c.double().abs() * 2 ** -7).all()  # one bf16 ulp
+        # hi + lo carries ~16 mantissa bits of c (15 with truncation)
+        assert ((hi.double() + lo.double() - c.double()).abs() <= c.double().abs() * 2 ** -15).all()
+        if exact:
+            assert torch.equal(hi, c.to(torch.bfloat16)) and torch.equal(lo, (c - hi.float()).to(torch.bfloat16))
+    else:
+        ulp = 2 ** -7 if x_dtype == torch.bfloat16 else 2 ** -10
+        assert hi.dtype == x_dtype and ((hi.double() - c.double()).abs() <= c.double().abs() * ulp).all()
+        if exact:
+            assert torch.equal(hi, c.to(x_dtype))
 
 
 def test_nearest_code_dispatch_on_cpu_is_reference():
@@ -161,6 +186,17 @@ def test_mask_and_kv_end_agree():
     assert mask.sum().item() == 1 + 8 * 9 + 32 * 41 + 200 * 241
 
 
+def test_mask_and_kv_end_are_built_once_per_scales_and_device():
+    # Built on the CPU and cached: the training step must not rebuild (and sync on) them per layer.
+    scales = [1, 3, 9]
+    assert scale_causal_mask(scales, DEV) is scale_causal_mask((1, 3, 9), DEV)
+    assert scale_kv_end(scales, DEV) is scale_kv_end((1, 3, 9), DEV)
+    assert scale_causal_mask(scales, DEV).device.type == DEV
+    ids = torch.tensor([0, 1, 1, 1] + [2] * 9)
+    assert torch.equal(scale_causal_mask(scales).cpu(), ids[None, :] <= ids[:, None])
+    assert scale_kv_end(scales).tolist() == [1, 4, 4, 4] + [13] * 9
+
+
 def test_dispatch_can_be_forced_off():
     g = fresh_generator()
     q, k, v = (torch.randn(1, 2, 11, 16, generator=g).to(DEV) for _ in range(3))
@@ -181,6 +217,17 @@ def test_gpu_nearest_code_var_st_size(dtype):
     x = torch.randn(64 * 241, 128, generator=g).to(dtype).cuda()
     c = torch.randn(4096, 128, generator=g).to(dtype).cuda()
     assert_same_argmin(nearest_code(x, c), x, c)
+
+
+@gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n", [64, 512, 2048, 12800])
+def test_gpu_nearest_code_per_scale_sizes(n):
+    # var-st's per-scale calls at batch 64: below MIN_ROWS_FOR_KERNEL the matmul path, above it the kernel
+    g = fresh_generator()
+    x, c = torch.randn(n, 128, generator=g).cuda(), torch.randn(4096, 128, generator=g).cuda()
+    assert_same_argmin(nearest_code(x, c), x, c)
+    assert_same_argmin(nearest_code_triton(x, c), x, c)
 
 
 @gpu

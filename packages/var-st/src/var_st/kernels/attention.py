@@ -6,22 +6,25 @@ kernel takes that prefix length per query row (`kv_end`) and never loads keys be
 same kernel serves the KV-cached decode step (each new token of a scale sees the whole cache
 and its own scale: kv_end = cache length).
 
-Which path runs (measured on an H100, B=64, 8 heads, L=241, Dh=80, bf16; numbers and command
-in benchmarks/results/kernels_h100.json):
-* no gradient (inference, evaluation): the Triton kernel, ~2.3x faster than SDPA with a
-  boolean mask and ~2x faster than flex_attention.
-* gradients or dropout (training): SDPA with the boolean mask. Its forward+backward beat
-  flex_attention's (about 2x) and an exact split into a masked head plus an unmasked flash call
-  for the last scale (about 3x: the slicing and concatenation cost more than flash saves). A
+Which path runs (measured on an H200, B=64, 8 heads, L=241, Dh=80, bf16; numbers and command
+in benchmarks/results/kernels_h200.json and var_st_e2e_h200.json):
+* no gradient (inference, evaluation): the Triton kernel, 0.053 ms vs 0.125 ms for SDPA with a
+  boolean mask and 0.130 ms for flex_attention (flash without any mask: 0.046 ms).
+* gradients or dropout (training): SDPA with the boolean mask. Its forward+backward (0.41 ms)
+  beat flex_attention's (0.71 ms) and an exact split into a masked head plus an unmasked flash
+  call for the last scale (1.0 ms: the slicing and concatenation cost more than flash saves). A
   Triton backward was not written, so training keeps SDPA.
-* decode step: the Triton kernel for short scales (<= 64 new tokens), SDPA's flash kernel for
-  the long last scale, where it measured faster.
+* decode step (KV cache): SDPA without a mask. The Triton kernel is faster per call on the short
+  scales (0.011 vs 0.019 ms at 8 new tokens) but full 241-token generation, which is bound by
+  launch overhead, measured slower with it (30.7 vs 27.2 ms), so it is not dispatched there.
+The mask and the per-query key ends depend only on the scale sizes: built once per device.
 
 Shapes everywhere: q, k, v [B, H, L, Dh] -> [B, H, L, Dh].
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -32,20 +35,30 @@ from var_st.kernels.dispatch import kernels_enabled, triton_available
 
 def scale_ids(scale_sizes: Sequence[int], device=None) -> torch.Tensor:
     """[L] int64: the scale index of every token."""
-    return torch.repeat_interleave(torch.arange(len(scale_sizes), device=device),
-                                   torch.tensor(list(scale_sizes), device=device))
+    return torch.repeat_interleave(torch.arange(len(scale_sizes)), torch.tensor(list(scale_sizes))).to(device)
 
 
 def scale_causal_mask(scale_sizes: Sequence[int], device=None) -> torch.Tensor:
-    """[L, L] bool, True where attention is allowed (L = sum(scale_sizes))."""
-    ids = scale_ids(scale_sizes, device)
-    return ids[None, :] <= ids[:, None]
+    """[L, L] bool, True where attention is allowed (L = sum(scale_sizes)). Cached: do not modify."""
+    return _scale_causal_mask(tuple(int(n) for n in scale_sizes), torch.device(device or "cpu"))
 
 
 def scale_kv_end(scale_sizes: Sequence[int], device=None) -> torch.Tensor:
-    """[L] int32: query i may attend to keys [0, kv_end[i]) -- the end of its own scale."""
-    ends = torch.cumsum(torch.tensor(list(scale_sizes), device=device), 0)
-    return ends[scale_ids(scale_sizes, device)].to(torch.int32)
+    """[L] int32: query i may attend to keys [0, kv_end[i]) -- the end of its own scale. Cached."""
+    return _scale_kv_end(tuple(int(n) for n in scale_sizes), torch.device(device or "cpu"))
+
+
+# Built on the CPU and copied once: repeat_interleave on the GPU waits for the device every call.
+@functools.lru_cache(maxsize=64)
+def _scale_causal_mask(scale_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    ids = scale_ids(scale_sizes)
+    return (ids[None, :] <= ids[:, None]).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_kv_end(scale_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    ends = torch.cumsum(torch.tensor(scale_sizes), 0)
+    return ends[scale_ids(scale_sizes)].to(torch.int32).to(device)
 
 
 def scale_causal_attention_reference(q, k, v, scale_sizes: Sequence[int], dropout_p: float = 0.0):
@@ -70,11 +83,6 @@ def scale_causal_attention(q, k, v, scale_sizes: Sequence[int], dropout_p: float
 
 def cached_scale_attention(q, k, v):
     """KV-cached decode step: q [B, H, Lnew, Dh] are the tokens of the scale being generated,
-    k, v [B, H, Lcache, Dh] hold every token so far including these; all keys are visible."""
-    short_scale = q.shape[2] <= 64  # measured: Triton wins for 1..32 new tokens, flash at 200
-    if short_scale and q.is_cuda and kernels_enabled() and triton_available() and not torch.is_grad_enabled():
-        from var_st.kernels.triton_attention import prefix_attention_triton
-
-        kv_end = torch.full((q.shape[2],), k.shape[2], dtype=torch.int32, device=q.device)
-        return prefix_attention_triton(q, k, v, kv_end)
+    k, v [B, H, Lcache, Dh] hold every token so far including these; all keys are visible, so
+    this is attention without a mask (SDPA's flash kernel on CUDA: measured fastest end to end)."""
     return F.scaled_dot_product_attention(q, k, v)

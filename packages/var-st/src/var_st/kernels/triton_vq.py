@@ -71,12 +71,47 @@ def vq_argmin_kernel(
 
 
 def _default_config(n: int, hilo: bool) -> tuple[int, int, int]:
-    """(block_n, block_k, num_warps), the best measured on an H100 at K = 4096, D = 128
-    (benchmarks/results/kernels_h100.json). Splitting the codebook across programs to fill the
-    GPU at small N was measured too and lost to the extra combine step, so it is not done."""
+    """(block_n, block_k, num_warps), the best of the sweep in benchmarks/results/kernels_h200.json
+    (H200, K = 4096, D = 128). Few rows: small tiles, so more programs share the codebook sweep.
+    Splitting the codebook across programs was measured too (H100) and lost to its combine step."""
+    if n <= 4096:
+        return 64, 128, 4
     if n > 65536:
         return 256, 64, 8
     return (128, 64, 8) if hilo else (128, 64, 4)
+
+
+@triton.jit
+def codebook_prep_kernel(c_ptr, hi_ptr, lo_ptr, norm_ptr, K, D, stride_c,
+                         HILO: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program i: codes [i*BLOCK_K, ...) -> |c|^2 (fp32) and the operand(s) the argmin kernel reads."""
+    codes = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    dims = tl.arange(0, BLOCK_D)
+    ok = (codes[:, None] < K) & (dims[None, :] < D)
+    c = tl.load(c_ptr + codes[:, None] * stride_c + dims[None, :], mask=ok, other=0.0).to(tl.float32)
+    tl.store(norm_ptr + codes, tl.sum(c * c, axis=1), mask=codes < K)
+    out = codes[:, None] * D + dims[None, :]
+    # Compiled, these downcasts round to nearest even like torch (the CPU interpreter truncates).
+    hi = c.to(hi_ptr.dtype.element_ty)
+    tl.store(hi_ptr + out, hi, mask=ok)
+    if HILO:
+        tl.store(lo_ptr + out, (c - hi.to(tl.float32)).to(tl.bfloat16), mask=ok)
+
+
+def prepare_codebook(codebook: torch.Tensor, x_dtype: torch.dtype):
+    """(c_hi, c_lo, |c|^2) as the argmin kernel reads them, in one launch: for fp32 inputs the
+    bf16 hi/lo split of the codebook, otherwise the codebook in the inputs' dtype (c_lo is c_hi).
+    Measured: five small torch ops took 0.02-0.04 ms on an H200, up to a quarter of a call."""
+    k, d = codebook.shape
+    hilo = x_dtype == torch.float32
+    c_hi = torch.empty(k, d, dtype=torch.bfloat16 if hilo else x_dtype, device=codebook.device)
+    c_lo = torch.empty_like(c_hi) if hilo else c_hi
+    cnorm = torch.empty(k, dtype=torch.float32, device=codebook.device)
+    block_k = 32
+    codebook_prep_kernel[(triton.cdiv(k, block_k),)](
+        codebook, c_hi, c_lo, cnorm, k, d, codebook.stride(0),
+        HILO=hilo, BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=4)
+    return c_hi, c_lo, cnorm
 
 
 def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, return_dist: bool = False,
@@ -94,13 +129,7 @@ def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, return_dist: bo
         x = x.float()
     hilo = x.dtype == torch.float32  # fp32: bf16 hi/lo products (see vq.py)
     x = x.contiguous()
-    c32 = codebook.float()
-    cnorm = (c32 * c32).sum(1).contiguous()
-    if hilo:
-        c_hi = c32.to(torch.bfloat16).contiguous()
-        c_lo = (c32 - c_hi.float()).to(torch.bfloat16).contiguous()
-    else:
-        c_hi = c_lo = codebook.to(x.dtype).contiguous()
+    c_hi, c_lo, cnorm = prepare_codebook(codebook.contiguous(), x.dtype)
     bn, bk, warps = _default_config(n, hilo)
     bn, bk, warps = block_n or bn, block_k or bk, num_warps or warps
     best = torch.empty(n, dtype=torch.float32, device=x.device)

@@ -30,9 +30,15 @@ def nearest_code_reference(x: torch.Tensor, codebook: torch.Tensor, return_dist:
     return (idx, best.clamp_min(0)) if return_dist else idx
 
 
+# Below this many rows one matmul + argmin beats the kernel, whose few programs each sweep the
+# whole codebook (H200, K = 4096: 0.03-0.05 vs 0.05-0.10 ms at N = 64..512; the kernel wins from
+# N = 2048, see benchmarks/results/kernels_h200.json). var-st's coarse scales are such calls.
+MIN_ROWS_FOR_KERNEL = 1024
+
+
 def nearest_code(x: torch.Tensor, codebook: torch.Tensor, return_dist: bool = False):
     """x [N, D], codebook [K, D] -> idx [N] int64 (and squared distance [N] fp32 if return_dist)."""
-    if x.is_cuda and kernels_enabled() and triton_available():
+    if x.is_cuda and x.shape[0] >= MIN_ROWS_FOR_KERNEL and kernels_enabled() and triton_available():
         from var_st.kernels.triton_vq import nearest_code_triton
 
         return nearest_code_triton(x, codebook, return_dist)
