@@ -83,7 +83,8 @@ def bench_vq(ns, results):
             # part of the default time spent preparing the codebook (hi/lo split, norms): a profile line
             row["triton_codebook_prep_ms"] = med(lambda c=c, dt=x.dtype: prepare_codebook(c, dt))
             best = (row["triton_default_ms"], "default")
-            for bn, bk, warps in [(64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (256, 64, 8)]:
+            for bn, bk, warps in [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4),
+                                  (128, 128, 8), (256, 32, 8), (256, 64, 8)]:
                 name = f"triton_{bn}x{bk}_w{warps}"
                 try:
                     t = med(lambda x=x, c=c, bn=bn, bk=bk, w=warps:

@@ -46,8 +46,10 @@ def vq_argmin_kernel(
         x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
     else:
         x_hi = x
-    best = tl.full((BLOCK_N,), float("inf"), tl.float32)
-    best_idx = tl.zeros((BLOCK_N,), tl.int64)
+    # Running (min, argmin) per row AND column slot: elementwise work per tile, no cross-thread
+    # reduction until the end (two reductions per tile made the epilogue, not the dot, the cost).
+    best = tl.full((BLOCK_N, BLOCK_K), float("inf"), tl.float32)
+    best_idx = tl.zeros((BLOCK_N, BLOCK_K), tl.int32)
     for k0 in range(0, K, BLOCK_K):
         codes = k0 + tl.arange(0, BLOCK_K)
         code_ok = codes < K
@@ -60,25 +62,24 @@ def vq_argmin_kernel(
             dot += mma(x_lo, c_hi, UPCAST)
         cn = tl.load(cnorm_ptr + codes, mask=code_ok, other=float("inf"))
         dist = cn[None, :] - 2.0 * dot  # [BN, BK]
-        tile_best = tl.min(dist, axis=1)
-        tile_idx = tl.argmin(dist, axis=1).to(tl.int64) + k0
-        # Strict '<' keeps the lowest index on ties, like torch.argmin over the whole row.
-        better = tile_best < best
-        best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, tile_idx, best_idx)
-    tl.store(best_ptr + rows, best, mask=row_ok)
-    tl.store(idx_ptr + rows, best_idx, mask=row_ok)
+        # Strict '<': each slot keeps its lowest code index on ties.
+        better = dist < best
+        best = tl.where(better, dist, best)
+        best_idx = tl.where(better, codes[None, :], best_idx)
+    row_best = tl.min(best, axis=1)
+    # lowest code index among the slots holding the row minimum: torch.argmin's tie rule
+    row_idx = tl.min(tl.where(best == row_best[:, None], best_idx, K), axis=1)
+    tl.store(best_ptr + rows, row_best, mask=row_ok)
+    tl.store(idx_ptr + rows, row_idx.to(tl.int64), mask=row_ok)
 
 
 def _default_config(n: int, hilo: bool) -> tuple[int, int, int]:
     """(block_n, block_k, num_warps), the best of the sweep in benchmarks/results/kernels_h200.json
-    (H200, K = 4096, D = 128). Few rows: small tiles, so more programs share the codebook sweep.
-    Splitting the codebook across programs was measured too (H100) and lost to its combine step."""
-    if n <= 4096:
-        return 64, 128, 4
-    if n > 65536:
-        return 256, 64, 8
-    return (128, 64, 8) if hilo else (128, 64, 4)
+    (H200, K = 4096, D = 128). Splitting the codebook across programs to fill the GPU at small N
+    was measured too (H100) and lost to its combine step."""
+    if hilo:  # fp32: three products per tile; few rows -> small tiles, so more programs share the sweep
+        return (64, 128, 4) if n <= 4096 else (128, 64, 8)
+    return (64, 64, 4) if n <= 65536 else (128, 32, 4)
 
 
 @triton.jit
