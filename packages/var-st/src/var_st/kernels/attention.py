@@ -7,16 +7,16 @@ same kernel serves the KV-cached decode step (each new token of a scale sees the
 and its own scale: kv_end = cache length).
 
 Which path runs (measured on an H200, B=64, 8 heads, L=241, Dh=80, bf16; numbers and command
-in benchmarks/results/kernels_h200.json and var_st_e2e_h200.json):
-* no gradient (inference, evaluation): the Triton kernel, 0.053 ms vs 0.125 ms for SDPA with a
-  boolean mask and 0.130 ms for flex_attention (flash without any mask: 0.046 ms).
+in benchmarks/results/, see its README):
+* no gradient (inference, evaluation): the Triton kernel, 0.052 ms vs 0.125 ms for SDPA with a
+  boolean mask and 0.109 ms for flex_attention (flash without any mask: 0.046 ms).
 * gradients or dropout (training): SDPA with the boolean mask. Its forward+backward (0.41 ms)
-  beat flex_attention's (0.71 ms) and an exact split into a masked head plus an unmasked flash
-  call for the last scale (1.0 ms: the slicing and concatenation cost more than flash saves). A
-  Triton backward was not written, so training keeps SDPA.
-* decode step (KV cache): SDPA without a mask. The Triton kernel is faster per call on the short
-  scales (0.011 vs 0.019 ms at 8 new tokens) but full 241-token generation, which is bound by
-  launch overhead, measured slower with it (30.7 vs 27.2 ms), so it is not dispatched there.
+  beat flex_attention's (0.70-1.04 ms over runs) and an exact split into a masked head plus an
+  unmasked flash call for the last scale (0.75-1.17 ms: slicing and concatenation cost more
+  than flash saves). A Triton backward was not written, so training keeps SDPA.
+* decode step (KV cache): SDPA without a mask. The Triton kernel is faster per call on the
+  short scales (0.010-0.012 vs 0.014-0.019 ms) but that is < 1% of a 241-token generation,
+  which is bound by launch overhead and varied 27-50 ms between identical runs; one path.
 The mask and the per-query key ends depend only on the scale sizes: built once per device.
 
 Shapes everywhere: q, k, v [B, H, L, Dh] -> [B, H, L, Dh].

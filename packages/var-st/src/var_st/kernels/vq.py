@@ -31,8 +31,9 @@ def nearest_code_reference(x: torch.Tensor, codebook: torch.Tensor, return_dist:
 
 
 # Below this many rows one matmul + argmin beats the kernel, whose few programs each sweep the
-# whole codebook (H200, K = 4096: 0.03-0.05 vs 0.05-0.10 ms at N = 64..512; the kernel wins from
-# N = 2048, see benchmarks/results/kernels_h200.json). var-st's coarse scales are such calls.
+# whole codebook (H200, K = 4096, fp32: 0.03-0.05 vs 0.08 ms at N = 64..512; from N = 2048 the
+# kernel wins, 0.08 vs 0.14 ms; benchmarks/results/kernels_h200.json). var-st's quantiser calls
+# it once per scale with B x scale_size rows, so its coarse scales take the matmul path.
 MIN_ROWS_FOR_KERNEL = 1024
 
 
