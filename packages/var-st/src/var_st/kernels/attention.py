@@ -13,7 +13,8 @@ in benchmarks/results/, see its README):
 * gradients or dropout (training): SDPA with the boolean mask. Its forward+backward (0.41 ms)
   beat flex_attention's (0.70-1.04 ms over runs) and an exact split into a masked head plus an
   unmasked flash call for the last scale (0.75-1.17 ms: slicing and concatenation cost more
-  than flash saves). A Triton backward was not written, so training keeps SDPA.
+  than flash saves). No Triton backward: even flash without a mask (0.26 ms) would save < 5%
+  of a stage-2 training step, which is launch-bound. Training keeps SDPA.
 * decode step (KV cache): SDPA without a mask. The Triton kernel is faster per call on the
   short scales (0.010-0.012 vs 0.014-0.019 ms) but that is < 1% of a 241-token generation,
   which is bound by launch overhead and varied 27-50 ms between identical runs; one path.
