@@ -149,6 +149,23 @@ def test_logged_values_are_averaged_into_history(tmp_path):
     assert json.loads((Path(result.last_path).parent / "history.json").read_text())[-1]["train_abs_err"] > 0
 
 
+def test_default_validation_averages_the_logged_values(tmp_path):
+    seen = []
+
+    def loss_fn(model, batch):
+        loss, logs = logging_loss(model, batch)
+        if not model.training:
+            seen.append(float(logs["abs_err"]))
+        return loss, logs
+
+    _, result = run(config(tmp_path, epochs=2), loss_fn=loss_fn)  # no eval_fn: the Trainer's default
+    per_epoch = len(seen) // 2
+    assert per_epoch > 0
+    assert [h["val_abs_err"] for h in result.history] == pytest.approx(
+        [sum(seen[:per_epoch]) / per_epoch, sum(seen[per_epoch:]) / per_epoch])
+    assert all("val_loss" in h for h in result.history)
+
+
 def test_exact_resume_keeps_the_logged_values_of_the_interrupted_epoch(tmp_path):
     kw = dict(epochs=2, ckpt_every_steps=4)
     _, full = run(config(tmp_path / "full", **kw), loss_fn=logging_loss)

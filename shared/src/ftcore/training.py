@@ -156,7 +156,9 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Calla
 
 def default_eval(loss_fn: LossFn, autocast, device: torch.device) -> EvalFn:
     def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        """Mean loss over the validation batches, and the mean of each value loss_fn logs (val_<name>)."""
         total, n = 0.0, 0
+        log_sums: dict[str, float] = {}
         for batch in loader:
             batch = move_to(batch, device)  # as the training step does
             with autocast():
@@ -164,7 +166,11 @@ def default_eval(loss_fn: LossFn, autocast, device: torch.device) -> EvalFn:
             loss = out[0] if isinstance(out, tuple) else out
             total += float(loss)
             n += 1
-        return {"val_loss": total / max(n, 1)}
+            logs = out[1] if isinstance(out, tuple) and len(out) > 1 and isinstance(out[1], Mapping) else {}
+            for k, v in logs.items():
+                log_sums[k] = log_sums.get(k, 0.0) + float(v)
+        record = {k if k.startswith("val_") else f"val_{k}": v / max(n, 1) for k, v in log_sums.items()}
+        return {**record, "val_loss": total / max(n, 1)}
 
     return evaluate
 
