@@ -168,22 +168,8 @@ def setup_spatial_transfer(work: Path, device: str) -> list[Comparison]:
 
 
 def setup_state_tx(work: Path, device: str) -> list[Comparison]:
-    from state_tx.synthetic import make_perturbation_adata
-
     conf = package_tests("state-tx")
-    adata = make_perturbation_adata(seed=3, **conf.TINY_SIZES)
-    h5ad = work / "screen.h5ad"
-    adata.write_h5ad(h5ad)
-    perts = list(adata.uns["state_tx_synthetic"]["perturbations"])
-    toml = conf.write_toml(work / "train.toml", f'''
-[datasets]
-screen = "{h5ad}"
-[training]
-screen = "train"
-[fewshot."screen.HepG2"]
-val = ["{perts[0]}", "{perts[1]}"]
-test = ["{perts[2]}", "{perts[3]}"]
-''')  # the tiny_toml fixture's split
+    _, toml = conf.write_tiny_screen(work)
     return [Comparison(
         "train", "perturbation model (tiny state_sm, cell sets)", "state_tx.cli",
         lambda out, b: replace_args(conf.train_args(toml, out, steps=9), {

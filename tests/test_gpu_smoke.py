@@ -214,22 +214,9 @@ def smoke_state_tx(tmp: Path, device: torch.device) -> None:
     import anndata as ad
 
     from state_tx.cli import main
-    from state_tx.synthetic import make_perturbation_adata
 
     conf = package_tests("state-tx")
-    adata = make_perturbation_adata(seed=3, **conf.TINY_SIZES)
-    h5ad = tmp / "screen.h5ad"
-    adata.write_h5ad(h5ad)
-    perts = list(adata.uns["state_tx_synthetic"]["perturbations"])
-    toml = conf.write_toml(tmp / "train.toml", f'''
-[datasets]
-screen = "{h5ad}"
-[training]
-screen = "train"
-[fewshot."screen.HepG2"]
-val = ["{perts[0]}", "{perts[1]}"]
-test = ["{perts[2]}", "{perts[3]}"]
-''')  # the tiny_toml fixture's split
+    h5ad, toml = conf.write_tiny_screen(tmp)
     with runs_on(device):
         assert main(conf.train_args(toml, tmp, steps=6, extra=[f"training.device={device.type}"])) == 0
     run = tmp / "run"
@@ -242,7 +229,7 @@ test = ["{perts[2]}", "{perts[3]}"]
     with runs_on(device):
         assert main(["infer", "--adata", str(h5ad), "--output", str(out), "--model-dir", str(run),
                      "--pert-col", "gene", "--device", device.type]) == 0
-    assert_predictions(ad.read_h5ad(out).X, (adata.n_obs, conf.TINY_SIZES["n_hvg"]))
+    assert_predictions(ad.read_h5ad(out).X, (ad.read_h5ad(h5ad).n_obs, conf.TINY_SIZES["n_hvg"]))
 
 
 def smoke_var_st(tmp: Path, device: torch.device) -> None:

@@ -47,19 +47,33 @@ def write_toml(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_toml(tmp_path_factory, tiny_h5ad, tiny_perts) -> Path:
-    """Train on everything but: HepG2 perturbations 0-1 in val, 2-3 in test."""
-    d = tmp_path_factory.mktemp("cfg")
-    return write_toml(d / "train.toml", f'''
+def write_split_toml(path: Path, h5ad: Path, perts: list[str]) -> Path:
+    """The tiny split: train on everything but HepG2 perturbations 0-1 (val) and 2-3 (test)."""
+    return write_toml(path, f'''
 [datasets]
-screen = "{tiny_h5ad}"
+screen = "{h5ad}"
 [training]
 screen = "train"
 [fewshot."screen.HepG2"]
-val = ["{tiny_perts[0]}", "{tiny_perts[1]}"]
-test = ["{tiny_perts[2]}", "{tiny_perts[3]}"]
+val = ["{perts[0]}", "{perts[1]}"]
+test = ["{perts[2]}", "{perts[3]}"]
 ''')
+
+
+def write_tiny_screen(directory: Path) -> tuple[Path, Path]:
+    """The tiny screen as files, for callers outside these fixtures: (screen.h5ad, train.toml)."""
+    from state_tx.synthetic import make_perturbation_adata
+
+    adata = make_perturbation_adata(seed=3, **TINY_SIZES)
+    h5ad = directory / "screen.h5ad"
+    adata.write_h5ad(h5ad)
+    perts = list(adata.uns["state_tx_synthetic"]["perturbations"])
+    return h5ad, write_split_toml(directory / "train.toml", h5ad, perts)
+
+
+@pytest.fixture(scope="session")
+def tiny_toml(tmp_path_factory, tiny_h5ad, tiny_perts) -> Path:
+    return write_split_toml(tmp_path_factory.mktemp("cfg") / "train.toml", tiny_h5ad, tiny_perts)
 
 
 def train_args(toml: Path, out: Path, name: str = "run", steps: int = 6, extra: list[str] = ()) -> list[str]:
