@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -38,10 +37,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from repo_helpers import package_tests  # noqa: E402  (each package's tiny test sizes)
 FP32_RTOL = 1e-4  # same steps on the same samples in float32: only the order of sums differs
 BF16_RTOL = 2e-2  # CUDA runs train under bf16 autocast: per-rank batch shapes change the rounding
 
@@ -96,15 +96,6 @@ def replace_args(argv: list[str], values: dict[str, object]) -> list[str]:
             else:
                 out += [key, str(value)]
     return out
-
-
-def package_tests(name: str) -> ModuleType:
-    """packages/<name>/tests/conftest.py as a module: the package's tiny sizes, not a copy of them."""
-    path = ROOT / "packages" / name / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location(f"ddp_scaling_{name.replace('-', '_')}_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------- packages

@@ -11,13 +11,11 @@ FT_GPU_TEST_DEVICE=cpu runs the same tests on the CPU (see shared/tests/device_u
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared" / "tests"))
 from device_under_test import device_under_test  # noqa: E402
+from repo_helpers import package_tests  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -34,15 +33,6 @@ pytestmark = pytest.mark.gpu
 def device(tmp_path, monkeypatch) -> torch.device:
     monkeypatch.chdir(tmp_path)  # anything a CLI writes to a relative default path stays in the test's folder
     return device_under_test()
-
-
-def package_tests(name: str) -> ModuleType:
-    """packages/<name>/tests/conftest.py as a module: the package's tiny sizes, not a copy of them."""
-    path = ROOT / "packages" / name / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location(f"gpu_smoke_{name.replace('-', '_')}_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------- checks
