@@ -113,7 +113,6 @@ def test_resume_after_epoch_1_matches_uninterrupted(tmp_path, device):
     assert not torch.allclose(a["0.weight"].cpu(), init["0.weight"], atol=1e-3)
 
 
-
 def test_default_validation_moves_batches_to_the_device(tmp_path, device):
     """Data held on the CPU (the usual case) with no eval_fn: the training step moves each batch to the
     device, and the default validation (loss_fn over the validation loader) must do the same."""
