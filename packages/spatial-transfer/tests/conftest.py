@@ -44,6 +44,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
 
 
+@pytest.fixture
+def tiny_spec() -> DemoSpec:
+    return TINY_SPEC
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return write_demo_data(tmp_path_factory.mktemp("st_tiny") / "data", TINY_SPEC)

@@ -51,6 +51,28 @@ def test_cv_resolution():
     assert resolve_cv(_args(cv="kfold"), {"CV_MODE": "loo"}) == ("kfold", None)
     with pytest.raises(UserError, match="CV_MODE='lopo' is not a valid value; allowed: kfold, loo"):
         resolve_cv(_args(), {"CV_MODE": "lopo"})
+    # flags beat the variables: --loo-heldout over LOO_HELDOUT, --cv over CV_MODE
+    assert resolve_cv(_args(heldout="c"), {"CV_MODE": "loo", "LOO_HELDOUT": "a,b"}) == ("loo", ["c"])
+    assert resolve_cv(_args(cv="loo"), {"CV_MODE": "kfold"}) == ("loo", None)
+    with pytest.raises(UserError, match="unknown CV mode 'lopo'; allowed: kfold, loo"):
+        resolve_cv(_args(cv="lopo"), {})
+
+
+def test_default_learning_rates_are_the_guides():
+    """User data: the guide's rates (full 1e-6, frozen 1e-5, scratch 1e-4); --lr beats them; k-fold has 10 folds."""
+    from spatial_transfer.cli import DEMO_STRATEGY_LR, _plan
+    from spatial_transfer.train import RunConfig
+
+    samples = types.SimpleNamespace(samples=[f"s{i}" for i in range(12)])
+    cfg = RunConfig()
+    assert cfg.folds == 10
+    guide = {"full": 1e-6, "frozen_backbone": 1e-5, "frozen_decoder": 1e-5, "scratch": 1e-4}
+    for strategy, lr in guide.items():
+        plan = _plan(samples, cfg, strategy, "kfold", None, demo=False)
+        assert plan.lr == lr and len(plan.folds) == 10, strategy
+        assert _plan(samples, cfg, strategy, "kfold", None, demo=True).lr == DEMO_STRATEGY_LR[strategy]
+    cfg.spatial.lr = 5e-3
+    assert _plan(samples, cfg, "full", "kfold", None, demo=False).lr == 5e-3
 
 
 def test_run_end_to_end_outputs_and_resume(tiny_data, tmp_path, tiny_args, capsys):
@@ -162,3 +184,35 @@ def test_console_script_help_and_unknown_strategy(tmp_path):
     r = subprocess.run([str(exe), "--output", str(tmp_path / "x")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: TRANSFER_STRATEGY='everything'") and "allowed: full" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_no_data_runs_the_embedded_demo(tmp_path, tiny_args, tiny_spec, capsys, monkeypatch):
+    """`spatial-transfer` without --data: writes the demo data set, pretrains, transfers with the demo's rates.
+
+    The generator is swapped for the tiny spec (the real demo takes minutes); everything else is the no-argument path.
+    """
+    import spatial_transfer.demo as demo
+    from spatial_transfer.cli import DEMO_STRATEGY_LR
+    from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE, SPATIAL_CELLS_FILE, SPATIAL_FILE
+
+    monkeypatch.setattr(demo, "DemoSpec", lambda: tiny_spec)
+    out = tmp_path / "run"
+    assert main(["--output", str(out), "--folds", "2", *tiny_args()]) == 0  # no command, no --data
+    text = capsys.readouterr().out
+    assert "no --data given: running on the embedded demo data set" in text
+    for name in (SPATIAL_FILE, SPATIAL_CELLS_FILE, BULK_FILE, BULK_CELLS_FILE):
+        assert (out / "demo_data" / name).stat().st_size > 0, name
+    assert (out / "bulk_pretrain" / "best_bulk_model.pt").exists()
+    assert "=== Loading Pretrained Weights from Bulk Model ===" in text and "Average overall correlation:" in text
+    final = json.loads((out / "log_normalized_transfer_full" / "final_2fold_results.json").read_text())
+    assert final["strategy"] == "full" and final["lr"] == DEMO_STRATEGY_LR["full"]
+    assert (out / "checkpoints_transfer_full" / "best_hest_graph_model_fold_1.pt").exists()
+
+
+def test_make_demo_data_writes_a_readable_data_set(tmp_path, capsys):
+    from spatial_transfer.data import read_bulk, read_spatial
+
+    assert main(["make-demo-data", str(tmp_path / "d"), "--seed", "1"]) == 0
+    assert f"wrote the demo data set to {tmp_path / 'd'}" in capsys.readouterr().out
+    sp, bk = read_spatial(tmp_path / "d", 128), read_bulk(tmp_path / "d", 128)
+    assert sp.expr.shape[1] == 897 and len(sp.samples) == 10 and bk.expr.shape == (60, 372)
