@@ -153,6 +153,15 @@ def test_lora_trainable_set(tiny_model_cfg):
     assert all(hasattr(model.get_submodule(n), "lora_A") for n in wrapped) and len(wrapped) == 2 * 4 + 1
 
 
+def test_lora_rank_alpha_dropout_come_from_config(tiny_model_cfg):
+    model = apply_lora(GETYeast(tiny_model_cfg, 3), LoraConfig(r=4, alpha=12, dropout=0.25, target_modules=["mlp.fc1"]))
+    fc1 = model.get_submodule("base_model.model.encoder.blocks.0.mlp.fc1")
+    assert fc1.lora_A["default"].weight.shape == (4, 32) and fc1.lora_B["default"].weight.shape == (128, 4)
+    assert fc1.scaling["default"] == pytest.approx(12 / 4)
+    assert fc1.lora_dropout["default"].p == 0.25
+    assert not hasattr(model.get_submodule("base_model.model.encoder.blocks.0.attn.qkv"), "lora_A")  # not targeted
+
+
 def test_lora_on_qkv_takes_part_in_forward(tiny_frame, tiny_model_cfg):
     batch, vocab = batch_of(tiny_frame, tiny_model_cfg)
     model, _ = lora_model(tiny_model_cfg, len(vocab))
