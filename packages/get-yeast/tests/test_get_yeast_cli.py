@@ -45,7 +45,13 @@ def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys, train_a
     ev = tmp_path / "eval"
     assert main(["evaluate", "--data", str(tiny_csv), "--model", str(out / "best_model.pth"), "--output", str(ev),
                  "--device", "cpu"]) == 0
+    for name in ("metrics.json", "predictions.csv", "pred_vs_true.png", "residuals.png", "condition_importance.json",
+                 "condition_importance.png"):
+        assert (ev / name).exists(), name
     m2 = json.loads((ev / "metrics.json").read_text())
+    assert {"pearson", "spearman", "r2", "mse"} <= set(m2)
+    imp = json.loads((ev / "condition_importance.json").read_text())
+    assert {"medium", "temperature", "drug", "drug_log10_molar", "preculture_od600", "carbon_source"} <= set(imp)
     assert m2["evaluated_on"] == "test split" and m2["n_samples"] == metrics["n_samples"]
     assert m2["mse"] == pytest.approx(metrics["mse"], rel=1e-5)
     # the merged export predicts the same
@@ -82,12 +88,46 @@ def test_embedded_default_data(tmp_path, monkeypatch):
     assert len(json.loads((out / "load_report.json").read_text())["loaded"]) > 0
 
 
-def test_help_lists_the_seed_flags(capsys):
+@pytest.mark.parametrize("command, flags", [
+    ("train", ("--config", "--data", "--output", "--device", "--trust-checkpoint")),
+    ("evaluate", ("--config", "--data", "--model", "--output", "--device")),
+])
+def test_help_lists_the_seed_flags(capsys, command, flags):
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "--help"])
+        main([command, "--help"])
     text = capsys.readouterr().out
     assert exit_.value.code == 0
-    assert all(flag in text for flag in ("--config", "--data", "--output", "--device", "--trust-checkpoint"))
+    assert all(flag in text for flag in flags), [f for f in flags if f not in text]
+
+
+def test_no_arguments_runs_the_demo(tmp_path, monkeypatch, get_layout, tiny_model_cfg):
+    """`get-yeast` alone: embedded data -> with-conditions and condition-blind runs -> evaluate -> comparison.json.
+    The generated assets are made small here (the real demo's sizes are measured in the README)."""
+    from get_yeast import demo
+    from get_yeast.synthetic import write_get_checkpoint
+
+    real_data = demo.write_demo_data
+    monkeypatch.setattr(demo, "write_demo_data",
+                        lambda path, seed=0: real_data(path, seed, n_conditions=10, n_windows=2, n_regions=6))
+    monkeypatch.setattr(demo, "pretrain_tiny_get",
+                        lambda path, seed=0, progress=True: write_get_checkpoint(path, get_layout(tiny_model_cfg)))
+    monkeypatch.setattr("get_yeast.cli.DEFAULT_OUTPUT", str(tmp_path / "runs"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    real_load = demo.load_training_config  # one epoch, CPU: the wiring, not the learning
+    monkeypatch.setattr(demo, "load_training_config",
+                        lambda path, over: real_load(path, [*over, "training.epochs=1", "training.device=cpu",
+                                                            "task.permutation_repeats=1"]))
+    assert main([]) == 0
+    out = tmp_path / "runs"
+    comparison = json.loads((out / "comparison.json").read_text())["held_out_conditions"]
+    keys = {"pearson", "spearman", "r2", "mse", "condition_response_pearson"}
+    assert set(comparison["with_conditions"]) == set(comparison["condition_blind"]) == keys
+    assert comparison["with_conditions"] != comparison["condition_blind"]
+    for run in ("yeast_lora_finetune", "condition_blind", "yeast_lora_eval"):
+        assert (out / run / "metrics.json").exists(), run
+    assert (out / "yeast_lora_eval" / "condition_importance.json").exists()
+    assert not (out / "condition_blind" / "condition_importance.json").exists()  # nothing to permute
+    assert json.loads((out / "yeast_lora_finetune" / "load_report.json").read_text())["loaded"]
 
 
 def test_console_script_reports_bad_input(tmp_path):
