@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file or name in model-dir/checkpoints (default final.ckpt)")
     p.add_argument("--pert-col", help="obs column of perturbation labels (default: the training pert_col)")
     p.add_argument("--batch-col", help="obs column of batches (used by a batch encoder / batch mapping)")
-    p.add_argument("--control-pert", help="control label (default: the training control_pert)")
+    p.add_argument("--control-pert", help="this file's control label (default: the training control_pert); "
+                   "its cells are encoded as the trained control")
     p.add_argument("--celltype-col", help="obs column of cell types (default: the training cell_type_key)")
     _common_predict_args(p)
 

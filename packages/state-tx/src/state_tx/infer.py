@@ -174,8 +174,9 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
         raise UserError(f"{adata_path}: no control cells ({control_pert!r} in obs[{pert_col!r}]); basal cells are drawn "
                         "from controls: include them or pass --control-pert with the file's control label")
     p_ix = {p: i for i, p in enumerate(run.perts)}
-    if control_pert not in p_ix:
-        raise UserError(f"--control-pert {control_pert!r} is not the trained control ({run.perts[0]!r})")
+    # --control-pert names this file's control label ("DMSO" here, "non-targeting" in training):
+    # its cells take the trained control's encoding
+    p_ix[control_pert] = p_ix[vd["control_pert"]]
     unknown = sorted(set(pert) - set(p_ix))
     if unknown:
         raise UserError(f"{len(unknown)} perturbations were not seen in training (first: {', '.join(unknown[:5])}); "
