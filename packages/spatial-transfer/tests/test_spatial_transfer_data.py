@@ -5,6 +5,7 @@ import shutil
 import anndata
 import numpy as np
 import pytest
+import torch
 
 from ftcore.errors import UserError
 from spatial_transfer.data import GraphConfig, bulk_items, read_bulk, read_spatial, spatial_items
@@ -90,3 +91,18 @@ def test_loo_and_its_errors():
         make_folds(samples, "loo", 10, ["z"], 0)
     with pytest.raises(UserError, match="3 samples"):
         make_folds(samples, "kfold", 10, None, 0)
+
+
+def test_radius_graph_items(tiny_data):
+    """graph.method=radius: every edge joins two nuclei of one item closer than the radius, both ways."""
+    sp = read_spatial(tiny_data, 16)
+    r = 40.0
+    items = spatial_items(sp, GraphConfig(method="radius", radius=r, window=2), sp.samples)
+    assert sum(it.edge_index.shape[1] for it in items) > 0
+    for it in items:
+        src, dst = it.edge_index
+        assert ((it.pos[src] - it.pos[dst]).norm(dim=1) < r).all() and (src != dst).all()
+        d = torch.cdist(it.pos.double(), it.pos.double())
+        assert it.edge_index.shape[1] == int(((d < r) & ~torch.eye(len(d), dtype=torch.bool)).sum())
+    with pytest.raises(UserError, match="unknown graph method 'delaunay'; choose one of: knn, radius"):
+        GraphConfig(method="delaunay")
