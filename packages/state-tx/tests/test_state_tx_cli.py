@@ -219,3 +219,41 @@ def test_infer_flags_name_this_files_columns_and_control_label(trained_run, tiny
     err = capsys.readouterr().err
     assert "no control cells ('non-targeting'" in err and "--control-pert" in err
     assert not (tmp_path / "never.h5ad").exists()
+
+
+def test_batch_encoder_trains_and_infer_reads_the_batch_col(tiny_toml, tiny_adata, make_train_args, tmp_path):
+    """model.kwargs.batch_encoder=True (seed example 1): a batch embedding per gem group is trained and used
+    at inference through --batch-col; predict --split val runs on the same run."""
+    assert main(make_train_args(tiny_toml, tmp_path, steps=2, extra=["model.kwargs.batch_encoder=True"])) == 0
+    run = tmp_path / "run"
+    sd = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True)["model"]
+    assert sd["batch_encoder.weight"].shape == (2, 32)  # 2 gem groups x hidden_dim
+    assert json.loads((run / "batch_onehot_map.json").read_text()) == {"batch0": 0, "batch1": 1}
+    a = tiny_adata.copy()
+    a.obs["plate"] = a.obs.pop("gem_group")
+    src = tmp_path / "plate.h5ad"
+    a.write_h5ad(src)
+    with_batch, without = tmp_path / "with.h5ad", tmp_path / "without.h5ad"
+    assert main(["infer", "--adata", str(src), "--output", str(with_batch), "--model-dir", str(run),
+                 "--batch-col", "plate"]) == 0
+    assert main(["infer", "--adata", str(src), "--output", str(without), "--model-dir", str(run)]) == 0
+    # unknown batches get no offset, known ones their embedding: the two predictions differ
+    assert not np.allclose(ad.read_h5ad(with_batch).X, ad.read_h5ad(without).X)
+    assert main(["predict", "--output-dir", str(run), "--split", "val"]) == 0
+    summary = json.loads((run / "eval_final" / "summary.json").read_text())
+    assert summary["split"] == "val" and summary["n_perturbations"] == 2  # the two fewshot val perturbations
+
+
+def test_output_space_all_trains_on_x_and_infer_keeps_var(tiny_toml, tiny_h5ad, tiny_adata, make_train_args, tmp_path):
+    """data.kwargs.output_space=all: the model reads and predicts X (all genes); infer keeps the file's var."""
+    assert main(make_train_args(tiny_toml, tmp_path, steps=2, extra=["data.kwargs.output_space=all"])) == 0
+    run = tmp_path / "run"
+    vd = json.loads((run / "var_dims.json").read_text())
+    assert vd["input_dim"] == vd["output_dim"] == tiny_adata.n_vars and vd["matrix_key"] == "X"
+    assert vd["gene_names"] == list(tiny_adata.var_names)
+    out = tmp_path / "p.h5ad"
+    assert main(["infer", "--adata", str(tiny_h5ad), "--output", str(out), "--model-dir", str(run)]) == 0
+    pred = ad.read_h5ad(out)
+    assert pred.shape == tiny_adata.shape and list(pred.var_names) == list(tiny_adata.var_names)
+    assert list(pred.var["highly_variable"]) == list(tiny_adata.var["highly_variable"])
+    assert np.isfinite(pred.X).all()
