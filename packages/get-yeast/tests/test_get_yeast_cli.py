@@ -66,6 +66,19 @@ def test_train_then_evaluate(tiny_csv, get_checkpoint, tmp_path, capsys, train_a
     assert not (ev3 / "condition_importance.json").exists()
 
 
+def test_copied_training_config_without_model_config(tmp_path, tiny_csv, capsys):
+    """A user copies only yeast_training.yaml: its model_config (relative to the file) is missing -> the error
+    says which key named it and how to fix it."""
+    cfg = tmp_path / "yeast_training.yaml"
+    shutil.copy(packaged_config("yeast_training.yaml"), cfg)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_csv), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert f"model_config: yeast_model.yaml in {cfg}" in err and "--model-config released|tiny" in err
+    assert not out.exists()
+
+
 def test_train_on_excel(tmp_path, tiny_frame, train_args):
     xlsx = tmp_path / "yeast.xlsx"
     tiny_frame.to_excel(xlsx, index=False)

@@ -93,6 +93,10 @@ def _train(args) -> None:
     if args.model_config in packaged:
         args.model_config = str(packaged_config(packaged[args.model_config]))
     model_path = Path(args.model_config) if args.model_config else cfg_dir / cfg.model_config
+    if not model_path.exists():
+        named_by = "--model-config" if args.model_config else f"model_config: {cfg.model_config} in {args.config}, relative to its folder"
+        raise UserError(f"model config {model_path} does not exist ({named_by}); copy the packaged yeast_model.yaml "
+                        "there or pass --model-config released|tiny|FILE")
     model_cfg = load_model_config(model_path, model_over)
     train(cfg, model_cfg, data, args.output, trust_checkpoint=trust, progress=not args.no_progress)
 
