@@ -129,3 +129,43 @@ def test_cuda_oom_becomes_batch_size_advice(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: CUDA ran out of memory at batch size 16; lower --batch-size (e.g. 16 -> 8), "
                    "or run on a GPU with more memory"]
+
+
+def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp_path, monkeypatch, capsys):
+    """`cellfm-ft` alone = `cellfm-ft demo` on the embedded real cells (scanpy's pbmc68k_reduced: 700 PBMCs,
+    10 bulk_labels, log-normalised .raw) with the demo's own epochs/lr/batch size, which `demo --help`
+    states (train's help states RunConfig's); it prints the accuracy beside the logistic baseline.
+    (Cut to 2 steps here, through the finetune call the demo makes.)"""
+    import dataclasses
+
+    import cellfm_ft.train as train_mod
+    from cellfm_ft.cli import DEMO_TRAIN, build_parser
+    from cellfm_ft.train import RunConfig
+
+    seen, real_finetune = {}, train_mod.finetune
+
+    def short(cfg):
+        seen["cfg"] = cfg
+        return real_finetune(dataclasses.replace(cfg, max_steps=2, progress=False))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_mod, "finetune", short)
+    assert main([]) == 0
+    cfg = seen["cfg"]
+    assert Path(cfg.data).name == "pbmc68k_reduced.h5ad"
+    assert (cfg.label_key, cfg.layer, cfg.donor_key, cfg.baseline) == ("bulk_labels", "raw", None, True)
+    assert {k: getattr(cfg, k) for k in DEMO_TRAIN} == DEMO_TRAIN
+    out = capsys.readouterr().out
+    assert "test accuracy: CellFM fine-tuned" in out and "logistic regression" in out
+    demo = tmp_path / "runs" / "cellfm-ft" / "demo"
+    res = json.loads((demo / "finetune" / "training_results.json").read_text())
+    assert len(res["labels"]) == 10 and res["n_train_cells"] + res["n_test_cells"] == 700
+    assert res["input_kind"] == "log" and 0 < res["baseline_logreg_test_acc"] <= 1
+    pred = ad.read_h5ad(demo / "predictions.h5ad")
+    assert pred.n_obs == 700 and pred.obsm["cellfm_proba"].shape == (700, 10)
+
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    for name, defaults in (("demo", DEMO_TRAIN), ("train", {"epochs": RunConfig.epochs, "lr": RunConfig.lr})):
+        flat = " ".join(subcommands[name].format_help().split())
+        assert f"epochs (default {defaults['epochs']})" in flat and f"learning rate (default {defaults['lr']:g})" in flat
+

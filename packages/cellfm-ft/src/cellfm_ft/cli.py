@@ -36,12 +36,21 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="what X holds: raw counts (normalised here) or log-normalised values; auto detects")
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+# The demo's own training settings (a tiny model from random weights learns at a higher rate).
+DEMO_TRAIN = dict(epochs=8, batch_size=16, lr=3e-3)
+
+
+def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """defaults: what this subcommand uses when a flag is not given (RunConfig's, unless stated)."""
+    from cellfm_ft.train import RunConfig
+
+    d = {**{k: getattr(RunConfig, k) for k in ("epochs", "batch_size", "lr")}, **(defaults or {})}
     g = p.add_argument_group("training")
-    g.add_argument("--batch-size", type=int, help="cells per step and process (default 16; lower it on CUDA OOM)")
-    g.add_argument("--epochs", type=int, help="epochs (default 10)")
+    g.add_argument("--batch-size", type=int,
+                   help=f"cells per step and process (default {d['batch_size']}; lower it on CUDA OOM)")
+    g.add_argument("--epochs", type=int, help=f"epochs (default {d['epochs']})")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    g.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    g.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']:g})")
     g.add_argument("--seed", type=int, help="seed of the split, the initialisation and the batches (default 0)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     g.add_argument("--ckpt-every-steps", type=int, help="also checkpoint (last.pt) every N steps")
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "synthetic: generated cells with donors (donor split)")
     d.add_argument("--config", choices=("tiny", "80m"), default="tiny", help="size of the demo checkpoint")
     d.add_argument("--output", default=DEMO_OUTPUT, help=f"output directory (default {DEMO_OUTPUT})")
-    _add_train_args(d)
+    _add_train_args(d, DEMO_TRAIN)
 
     c = sub.add_parser("convert", help="MindSpore .ckpt -> safetensors with PyTorch names + a JSON report")
     c.add_argument("checkpoint", help="CellFM checkpoint (MindSpore .ckpt; safetensors/.pth are re-mapped too)")
@@ -156,8 +165,7 @@ def run_demo(args: argparse.Namespace) -> dict:
                    if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress")
                    and v is not None}
     cfg = RunConfig(data=str(data_path), checkpoint=str(ckpt_path), vocab=str(ckpt_path) + ".genes.txt",
-                    config=args.config, output=str(out / "finetune"), epochs=8, batch_size=16, lr=3e-3,
-                    baseline=True, **run)
+                    config=args.config, output=str(out / "finetune"), baseline=True, **DEMO_TRAIN, **run)
     cfg = dataclasses.replace(cfg, **train_flags)
     results = finetune(cfg)
     if not is_main_process():
