@@ -169,3 +169,31 @@ def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp
         flat = " ".join(subcommands[name].format_help().split())
         assert f"epochs (default {defaults['epochs']})" in flat and f"learning rate (default {defaults['lr']:g})" in flat
 
+
+def test_python_api_finetune_predict_evaluate(cellfm_inputs, tmp_path, capsys):
+    """The README's Python route, and the teacher's rule as logged: gene_emb re-initialised and skipped
+    (named), every other backbone tensor loaded, data genes outside the vocabulary reported."""
+    from cellfm_ft.train import RunConfig, evaluate, finetune, predict
+
+    cfg = RunConfig(data=str(cellfm_inputs["data"]), label_key="cell_type", donor_key="donor", test_donors=["D1"],
+                    checkpoint=str(cellfm_inputs["ckpt"]), config="tiny", output=str(tmp_path / "run"),
+                    max_steps=1, batch_size=16, progress=False)
+    res = finetune(cfg)
+    log = capsys.readouterr().out
+    assert res["gene_embedding"] == "reinitialized_for_our_vocab"
+    n = res["n_genes"]
+    assert f"Re-initializing gene embedding: {n} genes -> gene_emb ({pad_rows(n)}, 32)" in log
+    assert "Skipping gene embedding: extractor.gene_emb" in log
+    absent = res["genes_absent_from_vocab"]
+    assert absent > 0 and f"{absent} absent from it and left out" in log
+    report = res["load_report"]
+    assert report["skipped"] == {"extractor.gene_emb": "re-initialised for our vocabulary"}
+    assert not report["not_in_model"] and not report["shape_mismatch"]
+    ckpt, _ = load_cellfm_weights(str(cellfm_inputs["ckpt"]))
+    assert set(report["loaded"]) == {k for k in ckpt if k != "extractor.gene_emb"}
+
+    model = tmp_path / "run" / "best_model.pth"
+    pred = predict(str(model), str(cellfm_inputs["data"]), str(tmp_path / "pred.h5ad"))
+    assert ad.read_h5ad(pred).obsm["cellfm_proba"].shape[0] == cellfm_inputs["adata"].n_obs
+    metrics = evaluate(str(model), str(cellfm_inputs["data"]), str(tmp_path / "eval"), label_key="cell_type")
+    assert metrics["n_cells"] == cellfm_inputs["adata"].n_obs and 0 <= metrics["accuracy"] <= 1
