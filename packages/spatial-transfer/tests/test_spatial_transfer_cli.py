@@ -96,13 +96,16 @@ def test_run_end_to_end_outputs_and_resume(tiny_data, tmp_path, tiny_args, capsy
     assert [f["fold"] for f in temp["folds"]] == [0, 1]
     tested = [s for f in final["folds"] for s in f["test_samples"]]
     assert sorted(tested) == sorted({f"slide{i:02d}" for i in range(4)})
+    adata = anndata.read_h5ad(log / "predictions.h5ad")
     for f in final["folds"]:
         m = json.loads((log / f"fold_{f['fold']}_metrics.json").read_text())
         pred = np.load(log / f"fold_{f['fold']}_predictions.npy")
         assert pred.shape == (m["n_test_spots"], 20) and np.isfinite(pred).all()
         assert all(name.startswith(tuple(f["test_samples"])) for name in m["spot_names"])
-        assert -1 <= m["overall_correlation"] <= 1
-    adata = anndata.read_h5ad(log / "predictions.h5ad")
+        # the metrics are those of the saved predictions: Pearson over all spot x gene values, MSE
+        true = adata[m["spot_names"]].X
+        assert m["overall_correlation"] == pytest.approx(np.corrcoef(pred.ravel(), true.ravel())[0, 1], abs=1e-5)
+        assert m["test_loss"] == pytest.approx(float(((pred - true) ** 2).mean()), rel=1e-5)
     assert adata.layers["cv_predicted"].shape == adata.X.shape and np.isfinite(adata.layers["cv_predicted"]).all()
     assert (out / "bulk_pretrain" / "best_bulk_model.pt").exists()
 
