@@ -218,6 +218,7 @@ def test_infer_flags_name_this_files_columns_and_control_label(trained_run, tiny
                  str(trained_run), "--pert-col", "target"]) == 2
     err = capsys.readouterr().err
     assert "no control cells ('non-targeting'" in err and "--control-pert" in err
+    assert "most frequent labels: ntc" in err  # what the file has (ntc has the most cells)
     assert not (tmp_path / "never.h5ad").exists()
 
 

@@ -171,8 +171,10 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
     ct = adata.obs[celltype_col].astype(str).to_numpy()
     is_ctrl = pert == control_pert
     if not is_ctrl.any():
-        raise UserError(f"{adata_path}: no control cells ({control_pert!r} in obs[{pert_col!r}]); basal cells are drawn "
-                        "from controls: include them or pass --control-pert with the file's control label")
+        top = pd.Series(pert).value_counts().index[:8]
+        raise UserError(f"{adata_path}: no control cells ({control_pert!r} in obs[{pert_col!r}]; most frequent labels: "
+                        f"{', '.join(top)}); basal cells are drawn from controls: include them or pass --control-pert "
+                        "with the file's control label")
     p_ix = {p: i for i, p in enumerate(run.perts)}
     # --control-pert names this file's control label ("DMSO" here, "non-targeting" in training):
     # its cells take the trained control's encoding
