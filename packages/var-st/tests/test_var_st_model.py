@@ -280,3 +280,68 @@ def test_expected_decoding_is_the_mean_contribution_of_the_codes():
     expected = q.contribution((p @ q.codebook).expand(2, 4, -1), 1)
     mixture = sum(p[v] * q.embed_scale(torch.full((2, 4), v), 1) for v in range(32))
     torch.testing.assert_close(expected, mixture, atol=1e-5, rtol=1e-4)
+
+
+def test_stage2_stage_checkpoint_round_trips(tmp_path):
+    # save_stage_checkpoint(stage=2) holds the VAR and the frozen VQ-VAE it decodes with, like best_var.ckpt
+    model = tiny_model(stage=2)
+    randomise_ada(model)
+    model.vqvae.fit_gene_stats(torch.rand(30, G))
+    model.save_stage_checkpoint(tmp_path / "stage2.ckpt", stage=2)
+    loaded = TwoStageVARST.load_complete_model(tmp_path / "stage2.ckpt")
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    h, c = torch.randn(3, 12), torch.randn(3, 2)
+    torch.testing.assert_close(loaded.inference(h, c, seed=3)["predicted_gene_expression"],
+                               model.inference(h, c, seed=3)["predicted_gene_expression"])
+    other = tiny_model(stage=1, seed=1)
+    other.set_training_stage(2, stage1_ckpt_path=tmp_path / "stage2.ckpt")  # its VQ-VAE part starts a new stage 2
+    assert torch.equal(other.vqvae.gene_mean, model.vqvae.gene_mean)
+    with pytest.raises(UserError, match="stage must be 1 or 2"):
+        model.save_stage_checkpoint(tmp_path / "x.ckpt", stage=3)
+
+
+def test_inference_rejects_bad_coords_and_non_finite_inputs():
+    model = tiny_model(stage=2)
+    h, c = torch.randn(4, 12), torch.randn(4, 2)
+    with pytest.raises(UserError, match=r"spatial coords have shape \(4, 3\)"):
+        model.inference(h, torch.randn(4, 3))
+    with pytest.raises(UserError, match=r"spatial coords have shape \(3, 2\)"):
+        model.inference(h, torch.randn(3, 2))
+    h[2, 5] = float("nan")
+    with pytest.raises(UserError, match="histology features contain NaN or inf in 1 rows"):
+        model.inference(h, c)
+    c[1, 0] = float("inf")
+    with pytest.raises(UserError, match="spatial coords contain NaN or inf"):
+        model.inference(torch.randn(4, 12), c)
+
+
+def test_stage2_training_without_a_stage1_vqvae_is_a_clear_error(tiny, tmp_path):
+    from var_st.data import load_spots
+    from var_st.train import train_stage2
+
+    data = load_spots(tiny.adata(), source="t", num_genes=G)
+    run = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "seed": 0, "device": "cpu"}
+    model = tiny_model(stage=2)  # stage 2 selected, but no trained VQ-VAE behind it
+    with pytest.raises(UserError, match="stage 2 needs the stage-1 VQ-VAE"):
+        train_stage2(model, data, tmp_path / "s2", run, {})
+    assert not (tmp_path / "s2").exists()
+
+
+def test_guide_loss_weights_are_the_defaults():
+    cfg = VQVAEConfig()
+    assert (cfg.beta, cfg.hierarchical_loss_weight, cfg.vq_loss_weight) == (0.25, 0.1, 0.25)
+    var = VARConfig()
+    assert var.dropout == 0.1 and var.vocab_size == cfg.vocab_size and var.max_sequence_length >= 241
+
+
+def test_straight_through_estimator_passes_the_decoder_gradient_unchanged():
+    # the quantised output carries f_hat's value but d(out)/d(f) = identity (no detour through argmin)
+    model = tiny_model()
+    q = model.vqvae.quantizer
+    f = torch.randn(2, G, 8, requires_grad=True)
+    out, tokens, _, _, _ = q(f)
+    torch.testing.assert_close(out.detach(), q.tokens_to_f_hat(tokens))
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    torch.testing.assert_close(f.grad, w)

@@ -553,6 +553,9 @@ class TwoStageVARST(nn.Module):
         self.vqvae = MultiScaleGeneVQVAE(self.num_genes, vq)
         self.var = GeneVARTransformer(var, vq.embed_dim, self.vqvae.scale_sizes)
         self.gene_names: list[str] | None = None  # set by training from the data; saved with checkpoints
+        # where the trained VQ-VAE came from (a checkpoint, or stage-1 training in this process);
+        # None = untrained codebook, and stage-2 training refuses it (the guide's first FAQ)
+        self.stage1_source: str | None = None
         self.current_stage = 0
         self.set_training_stage(current_stage)
 
@@ -591,6 +594,7 @@ class TwoStageVARST(nn.Module):
               if not k.startswith("var.")}
         _load_strict(self.vqvae, sd, path)
         self.gene_names = list(extra.get("gene_names") or []) or self.gene_names
+        self.stage1_source = str(path)
 
     @classmethod
     def from_stage1(cls, path: str | Path, var_config: Mapping | VARConfig | None = None, trust_pickle: bool = False):
@@ -638,6 +642,14 @@ class TwoStageVARST(nn.Module):
         if histology_features.ndim != 2 or histology_features.shape[1] != self.var_config.histology_dim:
             raise UserError(f"histology features have shape {tuple(histology_features.shape)}; the model expects "
                             f"[B, {self.var_config.histology_dim}]")
+        if spatial_coords.shape != (len(histology_features), self.var_config.coord_dim):
+            raise UserError(f"spatial coords have shape {tuple(spatial_coords.shape)}; the model expects "
+                            f"[{len(histology_features)}, {self.var_config.coord_dim}] (one row per histology row)")
+        for name, t in (("histology features", histology_features), ("spatial coords", spatial_coords)):
+            if not torch.isfinite(t).all():
+                rows = (~torch.isfinite(t)).any(1).nonzero().flatten().tolist()
+                raise UserError(f"{name} contain NaN or inf in {len(rows)} rows (first row {rows[0]}); "
+                                "remove or impute those spots first")
         if generator is None and seed is not None:
             generator = torch.Generator(device=dev).manual_seed(int(seed))
         q = self.vqvae.quantizer
@@ -668,10 +680,14 @@ class TwoStageVARST(nn.Module):
                 "var_config": _plain(asdict(self.var_config)), "gene_names": list(self.gene_names or []), **more}
 
     def save_stage_checkpoint(self, path: str | Path, stage: int, **extra) -> None:
-        """Stage 1: the VQ-VAE weights; stage 2: the VAR weights; {"model": ..., "extra": metadata}."""
+        """{"model": weights, "extra": metadata}. Stage 1: the VQ-VAE weights (load with
+        set_training_stage(2, stage1_ckpt_path=...)); stage 2: the VAR with the frozen VQ-VAE it was
+        trained on, like best_var.ckpt (load with load_complete_model; a VAR alone decodes nothing)."""
         from ftcore.io import atomic_torch_save
 
-        part = self.vqvae if stage == 1 else self.var
+        if stage not in (1, 2):
+            raise UserError(f"stage must be 1 or 2, got {stage}")
+        part = self.vqvae if stage == 1 else self
         atomic_torch_save({"model": part.state_dict(), "extra": self.metadata(stage, **extra)}, path)
 
     def save_complete_model(self, path: str | Path, **extra) -> None:
@@ -696,6 +712,7 @@ class TwoStageVARST(nn.Module):
         sd, _ = CHECKPOINT_KEYMAP.apply(obj["model"])
         _load_strict(model, sd, path)
         model.gene_names = list(extra.get("gene_names") or []) or None
+        model.stage1_source = str(path)
         model.checkpoint_extra = dict(extra)
         return model.to(device).eval()
 

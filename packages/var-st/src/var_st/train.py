@@ -98,7 +98,9 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
                       loss_fn=loss_fn, eval_fn=eval_fn, extra_state=model.metadata(1, **metadata))
     if is_main_process():
         atomic_write_json(out_dir / "split.json", _split_record(data))
-    return trainer.fit()
+    result = trainer.fit()
+    model.stage1_source = str(result.best_path or out_dir)  # stage 2 may follow in this process
+    return result
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -117,7 +119,7 @@ def stage1_tokens(model: TwoStageVARST, expression: torch.Tensor, device: str = 
 
 def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict, metadata: dict):
     """Train the VAR transformer with the frozen VQ-VAE; returns the TrainResult (best_var.ckpt)."""
-    if model.current_stage != 2:
+    if model.current_stage != 2 or model.stage1_source is None:
         raise UserError("stage 2 needs the stage-1 VQ-VAE: call set_training_stage(2, stage1_ckpt_path=...) "
                         "(CLI: --stage1_ckpt logs/<dataset>/TWO_STAGE_VAR_ST/stage1_vqvae/best_vqvae.ckpt)")
     tr, va = data.split["train"], data.split["val"]
