@@ -38,7 +38,7 @@ def test_padding_does_not_change_real_regions(tiny_frame, tiny_model_cfg):
     torch.testing.assert_close(padded[:, :6], alone, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("change", ["temperature", "medium", "drug", "od600_missing"])
+@pytest.mark.parametrize("change", ["temperature", "medium", "drug", "od600_missing", "carbon", "nitrogen"])
 def test_prediction_changes_with_condition(tiny_frame, tiny_model_cfg, change):
     batch, vocab = batch_of(tiny_frame, tiny_model_cfg, n=2)
     model = GETYeast(tiny_model_cfg, len(vocab)).eval()
@@ -50,6 +50,9 @@ def test_prediction_changes_with_condition(tiny_frame, tiny_model_cfg, change):
         cond["medium"] = (cond["medium"] + 1) % 3
     elif change == "drug":
         cond["drug"] = (cond["drug"] + 1) % len(vocab)
+    elif change in ("carbon", "nitrogen"):  # index 0 = not given
+        n = len(getattr(tiny_model_cfg.condition, f"{change}_sources")) + 1
+        cond[change] = (cond[change] + 1) % n
     else:  # recorded OD600 vs "not recorded" (the value 0 is NOT the same as missing)
         cond["numeric"][:, 2] = 0.0
         cond["numeric_present"][:, 2] = ~cond["numeric_present"][:, 2]
