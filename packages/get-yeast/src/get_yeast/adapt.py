@@ -25,18 +25,30 @@ FULL_FINETUNE = FreezeSpec()
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Wrap `model` with peft LoRA adapters on `cfg.target_modules` (suffixes of Linear module names)."""
+    """Wrap `model` with peft LoRA adapters on `cfg.target_modules`: suffixes of module names; a name
+    that is a container (`head_exp.head` when region_model.head_hidden_dim > 0 makes it an MLP)
+    targets every Linear inside it."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    targets = []
     for target in cfg.target_modules:
-        if not any(n == target or n.endswith("." + target) for n in linears):
+        if any(_names(n, target) for n in linears):
+            targets.append(target)
+            continue
+        inside = [n for n in linears if any(_names(n[:i], target) for i in range(len(n)) if n[i] == ".")]
+        if not inside:
             raise UserError(f"lora.target_modules: {target!r} names no Linear layer of the model; "
                             f"choose from e.g. attn.qkv, attn.proj, mlp.fc1, mlp.fc2, head_exp.head")
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(cfg.target_modules), bias="none")
+        targets.extend(inside)
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
     return get_peft_model(model, peft_cfg)
+
+
+def _names(module_name: str, target: str) -> bool:
+    """peft's rule: a target names a module when it is the module's full name or a dotted suffix of it."""
+    return module_name == target or module_name.endswith("." + target)
 
 
 def trainable_spec(cfg: LoraConfig) -> FreezeSpec:
