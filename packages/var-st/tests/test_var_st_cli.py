@@ -106,3 +106,32 @@ def test_demo_data_command(tmp_path):
     ad = anndata.read_h5ad(out)
     assert ad.shape == (32, 30) and ad.obsm["histology"].shape == (32, 8) and set(ad.obs["slide"]) == {"slide0", "slide1"}
     assert os.listdir(tmp_path) == ["d.h5ad"]
+
+
+def test_stage2_with_a_wrong_stage1_path_names_the_path(tiny_h5ad, tiny_config, tiny, tmp_path, capsys):
+    args = tiny.train_args(tiny_h5ad, tiny_config, tmp_path, stage=2)
+    args[args.index("--stage1_ckpt") + 1] = str(tmp_path / "nowhere" / "best_vqvae.ckpt")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint") and "nowhere/best_vqvae.ckpt does not exist" in err and "\n" not in err
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_info_prints_model_info(trained_run, capsys):
+    assert main(["info", str(run_dir(trained_run) / "complete_model.ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert "current_stage: 2" in out and "sequence_length: 37" in out and "total_parameters: " in out
+
+
+def test_no_arguments_runs_the_demo_as_the_four_guide_commands(monkeypatch):
+    import var_st.cli as cli
+
+    calls = []
+    for name in ("train", "predict", "evaluate"):
+        monkeypatch.setitem(cli.COMMANDS, name, lambda args, name=name: calls.append((name, args)))
+    assert main([]) == 0
+    assert [c[0] for c in calls] == ["train", "train", "predict", "evaluate"]
+    (_, s1), (_, s2), (_, pred), (_, ev) = calls
+    assert s1.training_stage == 1 and s1.dataset == "demo" and s1.stage1_ckpt is None
+    assert s2.training_stage == 2 and s2.stage1_ckpt == str(Path("logs/demo/TWO_STAGE_VAR_ST/stage1_vqvae/best_vqvae.ckpt"))
+    assert pred.dataset == "demo" and ev.predictions == str(Path("logs/demo/TWO_STAGE_VAR_ST/predictions.h5ad"))
