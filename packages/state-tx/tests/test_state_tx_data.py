@@ -127,3 +127,24 @@ def test_lazy_and_in_memory_reads_agree(tmp_path, tiny_adata, monkeypatch):
             assert (src._cache is not None) == (limit > 0)
     for space in ("gene", "all"):
         np.testing.assert_array_equal(got[0, space], got[2**30, space])
+
+
+def test_training_from_disk_equals_training_from_ram(tiny_toml, make_train_args, tmp_path, monkeypatch):
+    """Files above IN_MEMORY_BYTES are never loaded whole (the 1M-cell path): training reads rows from disk
+    and ends with exactly the weights of a run on the in-memory matrix."""
+    import state_tx.data as data
+    from state_tx.cli import main
+
+    reads = []
+    real_read_all = data.H5Source._read_all
+    monkeypatch.setattr(data.H5Source, "_read_all", lambda self: reads.append(self.path) or real_read_all(self))
+    weights = {}
+    for limit in (2**30, 0):
+        monkeypatch.setattr(data, "IN_MEMORY_BYTES", limit)
+        reads.clear()
+        assert main(make_train_args(tiny_toml, tmp_path / str(limit), steps=3)) == 0
+        assert bool(reads) == (limit > 0)  # the whole matrix is read only when it fits the limit
+        weights[limit] = torch.load(tmp_path / str(limit) / "run" / "checkpoints" / "final.ckpt",
+                                    weights_only=True)["model"]
+    for key, value in weights[2**30].items():
+        torch.testing.assert_close(weights[0][key], value, msg=key)
