@@ -81,7 +81,8 @@ def radius_edges(pos: torch.Tensor, r: float) -> torch.Tensor:
     try:
         from torch_geometric.nn import radius_graph
 
-        return radius_graph(pos.float(), r=r, loop=False, max_num_neighbors=64)
+        # no neighbour cap: the same graph with or without torch_cluster (its default keeps 32)
+        return radius_graph(pos.float(), r=r, loop=False, max_num_neighbors=max(len(pos), 1))
     except ImportError:
         pass
     d = torch.cdist(pos.float(), pos.float())
