@@ -165,6 +165,20 @@ def test_lora_rank_alpha_dropout_come_from_config(tiny_model_cfg):
     assert not hasattr(model.get_submodule("base_model.model.encoder.blocks.0.attn.qkv"), "lora_A")  # not targeted
 
 
+def assert_merged_predicts_the_same(model, cfg, n_vocab, batch):
+    """With non-zero LoRA updates, the merged plain GET-yeast weights (strict names) predict what
+    the adapted model predicts."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    model.eval()
+    merged = GETYeast(cfg, n_vocab).eval()
+    merged.load_state_dict(merged_state_dict(model))
+    torch.testing.assert_close(merged(batch["region_motif"], batch["conditions"], batch["padding"]),
+                               model(batch["region_motif"], batch["conditions"], batch["padding"]), rtol=1e-4, atol=1e-5)
+
+
 def test_mlp_head_trains_with_the_packaged_lora_targets(tiny_frame, tiny_model_cfg):
     """region_model.head_hidden_dim > 0 (the seed's two-layer head): `head_exp.head` is then an MLP and the
     packaged target list puts adapters on both of its Linears; merging still gives the same predictions."""
@@ -172,15 +186,7 @@ def test_mlp_head_trains_with_the_packaged_lora_targets(tiny_frame, tiny_model_c
     batch, vocab = batch_of(tiny_frame, cfg)
     model = apply_lora(GETYeast(cfg, len(vocab)), LoraConfig())
     assert all(hasattr(model.get_submodule(f"base_model.model.head_exp.head.{i}"), "lora_A") for i in (0, 2))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.1)
-    model.eval()
-    merged = GETYeast(cfg, len(vocab)).eval()
-    merged.load_state_dict(merged_state_dict(model))
-    torch.testing.assert_close(merged(batch["region_motif"], batch["conditions"], batch["padding"]),
-                               model(batch["region_motif"], batch["conditions"], batch["padding"]), rtol=1e-4, atol=1e-5)
+    assert_merged_predicts_the_same(model, cfg, len(vocab), batch)
 
 
 def test_lora_on_qkv_takes_part_in_forward(tiny_frame, tiny_model_cfg):
@@ -198,15 +204,7 @@ def test_lora_on_qkv_takes_part_in_forward(tiny_frame, tiny_model_cfg):
 def test_merged_weights_give_the_same_predictions(tiny_frame, tiny_model_cfg):
     batch, vocab = batch_of(tiny_frame, tiny_model_cfg)
     model, _ = lora_model(tiny_model_cfg, len(vocab))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.1)
-    model.eval()
-    merged = GETYeast(tiny_model_cfg, len(vocab)).eval()
-    merged.load_state_dict(merged_state_dict(model))  # plain GET-yeast names, strict
-    torch.testing.assert_close(merged(batch["region_motif"], batch["conditions"], batch["padding"]),
-                               model(batch["region_motif"], batch["conditions"], batch["padding"]), rtol=1e-4, atol=1e-5)
+    assert_merged_predicts_the_same(model, tiny_model_cfg, len(vocab), batch)
 
 
 def test_unknown_lora_target_is_an_error(tiny_model_cfg):
