@@ -438,3 +438,33 @@ def test_atomic_path_failure_keeps_old_file(tmp_path):
     with pytest.raises(TypeError):  # not serialisable: nothing written at all
         atomic_write_json(tmp_path / "x.json", {"o": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_cli_main_turns_sigterm_into_a_clean_exit(tmp_path):
+    """`docker stop` sends SIGTERM: the run unwinds (finally blocks run), prints one line and exits 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "cleaned"
+    script = (
+        "import time, sys\n"
+        "from ftcore.errors import cli_main\n"
+        "@cli_main\n"
+        "def main():\n"
+        "    try:\n"
+        "        print('ready', flush=True); time.sleep(60)\n"
+        "    finally:\n"
+        f"        open({str(marker)!r}, 'w').close()\n"
+        "sys.exit(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert time.monotonic() - start < 10
+    assert marker.exists(), "finally blocks must run on SIGTERM"
+    assert err.strip().splitlines() == ["terminated (SIGTERM): stopped before finishing; complete checkpoints are kept"]

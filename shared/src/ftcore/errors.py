@@ -29,6 +29,7 @@ def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: st
     def wrapper(*args, **kwargs) -> int:
         import os
 
+        _raise_on_sigterm()
         try:
             code = fn(*args, **kwargs)
             return 0 if code is None else int(code)
@@ -40,6 +41,9 @@ def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: st
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Terminated:
+            print("terminated (SIGTERM): stopped before finishing; complete checkpoints are kept", file=sys.stderr)
+            return 143
         except Exception as err:  # noqa: BLE001 - only CUDA OOM is translated, the rest re-raised
             if type(err).__name__ == "OutOfMemoryError" and not os.environ.get("FTCORE_TRACEBACK"):
                 print(
@@ -51,3 +55,25 @@ def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: st
             raise
 
     return wrapper
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (`docker stop`, a batch scheduler): unwinds like Ctrl-C, so files are closed."""
+
+
+def _raise_on_sigterm() -> None:
+    """Turn SIGTERM into `Terminated` in the main thread.
+
+    Python's default for SIGTERM is to die at once without unwinding; as a container's PID 1 it
+    is ignored altogether, so `docker stop` waits out its timeout and kills (exit 137).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)

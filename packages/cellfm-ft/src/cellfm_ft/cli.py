@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ftcore.errors import UserError, cli_main
+from ftcore.cli import add_version
 
 # The seed's two scenarios as named presets pointing at the user's files (relative to the
 # working directory; every value can be overridden by a flag or a --config-file).
@@ -60,6 +61,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) ->
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellfm-ft", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    add_version(parser, "cellfm-ft")
     sub = parser.add_subparsers(dest="command")
 
     d = sub.add_parser("demo", help="run convert -> fine-tune -> predict on the embedded data (the default)")

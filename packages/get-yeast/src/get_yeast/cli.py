@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ftcore.errors import UserError, cli_main
+from ftcore.cli import add_version
 
 DEFAULT_OUTPUT = "runs/get-yeast"
 
@@ -20,6 +21,7 @@ DEFAULT_OUTPUT = "runs/get-yeast"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="get-yeast", description="GET region model + yeast condition encoder, LoRA fine-tuning. "
                                 "Without a subcommand: the embedded demo (synthetic yeast data, tiny model) end to end.")
+    add_version(p, "get-yeast")
     sub = p.add_subparsers(dest="command")
 
     d = sub.add_parser("demo", help="embedded data: train with conditions and condition-blind, evaluate (default)")

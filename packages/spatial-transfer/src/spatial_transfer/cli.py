@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ftcore.errors import UserError, cli_main
+from ftcore.cli import add_version
 
 DEFAULT_OUTPUT = "runs/spatial-transfer"
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spatial-transfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Run `spatial-transfer` alone for the demo; see <command> --help.")
+    add_version(parser, "spatial-transfer")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="bulk pretraining -> transfer -> cross-validation")
     _common(run, spatial=True)
@@ -400,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run"] + argv  # no command: the whole flow (on the demo data unless --data)
     args = build_parser().parse_args(argv)
     args.func(args)

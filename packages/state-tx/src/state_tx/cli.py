@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 from ftcore.errors import UserError, cli_main
+from ftcore.cli import add_version
 
 DEMO_DIR = "runs/state-tx"
 # A CPU-sized state_sm for the demo (same architecture, smaller widths); see README.
@@ -60,6 +61,7 @@ def _keys_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="state-tx", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser, "state-tx")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help="train from a cell-load TOML (dotted overrides)", epilog=_keys_help(),

@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ftcore.errors import UserError, cli_main
+from ftcore.cli import add_version
 
 DEMO = "demo"
 # The embedded demo's run (documented in the README): small model, a few epochs, CPU minutes.
@@ -67,6 +68,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="var-st", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser, "var-st")
     sub = parser.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train stage 1 (VQ-VAE) or stage 2 (VAR transformer)")
@@ -416,7 +418,7 @@ COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate
 @cli_main(batch_size_hint="--batch_size")
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("--") and argv[0] != "--help":
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "--version"):
         argv = ["train"] + argv  # the user's-guide spelling: flags only means train
     args = build_parser().parse_args(argv or ["demo"])
     COMMANDS[args.command or "demo"](args)

@@ -1,0 +1,24 @@
+"""Pieces every package CLI shares: `--version`."""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+
+
+def version_string(dist: str) -> str:
+    """'var-st 0.1.0 (ftcore 0.1.0, torch 2.13.0, python 3.11.7)': what a bug report needs."""
+    import platform
+
+    def ver(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"{dist} {ver(dist)} (ftcore {ver('ftcore')}, torch {ver('torch')}, python {platform.python_version()})"
+
+
+def add_version(parser: argparse.ArgumentParser, dist: str) -> None:
+    """`<prog> --version` prints the installed distribution's version and the core's, then exits 0."""
+    parser.add_argument("--version", action="version", version=version_string(dist))
