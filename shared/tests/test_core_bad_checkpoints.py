@@ -91,3 +91,53 @@ def test_generator_reproduces_the_same_cases(tmp_path):
             continue  # covered above; the fresh copies are the same objects
         with pytest.raises(UserError, match=EXPECTED[name]["phrase"].replace("(", r"\(").replace(")", r"\)")):
             read_state_dict(tmp_path / name)
+
+
+def test_truncated_record_is_real_and_refused():
+    """torch's own mmap reader loads the corpus file with garbage weights; ours names the record."""
+    path = CORPUS / "truncated_record.pt"
+    sd = torch.load(path, weights_only=True, mmap=True)["state_dict"]
+    assert sd["encoder.weight"].shape == (32, 16)  # loaded, although 8 of its bytes are missing
+    with pytest.raises(UserError, match="tensor record data/0 holds 2040 bytes, its tensor needs 2048"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool, torch.uint8])
+def test_every_dtypes_record_size_is_checked(dtype, tmp_path):
+    import zipfile
+
+    full, cut = tmp_path / "full.pt", tmp_path / "cut.pt"
+    torch.save({"a": torch.ones(300, dtype=dtype), "b": torch.ones(200, dtype=dtype)}, full)
+    assert set(read_state_dict(full)) == {"a", "b"}
+    with zipfile.ZipFile(full) as zin, zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            record = zin.read(info.filename)
+            zout.writestr(info, record[:-1] if info.filename.endswith("/data/0") else record)
+    with pytest.raises(UserError, match="tensor record data/0 holds"):
+        read_state_dict(cut)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_never_loaded(bad):
+    from torch import nn
+
+    from ftcore.loading import load_partial
+
+    model = nn.Linear(3, 2)
+    before = model.weight.detach().clone()
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd["weight"][1, 2] = bad
+    with pytest.raises(UserError, match=r"tensor weight holds 1 of 6 NaN/inf values"):
+        load_partial(model, sd, source="ckpt.pt", verbose=False)
+    assert torch.equal(model.weight, before)
+
+
+def test_minus_inf_mask_buffers_still_load():
+    from torch import nn
+
+    from ftcore.loading import load_partial
+
+    model = nn.Module()
+    model.register_buffer("mask", torch.zeros(2, 2))
+    report = load_partial(model, {"mask": torch.tensor([[0.0, float("-inf")], [0.0, 0.0]])}, verbose=False)
+    assert report.loaded == ["mask"] and model.mask[0, 1] == float("-inf")

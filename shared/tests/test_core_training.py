@@ -480,3 +480,21 @@ def test_progress_bar_and_epoch_lines(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.err  # tqdm bar
     assert "epoch 1 step 6: train_loss" in captured.out and "[best]" in captured.out
+
+
+@pytest.mark.parametrize("bad, phrase", [
+    ({"lr": float("nan")}, "lr must be a finite number"),
+    ({"lr": float("inf")}, "lr must be a finite number"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
+    ({"grad_clip": float("nan")}, "grad_clip must be a finite number"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+    ({"min_lr_ratio": 2.0}, "min_lr_ratio between 0 and 1"),
+    ({"max_steps": 0}, "max_steps must be >= 1"),
+    ({"max_steps": -1}, "max_steps must be >= 1"),
+    ({"patience": 0}, "patience must be >= 1"),
+    ({"epochs": 0}, "nothing would train"),
+])
+def test_train_config_refuses_non_finite_and_out_of_range_settings(bad, phrase):
+    """NaN passes `lr <= 0`; every float setting is checked for finiteness, counts for range (issue 16)."""
+    with pytest.raises(UserError, match=phrase):
+        TrainConfig(**bad)

@@ -82,6 +82,22 @@ class LoadReport:
         }
 
 
+def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], params: set[str], source: str) -> None:
+    """NaN in any tensor, or inf in a parameter, is a corrupt file or a diverged run: never loaded.
+
+    Buffers may hold -inf on purpose (attention masks), so only NaN counts there.
+    """
+    for key, value in tensors.items():
+        if not (value.is_floating_point() or value.is_complex()):
+            continue
+        bad = ~torch.isfinite(value) if key in params else torch.isnan(value)
+        if bool(bad.any()):
+            raise UserError(
+                f"{source}: tensor {key} holds {int(bad.sum())} of {value.numel()} NaN/inf values; the file is corrupt "
+                "or the run that wrote it diverged: use an earlier checkpoint or re-download it"
+            )
+
+
 def module_of(key: str, depth: int) -> str:
     """The module a tensor belongs to, `depth` names deep ('encoder.blocks.0.attn.qkv.weight', 2 -> 'encoder.blocks');
     a top-level tensor (cls_token) is its own group."""
@@ -135,6 +151,7 @@ def load_partial(
             f"{len(report.not_in_model)} keys not in {target}, {len(report.not_in_checkpoint)} {target} keys "
             f"missing from {source}; load non-strictly to skip them"
         )
+    _refuse_non_finite(to_load, {name for name, _ in model.named_parameters()}, source)
     with torch.no_grad():
         for key, value in to_load.items():
             own[key].copy_(value.to(dtype=own[key].dtype))

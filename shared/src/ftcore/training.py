@@ -81,6 +81,19 @@ class TrainConfig:
             raise UserError(f"unknown precision {self.precision!r}; choose auto, bf16 or fp32")
         if self.batch_size < 1 or self.epochs < 0 or self.lr <= 0:
             raise UserError("batch_size must be >= 1, epochs >= 0 and lr > 0")
+        # NaN passes every comparison above: each float setting must be a finite number
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "min_delta"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value}")
+        if self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise UserError("weight_decay must be >= 0 and min_lr_ratio between 0 and 1")
+        for name in ("max_steps", "patience", "val_every_steps", "ckpt_every_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be >= 1 (or left unset), got {value}")
+        if self.epochs == 0 and self.max_steps is None:
+            raise UserError("epochs is 0 and max_steps unset: nothing would train; set epochs >= 1 or max_steps")
 
 
 @dataclass

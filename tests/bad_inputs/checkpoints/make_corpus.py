@@ -33,6 +33,8 @@ CASES: dict[str, tuple[str, str]] = {
     "corrupt.pt": ("torch zip checkpoint with one flipped byte inside a tensor record", "fails its CRC"),
     "corrupt_central_directory.pt": ("torch zip checkpoint whose central directory signature is overwritten",
                                      "truncated or corrupt (bad zip archive)"),
+    "truncated_record.pt": ("torch zip checkpoint whose first tensor record is 8 bytes short inside a valid archive "
+                            "(CRCs match; torch's mmap reader loads the next record's header as 2 weights)", "tensor record data/0 holds"),
     "truncated_legacy.pt": ("old (non-zip) torch pickle checkpoint cut in half", "torch checkpoint is truncated or corrupt"),
     "truncated.safetensors": ("safetensors file cut inside the tensor data", "not a readable safetensors file"),
     "bad_header.safetensors": ("safetensors file whose JSON header is malformed", "not a readable safetensors file"),
@@ -96,6 +98,10 @@ def make(out: Path = HERE) -> None:
         cd[i : i + 4] = b"XX\x01\x02"
         i = cd.rfind(b"PK\x01\x02", 0, i)
     (out / "corrupt_central_directory.pt").write_bytes(bytes(cd))
+    with zipfile.ZipFile(full) as zin, zipfile.ZipFile(out / "truncated_record.pt", "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():  # rewritten member by member: a valid archive, one record short
+            record = zin.read(info.filename)
+            zout.writestr(info, record[:-8] if info.filename.endswith("/data/0") else record)
     full.unlink()
 
     legacy = out / "_legacy.pt"

@@ -131,6 +131,7 @@ def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
             raise UserError(f"{path}: torch checkpoint is truncated or corrupt (bad zip archive); re-save or re-download it") from None
         if bad is not None:
             raise UserError(f"{path}: torch checkpoint is corrupt (member {bad} fails its CRC); re-save or re-download it")
+        _check_tensor_records(path)
     try:
         # argparse / numpy / omegaconf objects beside the tensors are answered by inert stand-ins
         with torch.serialization.safe_globals(stand_in_globals()):
@@ -147,6 +148,80 @@ def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure of a trusted full unpickle is reported in one line
         raise UserError(f"{path}: could not load even with trust_pickle ({type(err).__name__}: {_one_line(err)})") from None
+
+
+# bytes per element of each storage type a torch pickle names (torch.FloatStorage, ...)
+_ELEMENT_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                  "Byte": 1, "Bool": 1, "ComplexDouble": 16, "ComplexFloat": 8, "QInt8": 1, "QUInt8": 1, "QInt32": 4}
+
+
+class _Inert:
+    """Answers every global of a pickle while its storage records are listed: holds nothing, runs nothing."""
+
+    def __new__(cls, *args, **kwargs):  # noqa: ARG003
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+
+class _RecordScan(pickle.Unpickler):
+    """Lists a torch zip pickle's storage records (key, storage type, element count) without building anything."""
+
+    def __init__(self, fh):
+        super().__init__(fh)
+        self.records: list[tuple[str, str, int]] = []
+
+    def find_class(self, module, name):
+        return type(f"{module}.{name}", (_Inert,), {})
+
+    def persistent_load(self, pid):
+        # ('storage', storage type, key, location, numel)
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            self.records.append((str(pid[2]), getattr(pid[1], "__name__", str(pid[1])), int(pid[4])))
+        return _Inert()
+
+
+def _check_tensor_records(path: Path) -> None:
+    """Every tensor record in the archive holds exactly the bytes its pickle says.
+
+    torch's mmap reader takes a record's size from the pickle and maps whatever follows it in the
+    file, so a record cut short inside a still-valid archive would load as garbage (NaN) weights.
+    """
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkl = next((n for n in names if n.endswith("data.pkl")), None)
+        if pkl is None:
+            raise UserError(f"{path}: torch checkpoint has no data.pkl; it is corrupt or not a torch file")
+        prefix = pkl[: -len("data.pkl")]
+        try:
+            scan = _RecordScan(zf.open(pkl))
+            scan.load()
+        except Exception as err:  # noqa: BLE001 - any failure to parse the pickle is a corrupt file
+            raise UserError(f"{path}: torch checkpoint is corrupt (its data.pkl does not parse: {_one_line(err)}); "
+                            "re-save or re-download it") from None
+        sizes = {i.filename: i.file_size for i in zf.infolist()}
+    for key, storage, numel in scan.records:
+        member = f"{prefix}data/{key}"
+        per = _ELEMENT_BYTES.get(storage.rsplit(".", 1)[-1].removesuffix("Storage"))
+        if member not in sizes:
+            raise UserError(f"{path}: torch checkpoint is corrupt (tensor record data/{key} is missing); "
+                            "re-save or re-download it")
+        if per is not None and sizes[member] != numel * per:
+            raise UserError(f"{path}: torch checkpoint is truncated or corrupt (tensor record data/{key} holds "
+                            f"{sizes[member]} bytes, its tensor needs {numel * per}); re-save or re-download it")
 
 
 def _unsafe_global(err: Exception) -> str:
