@@ -82,7 +82,7 @@ def test_copied_training_config_without_model_config(tmp_path, tiny_csv, capsys)
 def test_train_with_mlp_head(tmp_path, tiny_csv, train_args):
     """The configured two-layer head (region_model.head_hidden_dim) trains and evaluates from the CLI."""
     out = tmp_path / "run"
-    assert main(train_args(tiny_csv, out, "--max-steps", "2", "--set", "task.interpret=false",
+    assert main(train_args(tiny_csv, out, "--max-steps", "2", "--set", "task.interpret=false", "--from-scratch",
                            "--set", "model.region_model.head_hidden_dim=16")) == 0
     best = torch.load(out / "best_model.pth", weights_only=True)["model"]
     assert any(k.startswith("base_model.model.head_exp.head.2.lora_A") for k in best)
@@ -94,7 +94,7 @@ def test_train_on_excel(tmp_path, tiny_frame, train_args):
     xlsx = tmp_path / "yeast.xlsx"
     tiny_frame.to_excel(xlsx, index=False)
     out = tmp_path / "run"
-    args = train_args(xlsx, out, "--max-steps", "2", "--set", "task.interpret=false")
+    args = train_args(xlsx, out, "--max-steps", "2", "--set", "task.interpret=false", "--from-scratch")
     args[args.index(TINY_MODEL)] = "tiny"  # the packaged size by name
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
