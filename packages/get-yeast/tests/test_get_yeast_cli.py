@@ -171,3 +171,34 @@ def test_train_on_gpu_bf16(tiny_csv, get_checkpoint, tmp_path, train_args):
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] > 0 and metrics["mse"] == metrics["mse"]  # finite, not NaN
+
+
+def test_lora_without_checkpoint_is_refused(tiny_csv, tmp_path, capsys, train_args):
+    """No checkpoint under LoRA would train adapters over a random frozen backbone: one error line, exit 2."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert "--checkpoint" in err and "--from-scratch" in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.mark.parametrize("how", [("--from-scratch",), ("--set", "pretrained.from_scratch=true")])
+def test_from_scratch_said_explicitly_trains(tiny_csv, tmp_path, capsys, train_args, how):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out, "--max-steps", "1", "--set", "task.interpret=false", *how)) == 0
+    assert "from scratch: no pretrained weights" in capsys.readouterr().out
+    assert not (out / "load_report.json").exists()
+
+
+def test_full_finetuning_without_checkpoint_is_not_refused(tiny_csv, tmp_path, train_args):
+    """Nothing is frozen without LoRA: training every weight from its initialisation is what it says."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out, "--max-steps", "1", "--set", "task.interpret=false",
+                           "--set", "lora.enabled=false")) == 0
+
+
+def test_checkpoint_and_from_scratch_together_is_an_error(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
+    assert main(train_args(tiny_csv, tmp_path / "run", "--checkpoint", str(get_checkpoint), "--from-scratch")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "drop one" in err
