@@ -260,7 +260,7 @@ class GETYeast(nn.Module):
         if cfg.condition.enabled:
             self.condition_encoder = ConditionEncoder(cfg.condition, n_drugs)
             self.fusion = ConditionFusion(rm.embed_dim, cfg.condition.embed_dim, cfg.fusion.hidden_dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if cfg.condition.enabled:
             # Start the fusion branch small: the pretrained encoder first sees nearly its own inputs.
             with torch.no_grad():
@@ -280,7 +280,7 @@ class GETYeast(nn.Module):
         return F.softplus(self.head_exp(x))
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module) -> None:
     """GET's init: xavier-uniform Linear weights, zero biases, LayerNorm ones/zeros."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
