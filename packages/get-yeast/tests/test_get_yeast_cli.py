@@ -16,9 +16,17 @@ from get_yeast.config import packaged_config
 TINY_MODEL = str(packaged_config("yeast_model_tiny.yaml"))  # what the train_args fixture passes
 
 
-def test_train_refuses_get_checkpoint_without_opt_in(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
+class NotInert:
+    """Any class outside the core's allow-list: unpickling it would import and run code."""
+
+
+def test_train_refuses_code_pickle_without_opt_in(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
+    """A checkpoint whose pickle holds an arbitrary class is refused without --trust-checkpoint (one line, nothing
+    written). GET's own Namespace/numpy objects no longer need the opt-in (issue 19), so the file carries a class."""
+    other = tmp_path / "with_object.pth"
+    torch.save({"model": torch.load(get_checkpoint, weights_only=False)["model"], "extra": NotInert()}, other)
     out = tmp_path / "run"
-    assert main(train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint))) == 2
+    assert main(train_args(tiny_csv, out, "--checkpoint", str(other))) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--trust-checkpoint" in err and len(err.splitlines()) == 1
     assert not out.exists()

@@ -108,6 +108,7 @@ def test_cli_train_reports_layout_and_keeps_pretrained_weights(name, tiny_csv, t
                            "--set", "task.interpret=false", *SMALL_SETS)) == 0
     printed = capsys.readouterr().out
     assert f"checkpoint layout: {layout}" in printed
+    assert all(part in printed for part in ("region_embed 2/2", "cls_token 1/1", "encoder 28/28")), printed  # module table
     report = json.loads((out / "load_report.json").read_text())
     assert report["checkpoint_layout"]["layout"] == layout
     best = torch.load(out / "best_model.pth", weights_only=True)["model"]
@@ -235,3 +236,18 @@ def test_old_config_without_the_new_keys_still_loads(tmp_path):
     path.write_text(yaml.safe_dump(data))
     cfg, _ = load_training_config(path)
     assert cfg.pretrained.renames is None and cfg.pretrained.from_scratch is False
+
+
+def test_frozen_part_missing_from_a_known_layout_is_refused_unless_allowed(tmp_path, tiny_csv, capsys, train_args):
+    """A checkpoint-799 file without encoder.cls_token: LoRA would freeze cls_token at random init. The core's
+    refusal names it and the opt-out; with --allow-unloaded-frozen the run goes on with a warning."""
+    sd = {k: v for k, v in file_tensors("checkpoint-799.pth").items() if k != "encoder.cls_token"}
+    path = _save(tmp_path, sd, "checkpoint-799-no-cls.pth")
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out, "--checkpoint", str(path), *SMALL_SETS)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cls_token" in err and "--allow-unloaded-frozen" in err, err
+    assert not any(out.rglob("*"))
+    assert main(train_args(tiny_csv, out, "--checkpoint", str(path), "--allow-unloaded-frozen", "--max-steps", "1",
+                           "--set", "task.interpret=false", *SMALL_SETS)) == 0
+    assert "⚠" in capsys.readouterr().out

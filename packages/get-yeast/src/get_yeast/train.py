@@ -253,7 +253,7 @@ def _plot_importance(imp: dict[str, float], path: Path) -> None:
 
 # --------------------------------------------------------------------------- train
 def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str | Path, output: str | Path, *,
-          trust_checkpoint: bool = False, progress: bool = True) -> dict:
+          trust_checkpoint: bool = False, allow_unloaded_frozen: bool = False, progress: bool = True) -> dict:
     """Validate everything, then fine-tune; returns the test metrics (rank 0) or {} (other ranks)."""
     out = Path(output)
     # 1. inputs, checked before anything is written
@@ -298,7 +298,10 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     if report is None and is_main_process():
         print("ℹ from scratch: no pretrained weights, every weight starts at its random initialisation"
               + (" (LoRA: the frozen backbone stays random)" if cfg.lora.enabled else ""))
-    freeze = apply_freezing(model, trainable_spec(cfg.lora), verbose=is_main_process())
+    # Frozen tensors must come from the checkpoint (the core refuses others); from scratch, all of them
+    # are deliberately at their initialisation.
+    freeze = apply_freezing(model, trainable_spec(cfg.lora), pretrained=report, fresh=(r".",) if pre.from_scratch else (),
+                            allow_unloaded_frozen=allow_unloaded_frozen, verbose=is_main_process())
     spec = make_spec(model_cfg, vocab, cfg.lora, table, splits)
 
     # 2. this package's own artefacts (rank 0; deterministic, so a resumed run rewrites the same)
