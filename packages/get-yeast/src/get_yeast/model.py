@@ -5,9 +5,9 @@
     fusion: x + MLP([x, cond]) --> [B, R, D]          (the seed found GET's forward ignored conditions)
     [cls; x] --encoder (pre-norm ViT blocks)--> [B, 1 + R, D] --drop cls--> head_exp --softplus--> [B, R, output_dim]
 
-Parameter names follow GET's `GETRegionFinetune` (GET-Foundation/get_model) so a released
-training checkpoint (`checkpoint-799.pth`: weights under 'model', beside optimizer state and an
-argparse.Namespace) loads with `load_pretrained` and a report. The names GET uses:
+Parameter names follow GET's `GETRegionFinetune` (GET-Foundation/get_model). GET's other writers
+(the released MAE-era `checkpoint-799.pth`, Lightning `.ckpt`, paper-era fine-tuned files) use other
+names; `load_pretrained` detects and renames them with the table in layouts.py. GETRegionFinetune's names:
 
     GET checkpoint key                         here                                 shape (released)
     region_embed.embed.{weight,bias}           same                                 [768, 283], [768]
