@@ -16,9 +16,17 @@ from get_yeast.config import packaged_config
 TINY_MODEL = str(packaged_config("yeast_model_tiny.yaml"))  # what the train_args fixture passes
 
 
-def test_train_refuses_get_checkpoint_without_opt_in(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
+class NotInert:
+    """Any class outside the core's allow-list: unpickling it would import and run code."""
+
+
+def test_train_refuses_code_pickle_without_opt_in(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
+    """A checkpoint whose pickle holds an arbitrary class is refused without --trust-checkpoint (one line, nothing
+    written). GET's own Namespace/numpy objects no longer need the opt-in (issue 19), so the file carries a class."""
+    other = tmp_path / "with_object.pth"
+    torch.save({"model": torch.load(get_checkpoint, weights_only=False)["model"], "extra": NotInert()}, other)
     out = tmp_path / "run"
-    assert main(train_args(tiny_csv, out, "--checkpoint", str(get_checkpoint))) == 2
+    assert main(train_args(tiny_csv, out, "--checkpoint", str(other))) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--trust-checkpoint" in err and len(err.splitlines()) == 1
     assert not out.exists()
@@ -82,7 +90,7 @@ def test_copied_training_config_without_model_config(tmp_path, tiny_csv, capsys)
 def test_train_with_mlp_head(tmp_path, tiny_csv, train_args):
     """The configured two-layer head (region_model.head_hidden_dim) trains and evaluates from the CLI."""
     out = tmp_path / "run"
-    assert main(train_args(tiny_csv, out, "--max-steps", "2", "--set", "task.interpret=false",
+    assert main(train_args(tiny_csv, out, "--max-steps", "2", "--set", "task.interpret=false", "--from-scratch",
                            "--set", "model.region_model.head_hidden_dim=16")) == 0
     best = torch.load(out / "best_model.pth", weights_only=True)["model"]
     assert any(k.startswith("base_model.model.head_exp.head.2.lora_A") for k in best)
@@ -94,7 +102,7 @@ def test_train_on_excel(tmp_path, tiny_frame, train_args):
     xlsx = tmp_path / "yeast.xlsx"
     tiny_frame.to_excel(xlsx, index=False)
     out = tmp_path / "run"
-    args = train_args(xlsx, out, "--max-steps", "2", "--set", "task.interpret=false")
+    args = train_args(xlsx, out, "--max-steps", "2", "--set", "task.interpret=false", "--from-scratch")
     args[args.index(TINY_MODEL)] = "tiny"  # the packaged size by name
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
@@ -171,3 +179,34 @@ def test_train_on_gpu_bf16(tiny_csv, get_checkpoint, tmp_path, train_args):
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] > 0 and metrics["mse"] == metrics["mse"]  # finite, not NaN
+
+
+def test_lora_without_checkpoint_is_refused(tiny_csv, tmp_path, capsys, train_args):
+    """No checkpoint under LoRA would train adapters over a random frozen backbone: one error line, exit 2."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert "--checkpoint" in err and "--from-scratch" in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.mark.parametrize("how", [("--from-scratch",), ("--set", "pretrained.from_scratch=true")])
+def test_from_scratch_said_explicitly_trains(tiny_csv, tmp_path, capsys, train_args, how):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out, "--max-steps", "1", "--set", "task.interpret=false", *how)) == 0
+    assert "from scratch: no pretrained weights" in capsys.readouterr().out
+    assert not (out / "load_report.json").exists()
+
+
+def test_full_finetuning_without_checkpoint_is_not_refused(tiny_csv, tmp_path, train_args):
+    """Nothing is frozen without LoRA: training every weight from its initialisation is what it says."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_csv, out, "--max-steps", "1", "--set", "task.interpret=false",
+                           "--set", "lora.enabled=false")) == 0
+
+
+def test_checkpoint_and_from_scratch_together_is_an_error(tiny_csv, get_checkpoint, tmp_path, capsys, train_args):
+    assert main(train_args(tiny_csv, tmp_path / "run", "--checkpoint", str(get_checkpoint), "--from-scratch")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "drop one" in err

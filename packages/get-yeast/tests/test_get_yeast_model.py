@@ -107,10 +107,18 @@ def test_released_size_matches_get():
     assert (cfg.num_features, cfg.embed_dim, cfg.num_layers, cfg.num_heads) == (283, 768, 12, 12)
 
 
-def test_checkpoint_needs_trust_opt_in(get_checkpoint, tiny_model_cfg):
-    model = GETYeast(tiny_model_cfg, 3)
+class NotInert:
+    """Any class outside the core's allow-list: unpickling it would import and run code."""
+
+
+def test_checkpoint_reads_without_trust_but_code_pickles_need_it(get_checkpoint, tiny_model_cfg, tmp_path):
+    """GET's training-checkpoint objects (argparse.Namespace, numpy scalars) read as inert stand-ins without the
+    opt-in (issue 19: the core's safe reading); a pickle of any other class still needs --trust-checkpoint."""
+    assert load_pretrained(GETYeast(tiny_model_cfg, 3), str(get_checkpoint), verbose=False).loaded
+    other = tmp_path / "with_object.pth"
+    torch.save({"model": torch.load(get_checkpoint, weights_only=False)["model"], "extra": NotInert()}, other)
     with pytest.raises(UserError, match="--trust-checkpoint"):
-        load_pretrained(model, str(get_checkpoint))
+        load_pretrained(GETYeast(tiny_model_cfg, 3), str(other))
 
 
 def test_checkpoint_loads_with_report(get_checkpoint, tiny_model_cfg, get_layout):

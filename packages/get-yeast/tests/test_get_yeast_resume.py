@@ -17,7 +17,7 @@ from get_yeast.config import packaged_config
 def train_args(data, out):
     sets = ["training.epochs=3", "training.batch_size=2", "training.ckpt_every_steps=1", "training.warmup_steps=0",
             "training.device=cpu", "training.patience=null", "task.interpret=false", "lora.dropout=0.1"]
-    return ["train", "--data", str(data), "--output", str(out), "--no-progress",
+    return ["train", "--data", str(data), "--output", str(out), "--no-progress", "--from-scratch",
             "--model-config", str(packaged_config("yeast_model_tiny.yaml")), *[x for s in sets for x in ("--set", s)]]
 
 

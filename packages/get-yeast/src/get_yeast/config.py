@@ -13,10 +13,12 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ftcore.config import apply_overrides, from_dict, read_config_file
 from ftcore.errors import UserError
 from get_yeast.data import DataConfig
+from get_yeast.layouts import parse_renames
 from get_yeast.model import YeastModelConfig
 
 
@@ -26,10 +28,20 @@ class ExperimentConfig:
     seed: int = 42
 
 
+# Keys added after the file format was fixed: a file may leave them out (older copies of
+# yeast_training.yaml keep working); every other key must be present.
+OPTIONAL = {"optional": True}
+
+
 @dataclass
 class PretrainedConfig:
-    checkpoint: str | None = None  # a GET checkpoint (e.g. checkpoint-799.pth); None: train from scratch
+    checkpoint: str | None = None  # a GET checkpoint (e.g. checkpoint-799.pth); None: needs from_scratch under LoRA
     key: str | None = None  # entry holding the weights; None: found automatically ('model', 'state_dict')
+    # User rename table applied before GET's layouts are detected (layouts.parse_renames):
+    # [[from_prefix, to_prefix], ...] or {from_prefix: to_prefix}; '' strips, null drops.
+    renames: Any = field(default=None, metadata=OPTIONAL)
+    # No checkpoint on purpose: every weight starts at its random initialisation (CLI --from-scratch).
+    from_scratch: bool = field(default=False, metadata=OPTIONAL)
 
 
 @dataclass
@@ -93,6 +105,8 @@ def require_all_keys(cls: type, data: dict, source: str, prefix: str = "") -> No
         return  # from_dict reports the wrong type
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name not in data and f.metadata.get("optional"):
+            continue
         if f.name not in data:
             raise UserError(f"{source}: missing key '{prefix}{f.name}'; every key the code reads must be in the file "
                             f"(see the packaged {'yeast_model.yaml' if cls.__module__.endswith('model') else 'yeast_training.yaml'})")
@@ -110,7 +124,9 @@ def _load(cls, path: Path, overrides: list[str]):
 def load_training_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[YeastTrainingConfig, Path]:
     """(config, its folder). `overrides` like 'training.lr=1e-4'; the packaged file when path is None."""
     path = Path(path) if path is not None else packaged_config("yeast_training.yaml")
-    return _load(YeastTrainingConfig, path, list(overrides)), path.parent
+    cfg = _load(YeastTrainingConfig, path, list(overrides))
+    parse_renames(cfg.pretrained.renames, f"{path}: pretrained.renames")  # checked here, once
+    return cfg, path.parent
 
 
 def load_model_config(path: str | Path, overrides: list[str] = ()) -> YeastModelConfig:

@@ -1,5 +1,6 @@
-"""The embedded default run: synthetic yeast data + a tiny GET-layout "pretrained" checkpoint,
-then LoRA fine-tuning with conditions vs a condition-blind baseline, evaluated on held-out conditions."""
+"""The embedded default run: synthetic yeast data + a tiny GET checkpoint (masked-region pretraining, saved in
+checkpoint-799's layout), then LoRA fine-tuning with conditions vs a condition-blind baseline, evaluated on
+held-out conditions."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import dataclasses
 import os
 from pathlib import Path
 
-import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ftcore.training import TrainConfig, Trainer
 from get_yeast.config import load_model_config, load_training_config, packaged_config
 from get_yeast.data import DataConfig, YeastDataset, collate, drug_vocabulary, validate_frame
-from get_yeast.model import GETYeast
+from get_yeast.layouts import CHECKPOINT_799_RENAMES, rename_by_prefix
+from get_yeast.model import Encoder, RegionEmbed, RegionModelConfig, init_weights
 from get_yeast.synthetic import make_yeast_table, write_demo_data, write_get_checkpoint
 
 DEMO_DATA = "yeast_demo.csv"
@@ -29,35 +33,58 @@ def ensure_demo_assets(folder: str | Path, seed: int = 0, progress: bool = True)
     return data, ckpt
 
 
-def pretrain_tiny_get(path: Path, seed: int = 0, progress: bool = True) -> Path:
-    """Stand-in for GET's released checkpoint at the tiny size: the plain GET region model (no
-    conditions) trained briefly on another synthetic genome to predict expression on both strands
-    (output_dim 2, like the released head), saved in GET's checkpoint-799.pth layout."""
-    import torch
+class MaskedRegionPretraining(nn.Module):
+    """GET's pretraining objective (GETRegionPretrain) at the tiny size: a random half of the regions is
+    replaced by `mask_token`, the encoder sees them in context, `head_mask` reconstructs their motif
+    features. Its parameters are GETRegionPretrain's: region_embed, cls_token, encoder, mask_token, head_mask."""
 
-    model_cfg = load_model_config(packaged_config("yeast_model_tiny.yaml"),
-                                  ["condition.enabled=false", "region_model.output_dim=2"])
+    def __init__(self, rm: RegionModelConfig, mask_ratio: float = 0.5):
+        super().__init__()
+        self.mask_ratio = mask_ratio
+        self.region_embed = RegionEmbed(rm.num_features, rm.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, rm.embed_dim))
+        self.encoder = Encoder(rm)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, rm.embed_dim))
+        self.head_mask = nn.Linear(rm.embed_dim, rm.num_features)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """MSE of the reconstructed motif features over the masked real regions."""
+        motif, padding = batch["region_motif"], batch["padding"]
+        masked = (torch.rand(padding.shape, device=padding.device) < self.mask_ratio) & ~padding
+        x = self.region_embed(motif)
+        x = torch.where(masked[..., None], self.mask_token.expand_as(x), x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        key_padding = torch.cat([padding.new_zeros(padding.shape[0], 1), padding], dim=1)
+        recon = self.head_mask(self.encoder(x, key_padding)[:, 1:])
+        return F.mse_loss(recon[masked], motif[masked])
+
+
+# Our names -> GET's MAE-era names: the checkpoint-799 rows of layouts.py, read backwards.
+TO_CHECKPOINT_799 = tuple((ours, get) for get, ours in CHECKPOINT_799_RENAMES)
+
+
+def pretrain_tiny_get(path: Path, seed: int = 0, progress: bool = True) -> Path:
+    """Stand-in for GET's released checkpoint-799.pth at the tiny size: masked-region pretraining (as GET's)
+    on another synthetic genome, saved in checkpoint-799's layout (MAE-era names and dict), so the demo
+    fine-tunes through the same detection and rename a user's real checkpoint-799.pth goes through."""
+    model_cfg = load_model_config(packaged_config("yeast_model_tiny.yaml"), ["condition.enabled=false"])
     df = make_yeast_table(n_conditions=10, n_windows=8, seed=seed + 1000)
     table = validate_frame(df, DataConfig(), model_cfg.condition, "GET pretraining stand-in data")
-    for s in table.samples:  # two strands: sense expression and a weaker antisense copy
-        s.exp_label = np.concatenate([s.exp_label, 0.4 * s.exp_label], axis=1)
     vocab = drug_vocabulary(table)
     torch.manual_seed(seed)
-    model = GETYeast(model_cfg, n_drugs=len(vocab))
+    model = MaskedRegionPretraining(model_cfg.region_model)
     run = path.parent / "get_pretraining_run"
-
-    def loss(m, batch):
-        pred = m(batch["region_motif"], None, batch["padding"])
-        valid = ~batch["padding"]
-        return torch.nn.functional.mse_loss(pred[valid], batch["exp_label"][valid])
-
     trainer = Trainer(model, TrainConfig(output_dir=str(run), epochs=15, batch_size=16, lr=2e-3, warmup_steps=5,
                                          seed=seed, progress=progress, monitor="train_loss", best_name=None,
                                          curve_name=None),
-                      YeastDataset(table, model_cfg.condition, vocab), None, loss_fn=loss, collate_fn=collate)
+                      YeastDataset(table, model_cfg.condition, vocab), None, loss_fn=lambda m, b: m.loss(b),
+                      collate_fn=collate)
     trainer.fit()
     if int(os.environ.get("RANK", "0")) == 0:
-        write_get_checkpoint(path, model.state_dict())
+        weights = {rename_by_prefix(k, TO_CHECKPOINT_799): v for k, v in model.state_dict().items()}
+        write_get_checkpoint(path, weights)
     if trainer.env.enabled:
         import torch.distributed as dist
 
@@ -78,12 +105,12 @@ def run_demo(output: str | Path = "runs/get-yeast", device: str = "auto", epochs
         overrides.append(f"training.epochs={epochs}")
     cfg, _ = load_training_config(None, overrides)
     model_cfg = load_model_config(packaged_config("yeast_model_tiny.yaml"))
-    print(f"== GET-yeast demo: {data} (embedded synthetic yeast data), pretrained {ckpt} (generated here, trusted)")
+    print(f"== GET-yeast demo: {data} (embedded synthetic yeast data), pretrained {ckpt} (generated here)")
     print("== 1/3 LoRA fine-tuning with the condition encoder")
-    cond = train(cfg, model_cfg, data, out / "yeast_lora_finetune", trust_checkpoint=True, progress=progress)
+    cond = train(cfg, model_cfg, data, out / "yeast_lora_finetune", progress=progress)
     print("== 2/3 condition-blind baseline (same model and training, conditions not used)")
     blind_cfg = dataclasses.replace(model_cfg, condition=dataclasses.replace(model_cfg.condition, enabled=False))
-    blind = train(cfg, blind_cfg, data, out / "condition_blind", trust_checkpoint=True, progress=progress)
+    blind = train(cfg, blind_cfg, data, out / "condition_blind", progress=progress)
     print("== 3/3 evaluate the fine-tuned model on the held-out conditions")
     evaluate(cfg, data, out / "yeast_lora_finetune" / "best_model.pth", out / "yeast_lora_eval", device=device)
     keys = ("pearson", "spearman", "r2", "mse", "condition_response_pearson")

@@ -5,9 +5,9 @@
     fusion: x + MLP([x, cond]) --> [B, R, D]          (the seed found GET's forward ignored conditions)
     [cls; x] --encoder (pre-norm ViT blocks)--> [B, 1 + R, D] --drop cls--> head_exp --softplus--> [B, R, output_dim]
 
-Parameter names follow GET's `GETRegionFinetune` (GET-Foundation/get_model) so a released
-training checkpoint (`checkpoint-799.pth`: weights under 'model', beside optimizer state and an
-argparse.Namespace) loads with `load_pretrained` and a report. The names GET uses:
+Parameter names follow GET's `GETRegionFinetune` (GET-Foundation/get_model). GET's other writers
+(the released MAE-era `checkpoint-799.pth`, Lightning `.ckpt`, paper-era fine-tuned files) use other
+names; `load_pretrained` detects and renames them with the table in layouts.py. GETRegionFinetune's names:
 
     GET checkpoint key                         here                                 shape (released)
     region_embed.embed.{weight,bias}           same                                 [768, 283], [768]
@@ -37,6 +37,7 @@ from torch import nn
 from ftcore.checkpoint import read_state_dict
 from ftcore.errors import UserError
 from ftcore.loading import LoadReport, load_partial
+from get_yeast.layouts import GET_PRETRAINING_SKIP, LAYOUT_NAMES, map_to_get_yeast, pretrained_coverage
 
 
 # --------------------------------------------------------------------------- configuration
@@ -259,7 +260,7 @@ class GETYeast(nn.Module):
         if cfg.condition.enabled:
             self.condition_encoder = ConditionEncoder(cfg.condition, n_drugs)
             self.fusion = ConditionFusion(rm.embed_dim, cfg.condition.embed_dim, cfg.fusion.hidden_dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if cfg.condition.enabled:
             # Start the fusion branch small: the pretrained encoder first sees nearly its own inputs.
             with torch.no_grad():
@@ -279,7 +280,7 @@ class GETYeast(nn.Module):
         return F.softplus(self.head_exp(x))
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module) -> None:
     """GET's init: xavier-uniform Linear weights, zero biases, LayerNorm ones/zeros."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
@@ -293,32 +294,48 @@ def _init_weights(m: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- checkpoint mapping
-# GET's names are ours (table in the module docstring); only pretraining-only parts are skipped.
-GET_CHECKPOINT_SKIP = (
-    (r"^mask_token$", "masked-region token of GET pretraining, unused when fine-tuning"),
-    (r"^head_mask\.", "motif-reconstruction head of GET pretraining"),
-    (r"^head_atac\.", "accessibility head of GET pretraining"),
-)
+# GET's layouts (checkpoint-799, Lightning .ckpt, paper-era fine-tuned, GETRegionFinetune's own names)
+# are the table in layouts.py; pretraining-only parts are skipped with a reason.
+GET_CHECKPOINT_SKIP = GET_PRETRAINING_SKIP
 
 
 def load_pretrained(model: GETYeast, path: str, *, trust_pickle: bool = False, key: str | None = None,
-                    verbose: bool = True) -> LoadReport:
-    """Load a GET checkpoint into `model` non-strictly; print and return the report.
+                    renames: tuple = (), verbose: bool = True) -> LoadReport:
+    """Load a GET checkpoint into `model`: detect its layout from the names, rename onto ours (after the
+    user's `renames`, see layouts.parse_renames), load non-strictly; print and return the report.
 
-    Files that need full unpickling (GET's checkpoint-799.pth holds an argparse.Namespace) are
-    refused by the core reader unless trust_pickle=True (CLI: --trust-checkpoint).
+    The report also carries `report.layout` (layout name, renames applied) for load_report.json.
+    Refused: a file none of whose tensors fits, and a file of no known layout that does not supply
+    every pretrained tensor (region_embed, cls_token, encoder), since training around it would be silent.
     """
-    tensors = read_state_dict(path, trust_pickle=trust_pickle, key=key)
-    tensors = _sense_strand_head(model, tensors, verbose)
+    raw = read_state_dict(path, trust_pickle=trust_pickle, key=key)
+    mapped = map_to_get_yeast(raw, str(path), tuple(renames))
+    if verbose:
+        print(mapped.describe())
+    tensors = _sense_strand_head(model, mapped.tensors, verbose)
     report = load_partial(model, tensors, skip=GET_CHECKPOINT_SKIP, source=f"GET checkpoint {path}",
                           target="GET-yeast model", verbose=verbose)
+    report.skipped.update(mapped.dropped)
+    report.layout = mapped.to_dict()
     if not report.loaded:
         raise UserError(
-            f"{path}: none of its {len(tensors)} tensors matches the GET region model by name and shape "
-            f"(first key: {next(iter(tensors))}); is it a GET checkpoint of this size (yeast_model.yaml region_model)?"
+            f"{path}: none of its {len(raw)} tensors matches the GET region model by name and shape "
+            f"(first key: {next(iter(raw))}; layout: {mapped.layout_name}); is it a GET checkpoint of this size "
+            "(yeast_model.yaml region_model)? Other names: map them with pretrained.renames in the training config"
         )
+    coverage = pretrained_coverage(list(model.state_dict()), report.loaded)
+    missing = {part: c for part, c in coverage.items() if c[0] < c[1]}
+    if missing:
+        parts = ", ".join(f"{part} {done}/{total}" for part, (done, total) in missing.items())
+        if mapped.layout is None:
+            raise UserError(
+                f"{path}: no GET layout recognised in its names ({', '.join(LAYOUT_NAMES)}) and the pretrained parts "
+                f"load only in part ({parts} tensors); map its names onto GET's with pretrained.renames in the "
+                "training config (e.g. renames: [[backbone.blocks., encoder.blocks.]])"
+            )
+        if verbose:
+            print(f"⚠ pretrained parts not fully loaded from {path} ({mapped.layout_name}): {parts} tensors")
     return report
-
 
 def _sense_strand_head(model: GETYeast, tensors: dict, verbose: bool) -> dict:
     """Released GET heads predict 2 outputs (+ and - strand); a 1-output yeast head starts from the

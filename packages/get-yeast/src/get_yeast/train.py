@@ -30,6 +30,7 @@ from get_yeast.adapt import apply_lora, export_merged, trainable_spec
 from get_yeast.config import LoraConfig, YeastTrainingConfig
 from get_yeast.data import (NUMERIC_FEATURES, YeastDataset, YeastTable, collate, drug_vocabulary, read_table,
                             split_samples)
+from get_yeast.layouts import parse_renames
 from get_yeast.model import GETYeast, YeastModelConfig, load_pretrained
 
 BEST_NAME, LAST_NAME = "best_model.pth", "last.pth"
@@ -252,7 +253,7 @@ def _plot_importance(imp: dict[str, float], path: Path) -> None:
 
 # --------------------------------------------------------------------------- train
 def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str | Path, output: str | Path, *,
-          trust_checkpoint: bool = False, progress: bool = True) -> dict:
+          trust_checkpoint: bool = False, allow_unloaded_frozen: bool = False, progress: bool = True) -> dict:
     """Validate everything, then fine-tune; returns the test metrics (rank 0) or {} (other ranks)."""
     out = Path(output)
     # 1. inputs, checked before anything is written
@@ -278,16 +279,30 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     vocab = drug_vocabulary(train_table)
     resolve_device(cfg.training.device)
     seed_everything(cfg.experiment.seed)  # same initial weights (new layers, LoRA) on every rank and rerun
+    pre = cfg.pretrained
+    if pre.checkpoint and pre.from_scratch:
+        raise UserError(f"both a checkpoint ({pre.checkpoint}) and from scratch (--from-scratch / pretrained.from_scratch) "
+                        "are given; drop one")
     model = GETYeast(model_cfg, n_drugs=len(vocab))
     report = None
-    if cfg.pretrained.checkpoint:
-        report = load_pretrained(model, cfg.pretrained.checkpoint, trust_pickle=trust_checkpoint, key=cfg.pretrained.key,
-                                 verbose=is_main_process())
+    if pre.checkpoint:
+        report = load_pretrained(model, pre.checkpoint, trust_pickle=trust_checkpoint, key=pre.key,
+                                 renames=parse_renames(pre.renames), verbose=is_main_process())
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
-    freeze = apply_freezing(model, trainable_spec(cfg.lora), verbose=is_main_process())
-    spec = make_spec(model_cfg, vocab, cfg.lora, table, splits)
     check_output_dir(out)
+    if report is None and cfg.lora.enabled and not pre.from_scratch:
+        raise UserError("no GET checkpoint: LoRA would train adapters over a randomly initialised, frozen GET backbone; "
+                        "pass --checkpoint checkpoint-799.pth (or pretrained.checkpoint), or --from-scratch "
+                        "(pretrained.from_scratch: true) to start from random weights on purpose")
+    if report is None and is_main_process():
+        print("ℹ from scratch: no pretrained weights, every weight starts at its random initialisation"
+              + (" (LoRA: the frozen backbone stays random)" if cfg.lora.enabled else ""))
+    # Frozen tensors must come from the checkpoint (the core refuses others); from scratch, all of them
+    # are deliberately at their initialisation.
+    freeze = apply_freezing(model, trainable_spec(cfg.lora), pretrained=report, fresh=(r".",) if pre.from_scratch else (),
+                            allow_unloaded_frozen=allow_unloaded_frozen, verbose=is_main_process())
+    spec = make_spec(model_cfg, vocab, cfg.lora, table, splits)
 
     # 2. this package's own artefacts (rank 0; deterministic, so a resumed run rewrites the same)
     if is_main_process():
@@ -296,7 +311,7 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
                                                     "data": str(Path(data_path).resolve()), "drug_vocab": vocab})
         atomic_write_json(out / "freeze_report.json", freeze.to_dict() | {"trainable_names": freeze.trainable_names})
         if report is not None:
-            atomic_write_json(out / "load_report.json", report.to_dict())
+            atomic_write_json(out / "load_report.json", report.to_dict() | {"checkpoint_layout": report.layout})
         print(f"data: {len(table.samples)} samples x regions from {table.source}; split by {cfg.data.split_by}: "
               f"{len(train_table.samples)} train / {len(val_table.samples)} val / {len(test_table.samples)} test samples")
 
