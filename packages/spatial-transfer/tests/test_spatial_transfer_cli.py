@@ -219,3 +219,25 @@ def test_make_demo_data_writes_a_readable_data_set(tmp_path, capsys):
     assert f"wrote the demo data set to {tmp_path / 'd'}" in capsys.readouterr().out
     sp, bk = read_spatial(tmp_path / "d", 128), read_bulk(tmp_path / "d", 128)
     assert sp.expr.shape[1] == 897 and len(sp.samples) == 10 and bk.expr.shape == (60, 372)
+
+
+def test_freezing_layers_the_bulk_checkpoint_lacks_is_refused(tiny_data, tmp_path, tiny_args, capsys):
+    """A pretrained part that did not load is never frozen at random init (issue 19), unless asked for."""
+    pre = tmp_path / "pre"
+    assert main(["pretrain", "--data", str(tiny_data), "--output", str(pre), *tiny_args()]) == 0
+    saved = torch.load(pre / "bulk_pretrain" / "best_bulk_model.pt", weights_only=True)
+    partial = tmp_path / "no_gnn.pt"
+    torch.save({"model": {k: v for k, v in saved["model"].items() if not k.startswith("gnn.")}}, partial)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    argv = ["run", "--data", str(tiny_data), "--output", str(out), "--bulk-checkpoint", str(partial),
+            "--strategy", "frozen_backbone", "--folds", "2", *tiny_args()]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "frozen tensors would stay at their random initialisation" in err[0]
+    assert "gnn (" in err[0] and "--allow-unloaded-frozen" in err[0]
+    assert not out.exists()
+    # the full strategy freezes nothing: the same checkpoint is fine there
+    assert main([*argv[:-len(tiny_args()) - 4], "--strategy", "full", "--folds", "2", *tiny_args()]) == 0
+    assert main([*argv, "--allow-unloaded-frozen", "--output", str(tmp_path / "run2")]) == 0
+    assert "⚠" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ftcore.errors import UserError, cli_main
-from ftcore.cli import add_version
+from ftcore.cli import add_allow_unloaded_frozen, add_version
 
 DEFAULT_OUTPUT = "runs/spatial-transfer"
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -192,19 +192,27 @@ def _read_bulk_checkpoint(path: str | None, trust: bool) -> dict | None:
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
 
 
-def _check_transferable(sd: dict, path: str, cfg) -> None:
-    """Dry run of the partial load: a checkpoint of which nothing fits is an error, not a silent scratch run."""
+def _check_transferable(sd: dict, path: str, cfg, strategies: list[str], allow_unloaded_frozen: bool) -> None:
+    """Dry run of the partial load: a checkpoint of which nothing fits is an error, not a silent scratch run,
+    and a strategy that would freeze layers the checkpoint does not supply is refused now, before any output."""
+    from ftcore.freezing import check_frozen_loaded
     from ftcore.loading import load_partial
 
-    from spatial_transfer.model import SpatialModel
+    from spatial_transfer.model import FREEZE_STRATEGIES, SpatialModel
 
-    report = load_partial(SpatialModel(cfg.model), sd, verbose=False)
+    model = SpatialModel(cfg.model)
+    report = load_partial(model, sd, verbose=False)
     if not report.loaded:
         first = report.shape_mismatch[0] if report.shape_mismatch else None
         why = (f"e.g. {first[0]}: spatial model {first[1]} vs bulk {first[2]}" if first
                else f"none of its {len(sd)} names are Cell2Gene layer names")
         raise UserError(f"Error loading bulkmodel weights: no tensor of {path} matches the spatial model ({why}); "
                         "pass a Cell2Gene BulkModel checkpoint trained with the same model sizes (--config)")
+    for name in strategies:
+        spec = FREEZE_STRATEGIES.get(name)
+        if spec is not None:
+            frozen = [n for n, _ in model.named_parameters() if not spec.is_trainable(n)]
+            check_frozen_loaded(frozen, report, allow=allow_unloaded_frozen)
 
 
 def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
@@ -243,19 +251,21 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
 
         check_gene_count(bulk.expr.shape[1], cfg.model.bulk_genes, bulk.path, "bulk.h5ad", "bulk_genes")
     if bulk_sd is not None:
-        _check_transferable(bulk_sd, bulk_path, cfg)
+        strategies = [s.strip() for s in getattr(args, "strategies", "").split(",") if s.strip()] or [strategy]
+        _check_transferable(bulk_sd, bulk_path, cfg, strategies, args.allow_unloaded_frozen)
     from ftcore.io import check_output_dir
 
     check_output_dir(out, flag="--output")  # unwritable / full disk: said now, not after the bulk pretraining
     return out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo
 
 
-def _plan(spatial, cfg, strategy, cv_mode, heldout, demo):
+def _plan(args, spatial, cfg, strategy, cv_mode, heldout, demo):
     from spatial_transfer.model import STRATEGY_LR
     from spatial_transfer.train import CVPlan, make_folds
 
     lr = cfg.spatial.lr or (DEMO_STRATEGY_LR if demo else STRATEGY_LR)[strategy]
-    return CVPlan(strategy, cv_mode, make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed), lr, cfg.seed)
+    return CVPlan(strategy, cv_mode, make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed), lr, cfg.seed,
+                  allow_unloaded_frozen=args.allow_unloaded_frozen)
 
 
 def cmd_run(args) -> None:
@@ -265,7 +275,7 @@ def cmd_run(args) -> None:
     log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else ""))
     if strategy != "scratch" and bulk_ckpt is None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
-    cross_validate(spatial, cfg, _plan(spatial, cfg, strategy, cv_mode, heldout, demo), out, bulk_ckpt, args.trust_checkpoint)
+    cross_validate(spatial, cfg, _plan(args, spatial, cfg, strategy, cv_mode, heldout, demo), out, bulk_ckpt, args.trust_checkpoint)
 
 
 def cmd_pretrain(args) -> None:
@@ -291,7 +301,7 @@ def cmd_compare(args) -> None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
     results = {}
     for name in names:
-        results[name] = cross_validate(spatial, cfg, _plan(spatial, cfg, name, cv_mode, heldout, demo), out,
+        results[name] = cross_validate(spatial, cfg, _plan(args, spatial, cfg, name, cv_mode, heldout, demo), out,
                                        bulk_ckpt, args.trust_checkpoint)
     table = format_comparison(results)
     if is_main():
@@ -354,11 +364,12 @@ def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if spatial:
         p.add_argument("--bulk-checkpoint", help="use this BulkModel checkpoint instead of pretraining one")
+        add_allow_unloaded_frozen(p)
         p.add_argument("--cv", help="kfold or loo (env CV_MODE; default kfold)")
         p.add_argument("--folds", type=int, help="number of k-fold folds (default 10)")
         p.add_argument("--loo-heldout", help="comma-separated samples to hold out in LOO (env LOO_HELDOUT)")
     else:
-        p.set_defaults(folds=None, cv=None, loo_heldout=None)
+        p.set_defaults(folds=None, cv=None, loo_heldout=None, allow_unloaded_frozen=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

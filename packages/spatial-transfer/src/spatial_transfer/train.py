@@ -203,6 +203,7 @@ class CVPlan:
     folds: list[list[str]]
     lr: float
     seed: int
+    allow_unloaded_frozen: bool = False  # --allow-unloaded-frozen: freeze what the bulk model did not supply
 
     def key(self, cfg: RunConfig) -> dict:
         """What must not change between a run and its resumption."""
@@ -267,7 +268,8 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
         report = load_bulk_weights(model, bulk_checkpoint, trust_pickle)
     train_items = spatial_items(spatial, cfg.graph, train)
     init_output_bias(model, train_items)  # same start for every strategy: the new head is never transferred
-    freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES), verbose=is_main())
+    freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES), pretrained=report,
+                            allow_unloaded_frozen=plan.allow_unloaded_frozen, verbose=is_main())
     tc = _train_config(cfg.spatial, cfg, ckpt_dir, plan.lr, plan.seed + k, bool(val),
                        best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt",
                        history_name=f"fold_{k}_history.json", curve_name=None)
