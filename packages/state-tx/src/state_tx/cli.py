@@ -53,6 +53,8 @@ def _keys_help() -> str:
     lines.append("  model.kwargs.* (override the preset; values shown for model=state):")
     lines += [f"  model.kwargs.{k}={defaults[k]}" for k in TUNABLE]
     lines.append("  model.kwargs.init_from=None         warm start from a state-tx or arc-state checkpoint")
+    lines.append("  model.kwargs.init_from_columns=name one-hot columns (perturbation, batch) matched by name through the")
+    lines.append("                                      source run's maps; position = the checkpoint's order (no maps)")
     for name, sizes in PRESETS.items():
         lines.append(f"    preset {name}: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     return "\n".join(lines)
@@ -74,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="predict perturbed cells for an .h5ad (X of the output holds predictions)")
     p.add_argument("--adata", required=True, help="input .h5ad (log-normalised; obsm['X_hvg'] for output_space gene)")
     p.add_argument("--output", required=True, help="output .h5ad")
-    p.add_argument("--model-dir", required=True, help="output_dir/name of a training run")
-    p.add_argument("--checkpoint", help="checkpoint file or name in model-dir/checkpoints (default final.ckpt)")
+    p.add_argument("--model-dir", help="output_dir/name of a training run: state-tx's, or arc-state's `state tx "
+                   "train` run (config.yaml, var_dims.pkl, pert_onehot_map.pt, ...); default: the run directory "
+                   "of --checkpoint")
+    p.add_argument("--checkpoint", help="checkpoint file or name in model-dir/checkpoints (default final.ckpt); "
+                   "an arc-state Lightning .ckpt loads with its run's one-hot maps")
     p.add_argument("--pert-col", help="obs column of perturbation labels (default: the training pert_col)")
     p.add_argument("--batch-col", help="obs column of batches (used by a batch encoder / batch mapping)")
     p.add_argument("--control-pert", help="this file's control label (default: the training control_pert); "

@@ -22,7 +22,7 @@ from ftcore.errors import UserError
 from ftcore.io import atomic_write_h5ad, check_output_dir
 from ftcore.training import resolve_device
 
-from state_tx.model import StateTransitionModel, StateTxConfig, check_finite_params
+from state_tx.model import ARC_STATE_SKIP, StateTransitionModel, StateTxConfig, arc_state_to_ours, check_finite_params
 from state_tx.train import RunConfig, load_run_config
 
 RUN_FILES = ("config.yaml", "var_dims.json", "pert_onehot_map.json", "batch_onehot_map.json", "data_module.json")
@@ -54,16 +54,32 @@ def resolve_checkpoint(model_dir: Path, checkpoint: str | None) -> Path:
     return path
 
 
-def load_run(model_dir: str | Path, checkpoint: str | None = None, trust_checkpoint: bool = False,
+def load_run(model_dir: str | Path | None, checkpoint: str | None = None, trust_checkpoint: bool = False,
              device: str = "auto") -> TrainedRun:
-    from ftcore.checkpoint import read_state_dict
+    """A state-tx run directory, or an arc-state one (its Lightning checkpoint, config.yaml, var_dims.pkl and
+    one-hot maps); with only a checkpoint path, the run directory is the one it lies in."""
+    from ftcore.checkpoint import read_checkpoint, read_state_dict
     from ftcore.loading import load_partial
 
+    from state_tx import arc_state as arc
+
+    if model_dir is None:
+        if checkpoint is None:
+            raise UserError("pass --model-dir (a training run directory) or --checkpoint (a checkpoint inside one)")
+        model_dir = arc.run_dir_of(checkpoint)
     model_dir = Path(model_dir)
+    if arc.is_arc_run(model_dir):
+        return load_arc_run(model_dir, checkpoint, trust_checkpoint, device)
     missing = [f for f in RUN_FILES if not (model_dir / f).exists()]
     if missing:
-        raise UserError(f"{model_dir} is not a state-tx training run (missing {', '.join(missing)}); "
-                        "pass --model-dir output_dir/name of `state-tx train`")
+        raise UserError(f"{model_dir} is not a state-tx training run (missing {', '.join(missing)}) nor an arc-state "
+                        "one (config.yaml, var_dims.pkl, pert_onehot_map.pt); pass --model-dir output_dir/name of "
+                        "`state-tx train` or `state tx train`")
+    ckpt = resolve_checkpoint(model_dir, checkpoint)
+    if arc.is_arc_run(arc.run_dir_of(ckpt)) and arc.run_dir_of(ckpt) != model_dir.resolve():
+        raise UserError(f"{ckpt} belongs to the arc-state run {arc.run_dir_of(ckpt)}: its perturbation columns are "
+                        f"defined by that run's one-hot maps, not by {model_dir}'s; pass --model-dir "
+                        f"{arc.run_dir_of(ckpt)} (or leave --model-dir out)")
     cfg = load_run_config(config_file=str(model_dir / "config.yaml"))
     var_dims = json.loads((model_dir / "var_dims.json").read_text())
     pert_map = json.loads((model_dir / "pert_onehot_map.json").read_text())
@@ -77,13 +93,86 @@ def load_run(model_dir: str | Path, checkpoint: str | None = None, trust_checkpo
         pert_table = sd["pert_features"]
     else:
         pert_table = torch.eye(len(perts))
-    ckpt = resolve_checkpoint(model_dir, checkpoint)
     model = StateTransitionModel(mcfg)
-    load_partial(model, read_state_dict(ckpt, trust_pickle=trust_checkpoint), strict=True, source=str(ckpt),
-                 target="state-tx model", verbose=False)
+    obj = read_checkpoint(ckpt, trust_pickle=trust_checkpoint)
+    if arc.is_lightning(obj):
+        raise UserError(f"{ckpt} is an arc-state (Lightning) checkpoint but {model_dir} is a state-tx run: the "
+                        "perturbation columns would not match; pass the arc-state run directory as --model-dir")
+    from ftcore.checkpoint import extract_state_dict
+
+    # strict, except the names arc-state writes that state-tx has no use for (each reported, never silent)
+    report = load_partial(model, extract_state_dict(obj, source=str(ckpt)), strict=True, skip=ARC_STATE_SKIP,
+                          source=str(ckpt), target="state-tx model", verbose=False)
+    if report.skipped:
+        print(report.format(str(ckpt), "state-tx model"))
     check_finite_params(model)
     model.to(resolve_device(device)).eval()
     return TrainedRun(model_dir, cfg, var_dims, perts, batches, pert_table, model, ckpt)
+
+
+def load_arc_run(model_dir: Path, checkpoint: str | None, trust_checkpoint: bool, device: str) -> TrainedRun:
+    """An arc-state `state tx train` run: the model from its Lightning checkpoint's hyper_parameters, the
+    columns from its own one-hot maps (so every name keeps the column arc-state trained), with the report."""
+    import yaml
+
+    from ftcore.checkpoint import read_checkpoint
+    from ftcore.loading import load_partial
+
+    from state_tx import arc_state as arc
+
+    ckpt = resolve_checkpoint(model_dir, checkpoint)
+    obj = read_checkpoint(ckpt, trust_pickle=trust_checkpoint)
+    if not arc.is_lightning(obj):
+        raise UserError(f"{ckpt} is not a Lightning checkpoint (no state_dict + hyper_parameters) although "
+                        f"{model_dir} is an arc-state run; pass the run's checkpoints/final.ckpt")
+    hp = arc.plain(obj["hyper_parameters"])
+    mcfg = arc.arc_model_config(hp, str(ckpt))
+    try:
+        acfg = yaml.safe_load((model_dir / "config.yaml").read_text()) or {} if (model_dir / "config.yaml").exists() else {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{model_dir}/config.yaml is not valid YAML ({err})") from None
+    dk = ((acfg.get("data") or {}).get("kwargs") or {})
+    maps = arc.read_run_maps(model_dir, trust_checkpoint)
+    pmap = maps["pert"]
+    if pmap is None or pmap.vectors.shape[1] != mcfg.pert_dim:
+        raise UserError(f"{model_dir}: pert_onehot_map.pt {'is missing' if pmap is None else f'has width {pmap.vectors.shape[1]}'}"
+                        f" but the checkpoint's perturbation encoder takes {mcfg.pert_dim} inputs")
+    bmap = maps["batch"]
+    if mcfg.batch_encoder and (bmap is None or len(bmap.names) != mcfg.batch_dim):
+        raise UserError(f"{model_dir}: the checkpoint has a batch encoder over {mcfg.batch_dim} batches but "
+                        f"batch_onehot_map.{{torch,pkl}} {'is missing' if bmap is None else f'lists {len(bmap.names)}'}")
+    vd_path = model_dir / "var_dims.pkl"
+    avd = arc.plain(arc.read_pickled(vd_path, trust_checkpoint)) if vd_path.exists() else {}
+    gene_names = [str(g) for g in (avd.get("gene_names") or hp.get("gene_names") or [])]
+    if len(gene_names) != mcfg.input_dim:
+        gene_names = [f"feature_{i}" for i in range(mcfg.input_dim)]
+    control = arc.source_control(model_dir, hp) or "non-targeting"
+    pick = {"pert_col": "gene", "cell_type_key": "cell_type", "batch_col": "gem_group", "control_pert": control,
+            "output_space": mcfg.output_space, "basal_mapping_strategy": "random"}
+    over = [f"data.kwargs.{k}={dk.get(k) if dk.get(k) is not None else v}" for k, v in pick.items()]
+    if dk.get("toml_config_path"):
+        over.append(f"data.kwargs.toml_config_path={dk['toml_config_path']}")
+    cfg = load_run_config(over)
+    var_dims = {
+        "input_dim": mcfg.input_dim, "output_dim": mcfg.output_dim, "pert_dim": mcfg.pert_dim,
+        "batch_dim": mcfg.batch_dim, "gene_dim": len(gene_names), "output_space": mcfg.output_space,
+        "matrix_key": "obsm/X_hvg" if mcfg.output_space == "gene" else "X", "gene_names": gene_names,
+        "pert_col": cfg.data.kwargs.pert_col, "cell_type_key": cfg.data.kwargs.cell_type_key,
+        "batch_col": cfg.data.kwargs.batch_col, "control_pert": control,
+        "pert_rep": "onehot" if pmap.onehot else "features", "layout": "arc-state",
+    }
+    model = StateTransitionModel(mcfg)
+    sd = arc_state_to_ours({str(k): v for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)})
+    load_partial(model, sd, strict=True, skip=ARC_STATE_SKIP, source=str(ckpt), target="state-tx model", verbose=True)
+    print(f"ℹ Lightning entries not loaded (training state and settings, not weights): "
+          f"{', '.join(str(k) for k in obj if k != 'state_dict')}")
+    print(f"ℹ columns from {model_dir}: {len(pmap.names)} perturbations ({pmap.path.name}, control {control!r} at "
+          f"column {pmap.names.index(control) if control in pmap.names else '?'})"
+          + (f", {len(bmap.names)} batches ({bmap.path.name})" if mcfg.batch_encoder else ""))
+    check_finite_params(model)
+    model.to(resolve_device(device)).eval()
+    batches = bmap.names if bmap is not None else []
+    return TrainedRun(model_dir, cfg, var_dims, pmap.names, batches, pmap.vectors, model, ckpt)
 
 
 @torch.no_grad()

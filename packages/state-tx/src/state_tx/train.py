@@ -76,7 +76,7 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
 
-MODEL_EXTRA_KWARGS = ("init_from",)  # model.kwargs that are not network sizes
+MODEL_EXTRA_KWARGS = ("init_from", "init_from_columns")  # model.kwargs that are not network sizes
 
 # Keys users of arc-state type that this package handles differently: one line saying how.
 REDIRECTS = {
@@ -257,14 +257,84 @@ def make_eval_fn(mcfg: StateTxConfig, control_idx: int = 0):
     return eval_fn
 
 
-def init_from(model: StateTransitionModel, path: str, trust_pickle: bool) -> None:
-    """Warm start from a state-tx or arc-state checkpoint (matching names/shapes load, rest reported)."""
-    from ftcore.checkpoint import read_state_dict
+INIT_FROM_COLUMNS = ("name", "position")
+
+
+def init_from(model: StateTransitionModel, path: str, trust_pickle: bool, vocab: Vocab | None = None,
+              pert_rep: str = "onehot", columns: str = "name") -> dict:
+    """Warm start from a state-tx or arc-state checkpoint, with the load report.
+
+    The perturbation encoder's first layer takes one column per one-hot perturbation, the batch
+    encoder one row per batch. Those columns are matched BY NAME through the one-hot maps of the
+    source run (beside the checkpoint: arc-state's pert_onehot_map.pt / batch_onehot_map.{torch,pkl},
+    or state-tx's *.json): each name keeps its own column, a name new to this data gets a fresh
+    (initialised) column, and both are reported. Without the maps this is an error unless
+    columns="position" (model.kwargs.init_from_columns=position) takes them in the file's order.
+    """
+    from ftcore.checkpoint import extract_state_dict, read_checkpoint
     from ftcore.loading import load_partial
 
-    sd = arc_state_to_ours(read_state_dict(path, trust_pickle=trust_pickle))
-    load_partial(model, sd, skip=ARC_STATE_SKIP, source=str(path), target="state-tx model",
-                 verbose=is_main_process())
+    from state_tx import arc_state as arc
+
+    verbose = is_main_process()
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    lightning = arc.is_lightning(obj)
+    sd = arc_state_to_ours(extract_state_dict(obj, source=str(path)))
+    run_dir = arc.run_dir_of(path)
+    columns_done: list = []
+    extra_skip: list[tuple[str, str]] = []
+    own = model.state_dict()
+    wanted = []  # (kind, key, dim, new names, new control)
+    if vocab is not None and "pert_encoder.0.weight" in sd and "pert_encoder.0.weight" in own:
+        wanted.append(("pert", "pert_encoder.0.weight", 1, vocab.perts, vocab.control_pert))
+    if vocab is not None and "batch_encoder.weight" in sd and "batch_encoder.weight" in own:
+        wanted.append(("batch", "batch_encoder.weight", 0, vocab.batches, None))
+    if columns == "position":
+        for kind, key, _, _, _ in wanted:
+            columns_done.append(arc.ColumnReport(kind, str(path), key, note=(
+                f"{key} taken in the checkpoint's column order (model.kwargs.init_from_columns=position): "
+                "right only if both runs list the same names in the same order")))
+        wanted = []
+    maps = arc.read_run_maps(run_dir, trust_pickle) if wanted else {}
+    for kind, key, dim, names, new_control in wanted:
+        src = maps.get(kind)
+        if src is None:
+            looked = ", ".join((arc.STATE_TX_MAP_FILES[kind],) + arc.MAP_FILES[kind])
+            raise UserError(
+                f"model.kwargs.init_from={path}: no {kind} one-hot map beside the checkpoint (looked in {run_dir} for "
+                f"{looked}); {key}'s columns cannot be matched to this data's {kind} names. Keep the checkpoint in "
+                "its run directory, or pass model.kwargs.init_from_columns=position to take the columns in the "
+                "checkpoint's order")
+        if kind == "pert" and (not src.onehot or pert_rep != "onehot"):
+            if src.onehot != (pert_rep == "onehot"):
+                extra_skip.append((rf"^{key}$", f"the source encodes perturbations as "
+                                   f"{'one-hot columns' if src.onehot else 'feature vectors'}, this run as "
+                                   f"{'one-hot columns' if pert_rep == 'onehot' else 'feature vectors'}: "
+                                   "first layer initialised fresh"))
+            else:
+                columns_done.append(arc.ColumnReport(kind, str(src.path), key, note=(
+                    f"{key}: feature vectors on both sides (no per-name columns to align)")))
+            continue
+        src_control = arc.source_control(run_dir, obj.get("hyper_parameters") if lightning else None) if kind == "pert" else None
+        sd[key], rep = arc.align_columns(sd[key], own[key], src, list(names), dim, src_control=src_control,
+                                         new_control=new_control, key=key)
+        columns_done.append(rep)
+    ct = maps.get("cell_type") if maps else None
+    if ct is not None:
+        columns_done.append(arc.ColumnReport("cell type", str(ct.path), "", note=(
+            f"{len(ct.names)} in {ct.path.name}; cell type is not an input of the State Transition model "
+            "(it only selects the control cells), so there are no columns to align")))
+    report = load_partial(model, sd, skip=tuple(ARC_STATE_SKIP) + tuple(extra_skip), source=str(path),
+                          target="state-tx model", verbose=verbose)
+    if lightning:
+        extras = [k for k in obj if k != "state_dict"]
+        if verbose and extras:
+            print(f"ℹ Lightning entries not loaded (training state and settings, not weights): {', '.join(map(str, extras))}")
+    if verbose:
+        for rep in columns_done:
+            print("\n".join(rep.lines()))
+    return {"checkpoint": str(path), "layout": "arc-state (Lightning)" if lightning else "state-tx / torch",
+            "load": report.to_dict(), "columns": [r.to_dict() for r in columns_done], "report": report}
 
 
 def train_config(cfg: RunConfig, has_val: bool) -> TrainConfig:
@@ -289,11 +359,19 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     s = setup(cfg, trust_checkpoint=trust_checkpoint)
     seed_everything(cfg.training.train_seed)  # the initial weights too depend on the seed alone
     model = StateTransitionModel(s.model_cfg)
+    init_report = None
     if cfg.model.kwargs.get("init_from"):
-        init_from(model, str(cfg.model.kwargs["init_from"]), trust_checkpoint)
+        columns = str(cfg.model.kwargs.get("init_from_columns", "name"))
+        if columns not in INIT_FROM_COLUMNS:
+            raise UserError(f"model.kwargs.init_from_columns={columns}: choose name (match one-hot columns by the "
+                            "source run's maps, the default) or position (take them in the checkpoint's order)")
+        init_report = init_from(model, str(cfg.model.kwargs["init_from"]), trust_checkpoint, s.vocab,
+                                s.var_dims["pert_rep"], columns)
     check_output_dir(cfg.run_dir)  # inputs are valid: only now touch the output directory
     if is_main_process():
         write_artefacts(s)
+        if init_report is not None:
+            atomic_write_json(cfg.run_dir / "init_from.json", {k: v for k, v in init_report.items() if k != "report"})
         print(f"state-tx: {s.train.n_sentences} train sentences ({s.plans['train'].n_cells} cells), "
               f"{s.val.n_sentences if s.val else 0} val sentences; model {cfg.model.name} "
               f"{model.n_params() / 1e6:.2f}M parameters, cell_set_len {s.model_cfg.cell_set_len}")
