@@ -1,4 +1,4 @@
-"""Pieces every package CLI shares: `--version`."""
+"""Pieces every package CLI shares: `--version`, `--allow-unloaded-frozen`."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def version_string(dist: str) -> str:
 def add_version(parser: argparse.ArgumentParser, dist: str) -> None:
     """`<prog> --version` prints the installed distribution's version and the core's, then exits 0."""
     parser.add_argument("--version", action="version", version=version_string(dist))
+
+
+def add_allow_unloaded_frozen(parser) -> None:
+    """`--allow-unloaded-frozen`: freeze tensors the checkpoint did not supply (ftcore.freezing), on purpose."""
+    parser.add_argument("--allow-unloaded-frozen", dest="allow_unloaded_frozen", action="store_true",
+                        help="freeze parameters even where the checkpoint supplied no weights for them (they stay "
+                             "at random init for the whole run); without it such a run is refused")

@@ -11,6 +11,12 @@ Each model declares its strategies as data, e.g.
 
 Patterns are regular expressions searched in the parameter name (`re.search`), so "cls\\." and
 "encoder" mean "names containing them", and "^gnn\\." means the `gnn` module.
+
+Freezing is only sound for weights that came from somewhere. Pass `pretrained=` the LoadReport of
+the load that supplied them (or None when nothing was loaded): a tensor that ends up frozen but was
+neither loaded, nor skipped on purpose by the load, nor named in `fresh` (deliberately
+re-initialised) is an error naming its module, unless `allow_unloaded_frozen=True`
+(CLIs: --allow-unloaded-frozen), which turns it into a warning.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ from typing import Iterable, Mapping
 from torch import nn
 
 from ftcore.errors import UserError
+from ftcore.loading import LoadReport, module_of
+
+# `pretrained` left out: the caller freezes for a reason that is not a pretrained load
+_NOT_GIVEN = object()
+ALLOW_FLAG = "--allow-unloaded-frozen"
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,20 @@ def resolve_strategy(name: str, strategies: Mapping[str, FreezeSpec]) -> FreezeS
     return strategies[name]
 
 
-def apply_freezing(model: nn.Module, spec: FreezeSpec, *, verbose: bool = True) -> FreezeReport:
-    """Set requires_grad on every parameter of `model` from `spec`; error if nothing trains."""
+def apply_freezing(
+    model: nn.Module,
+    spec: FreezeSpec,
+    *,
+    pretrained: LoadReport | None | object = _NOT_GIVEN,
+    fresh: Iterable[str] = (),
+    allow_unloaded_frozen: bool = False,
+    verbose: bool = True,
+) -> FreezeReport:
+    """Set requires_grad on every parameter of `model` from `spec`; error if nothing trains.
+
+    pretrained: the LoadReport of the pretrained weights (None: none were loaded); then every frozen
+    tensor must have been loaded, skipped on purpose, or match a `fresh` pattern (see module docstring).
+    """
     report = FreezeReport()
     for name, param in model.named_parameters():
         train = spec.is_trainable(name)
@@ -97,6 +120,50 @@ def apply_freezing(model: nn.Module, spec: FreezeSpec, *, verbose: bool = True) 
             "No trainable parameters! The freezing strategy froze every parameter; "
             "choose another strategy or add an include pattern"
         )
+    if pretrained is not _NOT_GIVEN:
+        check_frozen_loaded(report.frozen_names, pretrained, fresh=fresh, allow=allow_unloaded_frozen)
     if verbose:
         print(report.format())
     return report
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's name in the model as it was loaded: peft's wrapper names mapped back
+    ('base_model.model.encoder.qkv.base_layer.weight' -> 'encoder.qkv.weight')."""
+    if name.startswith("base_model.model."):
+        name = name[len("base_model.model."):]
+    return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".").replace(
+        ".original_module.", ".")
+
+
+def unloaded_frozen(frozen_names: Iterable[str], pretrained: LoadReport | None, fresh: Iterable[str] = ()) -> list[str]:
+    """The frozen tensors (canonical names) that were neither loaded, skipped on purpose, nor fresh."""
+    ok = set() if pretrained is None else set(pretrained.loaded) | set(pretrained.skipped)
+    fresh = tuple(fresh)
+    names = (canonical_name(n) for n in frozen_names)
+    return [n for n in names if n not in ok and not _matches(fresh, n)]
+
+
+def check_frozen_loaded(
+    frozen_names: Iterable[str], pretrained: LoadReport | None, *, fresh: Iterable[str] = (), allow: bool = False
+) -> list[str]:
+    """Refuse (UserError) to freeze tensors no checkpoint supplied; with `allow`, warn instead. Returns them."""
+    missing = unloaded_frozen(frozen_names, pretrained, fresh)
+    if not missing:
+        return missing
+    groups: dict[str, list[str]] = {}
+    for name in missing:
+        groups.setdefault(module_of(name, 1), []).append(name)
+    shown = "; ".join(f"{m} ({len(ks)}: {', '.join(ks[:2])}{', ...' if len(ks) > 2 else ''})" for m, ks in groups.items())
+    where = "no pretrained checkpoint was loaded" if pretrained is None else "the checkpoint did not supply them"
+    message = (
+        f"{len(missing)} frozen tensors would stay at their random initialisation for the whole run ({where}): "
+        f"{shown}"
+    )
+    if allow:
+        print(f"⚠ {message} [{ALLOW_FLAG}]")
+        return missing
+    raise UserError(
+        f"{message}; check the checkpoint and its layout (the load report above lists what matched), "
+        f"or make them trainable, or pass {ALLOW_FLAG} to freeze them at random init on purpose"
+    )

@@ -7,6 +7,10 @@ exactly what happened (the format of the Cell2Gene transfer guide):
     Skipped 2 layers due to shape mismatch:
         output_projection.1.weight: model (512, 256) vs bulk (512, 372)
     Skipped 45 layers not present in spatial model
+
+followed by the per-module account, so "loaded N" never hides a pretrained part that did not load:
+
+    by module (loaded / in model): encoder 150/150, region_embed 0/2 ⚠, cls_token 0/1 ⚠, head_exp 0/2
 """
 
 from __future__ import annotations
@@ -28,9 +32,26 @@ class LoadReport:
     not_in_model: list[str] = field(default_factory=list)  # in the checkpoint only
     not_in_checkpoint: list[str] = field(default_factory=list)  # model keys left at their init
     skipped: dict[str, str] = field(default_factory=dict)  # key -> reason (skip patterns)
+    model_keys: list[str] = field(default_factory=list)  # every tensor of the target, in order
+
+    def modules(self) -> dict[str, tuple[int, int]]:
+        """{top-level module: (tensors loaded, tensors in the model)}, in model order."""
+        return _count(self.model_keys, set(self.loaded), depth=1)
+
+    def incomplete_parts(self) -> list[str]:
+        """'encoder.norm 0/2'-style entries for sub-modules of partly loaded modules."""
+        loaded, out = set(self.loaded), []
+        for module, (n, total) in self.modules().items():
+            if 0 < n < total:
+                keys = [k for k in self.model_keys if module_of(k, 1) == module]
+                out += [f"{sub} {m}/{t}" for sub, (m, t) in _count(keys, loaded, depth=2).items() if m < t]
+        return out
 
     def format(self, source: str = "checkpoint", target: str = "model") -> str:
         lines = [f"✓ Successfully loaded {len(self.loaded)} weight layers from {source}"]
+        if self.model_keys and len(self.loaded) < len(self.model_keys):  # the guide's line, never alone when short
+            lines = [f"⚠ Successfully loaded {len(self.loaded)} weight layers from {source}, "
+                     f"of {len(self.model_keys)} {target} tensors"]
         if self.shape_mismatch:
             lines.append(f"⚠ Skipped {len(self.shape_mismatch)} layers due to shape mismatch:")
             lines += [f"    {k}: {target} {tuple(m)} vs {source} {tuple(c)}" for k, m, c in self.shape_mismatch]
@@ -41,6 +62,11 @@ class LoadReport:
             lines.append(f"⚠ Skipped {len(self.not_in_model)} layers not present in {target}")
         if self.not_in_checkpoint:
             lines.append(f"ℹ {len(self.not_in_checkpoint)} {target} layers not in {source} keep their initialisation")
+        if self.model_keys:
+            parts = [f"{m} {n}/{t}" + ("" if n == t else " ⚠") for m, (n, t) in self.modules().items()]
+            lines.append(f"  by module (loaded / in {target}): " + ", ".join(parts))
+            if self.incomplete_parts():
+                lines.append("  partly loaded: " + ", ".join(self.incomplete_parts()))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -52,7 +78,24 @@ class LoadReport:
             "not_in_model": self.not_in_model,
             "not_in_checkpoint": self.not_in_checkpoint,
             "skipped": self.skipped,
+            "modules": {m: {"loaded": n, "total": t} for m, (n, t) in self.modules().items()},
         }
+
+
+def module_of(key: str, depth: int) -> str:
+    """The module a tensor belongs to, `depth` names deep ('encoder.blocks.0.attn.qkv.weight', 2 -> 'encoder.blocks');
+    a top-level tensor (cls_token) is its own group."""
+    parts = key.split(".")
+    return ".".join(parts[: min(depth, max(len(parts) - 1, 1))])
+
+
+def _count(keys: Iterable[str], loaded: set[str], depth: int) -> dict[str, tuple[int, int]]:
+    counts: dict[str, list[int]] = {}
+    for key in keys:
+        c = counts.setdefault(module_of(key, depth), [0, 0])
+        c[0] += key in loaded
+        c[1] += 1
+    return {k: (n, t) for k, (n, t) in counts.items()}
 
 
 def load_partial(
@@ -72,7 +115,7 @@ def load_partial(
     """
     skip = tuple(skip)
     own = model.state_dict()
-    report = LoadReport()
+    report = LoadReport(model_keys=list(own))
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         reason = next((why for pat, why in skip if re.search(pat, key)), None)

@@ -16,6 +16,7 @@ payload is real).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import struct
 import zipfile
@@ -40,8 +41,8 @@ CASES: dict[str, tuple[str, str]] = {
     "empty.ckpt": ("zero bytes", "checkpoint file is empty"),
     "evil_pickle.pt": ("torch checkpoint whose unpickling calls exec() (harmless marker-file payload)",
                        "refusing to unpickle"),
-    "needs_trust.pt": ("valid old-style checkpoint holding an argparse Namespace and numpy scalars "
-                       "(loads only with the opt-in)", "refusing to unpickle"),
+    "needs_trust.pt": ("valid old-style checkpoint holding a datetime.date beside its Namespace and numpy "
+                       "scalars (loads only with the opt-in)", "refusing to unpickle"),
     "not_a_checkpoint.ckpt": ("a text file with a checkpoint's name", "unrecognised checkpoint format"),
 }
 
@@ -127,7 +128,8 @@ def make(out: Path = HERE) -> None:
     (out / "empty.ckpt").write_bytes(b"")
     torch.save({"state_dict": {"w": torch.zeros(2)}, "hook": _Evil()}, out / "evil_pickle.pt")
     torch.save({"state_dict": _weights(4), "args": argparse.Namespace(lr=1e-3, depth=2),
-                "best_score": np.float64(0.87), "epoch": np.int64(12)}, out / "needs_trust.pt")
+                "best_score": np.float64(0.87), "epoch": np.int64(12), "started": datetime.date(2023, 5, 1)},
+               out / "needs_trust.pt")
     (out / "not_a_checkpoint.ckpt").write_text(
         "This is a notes file that happens to be called .ckpt.\nepoch: 3, lr: 1e-4\n")
 
@@ -147,7 +149,8 @@ def make(out: Path = HERE) -> None:
         "",
         "`evil_pickle.pt` calls `exec` when fully unpickled; the payload only writes a marker file at the path in",
         f"`${MARKER_ENV}` (nothing when unset). `needs_trust.pt` is a legitimate old checkpoint that loads",
-        "with `trust_pickle=True` / `--trust-checkpoint`; without the opt-in it is refused like the evil one.",
+        "with `trust_pickle=True` / `--trust-checkpoint`; without the opt-in it is refused like the evil one",
+        "(its Namespace and numpy scalars alone would load: `ftcore.checkpoint.inert`; the datetime does not).",
         "",
     ]
     (out / "README.md").write_text("\n".join(lines))

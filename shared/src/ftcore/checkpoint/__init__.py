@@ -5,8 +5,10 @@
 
 Formats are recognised by their first bytes, not their extension (".ckpt" is both Lightning
 and MindSpore): torch zip (.pt/.pth/.ckpt), torch legacy pickle, safetensors, MindSpore
-protobuf. Torch files load with weights_only=True; a file that needs full unpickling (it can
-run code) is refused unless the caller passes trust_pickle=True (CLIs: --trust-checkpoint).
+protobuf. Torch files load with weights_only=True; the argparse Namespace, numpy scalars and
+omegaconf configs real training checkpoints pickle beside their tensors come back as inert
+stand-ins (`ftcore.checkpoint.inert`; `plain(obj)` gives dicts). Any other object (it could run
+code) is refused unless the caller passes trust_pickle=True (CLIs: --trust-checkpoint).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Mapping
 import torch
 
 from ftcore.errors import UserError
+from ftcore.checkpoint.inert import plain, stand_in_globals
 from ftcore.checkpoint.mindspore import read_mindspore, write_mindspore
 
 TRUST_HINT = "pass trust_pickle=True (CLI: --trust-checkpoint) only if you trust where the file came from"
@@ -129,14 +132,16 @@ def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
         if bad is not None:
             raise UserError(f"{path}: torch checkpoint is corrupt (member {bad} fails its CRC); re-save or re-download it")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == "torch"))
+        # argparse / numpy / omegaconf objects beside the tensors are answered by inert stand-ins
+        with torch.serialization.safe_globals(stand_in_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == "torch"))
     except pickle.UnpicklingError as err:
         if not trust_pickle:
             what = _unsafe_global(err)
             raise UserError(
                 f"{path}: refusing to unpickle {what}: loading it could run code; {TRUST_HINT}"
             ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"{path}: torch checkpoint is truncated or corrupt ({_one_line(err)}); re-save or re-download it") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -190,4 +195,5 @@ __all__ = [
     "read_mindspore",
     "write_mindspore",
     "TRUST_HINT",
+    "plain",
 ]
