@@ -161,7 +161,7 @@ def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp
     assert "test accuracy: CellFM fine-tuned" in out and "logistic regression" in out
     demo = tmp_path / "runs" / "cellfm-ft" / "demo"
     res = json.loads((demo / "finetune" / "training_results.json").read_text())
-    assert len(res["labels"]) == 10 and res["n_train_cells"] + res["n_test_cells"] == 700
+    assert len(res["labels"]) == 10 and res["n_train_cells"] + res["n_val_cells"] + res["n_test_cells"] == 700
     assert res["input_kind"] == "log" and 0 < res["baseline_logreg_test_acc"] <= 1
     pred = ad.read_h5ad(demo / "predictions.h5ad")
     assert pred.n_obs == 700 and pred.obsm["cellfm_proba"].shape == (700, 10)
