@@ -41,11 +41,13 @@ def test_train_writes_the_seeds_outputs(trained, cellfm_inputs):
     assert not [n for n in names if n.endswith(".tmp")]
     res = json.loads((trained / "training_results.json").read_text())
     assert res["gene_embedding"] == "reinitialized_for_our_vocab"
-    assert len(res["train_acc_history"]) == len(res["test_acc_history"]) == 2
-    assert res["best_test_acc"] == max(res["test_acc_history"])
+    # The best epoch is chosen on the validation split; the test split is scored once, by that model.
+    assert len(res["train_acc_history"]) == len(res["val_acc_history"]) == 2 and len(res["test_acc_history"]) == 1
+    assert res["best_val_acc"] == max(res["val_acc_history"])
+    assert res["best_test_acc"] == res["test_acc_history"][0] == res["test_acc_best_model"]
     assert 0 <= res["baseline_logreg_test_acc"] <= 1
-    vocab = cellfm_inputs["vocab"].read_text().split()
-    assert res["n_genes"] == len(set(vocab) & set(cellfm_inputs["adata"].var_names)) == 64 - res["genes_absent_from_vocab"]
+    # The default vocabulary is the user's genes: all 64, each with a fresh gene_emb row.
+    assert res["n_genes"] == 64 and res["genes_absent_from_vocab"] == 0 and res["vocabulary"] == "every data gene"
 
 
 def test_train_and_test_h5ad_hold_predictions(trained, cellfm_inputs):
@@ -159,7 +161,7 @@ def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp
     assert "test accuracy: CellFM fine-tuned" in out and "logistic regression" in out
     demo = tmp_path / "runs" / "cellfm-ft" / "demo"
     res = json.loads((demo / "finetune" / "training_results.json").read_text())
-    assert len(res["labels"]) == 10 and res["n_train_cells"] + res["n_test_cells"] == 700
+    assert len(res["labels"]) == 10 and res["n_train_cells"] + res["n_val_cells"] + res["n_test_cells"] == 700
     assert res["input_kind"] == "log" and 0 < res["baseline_logreg_test_acc"] <= 1
     pred = ad.read_h5ad(demo / "predictions.h5ad")
     assert pred.n_obs == 700 and pred.obsm["cellfm_proba"].shape == (700, 10)
@@ -172,7 +174,7 @@ def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp
 
 def test_python_api_finetune_predict_evaluate(cellfm_inputs, tmp_path, capsys):
     """The README's Python route, and the teacher's rule as logged: gene_emb re-initialised and skipped
-    (named), every other backbone tensor loaded, data genes outside the vocabulary reported."""
+    (named), every other backbone tensor loaded, every data gene kept (the default vocabulary)."""
     from cellfm_ft.train import RunConfig, evaluate, finetune, predict
 
     cfg = RunConfig(data=str(cellfm_inputs["data"]), label_key="cell_type", donor_key="donor", test_donors=["D1"],
@@ -184,8 +186,7 @@ def test_python_api_finetune_predict_evaluate(cellfm_inputs, tmp_path, capsys):
     n = res["n_genes"]
     assert f"Re-initializing gene embedding: {n} genes -> gene_emb ({pad_rows(n)}, 32)" in log
     assert "Skipping gene embedding: extractor.gene_emb" in log
-    absent = res["genes_absent_from_vocab"]
-    assert absent > 0 and f"{absent} absent from it and left out" in log
+    assert res["genes_absent_from_vocab"] == 0 and f"genes: all {n} data genes, each with a fresh gene_emb row" in log
     report = res["load_report"]
     assert report["skipped"] == {"extractor.gene_emb": "re-initialised for our vocabulary"}
     assert not report["not_in_model"] and not report["shape_mismatch"]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ftcore.errors import UserError, cli_main
-from ftcore.cli import add_version
+from ftcore.cli import add_allow_unloaded_frozen, add_version
 
 # The seed's two scenarios as named presets pointing at the user's files (relative to the
 # working directory; every value can be overridden by a flag or a --config-file).
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "synthetic: generated cells with donors (donor split)")
     d.add_argument("--config", choices=("tiny", "80m"), default="tiny", help="size of the demo checkpoint")
     d.add_argument("--output", default=DEMO_OUTPUT, help=f"output directory (default {DEMO_OUTPUT})")
+    add_allow_unloaded_frozen(d)
     _add_train_args(d, DEMO_TRAIN)
 
     c = sub.add_parser("convert", help="MindSpore .ckpt -> safetensors with PyTorch names + a JSON report")
@@ -90,12 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--donor-key", help="obs column with donors: hold out whole donors for the test set")
     t.add_argument("--test-donors", help="comma-separated donors to hold out (default: a seeded choice)")
     t.add_argument("--test-size", type=float, help="fraction of donors (or cells) for the test set (default 0.2)")
+    t.add_argument("--val-fraction", type=float,
+                   help="fraction of the training donors (or cells) for the validation split that picks the best "
+                        "epoch (default 0.1; at least one donor); the test split is scored once, at the end")
+    t.add_argument("--val-donors", help="comma-separated training donors for the validation split (default: a seeded choice)")
     _add_data_args(t)
-    t.add_argument("--vocab", help="the model's gene list (default: <checkpoint>.genes.txt if present, else all genes)")
+    t.add_argument("--vocab", help="restrict the genes to this list, one per line (default: every data gene, "
+                                   "each with a fresh gene_emb row)")
+    t.add_argument("--checkpoint-vocab", action="store_const", const=True,
+                   help="restrict the genes to the checkpoint's vocabulary, <checkpoint>.genes.txt "
+                        "(default: every data gene)")
     t.add_argument("--checkpoint", help="CellFM weights: MindSpore .ckpt, converted .safetensors, or .pth")
     t.add_argument("--config", help="architecture the checkpoint must match: 80m (default) or tiny")
     t.add_argument("--trust-checkpoint", action="store_const", const=True, help="allow full unpickling (runs code)")
     t.add_argument("--strategy", help="trainable set: cls_encoder (default, the seed's), cls_only, full")
+    t.add_argument("--head", choices=("tutorial", "mlp"),
+                   help="tutorial (default): the annotation tutorial's head (cluster tokens, two read-outs); "
+                        "mlp: CellFM-torch's cls (Linear(D,128)-BatchNorm-LeakyReLU-Linear on the cell token) "
+                        "trained with CellFM's masked-reconstruction term (needs a checkpoint with the decoders)")
+    t.add_argument("--recon-weight", type=float, help="--head mlp: weight of the reconstruction term (default 1; 0 = off)")
+    t.add_argument("--mask-ratio", type=float, help="--head mlp: share of a cell's genes hidden for it (default 0.5)")
+    t.add_argument("--mask-layers", choices=("auto", "upper", "all"),
+                   help="layers that mask padded genes: auto (default; upper for a pretraining checkpoint, which "
+                        "has the decoders, all for the annotation tutorial's), upper (layers depth//2..), all")
+    add_allow_unloaded_frozen(t)
+    t.set_defaults(allow_unloaded_frozen=None)  # None = not given (a --config-file may set it)
     t.add_argument("--include", action="append", help="extra trainable parameter-name regex (repeatable)")
     t.add_argument("--exclude", action="append", help="extra frozen parameter-name regex (repeatable)")
     t.add_argument("--baseline", action="store_const", const=True, help="also report a logistic-regression baseline")
@@ -127,8 +147,9 @@ def run_config(args: argparse.Namespace):
     cfg = load_config(RunConfig, args.config_file, data=base) if args.config_file else RunConfig(**base)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
              if getattr(args, f.name, None) is not None}
-    if "test_donors" in flags:
-        flags["test_donors"] = [d.strip() for d in flags["test_donors"].split(",") if d.strip()]
+    for key in ("test_donors", "val_donors"):
+        if key in flags:
+            flags[key] = [d.strip() for d in flags[key].split(",") if d.strip()]
     cfg = dataclasses.replace(cfg, **flags)
     if args.preset and not Path(cfg.data).exists():
         raise UserError(f"preset --{args.preset} expects the data at {cfg.data} (missing); put the file there or pass --data")
@@ -167,13 +188,14 @@ def run_demo(args: argparse.Namespace) -> dict:
                    if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress")
                    and v is not None}
     cfg = RunConfig(data=str(data_path), checkpoint=str(ckpt_path), vocab=str(ckpt_path) + ".genes.txt",
-                    config=args.config, output=str(out / "finetune"), baseline=True, **DEMO_TRAIN, **run)
+                    config=args.config, output=str(out / "finetune"), baseline=True,
+                    allow_unloaded_frozen=args.allow_unloaded_frozen, **DEMO_TRAIN, **run)
     cfg = dataclasses.replace(cfg, **train_flags)
     results = finetune(cfg)
     if not is_main_process():
         return results
     predict(str(out / "finetune" / "best_model.pth"), str(data_path), str(out / "predictions.h5ad"), layer=run["layer"])
-    print(f"\ntest accuracy: CellFM fine-tuned {results['best_test_acc']:.3f} (best epoch), "
+    print(f"\ntest accuracy: CellFM fine-tuned {results['best_test_acc']:.3f} (epoch chosen on validation), "
           f"logistic regression {results['baseline_logreg_test_acc']:.3f} (same split, same genes)")
     return results
 

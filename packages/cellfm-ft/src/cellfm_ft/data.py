@@ -161,6 +161,7 @@ class GeneVocab:
 
     genes: list[str]  # token id i + 1 -> genes[i]
     absent: list[str]  # data genes outside the model vocabulary (left out)
+    restricted: bool = True  # False: no model vocabulary was imposed (every data gene kept)
 
     @classmethod
     def build(cls, data_genes: Sequence[str], model_vocab: Sequence[str] | None, source: str = "") -> "GeneVocab":
@@ -169,7 +170,7 @@ class GeneVocab:
         if len(unique) < len(data_genes):
             print(f"note: {len(data_genes) - len(unique)} duplicated gene names; the first of each is used")
         if model_vocab is None:
-            return cls(unique, [])
+            return cls(unique, [], restricted=False)
         known = set(model_vocab)
         kept = [g for g in unique if g in known]
         absent = [g for g in unique if g not in known]
@@ -182,6 +183,9 @@ class GeneVocab:
         return cls(kept, absent)
 
     def report(self) -> str:
+        if not self.restricted:
+            return (f"genes: all {len(self.genes)} data genes, each with a fresh gene_emb row (the teacher's rule; "
+                    "--checkpoint-vocab or --vocab FILE would restrict them to a model vocabulary)")
         line = f"genes: {len(self.genes)} in the model vocabulary"
         if self.absent:
             shown = ", ".join(self.absent[:10]) + (" ..." if len(self.absent) > 10 else "")
@@ -219,10 +223,14 @@ class Split:
     train: np.ndarray  # cell indices
     test: np.ndarray
     how: str  # human-readable: which donors / fraction
+    val: np.ndarray | None = None  # the validation cells (picks the best epoch); None: not made (yet)
 
     def to_dict(self, cells: Cells) -> dict:
         names = cells.adata.obs_names.astype(str)
-        return {"how": self.how, "train": names[self.train].tolist(), "test": names[self.test].tolist()}
+        out = {"how": self.how, "train": names[self.train].tolist(), "test": names[self.test].tolist()}
+        if self.val is not None:
+            out["val"] = names[self.val].tolist()
+        return out
 
     @classmethod
     def from_file(cls, path: Path, cells: Cells) -> "Split":
@@ -231,12 +239,13 @@ class Split:
         try:
             train = np.array([index[n] for n in saved["train"]], dtype=np.int64)
             test = np.array([index[n] for n in saved["test"]], dtype=np.int64)
+            val = np.array([index[n] for n in saved["val"]], dtype=np.int64) if "val" in saved else None
         except KeyError as err:
             raise UserError(
                 f"{path} (from an earlier run in this output dir) names cell {err.args[0]!r} that the data "
                 "lacks; use a new --output for other data"
             ) from None
-        return cls(train, test, saved["how"])
+        return cls(train, test, saved["how"], val)
 
 
 def make_split(cells: Cells, *, test_donors: Sequence[str] | None, test_size: float, seed: int) -> Split:
@@ -273,6 +282,62 @@ def make_split(cells: Cells, *, test_donors: Sequence[str] | None, test_size: fl
     is_test = np.zeros(n, bool)
     is_test[test] = True
     return Split(np.flatnonzero(~is_test), np.flatnonzero(is_test), f"random {test_size:.0%} of cells per label")
+
+
+def _stratified_pick(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask picking round(fraction * n) cells of every label with more than one cell (and at
+    least one cell in all, from the largest label, when the rounding picks none)."""
+    picked = np.zeros(len(labels), bool)
+    largest = None
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        rng.shuffle(idx)
+        k = int(round(len(idx) * fraction)) if len(idx) > 1 else 0
+        picked[idx[:k]] = True
+        if len(idx) > 1 and (largest is None or len(idx) > len(largest)):
+            largest = idx
+    if not picked.any() and largest is not None:
+        picked[largest[0]] = True
+    return picked
+
+
+def add_validation(cells: Cells, split: Split, *, val_fraction: float, val_donors: Sequence[str] | None = None,
+                   seed: int = 0) -> Split:
+    """Carve the validation split (which picks the best epoch) out of the training cells.
+
+    With donors: whole training donors (`val_donors`, else round(val_fraction x training donors), at
+    least 1, never all); with a single training donor, or without donors: a stratified random
+    `val_fraction` of the training cells per label. The test split is left as it is.
+    """
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    rng = np.random.default_rng([seed, 1])  # independent of the test split's draw
+    train = np.asarray(split.train)
+    labels = cells.labels[train] if cells.labels is not None else np.zeros(len(train), dtype=str)
+    if cells.donors is not None:
+        donors = sorted(set(cells.donors[train]))
+        held = None
+        if val_donors:
+            unknown = [d for d in val_donors if d not in donors]
+            if unknown:
+                raise UserError(f"validation donor(s) {', '.join(unknown)} are not among the training donors "
+                                f"({', '.join(donors)}); a test donor cannot also validate")
+            held = sorted(val_donors)
+        elif len(donors) >= 2:
+            k = min(max(1, round(len(donors) * val_fraction)), len(donors) - 1)
+            held = sorted(rng.choice(donors, size=k, replace=False).tolist())
+        if held is not None:
+            is_val = np.isin(cells.donors[train], held)
+            if is_val.all():
+                raise UserError("every training donor is held out for validation; leave at least one for training")
+            return Split(train[~is_val], split.test, f"{split.how}; validation donors: {', '.join(held)}", train[is_val])
+        note = f"validation: random {val_fraction:.0%} of the only training donor's cells per label"
+    else:
+        if val_donors:
+            raise UserError("--val-donors needs --donor-key (the obs column naming each cell's donor)")
+        note = f"validation: random {val_fraction:.0%} of the training cells per label"
+    is_val = _stratified_pick(labels, val_fraction, rng)
+    return Split(train[~is_val], split.test, f"{split.how}; {note}", train[is_val])
 
 
 # ------------------------------------------------------------------------ model inputs

@@ -10,10 +10,20 @@ padding. `enc_nlayers` RetentionLayers follow (MHRetention: O = Q (K^T V), no so
 is linear in L). Position 0 of the output is the cell embedding, 1..L the gene embeddings.
 
 Faithful to the public MindSpore code (biomed-AI/CellFM), including the MindSpore defaults that
-differ from torch's: LayerNorm eps 1e-7 and LeakyReLU slope 0.2. Every layer masks the padded
-keys with `zero_idx`, as the public cell-annotation backbone does. (The pretraining script masks
-only the upper half of the layers; in the lower half padded tokens are zero vectors on entry,
-hence zero keys/values in the first layer, so for the 2-layer 80M model both forms agree exactly.)
+differ from torch's: LayerNorm eps 1e-7 and LeakyReLU slope 0.2.
+
+Two forms of CellFM exist, and a checkpoint says which one it is:
+- the pretraining model (`CellFM` in model.py; it has `zero_emb` and the decoders `value_dec`,
+  `cellwise_dec`) masks the padded keys only in layers depth//2 .. depth-1 (`mask_layers="upper"`);
+  its lower half masks only the genes hidden for reconstruction;
+- the annotation tutorial's `Backbone` (no zero_emb, no decoders) masks them in every layer
+  (`mask_layers="all"`).
+Padded tokens are zero vectors on entry, so the first layer sees zero keys/values either way: at 2
+layers (the 80M model) the forms agree exactly, from 4 layers on they differ.
+
+Heads (`cls`): the annotation tutorial's (`CellTypeHead`: cluster tokens query the genes, two
+read-outs) or CellFM-torch's MLP on the cell token (`MLPHead`), trained with CellFM's
+masked-reconstruction term added to the loss.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from ftcore.freezing import FreezeSpec
 from ftcore.mapping import MINDSPORE_RENAMES, KeyMap, Rename
 
 LN_EPS = 1e-7  # mindspore.nn.LayerNorm default
+MASK_LAYERS = ("all", "upper")
+HEADS = ("tutorial", "mlp")
 LEAKY_SLOPE = 0.2  # mindspore.nn.LeakyReLU default
 
 
@@ -46,8 +58,18 @@ class CellFMConfig:
     nonz_len: int = 2048  # most non-zero genes kept per cell (the highest-expressed)
     num_cls: int = 0  # cell types of the classification head (0 = backbone only)
     head_layers: int = 2  # cross-retention layers of the head
+    # The pretraining parts (zero_emb, value_dec, cellwise_dec): present in CellFM's pretraining model,
+    # absent from the annotation tutorial's Backbone.
+    decoders: bool = True
+    mask_layers: str = "all"  # padded keys masked in: "all" layers (tutorial Backbone) | "upper" half (pretraining)
+    head: str = "tutorial"  # tutorial (cluster tokens, two read-outs) | mlp (CellFM-torch's cls on the cell token)
+    mlp_hidden: int = 128  # width of the mlp head
 
     def __post_init__(self) -> None:
+        if self.mask_layers not in MASK_LAYERS:
+            raise UserError(f"unknown mask_layers {self.mask_layers!r}; choose one of: {', '.join(MASK_LAYERS)}")
+        if self.head not in HEADS:
+            raise UserError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")
         if self.enc_dims % self.enc_num_heads:
             raise UserError(
                 f"enc_dims={self.enc_dims} is not divisible by enc_num_heads={self.enc_num_heads}; "
@@ -233,33 +255,55 @@ class CellFM(nn.Module):
         self.cfg = cfg
         self.gene_emb = nn.Parameter(torch.empty(pad_rows(cfg.n_genes), d))
         self.cls_token = nn.Parameter(torch.empty(1, 1, d))
-        self.zero_emb = nn.Parameter(torch.zeros(1, 1, d))  # used only without pad_zero (never here)
+        if cfg.decoders:  # the pretraining model's parts; the annotation tutorial's Backbone has none of them
+            self.zero_emb = nn.Parameter(torch.zeros(1, 1, d))  # used only without pad_zero (never here)
         self.value_enc = ValueEncoder(d, cfg.value_bins)
         self.encoder = nn.ModuleList(
             RetentionLayer(d, cfg.enc_num_heads, cfg.enc_nlayers, cfg.enc_dropout * i / cfg.enc_nlayers)
             for i in range(cfg.enc_nlayers)
         )
-        self.value_dec = ValueDecoder(d)
-        self.cellwise_dec = CellwiseDecoder(d)
+        if cfg.decoders:
+            self.value_dec = ValueDecoder(d)
+            self.cellwise_dec = CellwiseDecoder(d)
         nn.init.xavier_normal_(self.gene_emb, gain=0.5)
         nn.init.xavier_normal_(self.cls_token, gain=0.5)
         with torch.no_grad():
             self.gene_emb[0].zero_()
 
-    def forward(self, expr: torch.Tensor, gene: torch.Tensor, zero_idx: torch.Tensor) -> torch.Tensor:
-        """expr [B, L] float, gene [B, L] long, zero_idx [B, L+1] -> tokens [B, L+1, D] (0 = cell)."""
+    def forward(self, expr: torch.Tensor, gene: torch.Tensor, zero_idx: torch.Tensor,
+                unmask: torch.Tensor | None = None) -> torch.Tensor:
+        """expr [B, L] float, gene [B, L] long, zero_idx [B, L+1] -> tokens [B, L+1, D] (0 = cell).
+
+        unmask [B, L] (1 = value shown, 0 = hidden behind mask_emb, as in CellFM's masked pretraining):
+        None = every value shown. Padded keys are masked in every layer (mask_layers "all") or, as
+        CellFM's pretraining encode does, only in layers depth//2 .. depth-1 ("upper"; the lower half
+        masks the hidden genes' keys instead, i.e. nothing when none is hidden).
+        """
         b = gene.shape[0]
-        x = self.gene_emb[gene] + self.value_enc(expr)
+        value = self.value_enc(expr)
+        if unmask is not None:
+            shown = unmask.unsqueeze(-1).to(value.dtype)
+            value = value * shown + self.value_enc.mask_emb.to(value.dtype) * (1 - shown)
+        x = self.gene_emb[gene] + value
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
         x = x * zero_idx.unsqueeze(-1)
         v_pos = torch.rsqrt(zero_idx.sum(-1) - 1).view(b, 1, 1, 1).detach()
         mask = zero_idx.view(b, 1, -1, 1)
-        for layer in self.encoder:
-            x = layer(x, v_pos=v_pos, attn_mask=mask)
+        lower = mask
+        if self.cfg.mask_layers == "upper":
+            lower = torch.ones_like(zero_idx) if unmask is None else torch.cat(
+                [torch.ones_like(zero_idx[:, :1]), unmask.to(zero_idx.dtype)], dim=1)
+            lower = lower.view(b, 1, -1, 1)
+        half = len(self.encoder) // 2
+        for i, layer in enumerate(self.encoder):
+            x = layer(x, v_pos=v_pos, attn_mask=lower if i < half else mask)
         return x
 
     def decode(self, tokens: torch.Tensor, gene: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pretraining read-outs: (gene-wise value [B, L], cell-wise value [B, L])."""
+        if not self.cfg.decoders:
+            raise UserError("this CellFM backbone has no pretraining decoders (value_dec, cellwise_dec): "
+                            "its checkpoint did not carry them (the annotation tutorial's layout)")
         return self.value_dec(tokens[:, 1:]), self.cellwise_dec(tokens[:, 0], self.gene_emb[gene])
 
     def reinit_gene_emb(self, n_genes: int) -> None:
@@ -309,6 +353,15 @@ class CellTypeHead(nn.Module):
         return logits1, logits2
 
 
+class MLPHead(nn.Sequential):
+    """CellFM-torch's `cls` (the one the seed trains): Linear(D, 128) -> BatchNorm1d -> LeakyReLU -> Linear(128, C)
+    on the cell token.  [B, D] -> [B, C]. (A torch module there: torch's LeakyReLU slope 0.01.)"""
+
+    def __init__(self, cfg: CellFMConfig):
+        super().__init__(nn.Linear(cfg.enc_dims, cfg.mlp_hidden), nn.BatchNorm1d(cfg.mlp_hidden), nn.LeakyReLU(),
+                         nn.Linear(cfg.mlp_hidden, cfg.num_cls))
+
+
 class CellFMClassifier(nn.Module):
     """CellFM backbone (`extractor`) + cell-type head (`cls`): the names the seed's rule trains."""
 
@@ -318,11 +371,29 @@ class CellFMClassifier(nn.Module):
             raise UserError(f"a classifier needs at least 2 cell types, the labels have {cfg.num_cls}")
         self.cfg = cfg
         self.extractor = CellFM(cfg)
-        self.cls = CellTypeHead(cfg)
+        self.cls = CellTypeHead(cfg) if cfg.head == "tutorial" else MLPHead(cfg)
 
-    def forward(self, expr, gene, zero_idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (logits1, logits2), each [B, num_cls]."""
-        return self.cls(self.extractor(expr, gene, zero_idx), zero_idx)
+    def read_out(self, tokens: torch.Tensor, zero_idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """-> the head's logits, each [B, num_cls]: (logits1, logits2) for the tutorial head (logits1 predicts),
+        (logits,) for the mlp head."""
+        if self.cfg.head == "tutorial":
+            return self.cls(tokens, zero_idx)
+        return (self.cls(tokens[:, 0]),)
+
+    def forward(self, expr, gene, zero_idx, hidden: torch.Tensor | None = None):
+        """-> read_out(...) (tutorial head: (logits1, logits2), each [B, num_cls]).
+
+        hidden [B, L] bool (genes whose values are hidden behind mask_emb): -> (read-outs, masked-
+        reconstruction loss), CellFM's pretraining term: MSE of both decoders' values at the hidden genes.
+        """
+        if hidden is None:
+            return self.read_out(self.extractor(expr, gene, zero_idx), zero_idx)
+        tokens = self.extractor(expr, gene, zero_idx, unmask=(~hidden).to(expr.dtype))
+        gw, cw = self.extractor.decode(tokens, gene)
+        weight = hidden.to(gw.dtype)
+        n = weight.sum().clamp_min(1.0)
+        recon = (((gw - expr) ** 2 * weight).sum() + ((cw - expr) ** 2 * weight).sum()) / n
+        return self.read_out(tokens, zero_idx), recon
 
     def embed(self, expr, gene, zero_idx) -> torch.Tensor:
         """Cell embeddings [B, D] (the backbone's cls position)."""
@@ -334,6 +405,18 @@ def classification_loss(logits1, logits2, label, weight=None) -> torch.Tensor:
     return F.cross_entropy(logits1.float(), label, weight=weight) + F.cross_entropy(logits2.float(), label, weight=weight)
 
 
+def readout_loss(readouts: tuple[torch.Tensor, ...], label, weight=None) -> torch.Tensor:
+    """Cross-entropy summed over the head's read-outs (the tutorial's two, or the mlp head's one)."""
+    return sum(F.cross_entropy(r.float(), label, weight=weight) for r in readouts)
+
+
+def hide_genes(zero_idx: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Genes to hide for the masked-reconstruction term: each expressed gene with probability `ratio`
+    (CellFM-torch's fine-tuning hides mask_ratio 0.5).  zero_idx [B, L+1] -> hidden [B, L] bool."""
+    real = zero_idx[:, 1:] > 0
+    return real & (torch.rand(real.shape, device=zero_idx.device) < ratio)
+
+
 # ------------------------------------------------------------ MindSpore checkpoint table
 # MindSpore name (CellFM pretraining net, or the annotation tutorial's Net)  ->  ours:
 #   gene_emb, cls_token, zero_emb                 -> extractor.<same>
@@ -342,10 +425,13 @@ def classification_loss(logits1, logits2, label, weight=None) -> torch.Tensor:
 #   encoder.<i>.attn.{q,k,v,u,o}_proj.weight      -> extractor.encoder.<i>.attn.<same>
 #   encoder.<i>.ffn.{u,v,o}_proj.weight           -> extractor.encoder.<i>.ffn.<same>
 #   encoder.<i>.post_norm{1,2}.gamma / .beta      -> extractor.encoder.<i>.post_norm{1,2}.weight / .bias
-#   value_dec.w{1,2}.weight, cellwise_dec.map.weight -> extractor.<same>
+#   value_dec.w{1,2}.weight, cellwise_dec.map.weight -> extractor.<same>  (pretraining model only)
 #   extractor.<x> (annotation Net)                -> extractor.<x>
 #   cluster_emb, query_layer.*, classifier.weight -> cls.<same>
-# Dense weights are (out, in) in both frameworks: no transposes.
+#   ST_emb, ST_enc.*                              -> skipped (spatial tokens, see below)
+#   moment1.* / moment2.* / counters (ModelCheckpoint) -> skipped
+# Dense weights are (out, in) in both frameworks: no transposes. The annotation tutorial's
+# Backbone has no zero_emb / value_dec / cellwise_dec: such a checkpoint is read as that form.
 CHECKPOINT_MAP = KeyMap(
     renames=MINDSPORE_RENAMES
     + (
@@ -360,8 +446,20 @@ CHECKPOINT_MAP = KeyMap(
         (r"(^|\.)lora_[a-z]+\.", "LoRA adapter of a tuned variant; merge it into the weights before converting"),
         (r"^(query|proj)\.", "label head of the pretraining net (cfg.label); fine-tuning builds its own `cls` head"),
         (r"^(value_dec|cellwise_dec)\.zero_logit\b", "zero-probability decoder (add_zero), pretraining only"),
+        (r"^(extractor\.)?ST_(emb|enc)(\.|$)",
+         "spatial-transcriptomics tokens (ST_emb [1, 2, D] + the ST_enc value encoder of a spatial feature): "
+         "they enter only when a spatial feature is fed; cells are encoded without them, as CellFM-torch's "
+         "inference does"),
     ),
 )
+
+# Backbone parameters that only CellFM's pretraining model has (absent from the tutorial's Backbone).
+PRETRAINING_PARTS = r"^extractor\.(zero_emb$|value_dec\.|cellwise_dec\.)"
+
+
+def is_pretraining_model(sd: dict) -> bool:
+    """A checkpoint 'says it is a pretraining model' when it carries the decoders."""
+    return any(re.match(r"extractor\.(value_dec|cellwise_dec)\.", k) for k in sd)
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor], name: str) -> CellFMConfig:
@@ -380,7 +478,9 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], name: str) -> CellFMConf
     if n_layers < 1:
         raise UserError("the checkpoint has no encoder layers; it is not a CellFM checkpoint")
     # The vocabulary size is what the table holds minus pad and alignment rows (at most 7).
-    return dataclasses.replace(cfg, enc_nlayers=n_layers, n_genes=rows - 1)
+    pretraining = is_pretraining_model(sd)
+    return dataclasses.replace(cfg, enc_nlayers=n_layers, n_genes=rows - 1, decoders=pretraining,
+                               mask_layers="upper" if pretraining else "all")
 
 
 # ------------------------------------------------------------------ freezing strategies

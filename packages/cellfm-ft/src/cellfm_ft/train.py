@@ -6,15 +6,19 @@
     predict("outputs/cellfm_testcase/best_model.pth", "new.h5ad", "new_pred.h5ad")
 
 Fine-tuning follows the teacher's rule (seed 001): build the model, re-initialise gene_emb for
-our vocabulary (pad_rows(G) rows, xavier normal, pad row 0 zero), load every other layer from
-the checkpoint (gene_emb skipped, with a logged line), train only `cls.` and `encoder`
-parameters. The core Trainer does the training (AdamW, checkpoints, resume, DDP).
+our vocabulary (by default every gene of the data; pad_rows(G) rows, xavier normal, pad row 0
+zero), load every other layer from the checkpoint (gene_emb skipped, with a logged line), train
+only `cls.` and `encoder` parameters. A frozen parameter that was neither loaded nor deliberately
+re-initialised is refused (the core's check; --allow-unloaded-frozen to accept it). The best
+epoch is chosen on a validation split; the test split is scored once, by that model. The core
+Trainer does the training (AdamW, checkpoints, resume, DDP).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from ftcore.training import TrainConfig, Trainer, seed_everything
 
 from cellfm_ft.data import (
     CellDataset,
+    add_validation,
     Cells,
     GeneVocab,
     Split,
@@ -43,17 +48,33 @@ from cellfm_ft.data import (
 from cellfm_ft.model import (
     CHECKPOINT_MAP,
     FREEZE_STRATEGIES,
+    HEADS,
+    MASK_LAYERS,
+    PRETRAINING_PARTS,
     CellFMClassifier,
     CellFMConfig,
-    classification_loss,
     config_from_state_dict,
+    hide_genes,
     pad_rows,
+    readout_loss,
 )
 
 PRED_KEY = "cellfm_pred"  # obs: predicted label
 PROBA_KEY = "cellfm_proba"  # obsm: [n_cells, n_labels] probabilities (label order in uns["cellfm"])
 EMB_KEY = "X_cellfm"  # obsm: [n_cells, enc_dims] cell embeddings
 TRAIN_ACC_CELLS = 2048  # training accuracy per epoch is measured on this many fixed training cells
+# Frozen parameters that are deliberately not loaded: gene_emb is re-initialised for our vocabulary (the
+# teacher's rule); zero_emb is never used by this model (pad_zero), whatever its value.
+FRESH = (r"(^|\.)gene_emb$", r"(^|\.)zero_emb$")
+MISSING_PART_REASON = ("not in this checkpoint: the annotation tutorial's Backbone has no zero_emb and no "
+                       "pretraining decoders; fine-tuning does not build them (the tutorial head does not use them; "
+                       "--head mlp's reconstruction term needs the decoders)")
+
+
+def layout_of(cfg: CellFMConfig) -> str:
+    if cfg.decoders:
+        return "CellFM pretraining model (has the decoders): padded keys masked in layers depth//2 .. depth-1"
+    return "annotation tutorial Backbone (no zero_emb / decoders): padded keys masked in every layer"
 
 
 def is_main_process() -> bool:
@@ -70,19 +91,30 @@ def load_cellfm_weights(path: str, trust_checkpoint: bool = False) -> tuple[dict
 
 def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: str | None = None,
             trust_checkpoint: bool = False) -> dict:
-    """MindSpore .ckpt -> safetensors with our parameter names, plus a JSON report."""
+    """MindSpore .ckpt -> safetensors with our parameter names, plus a JSON report.
+
+    Accepted layouts: CellFM's pretraining model, the annotation tutorial's Net(Backbone) (no zero_emb,
+    value_dec, cellwise_dec: reported as missing, not fatal), files with ST_emb / ST_enc (skipped, with the
+    reason) and MindSpore ModelCheckpoint training files (optimizer moments and counters skipped). The
+    report's "entries" holds every entry of the file (loaded as <our name> / skipped + reason) and every
+    backbone parameter the file lacks (missing + reason), each as a JSON object.
+    """
     if Path(output).suffix != ".safetensors":
         raise UserError(f"--output {output} should end in .safetensors")
-    sd, mapping = load_cellfm_weights(checkpoint, trust_checkpoint)
+    raw = read_state_dict(checkpoint, trust_pickle=trust_checkpoint)
+    sd, mapping = CHECKPOINT_MAP.apply(raw)
     cfg = config_from_state_dict(sd, config)
     backbone = {k: v for k, v in sd.items() if k.startswith("extractor.")}
-    # Every mapped tensor must land on a parameter of the same shape (strict: the table is complete).
+    # Every mapped tensor must land on a parameter of the same shape (strict: the table is complete);
+    # only the pretraining model's own parts may be absent (the tutorial's Backbone has none of them).
     from cellfm_ft.model import CellFM
 
     with torch.device("meta"):  # shapes only: no memory for an 80M-parameter copy
-        model = CellFM(cfg)
+        model = CellFM(dataclasses.replace(cfg, decoders=True))
     own = {"extractor." + k: v for k, v in model.state_dict().items()}
-    missing = [k for k in own if k not in backbone]
+    absent = [k for k in own if k not in backbone]
+    optional = [k for k in absent if re.match(PRETRAINING_PARTS, k)]
+    missing = [k for k in absent if k not in optional]
     extra = [k for k in backbone if k not in own]
     wrong = [k for k in own if k in backbone and tuple(own[k].shape) != tuple(backbone[k].shape)]
     if missing or extra or wrong:
@@ -91,13 +123,27 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
             f"{missing[:2]}; {len(extra)} unknown, e.g. {extra[:2]}; {len(wrong)} of another shape, e.g. {wrong[:2]})"
         )
     write_checkpoint(output, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "safetensors")
+    entries: dict[str, dict] = {}
+    for key, value in raw.items():
+        if key in mapping.skipped:
+            entries[key] = {"status": "skipped", "reason": mapping.skipped[key]}
+        else:
+            target = mapping.renamed.get(key, key)
+            entries[key] = {"status": "loaded", "as": target, "shape": list(sd[target].shape),
+                            "dtype": str(sd[target].dtype).removeprefix("torch.")}
+    for key in optional:
+        entries[key] = {"status": "missing", "shape": list(own[key].shape), "reason": MISSING_PART_REASON}
+    counts = {status: sum(e["status"] == status for e in entries.values()) for status in ("loaded", "skipped", "missing")}
     report = {
         "source": str(checkpoint),
         "output": str(output),
+        "layout": layout_of(cfg),
         "config": dataclasses.asdict(cfg),
         "n_parameters": int(sum(v.numel() for v in backbone.values())),
+        "counts": counts,
+        "entries": entries,
         "tensors": {k: list(v.shape) for k, v in sd.items()},
-        "mapping": mapping,
+        "mapping": mapping.to_dict(),
     }
     vocab = Path(str(checkpoint) + ".genes.txt")
     if vocab.exists():  # the gene list travels with the weights it indexes
@@ -107,8 +153,16 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
         report["vocabulary"] = str(output) + ".genes.txt"
     atomic_write_json(report_path or Path(output).with_suffix(".json"), report)
     print(f"converted {len(sd)} tensors ({report['n_parameters']:,} backbone parameters) -> {output}")
-    if mapping["skipped"]:
-        print(f"skipped {len(mapping['skipped'])} entries: " + ", ".join(f"{k} ({why})" for k, why in mapping["skipped"].items()))
+    print(f"layout: {report['layout']}")
+    print(f"entries: {counts['loaded']} loaded, {counts['skipped']} skipped, {counts['missing']} missing")
+    by_reason: dict[str, list[str]] = {}
+    for key, why in mapping.skipped.items():
+        by_reason.setdefault(why, []).append(key)
+    for why, keys in by_reason.items():
+        shown = ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+        print(f"skipped {len(keys)} ({why}): {shown}")
+    if optional:
+        print(f"missing {len(optional)} ({', '.join(optional)}): {MISSING_PART_REASON}")
     return report
 
 
@@ -122,13 +176,21 @@ class RunConfig:
     donor_key: str | None = None  # hold out donors for the test set (else random cells per label)
     test_donors: list[str] = field(default_factory=list)
     test_size: float = 0.2
+    val_fraction: float = 0.1  # of the training donors (or cells): the validation split that picks the best epoch
+    val_donors: list[str] = field(default_factory=list)
     gene_key: str | None = None  # var column holding gene symbols (default: var_names)
     layer: str | None = None  # X (default), a .layers key, or "raw"
     input_kind: str = "auto"  # auto | counts | log
-    vocab: str | None = None  # the model's gene list (one per line); default: <checkpoint>.genes.txt if present
+    vocab: str | None = None  # restrict the genes to this list (one per line); default: every data gene
+    checkpoint_vocab: bool = False  # restrict the genes to <checkpoint>.genes.txt (the checkpoint's vocabulary)
     config: str = "80m"  # named architecture the checkpoint must match (80m | tiny)
     trust_checkpoint: bool = False
     strategy: str = "cls_encoder"  # cls_encoder (the seed's rule) | cls_only | full
+    allow_unloaded_frozen: bool = False  # freeze parameters the checkpoint did not supply (at their init) anyway
+    head: str = "tutorial"  # tutorial (the annotation tutorial's head) | mlp (CellFM-torch's cls + reconstruction)
+    recon_weight: float = 1.0  # --head mlp: weight of the masked-reconstruction term (CellFM-torch: 1)
+    mask_ratio: float = 0.5  # --head mlp: share of a cell's genes hidden for the reconstruction (CellFM-torch: 0.5)
+    mask_layers: str = "auto"  # auto (from the checkpoint) | upper (pretraining model) | all (tutorial Backbone)
     include: list[str] = field(default_factory=list)  # extra trainable patterns
     exclude: list[str] = field(default_factory=list)  # extra frozen patterns
     batch_size: int = 16  # per process (torchrun: global batch = batch_size x processes)
@@ -146,10 +208,16 @@ class RunConfig:
 
 
 def _vocab_for(cfg: RunConfig) -> list[str] | None:
+    """None (the default): every data gene, each with a fresh gene_emb row (the teacher's rule)."""
     if cfg.vocab:
         return read_gene_list(cfg.vocab)
-    sidecar = Path(cfg.checkpoint + ".genes.txt")
-    return read_gene_list(sidecar) if sidecar.exists() else None
+    if cfg.checkpoint_vocab:
+        sidecar = Path(cfg.checkpoint + ".genes.txt")
+        if not sidecar.exists():
+            raise UserError(f"--checkpoint-vocab reads the checkpoint's gene list from {sidecar}, which does not "
+                            "exist; put it there, pass --vocab FILE, or drop the flag (every data gene is used)")
+        return read_gene_list(sidecar)
+    return None
 
 
 @dataclass
@@ -171,6 +239,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     if not cfg.checkpoint:
         raise UserError("no checkpoint given; pass --checkpoint CellFM_80M_weight.ckpt (MindSpore, safetensors or .pth)")
     resolve_strategy(cfg.strategy, FREEZE_STRATEGIES)
+    if cfg.head not in HEADS:
+        raise UserError(f"unknown --head {cfg.head!r}; choose one of: {', '.join(HEADS)}")
+    if cfg.mask_layers not in ("auto",) + MASK_LAYERS:
+        raise UserError(f"unknown --mask-layers {cfg.mask_layers!r}; choose one of: auto, {', '.join(MASK_LAYERS)}")
+    if not 0 < cfg.mask_ratio < 1 or cfg.recon_weight < 0:
+        raise UserError(f"--mask-ratio must be between 0 and 1 (got {cfg.mask_ratio}) and --recon-weight >= 0 "
+                        f"(got {cfg.recon_weight})")
     cells = read_cells(cfg.data, label_key=cfg.label_key, donor_key=cfg.donor_key, gene_key=cfg.gene_key,
                        layer=cfg.layer, input_kind=cfg.input_kind)
     print(f"data: {cells.n_cells} cells x {len(cells.genes)} genes from {cfg.data} (X holds {cells.input_kind})")
@@ -189,8 +264,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     label_ids = np.array([index.get(lab, -1) for lab in cells.labels], dtype=np.int64)
     sd, _ = load_cellfm_weights(cfg.checkpoint, cfg.trust_checkpoint)
     model_cfg = config_from_state_dict(sd, cfg.config)
-    model_cfg = dataclasses.replace(model_cfg, num_cls=len(label_names),
-                                    nonz_len=cfg.nonz_len or model_cfg.nonz_len)
+    model_cfg = dataclasses.replace(model_cfg, num_cls=len(label_names), nonz_len=cfg.nonz_len or model_cfg.nonz_len,
+                                    head=cfg.head,
+                                    mask_layers=model_cfg.mask_layers if cfg.mask_layers == "auto" else cfg.mask_layers)
+    if cfg.head == "mlp" and cfg.recon_weight > 0 and not model_cfg.decoders:
+        raise UserError(
+            f"--head mlp adds CellFM's masked-reconstruction term, which needs the pretraining decoders (value_dec, "
+            f"cellwise_dec); {cfg.checkpoint} has none (the annotation tutorial's layout): use a pretraining "
+            "checkpoint, pass --recon-weight 0 (the mlp head alone), or use the default --head tutorial"
+        )
     return Prepared(cells, vocab, tokens, keep, label_names, label_ids, sd, model_cfg)
 
 
@@ -203,17 +285,37 @@ def build_model(p: Prepared, cfg: RunConfig) -> CellFMClassifier:
           "xavier normal, pad row 0 zero")
     ckpt_rows = tuple(p.state_dict["extractor.gene_emb"].shape)
     print(f"Skipping gene embedding: extractor.gene_emb (checkpoint {ckpt_rows} indexes the model's own vocabulary)")
+    print(f"checkpoint layout: {layout_of(p.model_cfg)}; masking used: "
+          f"{'upper half of the layers' if p.model_cfg.mask_layers == 'upper' else 'every layer'}"
+          + (" (--mask-layers)" if cfg.mask_layers != "auto" else ""))
+    if not p.model_cfg.decoders:
+        print(f"Pretraining decoders (value_dec, cellwise_dec) and zero_emb: {MISSING_PART_REASON}")
     report = load_partial(model, p.state_dict, skip=((r"^extractor\.gene_emb$", "re-initialised for our vocabulary"),),
                           source=Path(cfg.checkpoint).name, target="CellFM classifier")
     spec = resolve_strategy(cfg.strategy, FREEZE_STRATEGIES).with_overrides(cfg.include, cfg.exclude)
-    apply_freezing(model, spec)
+    apply_freezing(model, spec, pretrained=report, fresh=FRESH, allow_unloaded_frozen=cfg.allow_unloaded_frozen)
     model.load_report = report  # kept for training_results.json
     return model
 
 
 def _loss(model, batch):
-    logits1, logits2 = model(batch["expr"], batch["gene"], batch["zero_idx"])
-    return classification_loss(logits1, logits2, batch["label"])
+    """The tutorial head's loss: cross-entropy of both read-outs, summed."""
+    return readout_loss(model(batch["expr"], batch["gene"], batch["zero_idx"]), batch["label"])
+
+
+def make_loss(cfg: RunConfig):
+    """The training loss: the head's cross-entropy; for --head mlp (CellFM-torch's fine-tuning) plus
+    recon_weight x the masked-reconstruction term on mask_ratio of each cell's genes."""
+    if cfg.head != "mlp" or cfg.recon_weight == 0:
+        return _loss
+
+    def loss(model, batch):
+        hidden = hide_genes(batch["zero_idx"], cfg.mask_ratio)
+        readouts, recon = model(batch["expr"], batch["gene"], batch["zero_idx"], hidden=hidden)
+        ce = readout_loss(readouts, batch["label"])
+        return ce + cfg.recon_weight * recon, {"cls_loss": ce.detach(), "recon_loss": recon.detach()}
+
+    return loss
 
 
 @torch.no_grad()
@@ -225,12 +327,12 @@ def infer(model: CellFMClassifier, loader) -> dict[str, np.ndarray]:
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         tokens = model.extractor(batch["expr"], batch["gene"], batch["zero_idx"])
-        logits1, logits2 = model.cls(tokens, batch["zero_idx"])
+        readouts = model.read_out(tokens, batch["zero_idx"])
         known = batch["label"] >= 0
         if known.any():
-            loss += float(classification_loss(logits1[known], logits2[known], batch["label"][known])) * int(known.sum())
+            loss += float(readout_loss(tuple(r[known] for r in readouts), batch["label"][known])) * int(known.sum())
             n += int(known.sum())
-        probs.append(torch.softmax(logits1.float(), -1).cpu())
+        probs.append(torch.softmax(readouts[0].float(), -1).cpu())
         embs.append(tokens[:, 0].float().cpu())
         labels.append(batch["label"].cpu())
     return {"proba": torch.cat(probs).numpy(), "emb": torch.cat(embs).numpy(), "label": torch.cat(labels).numpy(),
@@ -247,23 +349,38 @@ def _loader(dataset, batch_size: int):
 
 
 def finetune(cfg: RunConfig) -> dict:
-    """Fine-tune on cfg.data; write the seed's outputs into cfg.output; return training_results."""
+    """Fine-tune on cfg.data; write the seed's outputs into cfg.output; return training_results.
+
+    Three splits: test (held-out donors or cells: scored ONCE, at the end, by the chosen model),
+    validation (carved out of the training donors or cells: picks the best epoch), training.
+    """
     p = prepare(cfg)
     out = Path(cfg.output)
     split_path = out / "split.json"
     if split_path.exists():  # a resumed run keeps its split even if the rule would now choose another
         split = Split.from_file(split_path, p.cells)
         print(f"split: reusing {split_path} ({split.how})")
+        if split.val is None:
+            print("⚠ that split.json (from an earlier version) has no validation split: this resumed run keeps "
+                  "choosing the best epoch on its test split, as it started; start a new --output for a validation split")
+            split = dataclasses.replace(split, val=split.test)
     else:
         split = make_split(p.cells, test_donors=cfg.test_donors or None, test_size=cfg.test_size, seed=cfg.seed)
+        split = add_validation(p.cells, split, val_fraction=cfg.val_fraction, val_donors=cfg.val_donors or None,
+                               seed=cfg.seed)
     keep = set(p.keep.tolist())
     train_rows = np.array([i for i in split.train if i in keep and p.label_ids[i] >= 0], dtype=np.int64)
+    val_rows = np.array([i for i in split.val if i in keep], dtype=np.int64)
     test_rows = np.array([i for i in split.test if i in keep], dtype=np.int64)
     unseen = sorted(set(p.cells.labels[test_rows]) - set(p.cells.labels[train_rows]))
-    print(f"split: {len(train_rows)} training / {len(test_rows)} test cells ({split.how})"
+    print(f"split: {len(train_rows)} training / {len(val_rows)} validation / {len(test_rows)} test cells ({split.how})"
           + (f"; test labels never seen in training: {', '.join(unseen)}" if unseen else ""))
     if len(test_rows) == 0:
         raise UserError("the test split is empty; raise --test-size or choose other --test-donors")
+    if len(val_rows) == 0:
+        raise UserError("the validation split is empty; raise --val-fraction or choose --val-donors")
+    if len(train_rows) == 0:
+        raise UserError("no training cells are left after the test and validation splits; lower --test-size / --val-fraction")
     seed_everything(cfg.seed)  # the new gene_emb and the head start the same on every run and rank
     model = build_model(p, cfg)
     # Inputs are valid and the model is built: only now is anything written.
@@ -272,14 +389,15 @@ def finetune(cfg: RunConfig) -> dict:
         atomic_write_json(split_path, split.to_dict(p.cells))
     nonz = p.model_cfg.nonz_len
     train_set = CellDataset(p.tokens, train_rows, p.label_ids, nonz)
+    val_set = CellDataset(p.tokens, val_rows, p.label_ids, nonz)
     test_set = CellDataset(p.tokens, test_rows, p.label_ids, nonz)
     probe_rows = train_rows[np.random.default_rng(cfg.seed).permutation(len(train_rows))[:TRAIN_ACC_CELLS]]
     probe_set = CellDataset(p.tokens, np.sort(probe_rows), p.label_ids, nonz)
 
     def evaluate(m, val_loader):
-        test = infer(m, val_loader)
+        val = infer(m, val_loader)
         train = infer(m, _loader(probe_set, cfg.batch_size))
-        return {"val_loss": test["loss"], "val_acc": _accuracy(test), "train_acc": _accuracy(train)}
+        return {"val_loss": val["loss"], "val_acc": _accuracy(val), "train_acc": _accuracy(train)}
 
     extra = {"genes": p.vocab.genes, "labels": p.label_names, "model_config": dataclasses.asdict(p.model_cfg),
              "label_key": cfg.label_key, "gene_key": cfg.gene_key or "", "layer": cfg.layer or "",
@@ -289,35 +407,49 @@ def finetune(cfg: RunConfig) -> dict:
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
         monitor="val_acc", mode="max", best_name="best_model.pth", epoch_name="checkpoint_epoch_{epoch}.pth",
         last_name="last.pt", ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress,
+        # The mlp head's BatchNorm needs batches of 2+; CellFM-torch's loader drops the last partial batch too.
+        drop_last=cfg.head == "mlp" and len(train_rows) > cfg.batch_size,
     )
-    trainer = Trainer(model, tcfg, train_set, test_set, loss_fn=_loss, eval_fn=evaluate, collate_fn=collate,
+    trainer = Trainer(model, tcfg, train_set, val_set, loss_fn=make_loss(cfg), eval_fn=evaluate, collate_fn=collate,
                       extra_state=extra)
     result = trainer.fit()
     if not is_main_process():
         return {}
-    # Predictions of the best model (the seed's best_model.pth) on both splits.
+    # The best model on the validation split (the seed's best_model.pth), scored once on the test split.
     best = torch.load(out / "best_model.pth", map_location="cpu", weights_only=True)
     model.load_state_dict(best["model"])
     model.to(trainer.device)
     test_out = infer(model, _loader(test_set, cfg.batch_size))
+    val_out = infer(model, _loader(val_set, cfg.batch_size))
     train_out = infer(model, _loader(CellDataset(p.tokens, train_rows, p.label_ids, nonz), cfg.batch_size))
-    for rows, res, name in ((train_rows, train_out, "train"), (test_rows, test_out, "test")):
+    for rows, res, name in ((train_rows, train_out, "train"), (val_rows, val_out, "val"), (test_rows, test_out, "test")):
         write_predictions(p.cells, rows, res, p.label_names, out / f"{name}.h5ad", split=name)
     _plot_confusion(test_out, p.label_names, out / "confusion_matrix.png")
     history = result.history
+    best_epoch = next((h["epoch"] for h in history if h.get("val_acc") == result.best_metric), None)
+    test_acc = _accuracy(test_out)
     results = {
         "train_acc_history": [h.get("train_acc") for h in history],
-        "test_acc_history": [h.get("val_acc") for h in history],
-        "best_test_acc": result.best_metric,
+        "val_acc_history": [h.get("val_acc") for h in history],
+        # The test split is scored once, by the model chosen on the validation split: one entry.
+        "test_acc_history": [test_acc],
+        "best_val_acc": result.best_metric,
+        "best_epoch": best_epoch,
+        "best_test_acc": test_acc,
         "n_genes": len(p.vocab.genes),
         "gene_embedding": "reinitialized_for_our_vocab",
-        "test_acc_best_model": _accuracy(test_out),
+        "vocabulary": "restricted to a model vocabulary" if p.vocab.restricted else "every data gene",
+        "test_acc_best_model": test_acc,
         "n_train_cells": int(len(train_rows)),
+        "n_val_cells": int(len(val_rows)),
         "n_test_cells": int(len(test_rows)),
         "split": split.how,
         "labels": p.label_names,
         "genes_absent_from_vocab": len(p.vocab.absent),
         "input_kind": p.cells.input_kind,
+        "checkpoint_layout": layout_of(p.model_cfg),
+        "mask_layers": p.model_cfg.mask_layers,
+        "head": p.model_cfg.head,
         "trainable_parameters": int(sum(v.numel() for v in model.parameters() if v.requires_grad)),
         "load_report": model.load_report.to_dict() if hasattr(model, "load_report") else {},
         "steps": result.steps,
@@ -325,7 +457,8 @@ def finetune(cfg: RunConfig) -> dict:
     if cfg.baseline:
         results["baseline_logreg_test_acc"] = logistic_baseline(p, train_rows, test_rows, cfg.seed)
     atomic_write_json(out / "training_results.json", results)
-    print(f"best test accuracy {results['best_test_acc']:.4f}; outputs in {out}")
+    print(f"best validation accuracy {results['best_val_acc']:.4f} (epoch {best_epoch}); "
+          f"test accuracy of that model {test_acc:.4f}; outputs in {out}")
     return results
 
 
