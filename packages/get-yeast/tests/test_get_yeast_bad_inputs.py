@@ -20,14 +20,8 @@ TRAIN = ["train", "--data", "{corpus}/good.csv", "--model-config", "{tiny_model}
          "--max-steps", "1", "--no-progress"]
 
 
-# Corpus cases whose expected phrase changed with issue 19 (the corpus lives outside this package): GET's
-# 16-dim checkpoint (argparse.Namespace + numpy scalars) now reads without --trust-checkpoint through the
-# core's inert stand-ins, and is then refused because it is another size.
-CHANGED = {"get_checkpoint_without_opt_in": "matches the GET region model by name and shape"}
-
-
 def _cases() -> list:
-    cases = [pytest.param(c["argv"], CHANGED.get(name, c["phrase"]), id=name)
+    cases = [pytest.param(c["argv"], c["phrase"], id=name)
              for name, c in json.loads((CORPUS / "cases.json").read_text()).items()]
     expected = CHECKPOINTS / "expected.json"
     if expected.exists():

@@ -138,7 +138,10 @@ def main() -> None:
     # without the opt-in (argparse.Namespace inside), and with it no tensor fits the tiny model.
     mc.region_model.embed_dim, mc.region_model.num_heads, mc.region_model.num_layers = 16, 2, 1
     write_get_checkpoint(HERE / "get_checkpoint_16d.pth", GETYeast(mc, 2).state_dict())
-    case("get_checkpoint_without_opt_in", TRAIN + ["--checkpoint", "{corpus}/get_checkpoint_16d.pth"], "--trust-checkpoint")
+    # GET-style file (argparse.Namespace + numpy scalars): reads without --trust-checkpoint since issue 19,
+    # and is refused because it is another size
+    case("get_checkpoint_of_another_size", TRAIN + ["--checkpoint", "{corpus}/get_checkpoint_16d.pth"],
+         "matches the GET region model by name and shape")
     case("get_checkpoint_other_size", TRAIN + ["--checkpoint", "{corpus}/get_checkpoint_16d.pth", "--trust-checkpoint"],
          "matches the GET region model by name and shape")
     torch.save({"model": {"backbone.0.weight": torch.zeros(4, 4)}}, HERE / "not_get.pt")
