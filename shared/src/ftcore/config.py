@@ -23,11 +23,21 @@ T = TypeVar("T")
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
-    """A YAML or TOML file as a dict, with syntax errors reported with their line."""
+    """A YAML or TOML file as a dict, with syntax errors reported with their line.
+
+    A key written twice in one mapping is an error naming the key and both lines (YAML would
+    silently keep the last value: a run trained at lr 10.0 instead of 1e-3); a UTF-8 byte-order
+    mark (Windows editors write one) is ignored.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file {path} does not exist")
-    text = path.read_text()
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory; pass the YAML/TOML file inside it")
+    try:
+        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start}); save the config as UTF-8 text") from None
     if path.suffix == ".toml":
         try:
             import tomllib
@@ -37,6 +47,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
+            dup = _toml_duplicate(text)
+            if dup:
+                key, first, second = dup
+                raise UserError(f"{path}: key {key!r} is set twice (lines {first} and {second}); keep one") from None
             raise UserError(
                 f"{path}: TOML syntax error ({err}); quote keys that contain dots or dashes, "
                 'e.g. "dataset.celltype" = "test", and strings need double quotes'
@@ -44,7 +58,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as err:
+        raise UserError(f"{path}: {err}; keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -55,6 +71,56 @@ def read_config_file(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of keys at the top level, found {type(data).__name__}")
     return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(f"key {key!r} is set twice (lines {seen[key]} and {line})")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _toml_duplicate(text: str) -> tuple[str, int, int] | None:
+    """(dotted key, first line, second line) of a key or table a TOML file sets twice, by a line scan.
+
+    Only called once tomllib has refused the file, to say which key. Each [[array of tables]]
+    element is its own scope.
+    """
+    import re
+
+    scope, shown, seen = "", "", {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        header = re.match(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?", line)
+        if header:
+            shown = header.group(2)
+            scope = f"{shown}@{number}" if header.group(1) == "[[" else shown
+            if header.group(1) == "[":
+                if f"[{scope}]" in seen:
+                    return f"[{shown}]", seen[f"[{scope}]"], number
+                seen[f"[{scope}]"] = number
+            continue
+        key = re.match(r"""^("[^"]*"|'[^']*'|[A-Za-z0-9_.-]+)\s*=""", line)
+        if key:
+            name = key.group(1)
+            if (scope, name) in seen:
+                return (f"{shown}.{name}" if shown else name), seen[(scope, name)], number
+            seen[(scope, name)] = number
+    return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
