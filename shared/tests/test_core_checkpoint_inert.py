@@ -110,3 +110,33 @@ def test_pickles_that_would_run_code_stay_refused(case, tmp_path):
         with pytest.raises(UserError, match="refusing to unpickle .*--trust-checkpoint"):
             read(path)
     assert not marker.exists()
+
+
+def test_numpy_strings_bytes_and_complex_scalars_read(tmp_path):
+    """arc-state's one-hot maps are keyed by numpy.str_; numpy bytes and complex scalars decode too."""
+    import numpy as np
+
+    path = tmp_path / "pert_onehot_map.pt"
+    torch.save({np.str_("non-targeting"): torch.zeros(3), np.str_("ABL1"): torch.ones(3),
+                "b": np.bytes_(b"ab"), "c": np.complex128(1.5 - 2j), "f16": np.float16(0.5), "u8": np.uint8(7)}, path)
+    assert {"numpy._core.multiarray scalar", "numpy dtype"} <= pickled_globals(path) or \
+        {"numpy.core.multiarray scalar", "numpy dtype"} <= pickled_globals(path)
+    obj = read_checkpoint(path)
+    assert sorted(k for k in obj if k.isupper() or "-" in k) == ["ABL1", "non-targeting"]
+    assert (obj["b"], obj["c"], obj["f16"], obj["u8"]) == (b"ab", 1.5 - 2j, 0.5, 7)
+
+
+def test_other_numpy_scalars_are_refused_and_read_with_trust(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "dates.pt"
+    torch.save({"w": torch.zeros(2), "when": np.datetime64("2023-05-01")}, path)
+    with pytest.raises(UserError, match="refusing to unpickle.*--trust-checkpoint"):
+        read_checkpoint(path)
+    assert read_checkpoint(path, trust_pickle=True)["when"] == np.datetime64("2023-05-01")
+
+
+def test_build_state_cannot_smuggle_dunders():
+    ns = InertNamespace()
+    ns.__setstate__({"__setstate__": print, "__class__": int, "lr": 1.0, 3: "x"})
+    assert vars(ns) == {"lr": 1.0} and type(ns) is InertNamespace

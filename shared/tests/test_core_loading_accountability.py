@@ -79,13 +79,14 @@ def test_opt_out_warns_and_freezes(capsys):
     assert not model.cls_token.requires_grad and model.head_exp.weight.requires_grad
 
 
-def test_loaded_skipped_and_fresh_tensors_may_be_frozen():
+def test_loaded_and_fresh_tensors_may_be_frozen_skipped_ones_not():
     model = region_model()
     sd = {k: v for k, v in region_model().state_dict().items() if not k.startswith("head_exp")}
-    sd["cls_token"] = torch.zeros(1, 1, 4)
-    report = load_partial(model, sd, skip=((r"^cls_token$", "re-initialised on purpose"),), verbose=False)
-    # region_embed + encoder loaded, cls_token skipped on purpose: freezing all three is sound
-    apply_freezing(model, BACKBONE, pretrained=report, verbose=False)
+    report = load_partial(model, sd, skip=((r"^cls_token$", "the user's rename table drops it"),), verbose=False)
+    # skipped on purpose still means random init: freezing it needs it declared fresh
+    with pytest.raises(UserError, match="cls_token was skipped: the user's rename table drops it"):
+        apply_freezing(model, BACKBONE, pretrained=report, verbose=False)
+    apply_freezing(model, BACKBONE, pretrained=report, fresh=(r"^cls_token$",), verbose=False)
     # head_exp never loaded: freezing it needs it declared fresh
     spec = FreezeSpec(frozen=(r"^head_exp\.", r"^encoder\."))
     with pytest.raises(UserError, match="head_exp"):

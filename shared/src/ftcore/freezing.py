@@ -14,8 +14,8 @@ Patterns are regular expressions searched in the parameter name (`re.search`), s
 
 Freezing is only sound for weights that came from somewhere. Pass `pretrained=` the LoadReport of
 the load that supplied them (or None when nothing was loaded): a tensor that ends up frozen but was
-neither loaded, nor skipped on purpose by the load, nor named in `fresh` (deliberately
-re-initialised) is an error naming its module, unless `allow_unloaded_frozen=True`
+not loaded (a tensor the load skipped stayed at its init too) and not named in `fresh`
+(deliberately re-initialised) is an error naming its module, unless `allow_unloaded_frozen=True`
 (CLIs: --allow-unloaded-frozen), which turns it into a warning.
 """
 
@@ -138,7 +138,8 @@ def canonical_name(name: str) -> str:
 
 def unloaded_frozen(frozen_names: Iterable[str], pretrained: LoadReport | None, fresh: Iterable[str] = ()) -> list[str]:
     """The frozen tensors (canonical names) that were neither loaded, skipped on purpose, nor fresh."""
-    ok = set() if pretrained is None else set(pretrained.loaded) | set(pretrained.skipped)
+    # A tensor the load skipped on purpose stayed at its init too: only `fresh` declares that deliberate.
+    ok = set() if pretrained is None else set(pretrained.loaded)
     fresh = tuple(fresh)
     names = (canonical_name(n) for n in frozen_names)
     return [n for n in names if n not in ok and not _matches(fresh, n)]
@@ -156,6 +157,9 @@ def check_frozen_loaded(
         groups.setdefault(module_of(name, 1), []).append(name)
     shown = "; ".join(f"{m} ({len(ks)}: {', '.join(ks[:2])}{', ...' if len(ks) > 2 else ''})" for m, ks in groups.items())
     where = "no pretrained checkpoint was loaded" if pretrained is None else "the checkpoint did not supply them"
+    skipped = [n for n in missing if pretrained is not None and n in pretrained.skipped]
+    if skipped:
+        where += f"; {skipped[0]} was skipped: {pretrained.skipped[skipped[0]]}"
     message = (
         f"{len(missing)} frozen tensors would stay at their random initialisation for the whole run ({where}): "
         f"{shown}"

@@ -145,8 +145,15 @@ def load_arc_run(model_dir: Path, checkpoint: str | None, trust_checkpoint: bool
     avd = arc.plain(arc.read_pickled(vd_path, trust_checkpoint)) if vd_path.exists() else {}
     gene_names = [str(g) for g in (avd.get("gene_names") or hp.get("gene_names") or [])]
     if len(gene_names) != mcfg.input_dim:
+        # e.g. var_dims.pkl lists every gene while the model reads the 2000 HVGs of obsm['X_hvg']
+        print(f"⚠ {model_dir}: var_dims.pkl names {len(gene_names)} genes but the model reads {mcfg.input_dim} "
+              f"features; the output's feature names are feature_0 .. feature_{mcfg.input_dim - 1}")
         gene_names = [f"feature_{i}" for i in range(mcfg.input_dim)]
-    control = arc.source_control(model_dir, hp) or "non-targeting"
+    control = arc.source_control(model_dir, hp)
+    if control is None:
+        control = "non-targeting"
+        print(f"⚠ {model_dir}: the run does not name its control perturbation; using {control!r} "
+              "(set data.kwargs.control_pert in its config.yaml if that is wrong)")
     pick = {"pert_col": "gene", "cell_type_key": "cell_type", "batch_col": "gem_group", "control_pert": control,
             "output_space": mcfg.output_space, "basal_mapping_strategy": "random"}
     over = [f"data.kwargs.{k}={dk.get(k) if dk.get(k) is not None else v}" for k, v in pick.items()]

@@ -123,6 +123,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
+    if not hasattr(torch.serialization, "safe_globals"):  # (obj, name) allow-list entries: torch 2.6
+        raise UserError(f"torch {torch.__version__} is too old to read checkpoints safely; install torch >= 2.6")
     if fmt == "torch":
         try:
             with zipfile.ZipFile(path) as zf:
@@ -143,7 +145,9 @@ def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
                 f"{path}: refusing to unpickle {what}: loading it could run code; {TRUST_HINT}"
             ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{path}: torch checkpoint is truncated or corrupt ({_one_line(err)}); re-save or re-download it") from None
+        if not trust_pickle:  # a trusted file gets the full unpickle below, which may still read it
+            raise UserError(f"{path}: torch checkpoint is truncated or corrupt ({_one_line(err)}); "
+                            "re-save or re-download it") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure of a trusted full unpickle is reported in one line
@@ -202,10 +206,11 @@ def _check_tensor_records(path: Path) -> None:
     """
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-        pkl = next((n for n in names if n.endswith("data.pkl")), None)
-        if pkl is None:
-            raise UserError(f"{path}: torch checkpoint has no data.pkl; it is corrupt or not a torch file")
-        prefix = pkl[: -len("data.pkl")]
+        # torch reads <first entry's folder>/data.pkl
+        prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
+        pkl = prefix + "data.pkl"
+        if pkl not in names:
+            raise UserError(f"{path}: torch checkpoint has no {pkl}; it is corrupt or not a torch file")
         try:
             scan = _RecordScan(zf.open(pkl))
             scan.load()

@@ -16,18 +16,26 @@ decodes its raw bytes with `struct`; omegaconf containers keep their `_content`.
 
 from __future__ import annotations
 
+import pickle
 import struct
 from typing import Any
+
+
+def _attributes(state: Any) -> dict:
+    """A BUILD state as attributes: string keys only, never dunders (no `__setstate__` smuggled in)."""
+    if not isinstance(state, dict):
+        return {}
+    return {k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("__")}
 
 
 class InertNamespace:
     """argparse.Namespace, read back: attributes only."""
 
     def __init__(self, **kwargs: Any) -> None:
-        self.__dict__.update(kwargs)
+        self.__dict__.update(_attributes(kwargs))
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update(_attributes(state))
 
     def __repr__(self) -> str:
         return "Namespace(" + ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items()) + ")"
@@ -55,15 +63,27 @@ _STRUCT = {"f2": "e", "f4": "f", "f8": "d", "i1": "b", "i2": "h", "i4": "i", "i8
 
 
 def numpy_scalar(dtype: InertDtype, data: bytes | None = None) -> Any:
-    """numpy.core.multiarray.scalar(dtype, raw bytes) -> the plain Python number."""
+    """numpy.core.multiarray.scalar(dtype, raw bytes) -> the plain Python value.
+
+    Numbers, booleans, complex numbers, str_ (UTF-32) and bytes_ decode; any other kind
+    (datetime, object, structured) is refused like an unknown global (`--trust-checkpoint` reads it).
+    """
     if not isinstance(dtype, InertDtype) or not isinstance(data, (bytes, bytearray)):
-        raise ValueError("numpy scalar without a dtype and raw bytes")
-    code = dtype.code.lstrip("<>=|")
+        raise pickle.UnpicklingError("numpy scalar without a dtype and raw bytes")
+    raw, code = bytes(data), dtype.code.lstrip("<>=|")
+    kind = code[:1]
+    if kind == "U":  # numpy.str_: UTF-32 code units, NUL-padded
+        return raw.decode("utf-32-le" if dtype.byteorder == "<" else "utf-32-be").rstrip("\x00")
+    if kind == "S":  # numpy.bytes_
+        return raw.rstrip(b"\x00")
     code = {"f": "f4", "d": "f8", "i": "i4", "l": "i8", "q": "i8", "?": "b1", "bool": "b1"}.get(code, code)
+    if code in ("c8", "c16"):
+        half = len(raw) // 2
+        return complex(numpy_scalar(InertDtype(f"f{half}"), raw[:half]), numpy_scalar(InertDtype(f"f{half}"), raw[half:]))
     fmt = _STRUCT.get(code)
-    if fmt is None or struct.calcsize(fmt) != len(data):
-        raise ValueError(f"numpy scalar of dtype {dtype.code!r} is not a plain number")
-    return struct.unpack(dtype.byteorder + fmt, bytes(data))[0]
+    if fmt is None or struct.calcsize(fmt) != len(raw):
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL numpy scalar of dtype {dtype.code!r}")
+    return struct.unpack(dtype.byteorder + fmt, raw)[0]
 
 
 def plain_defaultdict(factory: Any = None) -> dict:  # noqa: ARG001 - the factory is never called
@@ -93,8 +113,7 @@ class InertConfig:
     kind = "omegaconf"
 
     def __setstate__(self, state: dict) -> None:
-        if isinstance(state, dict):
-            self.__dict__.update(state)
+        self.__dict__.update(_attributes(state))
 
     def __repr__(self) -> str:
         return f"{self.kind}({plain(self)!r})"
@@ -129,27 +148,30 @@ STAND_INS: dict[str, Any] = {
 }
 
 
-def plain(obj: Any) -> Any:
+def plain(obj: Any, _depth: int = 0) -> Any:
     """Any stand-in (nested in dicts / lists too) as plain dicts, lists and scalars.
 
     omegaconf containers become their content (a DictConfig -> dict, a node -> its value);
     a Namespace -> dict of its attributes; type references -> their names.
     """
+    if _depth > 100:  # a pickle can make cycles; configs are never this deep
+        raise ValueError("nested more than 100 levels deep (a cycle?)")
+    d = _depth + 1
     if isinstance(obj, InertConfig):
-        d = obj.__dict__
-        if "_content" in d:
-            return plain(d["_content"])
-        if "_val" in d:
-            return plain(d["_val"])
-        return {k: plain(v) for k, v in d.items() if not k.startswith("_")}
+        attrs = obj.__dict__
+        if "_content" in attrs:
+            return plain(obj.__dict__["_content"], d)
+        if "_val" in attrs:
+            return plain(obj.__dict__["_val"], d)
+        return {k: plain(v, d) for k, v in attrs.items() if not k.startswith("_")}
     if isinstance(obj, InertNamespace):
-        return {k: plain(v) for k, v in vars(obj).items()}
+        return {k: plain(v, d) for k, v in vars(obj).items()}
     if isinstance(obj, (TypeRef, InertDtype)):
         return repr(obj)
     if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
+        return {k: plain(v, d) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(plain(v) for v in obj)
+        return type(obj)(plain(v, d) for v in obj)
     return obj
 
 
