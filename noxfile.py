@@ -6,6 +6,7 @@
     ./nox -s lint               ruff, hadolint (docker/), actionlint (.github/workflows/)
     ./nox -s demo               each package's CLI with no arguments: its embedded default, end to end
     ./nox -s "package(var-st)"  clean venv, `pip install packages/var-st`, proves the core came along, runs its tests
+    ./nox -s images             build every package image (CPU) from docker/Dockerfile and smoke-run it (needs root or an engine)
 
 `./nox` is a bootstrap that runs nox from its own venv (see README). Every install is pinned by
 constraints/cpu.txt: an unpinned torch would pull a multi-GB CUDA build.
@@ -134,6 +135,16 @@ def lint(session: nox.Session) -> None:
     session.run("hadolint", *dockerfiles)
     session.run("actionlint", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(".github/workflows/*.yml")))
     session.run("ruff", "check", "--output-format=concise", ".")
+
+
+@nox.session(venv_backend="none")
+def images(session: nox.Session) -> None:
+    """Build each package's image from docker/Dockerfile (CPU variant) and smoke-run it; docker/images.py says how.
+
+    Starts the engine if needed (root: apt-get docker.io, dockerd), makes a local Debian base when no registry
+    is reachable. Arguments go to the script: ./nox -s images -- var-st --variant cuda --no-smoke
+    """
+    session.run(sys.executable, str(ROOT / "docker" / "images.py"), *session.posargs)
 
 
 @nox.session(reuse_venv=True)
