@@ -259,13 +259,13 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
     return out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo
 
 
-def _plan(args, spatial, cfg, strategy, cv_mode, heldout, demo):
+def _plan(spatial, cfg, strategy, cv_mode, heldout, demo, allow_unloaded_frozen: bool = False):
     from spatial_transfer.model import STRATEGY_LR
     from spatial_transfer.train import CVPlan, make_folds
 
     lr = cfg.spatial.lr or (DEMO_STRATEGY_LR if demo else STRATEGY_LR)[strategy]
     return CVPlan(strategy, cv_mode, make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed), lr, cfg.seed,
-                  allow_unloaded_frozen=args.allow_unloaded_frozen)
+                  allow_unloaded_frozen=allow_unloaded_frozen)
 
 
 def cmd_run(args) -> None:
@@ -275,7 +275,7 @@ def cmd_run(args) -> None:
     log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else ""))
     if strategy != "scratch" and bulk_ckpt is None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
-    cross_validate(spatial, cfg, _plan(args, spatial, cfg, strategy, cv_mode, heldout, demo), out, bulk_ckpt, args.trust_checkpoint)
+    cross_validate(spatial, cfg, _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen), out, bulk_ckpt, args.trust_checkpoint)
 
 
 def cmd_pretrain(args) -> None:
@@ -301,7 +301,7 @@ def cmd_compare(args) -> None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
     results = {}
     for name in names:
-        results[name] = cross_validate(spatial, cfg, _plan(args, spatial, cfg, name, cv_mode, heldout, demo), out,
+        results[name] = cross_validate(spatial, cfg, _plan(spatial, cfg, name, cv_mode, heldout, demo, args.allow_unloaded_frozen), out,
                                        bulk_ckpt, args.trust_checkpoint)
     table = format_comparison(results)
     if is_main():
