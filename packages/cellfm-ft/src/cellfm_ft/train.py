@@ -124,7 +124,7 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
         )
     write_checkpoint(output, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "safetensors")
     entries: dict[str, dict] = {}
-    for key, value in raw.items():
+    for key in raw:
         if key in mapping.skipped:
             entries[key] = {"status": "skipped", "reason": mapping.skipped[key]}
         else:
