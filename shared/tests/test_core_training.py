@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -498,3 +499,25 @@ def test_train_config_refuses_non_finite_and_out_of_range_settings(bad, phrase):
     """NaN passes `lr <= 0`; every float setting is checked for finiteness, counts for range (issue 16)."""
     with pytest.raises(UserError, match=phrase):
         TrainConfig(**bad)
+
+
+@pytest.mark.parametrize("name, phrase", [
+    ("gpu", "did you mean 'cuda'?"), ("GPU:1", "did you mean 'cuda:1'?"), ("cuda0", "did you mean 'cuda:0'?"),
+    ("nvidia", "did you mean 'cuda'?"), ("cpu:0", "choose one of auto, cpu, cuda"), ("tpu", "choose one of auto"),
+    ("", "unknown device ''"),
+])
+def test_device_spellings_get_one_line_with_the_choices(name, phrase):
+    from ftcore.training import resolve_device
+
+    with pytest.raises(UserError, match=re.escape(phrase)):
+        resolve_device(name)
+
+
+def test_device_names_that_work_here():
+    from ftcore.training import resolve_device
+
+    assert resolve_device("CPU") == torch.device("cpu") and resolve_device(" cpu ") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available here"):
+            resolve_device("cuda:1")

@@ -113,12 +113,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (e.g. cuda:1), mps"
+
+
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'; anything else is one clear line."""
+    import re
+
+    text = str(name).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
-    return torch.device(name)
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text)
+    if m is None or (m.group(1) != "cuda" and m.group(2) is not None):
+        gpu = re.fullmatch(r"(?:gpu|cuda|nvidia)[:\s_-]*(\d*)", text)
+        hint = f"; did you mean 'cuda{':' + gpu.group(1) if gpu.group(1) else ''}'?" if gpu else ""
+        raise UserError(f"unknown device {name!r}; choose one of {DEVICE_CHOICES}{hint}")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise UserError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"numbered from 0")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device {name!r} asked for but MPS (Apple GPU) is not available here; use --device cpu")
+    return torch.device(text)
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
