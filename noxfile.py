@@ -53,6 +53,7 @@ def _packages() -> dict[str, dict]:
             "script": script,
             # third-party requirements only: the core is installed editable from shared/ instead
             "deps": [d for d in project.get("dependencies", []) if not d.replace(" ", "").startswith("ftcore@")],
+            "extras": sorted(project.get("optional-dependencies", {})),
         }
     return found
 
@@ -162,8 +163,10 @@ def images(session: nox.Session) -> None:
 @nox.session(reuse_venv=True)
 @nox.parametrize("package", list(PACKAGES), ids=list(PACKAGES))
 def demo(session: nox.Session, package: str) -> None:
-    """Install the package the README way and run its CLI with no data argument (the embedded default)."""
-    session.install(*PIP, f"packages/{package}")
+    """Install the package the README way, with its [demo] extra where it has one (cellfm-ft: scanpy's
+    pbmc68k_reduced), and run its CLI with no data argument (the embedded default)."""
+    extras = "[demo]" if "demo" in PACKAGES[package]["extras"] else ""
+    session.install(*PIP, f"packages/{package}{extras}")
     session.run(PACKAGES[package]["script"], *session.posargs)
 
 

@@ -198,3 +198,22 @@ def test_python_api_finetune_predict_evaluate(cellfm_inputs, tmp_path, capsys):
     assert ad.read_h5ad(pred).obsm["cellfm_proba"].shape[0] == cellfm_inputs["adata"].n_obs
     metrics = evaluate(str(model), str(cellfm_inputs["data"]), str(tmp_path / "eval"), label_key="cell_type")
     assert metrics["n_cells"] == cellfm_inputs["adata"].n_obs and 0 <= metrics["accuracy"] <= 1
+
+
+def test_demo_without_scanpy_stops_naming_the_extra(tmp_path, monkeypatch, capsys):
+    """No silent switch to synthetic cells (issue 17): the default data needs the [demo] extra; nothing is written."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_scanpy(name, *args, **kwargs):
+        if name == "scanpy" or name.startswith("scanpy."):
+            raise ImportError("No module named 'scanpy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_scanpy)
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "packages/cellfm-ft[demo]" in err[0] and "--dataset synthetic" in err[0]
+    assert not out.exists()

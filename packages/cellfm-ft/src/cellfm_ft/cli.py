@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run convert -> fine-tune -> predict on the embedded data (the default)")
     d.add_argument("--dataset", choices=("pbmc68k", "synthetic"), default="pbmc68k",
-                   help="pbmc68k: scanpy's bundled 700 PBMCs (default; synthetic without scanpy); "
+                   help="pbmc68k: scanpy's bundled 700 PBMCs (default; needs the [demo] extra, i.e. scanpy); "
                         "synthetic: generated cells with donors (donor split)")
     d.add_argument("--config", choices=("tiny", "80m"), default="tiny", help="size of the demo checkpoint")
     d.add_argument("--output", default=DEMO_OUTPUT, help=f"output directory (default {DEMO_OUTPUT})")
@@ -163,12 +163,13 @@ def run_demo(args: argparse.Namespace) -> dict:
     from cellfm_ft import demo
     from cellfm_ft.train import RunConfig, convert, finetune, is_main_process, predict
 
+    adata = demo.pbmc68k() if args.dataset == "pbmc68k" else None
+    if adata is None and args.dataset == "pbmc68k":  # never a silent switch to other data
+        raise UserError("the default demo data, pbmc68k_reduced, ships with scanpy, which is not installed here: "
+                        "pip install 'packages/cellfm-ft[demo]' (or run `cellfm-ft demo --dataset synthetic`)")
     out = check_output_dir(args.output, flag="--output")
     inputs = out / "inputs"
-    adata = demo.pbmc68k() if args.dataset == "pbmc68k" else None
     if adata is None:
-        if args.dataset == "pbmc68k":
-            print("scanpy is not installed: using the synthetic data set instead of pbmc68k_reduced")
         adata = demo.synthetic_cells()
         run = dict(label_key="cell_type", donor_key="donor", layer=None)
         name = "synthetic_pbmc.h5ad"

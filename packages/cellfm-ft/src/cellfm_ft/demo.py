@@ -67,7 +67,7 @@ def synthetic_cells(n_cells: int = 600, n_genes: int = 240, n_donors: int = 6, s
 
 
 def pbmc68k():
-    """scanpy's bundled pbmc68k_reduced, or None without scanpy."""
+    """scanpy's bundled pbmc68k_reduced, or None without scanpy (the [demo] extra)."""
     try:
         import scanpy as sc
     except ImportError:
