@@ -110,7 +110,10 @@ def test_codebook_prep_kernel_matches_torch(k, d, x_dtype):
             assert torch.equal(hi, c.to(torch.bfloat16)) and torch.equal(lo, (c - hi.float()).to(torch.bfloat16))
     else:
         ulp = 2 ** -7 if x_dtype == torch.bfloat16 else 2 ** -10
-        assert hi.dtype == x_dtype and ((hi.double() - c.double()).abs() <= c.double().abs() * ulp).all()
+        # plus the spacing of the format's subnormals, where the relative bound does not hold (fp16: 2**-24,
+        # reached by |c| < 6e-5, a few times in a thousand runs of 38,400 values)
+        tiny = torch.finfo(x_dtype).smallest_normal * ulp
+        assert hi.dtype == x_dtype and ((hi.double() - c.double()).abs() <= c.double().abs() * ulp + tiny).all()
         if exact:
             assert torch.equal(hi, c.to(x_dtype))
 
