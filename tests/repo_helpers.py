@@ -28,3 +28,67 @@ def package_tests(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# --- the bad-input harness every package's corpus test uses ----------------------------------------
+# A bad input gets exit 2 and ONE `error:` line (no traceback, no usage block), and leaves no new file
+# anywhere under the watched directories.
+
+def files_under(*dirs: Path) -> set[Path]:
+    """Every file and directory below `dirs` (the watched output places of a case)."""
+    found: set[Path] = set()
+    for d in dirs:
+        d = Path(d)
+        if d.exists():
+            found |= {d} | set(d.rglob("*"))
+    return found
+
+
+def run_cli(main, argv: list[str], capsys) -> tuple[int, str]:
+    """Call a package's `main(argv)`; (exit code, stderr). argparse's SystemExit counts as its code."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    return code, capsys.readouterr().err.strip()
+
+
+def assert_one_line_error(code: int, err: str, phrase: str | None = None) -> None:
+    assert "Traceback" not in err, err
+    assert code == 2, f"exit {code}, expected 2: {err}"
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    if phrase is not None:
+        assert phrase in err, f"{phrase!r} not in: {err}"
+
+
+def check_bad_input(main, argv: list[str], capsys, phrase: str | None, watch: tuple[Path, ...]) -> str:
+    """Run one corpus case: one `error:` line naming `phrase`, exit 2, nothing new under `watch`."""
+    before = files_under(*watch)
+    code, err = run_cli(main, argv, capsys)
+    assert_one_line_error(code, err, phrase)
+    left = sorted(str(p) for p in files_under(*watch) - before)
+    assert not left, f"left behind: {left}"
+    return err
+
+
+def check_clean_outcome(main, argv: list[str], capsys, watch: tuple[Path, ...]) -> tuple[int, str]:
+    """The fuzzing contract: success (exit 0), or exit 2 with one `error:` line and nothing new written."""
+    before = files_under(*watch)
+    code, err = run_cli(main, argv, capsys)
+    assert "Traceback" not in err, err
+    if code != 0:
+        assert_one_line_error(code, err)
+        left = sorted(str(p) for p in files_under(*watch) - before)
+        assert not left, f"exit {code} left behind: {left} ({err})"
+    return code, err
+
+
+def numeric_texts():
+    """A hypothesis strategy: what a tired user types for a number (good and bad), as text."""
+    from hypothesis import strategies as st
+
+    junk = st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "-1e400", "", " ", "1,5", "0x10", "1e", "--",
+                            "None", "null", "true", "1/3", "½", "1_000", "+3", "-0", "0.0", "3.", ".5", "1e-400"])
+    return st.one_of(junk, st.integers(-2**70, 2**70).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                     st.floats(-1e3, 1e3).map(lambda x: f"{x:g}"))

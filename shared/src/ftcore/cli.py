@@ -1,9 +1,24 @@
-"""Pieces every package CLI shares: `--version`, `--allow-unloaded-frozen`."""
+"""Pieces every package CLI shares: a parser whose errors are one line, `--version`, `--allow-unloaded-frozen`.
+
+Typed option values (finite numbers in range, seeds, devices, paths) live in `ftcore.options`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from importlib import metadata
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the toolkit's error shape: ONE line, `error: <prog>: <what>; see <prog> --help`, exit 2.
+
+    (argparse prints the whole usage block first, which buries the cause.) Sub-commands made with
+    `add_subparsers` inherit the class.
+    """
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        message = " ".join(message.split())
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
 def version_string(dist: str) -> str:

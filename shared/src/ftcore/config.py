@@ -4,7 +4,8 @@
 
 Unknown keys (typos) and missing required keys are errors that name the key, the file, and the
 closest known key. Values are coerced to the field's type (int, float, bool, str, tuples, nested
-dataclasses, Optional).
+dataclasses, Optional); numbers must be finite (NaN passes every `<` check) and within the field's
+`ftcore.options.bounds(...)` metadata when it has some.
 """
 
 from __future__ import annotations
@@ -169,6 +170,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "config", pre
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], source, f"{prefix}{name}")
+            limits = f.metadata.get("ftcore_bounds")
+            if limits and kwargs[name] is not None:
+                from ftcore.options import check_number
+
+                check_number(repr(f"{prefix}{name}"), kwargs[name], type(kwargs[name]), source=source, **limits)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise UserError(f"{source}: missing required key '{prefix}{name}'")
     try:
@@ -219,17 +225,9 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise UserError(f"{source}: {key!r} should be true or false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UserError(f"{source}: {key!r} should be a number, got {value!r}")
-        try:
-            num = float(value)
-        except ValueError:
-            raise UserError(f"{source}: {key!r} should be a number, got {value!r}") from None
-        if tp is int:
-            if num != int(num):
-                raise UserError(f"{source}: {key!r} should be a whole number, got {value!r}")
-            return int(num)
-        return num
+        from ftcore.options import check_number
+
+        return check_number(repr(key), value, tp, source=source)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"{source}: {key!r} should be text, got {value!r}")

@@ -18,6 +18,9 @@ class UserError(Exception):
 def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: str = "--batch-size"):
     """Wrap a CLI entry point: UserError becomes one line on stderr, exit 2; a CUDA OOM, exit 3.
 
+    Whatever the command claimed with `ftcore.io.claim_outputs` and created is removed again when it
+    fails, so a failed run leaves nothing half-written behind.
+
     `batch_size_hint` is how this CLI sets the batch size, named in the OOM advice: a flag
     (`@cli_main(batch_size_hint="--batch_size")`) or a config key. Plain `@cli_main` means
     `--batch-size`. Set FTCORE_TRACEBACK=1 to see the full traceback instead (for bug reports).
@@ -29,9 +32,14 @@ def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: st
     def wrapper(*args, **kwargs) -> int:
         import os
 
+        from ftcore.io import output_guard
+
         _raise_on_sigterm()
         try:
-            code = fn(*args, **kwargs)
+            # a failure removes what the command created (ftcore.io.claim_outputs); Ctrl-C and SIGTERM keep
+            # the complete checkpoints, for resuming
+            with output_guard(keep_on=(KeyboardInterrupt, Terminated, SystemExit)):
+                code = fn(*args, **kwargs)
             return 0 if code is None else int(code)
         except UserError as err:
             if os.environ.get("FTCORE_TRACEBACK"):

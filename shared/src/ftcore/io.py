@@ -113,3 +113,79 @@ def check_output_dir(path: str | os.PathLike, need_bytes: int = 0, flag: str | N
             f"{need_bytes / 2**20:.0f} MiB are needed for checkpoints; free space or {choose}"
         )
     return path
+
+
+# --- nothing half-written -------------------------------------------------------------------------
+# A command claims the paths it will write; if it then fails (a UserError, a NaN loss, a crash), what it
+# created under them is removed again by `ftcore.errors.cli_main`, so a failed run leaves no files a later
+# command could mistake for results. What existed before the claim is kept (a resumed run's checkpoints).
+_CLAIMS: list[list[tuple[Path, frozenset | None]]] = []
+
+
+def claim_outputs(*paths: str | os.PathLike | None) -> None:
+    """Mark paths (files or directories) this command creates; undone if the command fails.
+
+    Call it after validation and before the first write. Outside a `cli_main` command it does nothing.
+    For a path that does not exist yet, its topmost missing parent is claimed (so `mkdir -p` is undone
+    too); for an existing directory, only entries added after the claim are removed.
+    """
+    if not _CLAIMS:
+        return
+    for raw in paths:
+        if raw is None:
+            continue
+        path = Path(raw).expanduser().absolute()
+        while not path.parent.exists() and path.parent != path:
+            path = path.parent
+        if not path.exists():
+            _CLAIMS[-1].append((path, None))
+        elif path.is_dir():
+            _CLAIMS[-1].append((path, frozenset(path.rglob("*"))))
+
+
+@contextlib.contextmanager
+def output_guard(keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Scope of one command: on an exception (other than `keep_on`) remove what its claims created."""
+    _CLAIMS.append([])
+    try:
+        yield
+    except keep_on:
+        _merge_claims()
+        raise
+    except BaseException:
+        claims = _CLAIMS.pop()
+        if _is_main_rank():
+            _discard(claims)
+        raise
+    else:
+        _merge_claims()
+
+
+def _merge_claims() -> None:
+    claims = _CLAIMS.pop()
+    if _CLAIMS:  # a command run inside another (a demo calling train): the outer one answers for it
+        _CLAIMS[-1].extend(claims)
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _discard(claims: list[tuple[Path, frozenset | None]]) -> None:
+    for path, before in reversed(claims):
+        try:
+            if before is None:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+                continue
+            for entry in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if entry in before:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        except OSError:
+            pass  # best effort: the error being reported matters more than the cleanup

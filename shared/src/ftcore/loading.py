@@ -98,6 +98,21 @@ def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], params: set[str], so
             )
 
 
+def _refuse_wrong_kind(tensors: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: str) -> None:
+    """Integer or bool values for a floating-point weight (or the reverse) are never a checkpoint of this model:
+    casting them would load e.g. quantised codes or token ids as weights without a word."""
+    def kind(t: torch.Tensor) -> str:
+        return "floating" if t.is_floating_point() or t.is_complex() else "integer"  # bool masks count as integer
+
+    for key, value in tensors.items():
+        if kind(value) != kind(own[key]):
+            raise UserError(
+                f"{source}: tensor {key} is {str(value.dtype).removeprefix('torch.')} in the file but the model's is "
+                f"{str(own[key].dtype).removeprefix('torch.')}; this is not a checkpoint of this model (a quantised or "
+                "converted file?): use the original floating-point weights"
+            )
+
+
 def module_of(key: str, depth: int) -> str:
     """The module a tensor belongs to, `depth` names deep ('encoder.blocks.0.attn.qkv.weight', 2 -> 'encoder.blocks');
     a top-level tensor (cls_token) is its own group."""
@@ -151,6 +166,7 @@ def load_partial(
             f"{len(report.not_in_model)} keys not in {target}, {len(report.not_in_checkpoint)} {target} keys "
             f"missing from {source}; load non-strictly to skip them"
         )
+    _refuse_wrong_kind(to_load, own, source)
     _refuse_non_finite(to_load, {name for name, _ in model.named_parameters()}, source)
     with torch.no_grad():
         for key, value in to_load.items():
