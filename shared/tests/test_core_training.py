@@ -521,3 +521,37 @@ def test_device_names_that_work_here():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available here"):
             resolve_device("cuda:1")
+
+
+# ------------------------------------------------------------------ fewer host syncs, torch.compile
+def test_deferred_sync_gives_the_same_run_and_names_the_first_bad_step(tmp_path):
+    """Reading the loss back every 4 steps (the CUDA default is 25) changes nothing but when it is read."""
+    _, every = run(config(tmp_path / "a", epochs=3))
+    _, deferred = run(config(tmp_path / "b", epochs=3, sync_every_steps=4))
+    assert strip(every.history) == strip(deferred.history)
+
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += model.training
+        loss = mse_loss(model, batch)
+        return loss * float("inf") if calls["n"] == 3 else loss
+
+    with pytest.raises(UserError, match="training loss became inf at step 2;"):
+        run(config(tmp_path / "c", sync_every_steps=4), loss_fn=loss_fn)
+    assert (tmp_path / "c" / "run").is_dir() and not (tmp_path / "c" / "run" / "last.pt").exists()  # no checkpoint of bad weights
+
+
+def test_compiled_loss_matches_eager(tmp_path):
+    """compile='on' (inductor on CPU here) trains the same network to the same losses within fp32 rounding."""
+    _, eager = run(config(tmp_path / "e", epochs=2), dropout=0.0)
+    trainer, compiled = run(config(tmp_path / "c", epochs=2, compile="on"), dropout=0.0)
+    assert trainer.compiled
+    for a, b in zip(eager.history, compiled.history):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
+        assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=1e-4)
+
+
+def test_compile_setting_is_checked():
+    with pytest.raises(UserError, match="unknown compile setting 'yes'; choose auto, on or off"):
+        TrainConfig(compile="yes")

@@ -71,6 +71,11 @@ class TrainConfig:
     step_name: str | None = None  # e.g. "step={step}.ckpt"
     history_name: str = "history.json"
     curve_name: str | None = "training_curve.png"
+    # torch.compile of the loss computation (model forward + loss): auto = on CUDA only; on; off
+    compile: str = "auto"
+    # steps between host synchronisations (loss read back, NaN check, progress bar); None: 1 on CPU, 25 on CUDA,
+    # where reading the loss every step stalls the GPU queue
+    sync_every_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
@@ -92,6 +97,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{name} must be >= 1 (or left unset), got {value}")
+        if self.compile not in ("auto", "on", "off"):
+            raise UserError(f"unknown compile setting {self.compile!r}; choose auto, on or off")
+        if self.sync_every_steps is not None and self.sync_every_steps < 1:
+            raise UserError(f"sync_every_steps must be >= 1 (or left unset), got {self.sync_every_steps}")
         if self.epochs == 0 and self.max_steps is None:
             raise UserError("epochs is 0 and max_steps unset: nothing would train; set epochs >= 1 or max_steps")
 
@@ -248,10 +257,16 @@ class Trainer:
             check_output_dir(self.out, need_bytes=8 * n_bytes)  # last (+2 Adam moments) and best, plus temp copies
             _remove_stale_temp_files(self.out)
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        on_cuda = self.device.type == "cuda"
+        self.sync_every = config.sync_every_steps or (25 if on_cuda else 1)
+        self.compiled = config.compile == "on" or (config.compile == "auto" and on_cuda)
+        # the loss computation (forward + loss, autocast inside) is what gets compiled; backward follows it
+        self._forward = torch.compile(self._forward_loss) if self.compiled else self._forward_loss
         params = param_groups or self._default_param_groups()
         if not any(p.requires_grad for g in params for p in g["params"]):
             raise UserError("No trainable parameters! Check the freezing strategy / include patterns")
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        # fused AdamW: one kernel for the whole update on CUDA (same state dict, so resume works across devices)
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=on_cuda)
         self.sampler = EpochSampler(len(train_data), shuffle=config.shuffle, seed=config.seed, env=self.env, drop_last=config.drop_last)
         # Starting a DataLoader iterator draws a worker base seed from the generator it is given,
         # or else from the global torch RNG. Its own generator, reseeded per epoch, keeps that draw
@@ -426,20 +441,18 @@ class Trainer:
             n_here, t_train = 0, time.time()
             bar = _progress(self.train_loader, cfg.progress and self.env.is_main,
                             f"epoch {self.epoch + 1}/{max_epochs}", self.steps_per_epoch, self.batch_in_epoch)
+            pending: list[tuple[int, torch.Tensor, Mapping]] = []  # steps not yet read back to the host
+
             for batch in bar:
                 loss, logs = self._train_step(batch)
-                loss_sum += loss
-                for k, v in logs.items():
-                    sums = self.stretch_logs.setdefault(k, [0.0, 0.0])
-                    sums[0] += v
-                    sums[1] += 1
-                n_batches += 1
+                pending.append((self.step, loss, logs))
                 n_here += 1
                 self.step += 1
                 self.batch_in_epoch += 1
-                if cfg.progress and self.env.is_main:
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
+                ckpt_due = cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0
+                if ckpt_due or self.step % self.sync_every == 0:
+                    loss_sum, n_batches = self._read_back(pending, bar, loss_sum, n_batches)
+                if ckpt_due:
                     self.stretch_loss, self.stretch_logs = self._reduce_stretch(loss_sum, n_batches)
                     if not self.env.is_main:
                         self.stretch_loss = [0.0, 0.0]
@@ -450,6 +463,7 @@ class Trainer:
                 mid_val = cfg.val_every_steps and self.step % cfg.val_every_steps == 0
                 if mid_val or self.step >= self.total_steps:
                     break
+            loss_sum, n_batches = self._read_back(pending, bar, loss_sum, n_batches)
             (total, count), logs = self._reduce_stretch(loss_sum, n_batches)
             train_loss = total / max(count, 1)
             train_logs = {k if k.startswith("train_") else f"train_{k}": s / n for k, (s, n) in logs.items() if n}
@@ -480,6 +494,25 @@ class Trainer:
         return TrainResult(self.history, self.best, self.path(cfg.best_name, step=self.step, epoch=self.epoch),
                            self.path(cfg.last_name), self.step, stopped_early)
 
+    def _read_back(self, pending: list, bar, loss_sum: float, n_batches: float) -> tuple[float, float]:
+        """Add the pending steps' losses (one host sync) and logs to the stretch; refuse a non-finite loss."""
+        if not pending:
+            return loss_sum, n_batches
+        values = torch.stack([loss.float() for _, loss, _ in pending]).tolist()
+        for (step, _, logs), value in zip(pending, values):
+            if not math.isfinite(value):
+                self._refuse_loss(value, step)
+            loss_sum += value
+            n_batches += 1
+            for k, v in logs.items():
+                sums = self.stretch_logs.setdefault(k, [0.0, 0.0])
+                sums[0] += float(v)
+                sums[1] += 1
+        if self.config.progress and self.env.is_main:
+            bar.set_postfix(loss=f"{values[-1]:.4f}", refresh=False)
+        pending.clear()
+        return loss_sum, n_batches
+
     def _reduce_stretch(self, loss_sum: float, n_batches: float) -> tuple[list[float], dict[str, list[float]]]:
         """The stretch's loss sum and batch count, and its logs' [sum, batches], summed over ranks.
 
@@ -490,25 +523,36 @@ class Trainer:
         flat = all_reduce_sum(flat, self.env, self.device)
         return flat[:2], {k: flat[2 + 2 * i: 4 + 2 * i] for i, k in enumerate(names)}
 
-    def _train_step(self, batch) -> tuple[float, dict[str, float]]:
-        """One optimizer step: the loss and the values loss_fn logged beside it."""
-        batch = move_to(batch, self.device)
+    def _forward_loss(self, batch) -> tuple[torch.Tensor, Mapping]:
         with self.autocast():
             out = self.loss_fn(self.ddp_model, batch)
         loss = out[0] if isinstance(out, tuple) else out
         logs = out[1] if isinstance(out, tuple) and len(out) > 1 and isinstance(out[1], Mapping) else {}
-        if not torch.isfinite(loss):
-            raise UserError(
-                f"training loss became {float(loss.detach())} at step {self.step}; lower the learning rate "
-                f"(now {self.scheduler.get_last_lr()[0]:.2e}) or check the input for NaN/inf"
-            )
+        return loss, logs
+
+    def _refuse_loss(self, value: float, step: int) -> None:
+        raise UserError(
+            f"training loss became {value} at step {step}; lower the learning rate "
+            f"(now {self.scheduler.get_last_lr()[0]:.2e}) or check the input for NaN/inf"
+        )
+
+    def _train_step(self, batch) -> tuple[torch.Tensor, dict]:
+        """One optimizer step: the (detached, still on the device) loss and the values loss_fn logged beside it.
+
+        With a sync every step (CPU) a non-finite loss is refused before it touches the weights; otherwise
+        `fit` reads the losses back every `sync_every` steps and refuses there, naming the first bad step.
+        """
+        batch = move_to(batch, self.device)
+        loss, logs = self._forward(batch)
+        if self.sync_every == 1 and not torch.isfinite(loss):
+            self._refuse_loss(float(loss.detach()), self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss.detach()), {k: float(v) for k, v in logs.items()}
+        return loss.detach(), {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
 
 
 def _first_line(err: Exception) -> str:
