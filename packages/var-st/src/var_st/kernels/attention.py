@@ -19,6 +19,8 @@ in benchmarks/results/, see its README):
   short scales (0.010-0.012 vs 0.014-0.019 ms) but that is < 1% of a 241-token generation,
   which is bound by launch overhead and varied 27-50 ms between identical runs; one path.
 The mask and the per-query key ends depend only on the scale sizes: built once per device.
+Under torch.compile the path is chosen while tracing (SDPA with the mask as a graph constant), so
+the dispatch never breaks the graph.
 
 Shapes everywhere: q, k, v [B, H, L, Dh] -> [B, H, L, Dh].
 """
@@ -62,9 +64,19 @@ def _scale_kv_end(scale_sizes: tuple[int, ...], device: torch.device) -> torch.T
     return ends[scale_ids(scale_sizes)].to(torch.int32).to(device)
 
 
+def _traced_mask(scale_sizes: Sequence[int], device) -> torch.Tensor:
+    """The same mask built from Python ints, for torch.compile: a constant of the graph (an lru_cache call
+    would break the graph at every layer)."""
+    ids = torch.tensor([s for s, n in enumerate(scale_sizes) for _ in range(int(n))], device=device)
+    return ids[None, :] <= ids[:, None]
+
+
 def scale_causal_attention_reference(q, k, v, scale_sizes: Sequence[int], dropout_p: float = 0.0):
     """SDPA with the boolean block-causal mask: the definition the fast paths are tested against."""
-    mask = scale_causal_mask(scale_sizes, q.device)
+    if torch.compiler.is_compiling():
+        mask = _traced_mask(scale_sizes, q.device)
+    else:
+        mask = scale_causal_mask(scale_sizes, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
@@ -74,6 +86,8 @@ def scale_causal_attention(q, k, v, scale_sizes: Sequence[int], dropout_p: float
     CUDA, no gradient, no dropout: the Triton prefix kernel. Otherwise (training, CPU, kernels
     off): SDPA with the boolean mask.
     """
+    if torch.compiler.is_compiling():  # decided while tracing: the graph holds SDPA with a constant mask
+        return scale_causal_attention_reference(q, k, v, scale_sizes, dropout_p)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not (q.is_cuda and kernels_enabled() and triton_available()) or needs_grad or dropout_p > 0:
         return scale_causal_attention_reference(q, k, v, scale_sizes, dropout_p)

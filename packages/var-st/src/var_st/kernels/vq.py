@@ -39,6 +39,8 @@ MIN_ROWS_FOR_KERNEL = 1024
 
 def nearest_code(x: torch.Tensor, codebook: torch.Tensor, return_dist: bool = False):
     """x [N, D], codebook [K, D] -> idx [N] int64 (and squared distance [N] fp32 if return_dist)."""
+    if torch.compiler.is_compiling():  # traced: inductor compiles the reference (no graph break at the dispatch)
+        return nearest_code_reference(x, codebook, return_dist)
     if x.is_cuda and x.shape[0] >= MIN_ROWS_FOR_KERNEL and kernels_enabled() and triton_available():
         from var_st.kernels.triton_vq import nearest_code_triton
 
