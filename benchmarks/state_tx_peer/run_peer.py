@@ -15,6 +15,13 @@
 
 arc-state runs from its own venv (its dependencies are pinned apart from ours); on a GPU machine the
 same command runs both on the GPU (Lightning picks it; state-tx uses training.device=auto).
+
+On the lent GPU machine (no cell-eval there: it needs polars), arc-state comes from carried wheels and the
+predictions travel back for cell-eval here:
+
+    python benchmarks/state_tx_peer/run_peer.py --steps 1000 --arc-python python3 --no-cell-eval --out $OUT/peer
+    python benchmarks/state_tx_peer/run_peer.py --cell-eval-on benchmarks/state_tx_peer/results_NVIDIA_H200.json \
+        --preds DIR_WITH_THE_PREDICTIONS --cell-eval /tmp/arcvenv/bin/cell-eval
 """
 
 from __future__ import annotations
@@ -52,10 +59,10 @@ def ours_cmd(toml: Path, out: Path, name: str, steps: int) -> list[str]:
             f"output_dir={out}", f"name={name}"]
 
 
-def arc_cmd(arc_bin: Path, toml: Path, out: Path, name: str, steps: int) -> list[str]:
+def arc_cmd(arc: list[str], toml: Path, out: Path, name: str, steps: int) -> list[str]:
     s = SHARED
     bk = "model.kwargs.transformer_backbone_kwargs"
-    return [str(arc_bin / "state"), "tx", "train", f"data.kwargs.toml_config_path={toml}",
+    return [*arc, "tx", "train", f"data.kwargs.toml_config_path={toml}",
             "data.kwargs.pert_col=gene", "data.kwargs.cell_type_key=cell_type", "data.kwargs.batch_col=gem_group",
             "data.kwargs.control_pert=non-targeting", "data.kwargs.output_space=gene", "data.kwargs.embed_key=X_hvg",
             "data.kwargs.num_workers=0", "data.kwargs.pin_memory=false", "model=state_sm",
@@ -104,22 +111,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", default="/tmp/stx_peer")
     ap.add_argument("--arc-venv", default="/work/arcstate-venv")
+    ap.add_argument("--arc-python", help="run arc-state as `PY -m state` (installed beside us) instead of from --arc-venv")
     ap.add_argument("--cell-eval", default=str(Path(sys.executable).with_name("cell-eval")))
+    ap.add_argument("--no-cell-eval", action="store_true",
+                    help="skip cell-eval; copy each tool's prediction files to OUT/preds for --cell-eval-on elsewhere")
+    ap.add_argument("--cell-eval-on", metavar="RESULTS_JSON", help="only run cell-eval on --preds and add it to this file")
+    ap.add_argument("--preds", help="with --cell-eval-on: the folder of <tool>_pred.h5ad / <tool>_real.h5ad files")
     ap.add_argument("--skip-arc", action="store_true", help="state-tx only (e.g. where arc-state cannot install)")
     args = ap.parse_args()
+    if args.cell_eval_on:
+        add_cell_eval(Path(args.cell_eval_on), Path(args.preds), args.cell_eval, Path(args.out))
+        return
     from state_tx.synthetic import write_demo
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _, toml = write_demo(out / "data", seed=0)
-    arc_bin = Path(args.arc_venv) / "bin"
+    arc = [args.arc_python, "-m", "state"] if args.arc_python else [str(Path(args.arc_venv) / "bin" / "state")]
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "disabled"}
     results: dict = {"shared_config": SHARED, "steps": args.steps, "data": str(toml), "runs": {}}
     tools = [("state-tx", lambda name, n: ours_cmd(toml, out / "ours", name, n))]
     if not args.skip_arc:
-        if not (arc_bin / "state").exists():
-            raise SystemExit(f"{arc_bin}/state not found: install arc-state into its own venv first")
-        tools.append(("arc-state", lambda name, n: arc_cmd(arc_bin, toml, out / "arc", name, n)))
+        if not args.arc_python and not Path(arc[0]).exists():
+            raise SystemExit(f"{arc[0]} not found: install arc-state into its own venv first")
+        tools.append(("arc-state", lambda name, n: arc_cmd(arc, toml, out / "arc", name, n)))
     for tool, make in tools:
         short = timed(make("short", STEPS_SHORT), out / f"{tool}_short.log", env)
         full = timed(make("full", args.steps), out / f"{tool}_full.log", env)
@@ -130,29 +145,49 @@ def main() -> None:
                     "--checkpoint", "final.ckpt"]
             ev = run_dir / "eval_final"
         else:
-            pcmd = [str(arc_bin / "state"), "tx", "predict", "--output-dir", str(run_dir), "--checkpoint",
+            pcmd = [*arc, "tx", "predict", "--output-dir", str(run_dir), "--checkpoint",
                     "final.ckpt", "--predict-only"]
             ev = run_dir / "eval_final.ckpt"
         pred_t = timed(pcmd, out / f"{tool}_predict.log", env)
-        metrics = cell_eval(args.cell_eval, ev / "adata_pred.h5ad", ev / "adata_real.h5ad", out / f"cell_eval_{tool}",
-                            out / f"{tool}_cell_eval.log")
         results["runs"][tool] = {"train_full": full, "train_short": short, "steps_per_s": round(steps_per_s, 3),
-                                 "predict": pred_t, "cell_eval_mean": metrics,
-                                 "train_command": " ".join(make("full", args.steps))}
+                                 "predict": pred_t, "train_command": " ".join(make("full", args.steps))}
+        if args.no_cell_eval:
+            import shutil
+
+            (out / "preds").mkdir(exist_ok=True)
+            for kind in ("pred", "real"):
+                shutil.copy(ev / f"adata_{kind}.h5ad", out / "preds" / f"{tool}_{kind}.h5ad")
+        else:
+            results["runs"][tool]["cell_eval_mean"] = cell_eval(
+                args.cell_eval, ev / "adata_pred.h5ad", ev / "adata_real.h5ad", out / f"cell_eval_{tool}",
+                out / f"{tool}_cell_eval.log")
         print(json.dumps({tool: results["runs"][tool]}, indent=1), flush=True)
     device = "cpu"
     try:
         import torch
 
         device = torch.cuda.get_device_name(0).replace(" ", "_") if torch.cuda.is_available() else "cpu"
+        results["torch"] = torch.__version__
     except ImportError:
         pass
     results.update({"device": device, "host": platform.node(), "python": platform.python_version(),
                     "command": " ".join([sys.executable, *sys.argv]),
                     "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
-    path = HERE / f"results_{device}.json"
+    path = (out if args.no_cell_eval else HERE) / f"results_{device}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def add_cell_eval(results_path: Path, preds: Path, exe: str, out: Path) -> None:
+    """cell-eval on prediction files made elsewhere (the GPU machine), added to that run's results."""
+    results = json.loads(results_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for tool, run in results["runs"].items():
+        run["cell_eval_mean"] = cell_eval(exe, preds / f"{tool}_pred.h5ad", preds / f"{tool}_real.h5ad",
+                                          out / f"cell_eval_{tool}", out / f"{tool}_cell_eval.log")
+    results["cell_eval_command"] = " ".join([sys.executable, *sys.argv])
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {results_path}")
 
 
 if __name__ == "__main__":

@@ -44,3 +44,10 @@ def add_allow_unloaded_frozen(parser) -> None:
     parser.add_argument("--allow-unloaded-frozen", dest="allow_unloaded_frozen", action="store_true",
                         help="freeze parameters even where the checkpoint supplied no weights for them (they stay "
                              "at random init for the whole run); without it such a run is refused")
+
+
+def add_compile(parser, flag: str = "--compile") -> None:
+    """`--compile auto|on|off`: torch.compile of the training step (TrainConfig.compile; auto = on CUDA only)."""
+    parser.add_argument(flag, dest="compile", choices=["auto", "on", "off"], default=None,
+                        help="torch.compile the training step: auto (default) = on CUDA, off on CPU; "
+                             "compiling takes a minute at the start and then runs each step faster")

@@ -272,9 +272,10 @@ class Trainer:
         # or else from the global torch RNG. Its own generator, reseeded per epoch, keeps that draw
         # out of the global stream (dropout etc.), so a mid-epoch resume replays it exactly.
         self.loader_generator = torch.Generator()
+        # pinned host memory on CUDA, so move_to's non_blocking copies overlap the previous step's kernels
         self.train_loader = DataLoader(train_data, batch_size=config.batch_size, sampler=self.sampler,
                                        collate_fn=collate_fn, num_workers=config.num_workers, drop_last=config.drop_last,
-                                       generator=self.loader_generator)
+                                       generator=self.loader_generator, pin_memory=on_cuda)
         self.steps_per_epoch = max(len(self.train_loader), 1)
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps is not None:
@@ -389,6 +390,7 @@ class Trainer:
             return None
         return DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
                           collate_fn=self.collate_fn, num_workers=self.config.num_workers,
+                          pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.config.seed))
 
     # -------------------------------------------------------------- main loop
