@@ -46,6 +46,26 @@ CASES: dict[str, tuple[str, str]] = {
     "needs_trust.pt": ("valid old-style checkpoint holding a datetime.date beside its Namespace and numpy "
                        "scalars (loads only with the opt-in)", "refusing to unpickle"),
     "not_a_checkpoint.ckpt": ("a text file with a checkpoint's name", "unrecognised checkpoint format"),
+    # what a tired user passes instead of the weights
+    "lfs_pointer.ckpt": ("a Git LFS pointer file (the repository was cloned without `git lfs pull`)", "git lfs pull"),
+    "html_error_page.pt": ("an HTML login page saved under the checkpoint's name (a failed download)", "web page"),
+    "gzipped.pt": ("a gzip-compressed torch checkpoint", "decompress it first"),
+    "tar_archive.ckpt": ("a tar archive holding a checkpoint (a release tarball, not extracted)", "tar archive"),
+    "numpy_array.pt": ("a numpy .npy array saved with a .pt name", "numpy .npy array"),
+    "npz_archive.pt": ("a numpy .npz archive (a zip of .npy files) with a .pt name", "numpy .npz archive"),
+    "zipped_folder.pt": ("a zip of a folder holding a checkpoint", "zipped folder"),
+    "hdf5_file.ckpt": ("an HDF5 file (an .h5ad data set) passed as the checkpoint", "HDF5 file"),
+    "json_config.pt": ("the run's JSON config passed as the checkpoint", "JSON text"),
+    "tiny.safetensors": ("5 bytes of a safetensors download", "unrecognised checkpoint format"),
+    "huge_header.safetensors": ("safetensors file whose header length field is 2**60", "not a readable safetensors file"),
+    "offsets_beyond.safetensors": ("safetensors header whose tensor offsets run past the end of the file",
+                                   "not a readable safetensors file"),
+    "unknown_dtype.safetensors": ("safetensors header naming a dtype that does not exist", "not a readable safetensors file"),
+    "missing_record.pt": ("torch zip checkpoint with one tensor record removed from a valid archive",
+                          "tensor record data/1 is missing"),
+    "evil_legacy.pt": ("old (non-zip) torch pickle whose unpickling calls exec()", "refusing to unpickle"),
+    "evil_plain_pickle.pkl": ("a plain pickle (not torch) that calls os.system-like code when loaded",
+                              "refusing to unpickle"),
 }
 
 
@@ -139,6 +159,7 @@ def make(out: Path = HERE) -> None:
     (out / "not_a_checkpoint.ckpt").write_text(
         "This is a notes file that happens to be called .ckpt.\nepoch: 3, lr: 1e-4\n")
 
+    _user_mistakes(out)
     (out / "expected.json").write_text(json.dumps(
         {name: {"what": what, "phrase": phrase} for name, (what, phrase) in CASES.items()}, indent=2) + "\n")
     lines = [
@@ -163,6 +184,62 @@ def make(out: Path = HERE) -> None:
     for name in CASES:
         size = (out / name).stat().st_size
         assert size < 50_000, (name, size)
+
+
+def _user_mistakes(out: Path) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    good = io.BytesIO()
+    torch.save({"state_dict": _weights(5)}, good)
+    raw = good.getvalue()
+    (out / "lfs_pointer.ckpt").write_text(
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 420318577\n")
+    (out / "html_error_page.pt").write_text(
+        "<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in to download.</body></html>\n")
+    (out / "gzipped.pt").write_bytes(gzip.compress(raw, mtime=0))
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("release/model.pt")
+        info.size, info.mtime = len(raw), 0
+        tar.addfile(info, io.BytesIO(raw))
+    (out / "tar_archive.ckpt").write_bytes(tar_buf.getvalue())
+    npy = io.BytesIO()
+    np.save(npy, np.arange(12, dtype=np.float32).reshape(3, 4))
+    (out / "numpy_array.pt").write_bytes(npy.getvalue())
+    with zipfile.ZipFile(out / "npz_archive.pt", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("encoder_weight.npy", (1980, 1, 1, 0, 0, 0)), npy.getvalue())
+    with zipfile.ZipFile(out / "zipped_folder.pt", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("checkpoints/best.pt", (1980, 1, 1, 0, 0, 0)), raw)
+    (out / "hdf5_file.ckpt").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(504))
+    (out / "json_config.pt").write_text(json.dumps({"lr": 1e-4, "epochs": 3, "model": "state_sm"}, indent=1) + "\n")
+    (out / "tiny.safetensors").write_bytes(b"\x10\x00\x00\x00\x00")
+
+    def safetensors_with(header: dict, data: bytes) -> bytes:
+        text = json.dumps(header).encode()
+        return struct.pack("<Q", len(text)) + text + data
+
+    four = np.arange(4, dtype=np.float32).tobytes()
+    (out / "huge_header.safetensors").write_bytes(struct.pack("<Q", 2**60) + b'{"w": {}}' + four)
+    (out / "offsets_beyond.safetensors").write_bytes(
+        safetensors_with({"w": {"dtype": "F32", "shape": [64], "data_offsets": [0, 256]}}, four))
+    (out / "unknown_dtype.safetensors").write_bytes(
+        safetensors_with({"w": {"dtype": "F7", "shape": [4], "data_offsets": [0, 16]}}, four))
+
+    full = out / "_two.pt"
+    torch.save({"a": torch.ones(3), "b": torch.zeros(5)}, full)
+    with zipfile.ZipFile(full) as zin, zipfile.ZipFile(out / "missing_record.pt", "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("/data/1"):
+                zout.writestr(info, zin.read(info.filename))
+    full.unlink()
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hook": _Evil()}, out / "evil_legacy.pt",
+               _use_new_zipfile_serialization=False)
+    import pickle
+
+    (out / "evil_plain_pickle.pkl").write_bytes(pickle.dumps({"weights": [0.1, 0.2], "hook": _Evil()}, protocol=4))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,23 +39,42 @@ def detect_format(path: str | os.PathLike) -> str:
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory; pass the checkpoint file inside it")
     with open(path, "rb") as fh:
-        head = fh.read(16)
+        head = fh.read(512)
     if not head:
         raise UserError(f"{path}: checkpoint file is empty; re-export or re-download it")
     if head.startswith(b"PK\x03\x04"):
         return "torch"
     if head[:1] == b"\x80":
         return "torch-legacy"
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 0 < header_len < path.stat().st_size:
-            return "safetensors"
+    if len(head) >= 9 and head[8:10] in (b'{"', b"{}", b"{ "):
+        return "safetensors"  # the header length is checked by the reader, which names what is wrong
     if head[:1] == b"\x0a":  # protobuf field 1, length-delimited: Checkpoint.value
         return "mindspore"
+    what = _other_kind(head)
     raise UserError(
-        f"{path}: unrecognised checkpoint format (not torch, safetensors or MindSpore); "
-        "the file may be corrupt or of another kind"
+        f"{path}: unrecognised checkpoint format (not torch, safetensors or MindSpore)"
+        + (f": {what}" if what else "; the file may be corrupt or of another kind")
     )
+
+
+def _other_kind(head: bytes) -> str | None:
+    """What a file that is not a checkpoint most likely is, with the fix (the mistakes people make)."""
+    text = head.lstrip().lower()
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the weights; run `git lfs pull` in the repository it came from"
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml")):
+        return "it is a web page (a failed or login-walled download?); download the file itself again"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is gzip-compressed; decompress it first (gunzip, or tar -xzf for a .tar.gz)"
+    if head[257:262] == b"ustar":
+        return "it is a tar archive; extract it (tar -xf) and pass the checkpoint inside"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a numpy .npy array, not a dict of named weights"
+    if head.startswith(b"\x89HDF"):
+        return "it is an HDF5 file (an .h5ad data set or a Keras .h5?), not a checkpoint"
+    if text.startswith((b"{", b"[")):
+        return "it is JSON text (a config or a file list?), not weights"
+    return None
 
 
 def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Any:
@@ -210,7 +228,10 @@ def _check_tensor_records(path: Path) -> None:
         prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
         pkl = prefix + "data.pkl"
         if pkl not in names:
-            raise UserError(f"{path}: torch checkpoint has no {pkl}; it is corrupt or not a torch file")
+            npz = any(n.endswith(".npy") for n in names)
+            raise UserError(f"{path}: a zip archive without {pkl}: " + (
+                "a numpy .npz archive, not a torch checkpoint" if npz else
+                "not a torch checkpoint (a zipped folder? extract it and pass the checkpoint inside)"))
         try:
             scan = _RecordScan(zf.open(pkl))
             scan.load()
