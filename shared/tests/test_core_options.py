@@ -174,3 +174,17 @@ def test_integer_weights_are_refused_by_name():
     with pytest.raises(UserError, match="tensor weight is int64 in the file but the model's is float32"):
         load_partial(model, state, verbose=False)
     load_partial(model, {"weight": torch.ones(2, 2, dtype=torch.float16)}, verbose=False)  # precision may differ
+
+
+def test_json_outputs_are_standard(tmp_path):
+    import json
+
+    import numpy as np
+
+    from ftcore.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "h.json", {"val_pearson": float("nan"), "r": [np.float32(np.inf), 1.5],
+                                            "n": np.int64(3), "a": np.array([np.nan, 2.0])})
+    text = (tmp_path / "h.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"val_pearson": None, "r": [None, 1.5], "n": 3, "a": [None, 2.0]}

@@ -61,7 +61,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Standard JSON: NaN and inf (which `json` would write as the non-standard NaN/Infinity that jq, JavaScript
+    and pandas' strict readers reject) become null."""
+    atomic_write_text(path, json.dumps(_finite_or_null(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return _finite_or_null(obj.item())
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+        return _finite_or_null(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
