@@ -97,7 +97,7 @@ class Item:
 
 
 # ----------------------------------------------------------------------------------- state-tx
-def _state_tx_sizes(preset: str, tiny: bool) -> tuple[dict, int, int, int]:
+def _state_tx_sizes(tiny: bool) -> tuple[dict, int, int, int]:
     """(model.kwargs, genes, perturbations, sets per batch): issue 15's 16 sets x 512 cells, 2000 genes."""
     if tiny:
         return dict(hidden_dim=32, cell_set_len=16, n_layers=2, n_heads=2, head_dim=16, intermediate_size=64), 48, 8, 2
@@ -108,7 +108,7 @@ def _state_tx_model(preset: str, tiny: bool):
     from state_tx.train import RunConfig, model_config
     from state_tx.model import StateTransitionModel
 
-    kwargs, genes, perts, sets = _state_tx_sizes(preset, tiny)
+    kwargs, genes, perts, sets = _state_tx_sizes(tiny)
     cfg = RunConfig()
     cfg.model.name, cfg.model.kwargs = preset, kwargs
     mcfg = model_config(cfg, input_dim=genes, pert_dim=perts, batch_dim=0)  # one-hot perturbations

@@ -52,7 +52,7 @@ def train_table(doc: dict) -> str:
     for package, what, off, on in _pairs(doc["rows"], "train"):
         mfus = [r["mfu"] for r in (off, on) if r.get("mfu") is not None]
         has_goal = package in TRANSFORMER_PACKAGES
-        met = "-" if not (has_goal and mfus) else ("yes" if max(mfus) >= goal else f"no ({max(mfus) - goal:+.0%})")
+        met = "-" if not (has_goal and mfus) else ("yes" if max(mfus) >= goal else f"no ({(max(mfus) - goal) * 100:+.1f} pts)")
         timed = [r for r in (off, on) if r.get("ms_step")]
         faster = min(timed, key=lambda r: r["ms_step"]) if timed else {}
         lines.append(
