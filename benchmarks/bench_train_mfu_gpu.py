@@ -208,7 +208,7 @@ def build_var_st_stage1(batch: int):
 
         def loss_fn(m, b):  # var_st/train.py train_stage1's loss_fn (a closure there), verbatim
             out = m(b[0])
-            return out["loss"], {"recon_loss": float(out["recon_loss"])}
+            return out["loss"], {"recon_loss": out["recon_loss"].detach()}
 
         return TrainCase(vqvae, loss_fn, TensorDataset(x), B,
                          {"stage": 1, "genes": G, "tokens": vqvae.seq_len, "codebook": list(vqvae.quantizer.codebook.shape),
@@ -240,7 +240,7 @@ def build_var_st_stage2(batch: int):
             hb, cb, tb, _ = b
             logits = m(hb, cb, tb)
             loss = F.cross_entropy(logits.reshape(-1, V).float(), tb.reshape(-1))
-            return loss, {"token_accuracy": float((logits.argmax(-1) == tb).float().mean())}
+            return loss, {"token_accuracy": (logits.argmax(-1) == tb).float().mean().detach()}
 
         vc = model.var_config
         return TrainCase(model, loss_fn, TensorDataset(h, c, tokens, x), B,

@@ -72,7 +72,7 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
 
     def loss_fn(m, batch):
         out = m(batch[0])
-        return out["loss"], {"recon_loss": float(out["recon_loss"])}
+        return out["loss"], {"recon_loss": out["recon_loss"].detach()}
 
     def eval_fn(m, loader):
         # restart first, so the metrics below describe the weights the checkpoint will hold
@@ -131,7 +131,7 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
         hb, cb, tb, _ = batch
         logits = m(hb, cb, tb)
         loss = F.cross_entropy(logits.reshape(-1, V).float(), tb.reshape(-1))
-        return loss, {"token_accuracy": float((logits.argmax(-1) == tb).float().mean())}
+        return loss, {"token_accuracy": (logits.argmax(-1) == tb).float().mean().detach()}
 
     def eval_fn(m, loader):
         ce, correct, per_scale, n, preds, true = 0.0, 0.0, None, 0, [], []
