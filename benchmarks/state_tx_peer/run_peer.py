@@ -16,8 +16,10 @@
 arc-state runs from its own venv (its dependencies are pinned apart from ours); on a GPU machine the
 same command runs both on the GPU (Lightning picks it; state-tx uses training.device=auto).
 
-On the lent GPU machine (no cell-eval there: it needs polars), arc-state comes from carried wheels and the
-predictions travel back for cell-eval here:
+On the lent GPU machine (no cell-eval there: it needs polars, too large to carry), arc-state comes from carried
+wheels and the predictions travel back for cell-eval here. arc-state's `tx predict` imports cell-eval's
+MetricsEvaluator even with --predict-only, where it is never called; there a placeholder module named cell_eval
+(PYTHONPATH) answers that import:
 
     python benchmarks/state_tx_peer/run_peer.py --steps 1000 --arc-python python3 --no-cell-eval --out $OUT/peer
     python benchmarks/state_tx_peer/run_peer.py --cell-eval-on benchmarks/state_tx_peer/results_NVIDIA_H200.json \
@@ -136,6 +138,9 @@ def main() -> None:
             raise SystemExit(f"{arc[0]} not found: install arc-state into its own venv first")
         tools.append(("arc-state", lambda name, n: arc_cmd(arc, toml, out / "arc", name, n)))
     for tool, make in tools:
+        # one untimed run first: torch.compile's and Triton's on-disk caches, CUDA start-up and the page cache are
+        # then equally warm for the two timed runs (on a GPU a cold compile alone outlasts 1000 steps)
+        timed(make("warmup", STEPS_SHORT), out / f"{tool}_warmup.log", env)
         short = timed(make("short", STEPS_SHORT), out / f"{tool}_short.log", env)
         full = timed(make("full", args.steps), out / f"{tool}_full.log", env)
         steps_per_s = (args.steps - STEPS_SHORT) / max(full["wall_s"] - short["wall_s"], 1e-9)
