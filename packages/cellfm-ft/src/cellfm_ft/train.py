@@ -252,13 +252,12 @@ class RunConfig:
     progress: bool = True
 
 
-# RunConfig fields that `cellfm-ft train` sets by a flag (named so in messages); the others only in a config file
-FLAG_FIELDS = ("test_size", "val_fraction", "recon_weight", "mask_ratio", "batch_size", "epochs", "max_steps", "lr",
-               "seed", "device", "ckpt_every_steps", "data", "checkpoint", "output", "vocab")
+CONFIG_ONLY = ("weight_decay", "warmup_steps", "nonz_len")  # RunConfig keys `cellfm-ft train` has no flag for
 
 
 def _flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}" if name in FLAG_FIELDS else repr(name)
+    """How a message names a setting: its flag, or its config-file key where it has no flag."""
+    return repr(name) if name in CONFIG_ONLY else f"--{name.replace('_', '-')}"
 
 
 def check_settings(cfg: RunConfig) -> RunConfig:
@@ -289,9 +288,7 @@ def check_settings(cfg: RunConfig) -> RunConfig:
     data = opt.check_input_file("--data", cfg.data, ".h5ad file")
     checkpoint = _checkpoint_path("--checkpoint", cfg.checkpoint)
     vocab = opt.check_input_file("--vocab", cfg.vocab, "gene list") if cfg.vocab else None
-    output = opt.check_output_dir("--output", cfg.output)
-    if output.resolve() == data.resolve() or output.resolve() == checkpoint.resolve():
-        raise UserError(f"--output {output} is an input file; give a new directory for the run")
+    output = opt.check_output_dir("--output", cfg.output)  # an input file named as the run dir is refused here too
     overlap = sorted(set(cfg.test_donors) & set(cfg.val_donors))
     if overlap:
         raise UserError(f"donor(s) {', '.join(map(repr, overlap))} are in both --test-donors and --val-donors; a donor "
