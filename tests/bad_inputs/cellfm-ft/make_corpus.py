@@ -195,7 +195,8 @@ def more_cases(case, h5ad, with_data) -> None:
 
     # --- numbers, seeds and devices typed on the command line ---------------------------------------
     for name, flag, value, phrase in [
-        ("lr_nan", "--lr", "nan", "--lr is nan; give a finite number (> 0)"),
+        ("lr_nan", "--lr", "nan", "--lr is nan; give a finite number (> 0 and <= 1)"),
+        ("lr_typed_1e4_for_1e-4", "--lr", "1e4", "--lr is 1e4; it must be > 0 and <= 1"),
         ("lr_inf", "--lr", "inf", "--lr is inf"),
         ("lr_zero", "--lr", "0", "--lr is 0; it must be > 0"),
         ("lr_negative", "--lr", "-1e-4", "--lr is -1e-4; it must be > 0"),
@@ -235,6 +236,7 @@ def more_cases(case, h5ad, with_data) -> None:
     # --- the same through config files (flags name the good data, checkpoint and output) ---------------
     for name, content, phrase in [
         ("lr_nan.yaml", "lr: .nan\n", "'lr' is nan"),
+        ("lr_ten.yaml", "lr: 10.0\n", "'lr' is 10.0; it must be > 0 and <= 1"),
         ("lr_nan_text.yaml", "lr: nan\n", "'lr' is nan"),
         ("lr_nan.toml", "lr = nan\n", "'lr' is nan"),
         ("lr_inf.toml", "lr = inf\n", "'lr' is inf"),
@@ -462,6 +464,8 @@ def more_cases(case, h5ad, with_data) -> None:
     case("demo_batch_size_zero", [*demo, "--batch-size", "0"], "--batch-size is 0")
     case("demo_device_gpu", [*demo, "--device", "gpu"], "did you mean 'cuda'?")
     case("demo_lr_negative", [*demo, "--lr", "-0.001"], "--lr is -0.001")
+    # found by test_cellfm_fuzz (300 examples): AdamW's update overflowed float32 in torch
+    case("demo_lr_overflows_adam", [*demo, "--lr", "2.0626115841618694e+51"], "--lr is 2.0626115841618694e+51")
     case("demo_output_is_a_file", ["demo", "--dataset", "synthetic", "--output", "{corpus}/typo.yaml"],
          "is a file, not a directory")
     case("unknown_command", ["trian", "--data", "{data}"], "invalid choice: 'trian'")

@@ -53,7 +53,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) ->
     g.add_argument("--epochs", type=opt.nonnegative_int("--epochs"),
                    help=f"epochs (default {d['epochs']}); 0: as many as --max-steps needs")
     g.add_argument("--max-steps", type=opt.positive_int("--max-steps"), help="stop after this many optimizer steps")
-    g.add_argument("--lr", type=opt.number("--lr", float, gt=0), help=f"learning rate (default {d['lr']:g})")
+    g.add_argument("--lr", type=opt.number("--lr", float, gt=0, le=1), help=f"learning rate (default {d['lr']:g})")
     g.add_argument("--seed", type=opt.seed("--seed"),
                    help="seed of the split, the initialisation and the batches (default 0; 0 <= seed < 2**32)")
     g.add_argument("--device", type=opt.device("--device"), help="auto (default), cpu, cuda, cuda:1, mps")

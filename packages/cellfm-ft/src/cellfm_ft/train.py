@@ -241,8 +241,9 @@ class RunConfig:
     batch_size: int = field(default=16, metadata=opt.bounds(ge=1))  # per process (torchrun: x processes)
     epochs: int = field(default=10, metadata=opt.bounds(ge=0))  # 0: as many as max_steps needs
     max_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
-    lr: float = field(default=1e-4, metadata=opt.bounds(gt=0))
-    weight_decay: float = field(default=0.01, metadata=opt.bounds(ge=0))
+    # AdamW: a rate above 1 is a typo (1e4 for 1e-4) and overflows the update; decay likewise
+    lr: float = field(default=1e-4, metadata=opt.bounds(gt=0, le=1))
+    weight_decay: float = field(default=0.01, metadata=opt.bounds(ge=0, le=1))
     warmup_steps: int = field(default=0, metadata=opt.bounds(ge=0))
     nonz_len: int | None = field(default=None, metadata=opt.bounds(ge=1))  # default: the config's
     seed: int = field(default=0, metadata=opt.bounds(ge=0, lt=opt.SEED_LIMIT))
