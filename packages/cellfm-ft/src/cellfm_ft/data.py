@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -64,7 +65,9 @@ def _read_adata(path: str | os.PathLike):
     if path.is_dir():
         raise UserError(f"data file {path} is a directory; pass the .h5ad file inside it")
     try:
-        return ad.read_h5ad(path)
+        with warnings.catch_warnings():  # duplicated names are checked (and named) here, in one line
+            warnings.filterwarnings("ignore", message=r".* names are not unique", category=UserWarning)
+            return ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable .h5ad file ({first}); re-write it with anndata's write_h5ad") from None
