@@ -16,8 +16,9 @@ import os
 import sys
 from pathlib import Path
 
+from ftcore import options as opt
+from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_version
 from ftcore.errors import UserError, cli_main
-from ftcore.cli import add_allow_unloaded_frozen, add_version
 
 # The seed's two scenarios as named presets pointing at the user's files (relative to the
 # working directory; every value can be overridden by a flag or a --config-file).
@@ -47,19 +48,22 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) ->
 
     d = {**{k: getattr(RunConfig, k) for k in ("epochs", "batch_size", "lr")}, **(defaults or {})}
     g = p.add_argument_group("training")
-    g.add_argument("--batch-size", type=int,
+    g.add_argument("--batch-size", type=opt.positive_int("--batch-size"),
                    help=f"cells per step and process (default {d['batch_size']}; lower it on CUDA OOM)")
-    g.add_argument("--epochs", type=int, help=f"epochs (default {d['epochs']})")
-    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    g.add_argument("--lr", type=float, help=f"learning rate (default {d['lr']:g})")
-    g.add_argument("--seed", type=int, help="seed of the split, the initialisation and the batches (default 0)")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
-    g.add_argument("--ckpt-every-steps", type=int, help="also checkpoint (last.pt) every N steps")
+    g.add_argument("--epochs", type=opt.nonnegative_int("--epochs"),
+                   help=f"epochs (default {d['epochs']}); 0: as many as --max-steps needs")
+    g.add_argument("--max-steps", type=opt.positive_int("--max-steps"), help="stop after this many optimizer steps")
+    g.add_argument("--lr", type=opt.number("--lr", float, gt=0, le=1), help=f"learning rate (default {d['lr']:g})")
+    g.add_argument("--seed", type=opt.seed("--seed"),
+                   help="seed of the split, the initialisation and the batches (default 0; 0 <= seed < 2**32)")
+    g.add_argument("--device", type=opt.device("--device"), help="auto (default), cpu, cuda, cuda:1, mps")
+    g.add_argument("--ckpt-every-steps", type=opt.positive_int("--ckpt-every-steps"),
+                   help="also checkpoint (last.pt) every N steps")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cellfm-ft", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="cellfm-ft", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     add_version(parser, "cellfm-ft")
     sub = parser.add_subparsers(dest="command")
@@ -69,14 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pbmc68k: scanpy's bundled 700 PBMCs (default; needs the [demo] extra, i.e. scanpy); "
                         "synthetic: generated cells with donors (donor split)")
     d.add_argument("--config", choices=("tiny", "80m"), default="tiny", help="size of the demo checkpoint")
-    d.add_argument("--output", default=DEMO_OUTPUT, help=f"output directory (default {DEMO_OUTPUT})")
+    d.add_argument("--output", type=opt.output_dir("--output"), default=DEMO_OUTPUT,
+                   help=f"output directory (default {DEMO_OUTPUT})")
     add_allow_unloaded_frozen(d)
     _add_train_args(d, DEMO_TRAIN)
 
     c = sub.add_parser("convert", help="MindSpore .ckpt -> safetensors with PyTorch names + a JSON report")
-    c.add_argument("checkpoint", help="CellFM checkpoint (MindSpore .ckpt; safetensors/.pth are re-mapped too)")
-    c.add_argument("--output", required=True, help="the .safetensors file to write")
-    c.add_argument("--report", help="JSON report path (default: next to --output)")
+    c.add_argument("checkpoint", type=opt.input_file("checkpoint", "CellFM checkpoint"),
+                   help="CellFM checkpoint (MindSpore .ckpt; safetensors/.pth are re-mapped too)")
+    c.add_argument("--output", required=True, type=opt.output_file("--output", (".safetensors",)),
+                   help="the .safetensors file to write")
+    c.add_argument("--report", type=opt.output_file("--report", (".json",)),
+                   help="JSON report path (default: next to --output)")
     c.add_argument("--config", default="80m", help="architecture the checkpoint must match: 80m (default) or tiny")
     c.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a torch file (runs code)")
 
@@ -90,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-key", help="obs column with the cell labels (default cell_type)")
     t.add_argument("--donor-key", help="obs column with donors: hold out whole donors for the test set")
     t.add_argument("--test-donors", help="comma-separated donors to hold out (default: a seeded choice)")
-    t.add_argument("--test-size", type=float, help="fraction of donors (or cells) for the test set (default 0.2)")
-    t.add_argument("--val-fraction", type=float,
+    t.add_argument("--test-size", type=opt.fraction("--test-size"),
+                   help="fraction of donors (or cells) for the test set (default 0.2)")
+    t.add_argument("--val-fraction", type=opt.fraction("--val-fraction"),
                    help="fraction of the training donors (or cells) for the validation split that picks the best "
                         "epoch (default 0.1; at least one donor); the test split is scored once, at the end")
     t.add_argument("--val-donors", help="comma-separated training donors for the validation split (default: a seeded choice)")
@@ -109,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tutorial (default): the annotation tutorial's head (cluster tokens, two read-outs); "
                         "mlp: CellFM-torch's cls (Linear(D,128)-BatchNorm-LeakyReLU-Linear on the cell token) "
                         "trained with CellFM's masked-reconstruction term (needs a checkpoint with the decoders)")
-    t.add_argument("--recon-weight", type=float, help="--head mlp: weight of the reconstruction term (default 1; 0 = off)")
-    t.add_argument("--mask-ratio", type=float, help="--head mlp: share of a cell's genes hidden for it (default 0.5)")
+    t.add_argument("--recon-weight", type=opt.number("--recon-weight", float, ge=0),
+                   help="--head mlp: weight of the reconstruction term (default 1; 0 = off)")
+    t.add_argument("--mask-ratio", type=opt.fraction("--mask-ratio"),
+                   help="--head mlp: share of a cell's genes hidden for it (default 0.5)")
     t.add_argument("--mask-layers", choices=("auto", "upper", "all"),
                    help="layers that mask padded genes: auto (default; upper for a pretraining checkpoint, which "
                         "has the decoders, all for the annotation tutorial's), upper (layers depth//2..), all")
@@ -119,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--include", action="append", help="extra trainable parameter-name regex (repeatable)")
     t.add_argument("--exclude", action="append", help="extra frozen parameter-name regex (repeatable)")
     t.add_argument("--baseline", action="store_const", const=True, help="also report a logistic-regression baseline")
-    t.add_argument("--output", help="output directory (re-running the same command resumes from last.pt)")
+    t.add_argument("--output", type=opt.output_dir("--output"),
+                   help="output directory (re-running the same command resumes from last.pt)")
     _add_train_args(t)
 
     for name, helptext in (("predict", "write predictions into a copy of an .h5ad (obs/obsm)"),
@@ -128,11 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--model", required=True, help="best_model.pth written by `cellfm-ft train`")
         s.add_argument("--data", required=True, help=".h5ad to annotate")
         s.add_argument("--output", required=True,
+                       type=opt.output_file("--output", (".h5ad",)) if name == "predict" else opt.output_dir("--output"),
                        help="the .h5ad to write" if name == "predict" else "directory for metrics.json and the PNG")
         s.add_argument("--label-key", required=name == "evaluate", help="obs column with true labels")
         _add_data_args(s)
-        s.add_argument("--batch-size", type=int, default=64)
-        s.add_argument("--device", default="auto")
+        s.add_argument("--batch-size", type=opt.positive_int("--batch-size"), default=64,
+                       help="cells per forward pass (default 64; lower it on CUDA OOM)")
+        s.add_argument("--device", type=opt.device("--device"), default="auto",
+                       help="auto (default), cpu, cuda, cuda:1, mps")
         s.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling (runs code)")
     return parser
 
@@ -147,9 +162,14 @@ def run_config(args: argparse.Namespace):
     cfg = load_config(RunConfig, args.config_file, data=base) if args.config_file else RunConfig(**base)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
              if getattr(args, f.name, None) is not None}
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
     for key in ("test_donors", "val_donors"):
         if key in flags:
-            flags[key] = [d.strip() for d in flags[key].split(",") if d.strip()]
+            named = list(dict.fromkeys(d.strip() for d in flags[key].split(",") if d.strip()))
+            if not named:  # an empty shell variable: never a silent seeded choice instead
+                raise UserError(f"--{key.replace('_', '-')} is {flags[key]!r}: no donor named; give comma-separated "
+                                "donors (e.g. D1,D2) or leave the flag out for a seeded choice")
+            flags[key] = named
     cfg = dataclasses.replace(cfg, **flags)
     if args.preset and not Path(cfg.data).exists():
         raise UserError(f"preset --{args.preset} expects the data at {cfg.data} (missing); put the file there or pass --data")
@@ -167,6 +187,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     if adata is None and args.dataset == "pbmc68k":  # never a silent switch to other data
         raise UserError("the default demo data, pbmc68k_reduced, ships with scanpy, which is not installed here: "
                         "pip install 'packages/cellfm-ft[demo]' (or run `cellfm-ft demo --dataset synthetic`)")
+    from ftcore.io import claim_outputs
+
+    claim_outputs(args.output)  # a failed demo takes back what it wrote
     out = check_output_dir(args.output, flag="--output")
     inputs = out / "inputs"
     if adata is None:
@@ -237,7 +260,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         run_demo(args)
     elif args.command == "convert":
-        train.convert(args.checkpoint, args.output, config=args.config, report_path=args.report,
+        train.convert(str(args.checkpoint), str(args.output), config=args.config, report_path=args.report,
                       trust_checkpoint=args.trust_checkpoint)
     elif args.command == "train":
         train.finetune(run_config(args))

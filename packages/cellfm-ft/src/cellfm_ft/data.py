@@ -6,18 +6,24 @@
     train = CellDataset(cells, vocab, split.train, nonz_len=2048, label_names=...)
 
 Validation happens here, once, with errors that name the fix: missing obs/var columns (listing
-what exists), NaN/inf or negative values in X, empty files, no gene overlap.
+what exists), NaN/inf, absurd or negative values in X (naming the first cell and gene), an X of
+zeros only, gene names that appear twice, empty files, no gene overlap.
 
 X may hold raw counts (normalised here to 1e4 per cell and log1p-transformed, CellFM's input)
-or already log-normalised values; `input_kind="auto"` decides from the values (all integers ->
-counts). A cell enters the model as its non-zero genes: the `nonz_len` highest, their ids
-(1..G, 0 = pad) and values.
+or already log-normalised values; `input_kind="auto"` decides by the toolkit's one rule,
+`ftcore.data.expression_kind` (whole numbers -> counts; other values up to 30 -> log; negative ->
+scaled, refused; non-whole values above 30 -> normalised but never logged (CP10k/TPM), refused
+with the fix: log1p them, or --input-kind counts to normalise them here). An explicit
+--input-kind counts/log is obeyed, with a warning where the values say otherwise. A cell
+enters the model as its non-zero genes: the `nonz_len` highest, their ids (1..G, 0 = pad) and
+values.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from ftcore.data import KIND_ADVICE, check_values, expression_kind
 from ftcore.errors import UserError
 
 INPUT_KINDS = ("auto", "counts", "log")
@@ -58,7 +65,9 @@ def _read_adata(path: str | os.PathLike):
     if path.is_dir():
         raise UserError(f"data file {path} is a directory; pass the .h5ad file inside it")
     try:
-        return ad.read_h5ad(path)
+        with warnings.catch_warnings():  # duplicated names are checked (and named) here, in one line
+            warnings.filterwarnings("ignore", message=r".* names are not unique", category=UserWarning)
+            return ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable .h5ad file ({first}); re-write it with anndata's write_h5ad") from None
@@ -107,26 +116,53 @@ def read_cells(
         genes = _column(var, gene_key, "var", path).tolist()
     else:
         genes = var.index.astype(str).tolist()
+    _refuse_duplicates(genes, f"{path}: {f'var column {gene_key!r}' if gene_key else 'var_names'}",
+                       "adata.var_names_make_unique(), or keep one row per gene")
+    where = f"{path}: {'X' if layer is None else '.raw.X' if layer == 'raw' else f'layer {layer!r}'}"
+    if X is None:
+        raise UserError(f"{where} is missing (the file stores no expression matrix); use --layer with one that exists")
+    check_values(X, where, row_names=adata.obs_names.astype(str), col_names=genes)
     X = sparse.csr_matrix(X, dtype=np.float32)
-    if X.nnz and not np.isfinite(X.data).all():
-        bad = int((~np.isfinite(X.data)).sum())
-        raise UserError(f"{path}: X has {bad} NaN/inf values; remove or impute them before fine-tuning")
-    if X.nnz and X.data.min() < 0:
-        raise UserError(
-            f"{path}: X has negative values (scaled or centred data?); CellFM needs raw counts or "
-            "log-normalised values: pass --layer with such a layer, or --layer raw for .raw"
-        )
-    kind = detect_input_kind(X) if input_kind == "auto" else input_kind
+    if X.count_nonzero() == 0:
+        raise UserError(f"{where} holds only zeros ({X.shape[0]} cells x {X.shape[1]} genes); is it the right "
+                        "matrix? pass --layer with the counts or log-normalised values (or --layer raw for .raw)")
+    kind = input_kind_of(X, input_kind, where)
     if kind == "counts":
         X = log_normalise(X)
     X.eliminate_zeros()
     return Cells(adata, X, genes, labels, donors, kind, str(path))
 
 
-def detect_input_kind(X: sparse.csr_matrix) -> str:
-    """'counts' if the stored values are all integers, else 'log' (already log-normalised)."""
-    sample = X.data[: 1_000_000]
-    return "counts" if sample.size and np.all(sample == np.round(sample)) else "log"
+def _refuse_duplicates(names: Sequence[str], where: str, fix: str) -> None:
+    seen: dict[str, int] = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+    dups = [n for n, c in seen.items() if c > 1]
+    if dups:
+        shown = ", ".join(f"{n!r} x{seen[n]}" for n in dups[:3]) + (" ..." if len(dups) > 3 else "")
+        raise UserError(f"{where} names {len(dups)} gene(s) more than once ({shown}); which column is meant is "
+                        f"ambiguous: {fix}")
+
+
+def input_kind_of(X: sparse.csr_matrix, input_kind: str, where: str) -> str:
+    """'counts' or 'log': what X holds by THE rule (ftcore.data.expression_kind), or the user's --input-kind."""
+    kind = expression_kind(X)
+    if kind == "scaled":
+        raise UserError(
+            f"{where} has negative values (scaled or centred data?); CellFM needs raw counts or "
+            "log-normalised values: pass --layer with such a layer, or --layer raw for .raw"
+        )
+    if input_kind == "auto":
+        if kind == "unlogged":
+            raise UserError(f"{where}: {KIND_ADVICE['unlogged']} (or pass --input-kind counts: cellfm-ft then "
+                            "normalises each cell to 1e4 and log-transforms)")
+        return kind
+    if input_kind == "log" and kind != "log":
+        print(f"warning: {where}: --input-kind log, but {KIND_ADVICE[kind]}; used as given")
+    if input_kind == "counts" and kind == "log":
+        print(f"warning: {where}: --input-kind counts, but {KIND_ADVICE['log']}; normalised and log-transformed "
+              "again as asked")
+    return input_kind
 
 
 def log_normalise(X: sparse.csr_matrix) -> sparse.csr_matrix:
@@ -166,9 +202,7 @@ class GeneVocab:
     @classmethod
     def build(cls, data_genes: Sequence[str], model_vocab: Sequence[str] | None, source: str = "") -> "GeneVocab":
         seen: set[str] = set()
-        unique = [g for g in data_genes if not (g in seen or seen.add(g))]
-        if len(unique) < len(data_genes):
-            print(f"note: {len(data_genes) - len(unique)} duplicated gene names; the first of each is used")
+        unique = [g for g in data_genes if not (g in seen or seen.add(g))]  # read_cells refuses duplicates
         if model_vocab is None:
             return cls(unique, [], restricted=False)
         known = set(model_vocab)
@@ -250,7 +284,7 @@ class Split:
 
 def make_split(cells: Cells, *, test_donors: Sequence[str] | None, test_size: float, seed: int) -> Split:
     """Hold out donors when a donor column is given (the seed's test case), else cells, stratified."""
-    if not 0 < test_size < 1:
+    if not 0 < test_size < 1:  # also NaN
         raise UserError(f"--test-size must be between 0 and 1, got {test_size}")
     rng = np.random.default_rng(seed)
     n = cells.n_cells
@@ -259,8 +293,8 @@ def make_split(cells: Cells, *, test_donors: Sequence[str] | None, test_size: fl
         if test_donors:
             unknown = [d for d in test_donors if d not in donors]
             if unknown:
-                raise UserError(f"test donor(s) {', '.join(unknown)} not in the donor column; donors are: {', '.join(donors)}")
-            held = sorted(test_donors)
+                raise UserError(f"test donor(s) {_names(unknown)} not in the donor column; donors are: {_names(donors)}")
+            held = sorted(set(test_donors))
         else:
             if len(donors) < 2:
                 raise UserError(f"a donor split needs at least 2 donors, the data has {len(donors)}; drop --donor-key")
@@ -282,6 +316,11 @@ def make_split(cells: Cells, *, test_donors: Sequence[str] | None, test_size: fl
     is_test = np.zeros(n, bool)
     is_test[test] = True
     return Split(np.flatnonzero(~is_test), np.flatnonzero(is_test), f"random {test_size:.0%} of cells per label")
+
+
+def _names(names: Sequence[str]) -> str:
+    """Donor names as the user must type them: quoted, so a trailing space or an empty name shows."""
+    return ", ".join(repr(str(n)) for n in names)
 
 
 def _stratified_pick(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -309,7 +348,7 @@ def add_validation(cells: Cells, split: Split, *, val_fraction: float, val_donor
     least 1, never all); with a single training donor, or without donors: a stratified random
     `val_fraction` of the training cells per label. The test split is left as it is.
     """
-    if not 0 < val_fraction < 1:
+    if not 0 < val_fraction < 1:  # also NaN
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     rng = np.random.default_rng([seed, 1])  # independent of the test split's draw
     train = np.asarray(split.train)
@@ -318,11 +357,16 @@ def add_validation(cells: Cells, split: Split, *, val_fraction: float, val_donor
         donors = sorted(set(cells.donors[train]))
         held = None
         if val_donors:
-            unknown = [d for d in val_donors if d not in donors]
+            every = set(cells.donors)
+            unknown = [d for d in val_donors if d not in every]
             if unknown:
-                raise UserError(f"validation donor(s) {', '.join(unknown)} are not among the training donors "
-                                f"({', '.join(donors)}); a test donor cannot also validate")
-            held = sorted(val_donors)
+                raise UserError(f"validation donor(s) {_names(unknown)} not in the donor column; donors are: "
+                                f"{_names(sorted(every))}")
+            testing = [d for d in val_donors if d not in donors]
+            if testing:
+                raise UserError(f"donor(s) {_names(testing)} are held out for testing and named in --val-donors too; "
+                                f"a donor tests or validates, not both (training donors: {_names(donors)})")
+            held = sorted(set(val_donors))
         elif len(donors) >= 2:
             k = min(max(1, round(len(donors) * val_fraction)), len(donors) - 1)
             held = sorted(rng.choice(donors, size=k, replace=False).tolist())

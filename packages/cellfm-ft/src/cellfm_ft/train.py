@@ -19,20 +19,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ftcore import options as opt
 from ftcore.checkpoint import read_checkpoint, read_state_dict, write_checkpoint
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
-from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir
+from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
 from ftcore.loading import load_partial
 from ftcore.training import TrainConfig, Trainer, seed_everything
 
 from cellfm_ft.data import (
+    INPUT_KINDS,
     CellDataset,
     add_validation,
     Cells,
@@ -99,8 +102,14 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
     report's "entries" holds every entry of the file (loaded as <our name> / skipped + reason) and every
     backbone parameter the file lacks (missing + reason), each as a JSON object.
     """
-    if Path(output).suffix != ".safetensors":
-        raise UserError(f"--output {output} should end in .safetensors")
+    # Every path first: a read-only place or a directory named as the file is one line before anything is read.
+    checkpoint = str(_checkpoint_path("checkpoint", checkpoint))
+    output = opt.check_output_file("--output", output, (".safetensors",))
+    report_file = opt.check_output_file("--report", report_path or output.with_suffix(".json"), (".json",))
+    vocab = Path(str(checkpoint) + ".genes.txt")
+    vocab_out = Path(str(output) + ".genes.txt")
+    _not_an_input("--output", output, checkpoint, vocab)
+    _not_an_input("--report", report_file, checkpoint, vocab, output)
     raw = read_state_dict(checkpoint, trust_pickle=trust_checkpoint)
     sd, mapping = CHECKPOINT_MAP.apply(raw)
     cfg = config_from_state_dict(sd, config)
@@ -122,7 +131,13 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
             f"{checkpoint}: does not match the CellFM layout ({len(missing)} parameters missing, e.g. "
             f"{missing[:2]}; {len(extra)} unknown, e.g. {extra[:2]}; {len(wrong)} of another shape, e.g. {wrong[:2]})"
         )
-    write_checkpoint(output, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "safetensors")
+    origin = {ours: theirs for theirs, ours in mapping.renamed.items()}
+    _check_weights(sd, own, checkpoint, origin)
+    claim_outputs(output, report_file, vocab_out if vocab.exists() else None)
+    try:
+        _write_converted(sd, output, vocab, vocab_out)
+    except OSError as err:
+        raise _written("the converted checkpoint", output, err) from None
     entries: dict[str, dict] = {}
     for key in raw:
         if key in mapping.skipped:
@@ -145,13 +160,12 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
         "tensors": {k: list(v.shape) for k, v in sd.items()},
         "mapping": mapping.to_dict(),
     }
-    vocab = Path(str(checkpoint) + ".genes.txt")
     if vocab.exists():  # the gene list travels with the weights it indexes
-        from ftcore.io import atomic_write_text
-
-        atomic_write_text(str(output) + ".genes.txt", vocab.read_text())
-        report["vocabulary"] = str(output) + ".genes.txt"
-    atomic_write_json(report_path or Path(output).with_suffix(".json"), report)
+        report["vocabulary"] = str(vocab_out)
+    try:
+        atomic_write_json(report_file, report)
+    except OSError as err:
+        raise _written("the report", report_file, err) from None
     print(f"converted {len(sd)} tensors ({report['n_parameters']:,} backbone parameters) -> {output}")
     print(f"layout: {report['layout']}")
     print(f"entries: {counts['loaded']} loaded, {counts['skipped']} skipped, {counts['missing']} missing")
@@ -166,17 +180,46 @@ def convert(checkpoint: str, output: str, *, config: str = "80m", report_path: s
     return report
 
 
+def _check_weights(sd: dict, own: dict, source: str, origin: dict) -> None:
+    """Integer values for a floating-point parameter (or the reverse) and NaN/inf weights are refused by name
+    (the file's name and ours): casting them would write a checkpoint that loads and predicts garbage."""
+    for key, value in sd.items():
+        shown = f"{origin[key]} (our {key})" if key in origin and origin[key] != key else key
+        if key in own and value.is_floating_point() != own[key].is_floating_point():
+            raise UserError(
+                f"{source}: tensor {shown} is {str(value.dtype).removeprefix('torch.')} in the file but CellFM's is "
+                f"{str(own[key].dtype).removeprefix('torch.')}; this is not a CellFM checkpoint of floating-point "
+                "weights (a quantised or converted file?): use the original weights"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise UserError(f"{source}: tensor {shown} holds {bad} of {value.numel()} NaN/inf values; the file is "
+                            "corrupt or the run that wrote it diverged: use another checkpoint or re-download it")
+
+
+def _write_converted(sd: dict, output: Path, vocab: Path, vocab_out: Path) -> None:
+    write_checkpoint(output, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "safetensors")
+    if vocab.exists():
+        from ftcore.io import atomic_write_text
+
+        atomic_write_text(vocab_out, vocab.read_text())
+
+
 # ----------------------------------------------------------------------------- finetune
 @dataclass
 class RunConfig:
+    """One fine-tuning run. Numbers carry their bounds (checked for config files by ftcore.config, and for
+    every caller by `check_settings`): a NaN or a 0 batch size is one line naming the key, never a crash."""
+
     data: str = ""
     label_key: str = "cell_type"
     checkpoint: str = ""
     output: str = "outputs/cellfm"
     donor_key: str | None = None  # hold out donors for the test set (else random cells per label)
     test_donors: list[str] = field(default_factory=list)
-    test_size: float = 0.2
-    val_fraction: float = 0.1  # of the training donors (or cells): the validation split that picks the best epoch
+    test_size: float = field(default=0.2, metadata=opt.bounds(gt=0, lt=1))
+    # of the training donors (or cells): the validation split that picks the best epoch
+    val_fraction: float = field(default=0.1, metadata=opt.bounds(gt=0, lt=1))
     val_donors: list[str] = field(default_factory=list)
     gene_key: str | None = None  # var column holding gene symbols (default: var_names)
     layer: str | None = None  # X (default), a .layers key, or "raw"
@@ -188,23 +231,87 @@ class RunConfig:
     strategy: str = "cls_encoder"  # cls_encoder (the seed's rule) | cls_only | full
     allow_unloaded_frozen: bool = False  # freeze parameters the checkpoint did not supply (at their init) anyway
     head: str = "tutorial"  # tutorial (the annotation tutorial's head) | mlp (CellFM-torch's cls + reconstruction)
-    recon_weight: float = 1.0  # --head mlp: weight of the masked-reconstruction term (CellFM-torch: 1)
-    mask_ratio: float = 0.5  # --head mlp: share of a cell's genes hidden for the reconstruction (CellFM-torch: 0.5)
+    # --head mlp: weight of the masked-reconstruction term (CellFM-torch: 1)
+    recon_weight: float = field(default=1.0, metadata=opt.bounds(ge=0))
+    # --head mlp: share of a cell's genes hidden for the reconstruction (CellFM-torch: 0.5)
+    mask_ratio: float = field(default=0.5, metadata=opt.bounds(gt=0, lt=1))
     mask_layers: str = "auto"  # auto (from the checkpoint) | upper (pretraining model) | all (tutorial Backbone)
     include: list[str] = field(default_factory=list)  # extra trainable patterns
     exclude: list[str] = field(default_factory=list)  # extra frozen patterns
-    batch_size: int = 16  # per process (torchrun: global batch = batch_size x processes)
-    epochs: int = 10
-    max_steps: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    nonz_len: int | None = None  # default: the config's
-    seed: int = 0
+    batch_size: int = field(default=16, metadata=opt.bounds(ge=1))  # per process (torchrun: x processes)
+    epochs: int = field(default=10, metadata=opt.bounds(ge=0))  # 0: as many as max_steps needs
+    max_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
+    # AdamW: a rate above 1 is a typo (1e4 for 1e-4) and overflows the update; decay likewise
+    lr: float = field(default=1e-4, metadata=opt.bounds(gt=0, le=1))
+    weight_decay: float = field(default=0.01, metadata=opt.bounds(ge=0, le=1))
+    warmup_steps: int = field(default=0, metadata=opt.bounds(ge=0))
+    nonz_len: int | None = field(default=None, metadata=opt.bounds(ge=1))  # default: the config's
+    seed: int = field(default=0, metadata=opt.bounds(ge=0, lt=opt.SEED_LIMIT))
     device: str = "auto"
-    ckpt_every_steps: int | None = None
+    ckpt_every_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
     baseline: bool = False  # also fit a logistic regression on the same split
     progress: bool = True
+
+
+CONFIG_ONLY = ("weight_decay", "warmup_steps", "nonz_len")  # RunConfig keys `cellfm-ft train` has no flag for
+
+
+def _flag(name: str) -> str:
+    """How a message names a setting: its flag, or its config-file key where it has no flag."""
+    return repr(name) if name in CONFIG_ONLY else f"--{name.replace('_', '-')}"
+
+
+def check_settings(cfg: RunConfig) -> RunConfig:
+    """Every number, choice and path of a run, checked before anything is read or written (one line naming the
+    flag); paths come back with `~` and $VARS expanded."""
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        limits = f.metadata.get("ftcore_bounds")
+        value = getattr(cfg, f.name)
+        if limits and value is not None:
+            kind = int if int in (typing.get_args(hints[f.name]) or (hints[f.name],)) else float
+            opt.check_number(_flag(f.name), value, kind, **limits)
+    if cfg.epochs == 0 and cfg.max_steps is None:
+        raise UserError("--epochs is 0 and --max-steps is not set: nothing would train; give --epochs 1 or more, "
+                        "or --max-steps N")
+    opt.device("--device")(cfg.device)
+    if cfg.input_kind not in INPUT_KINDS:
+        raise UserError(f"unknown --input-kind {cfg.input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
+    if not cfg.data:
+        raise UserError("no data file given; pass --data FILE.h5ad (or a preset such as --testcase)")
+    if not cfg.checkpoint:
+        raise UserError("no checkpoint given; pass --checkpoint CellFM_80M_weight.ckpt (MindSpore, safetensors or .pth)")
+    if not str(cfg.label_key).strip():
+        raise UserError("--label-key is empty; name the obs column with the cell labels")
+    for key in ("donor_key", "gene_key", "layer"):
+        if getattr(cfg, key) is not None and not str(getattr(cfg, key)).strip():
+            raise UserError(f"{_flag(key)} is empty; leave it out or name an obs/var column")
+    data = opt.check_input_file("--data", cfg.data, ".h5ad file")
+    checkpoint = _checkpoint_path("--checkpoint", cfg.checkpoint)
+    vocab = opt.check_input_file("--vocab", cfg.vocab, "gene list") if cfg.vocab else None
+    output = opt.check_output_dir("--output", cfg.output)  # an input file named as the run dir is refused here too
+    overlap = sorted(set(cfg.test_donors) & set(cfg.val_donors))
+    if overlap:
+        raise UserError(f"donor(s) {', '.join(map(repr, overlap))} are in both --test-donors and --val-donors; a donor "
+                        "tests or validates, not both")
+    return dataclasses.replace(cfg, data=str(data), checkpoint=str(checkpoint), output=str(output),
+                               vocab=str(vocab) if vocab else cfg.vocab)
+
+
+def _checkpoint_path(flag: str, path: str) -> Path:
+    """A checkpoint to read: exists and is a file (an empty file is left to the reader, which says so)."""
+    expanded = Path(os.path.expandvars(str(path).strip())).expanduser()
+    if not expanded.is_file():
+        return opt.check_input_file(flag, path, "checkpoint")
+    with open(expanded, "rb") as fh:
+        head = fh.read(8)
+    if head == b"\x89HDF\r\n\x1a\n":  # an .h5ad: the data given where the weights go
+        raise UserError(f"{flag} {expanded} is an HDF5 (.h5ad) data file, not a checkpoint; were the data and the "
+                        "checkpoint swapped? (--data takes the .h5ad)")
+    if head[:1] in (b"{", b"["):
+        raise UserError(f"{flag} {expanded} is a JSON text file (a convert report?), not a checkpoint; pass the "
+                        ".safetensors file `cellfm-ft convert` wrote beside it")
+    return expanded
 
 
 def _vocab_for(cfg: RunConfig) -> list[str] | None:
@@ -233,21 +340,15 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    """Everything that can fail on the user's input, before any output is written."""
-    if not cfg.data:
-        raise UserError("no data file given; pass --data FILE.h5ad (or a preset such as --testcase)")
-    if not cfg.checkpoint:
-        raise UserError("no checkpoint given; pass --checkpoint CellFM_80M_weight.ckpt (MindSpore, safetensors or .pth)")
+    """Everything that can fail on the user's input, before any output is written (cfg: from `check_settings`)."""
     resolve_strategy(cfg.strategy, FREEZE_STRATEGIES)
     if cfg.head not in HEADS:
         raise UserError(f"unknown --head {cfg.head!r}; choose one of: {', '.join(HEADS)}")
     if cfg.mask_layers not in ("auto",) + MASK_LAYERS:
         raise UserError(f"unknown --mask-layers {cfg.mask_layers!r}; choose one of: auto, {', '.join(MASK_LAYERS)}")
-    if not 0 < cfg.mask_ratio < 1 or cfg.recon_weight < 0:
-        raise UserError(f"--mask-ratio must be between 0 and 1 (got {cfg.mask_ratio}) and --recon-weight >= 0 "
-                        f"(got {cfg.recon_weight})")
     cells = read_cells(cfg.data, label_key=cfg.label_key, donor_key=cfg.donor_key, gene_key=cfg.gene_key,
                        layer=cfg.layer, input_kind=cfg.input_kind)
+    _check_training_cells(cells, cfg)
     print(f"data: {cells.n_cells} cells x {len(cells.genes)} genes from {cfg.data} (X holds {cells.input_kind})")
     vocab = GeneVocab.build(cells.genes, _vocab_for(cfg), cfg.data)
     print(vocab.report())
@@ -259,7 +360,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise UserError(f"{cfg.data}: no cell expresses any of the {len(vocab.genes)} vocabulary genes; check X and --layer")
     label_names = sorted(set(cells.labels[keep]))
     if len(label_names) < 2:
-        raise UserError(f"obs column {cfg.label_key!r} has {len(label_names)} distinct label(s); a classifier needs at least 2")
+        dropped = (f" among the {len(keep)} cells that express a vocabulary gene ({cells.n_cells - len(keep)} express "
+                   "none)") if len(keep) < cells.n_cells else ""
+        raise UserError(f"obs column {cfg.label_key!r} has {len(label_names)} distinct label(s){dropped}; a classifier "
+                        "needs at least 2")
     index = {lab: i for i, lab in enumerate(label_names)}
     label_ids = np.array([index.get(lab, -1) for lab in cells.labels], dtype=np.int64)
     sd, _ = load_cellfm_weights(cfg.checkpoint, cfg.trust_checkpoint)
@@ -274,6 +378,28 @@ def prepare(cfg: RunConfig) -> Prepared:
             "checkpoint, pass --recon-weight 0 (the mlp head alone), or use the default --head tutorial"
         )
     return Prepared(cells, vocab, tokens, keep, label_names, label_ids, sd, model_cfg)
+
+
+def _check_training_cells(cells: Cells, cfg: RunConfig) -> None:
+    """What only training needs: cell names a split file can refer to, labels that are real, distinct classes."""
+    names = cells.adata.obs_names.astype(str)
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()
+        raise UserError(f"{cfg.data}: obs_names name {len(dup)} cell(s) more than once (e.g. {dup[0]!r}); the split "
+                        "is saved by cell name: adata.obs_names_make_unique() first")
+    labels = cells.labels
+    texts = [lab for lab in ("", "nan", "NaN", "None", "none", "<NA>") if (labels == lab).any()]
+    if texts or any(not lab.strip() for lab in np.unique(labels)):
+        bad = texts[0] if texts else next(lab for lab in np.unique(labels) if not lab.strip())
+        raise UserError(f"{cfg.data}: obs column {cfg.label_key!r} labels {int((labels == bad).sum())} cell(s) {bad!r}: "
+                        "missing values written as text? fill or drop those cells first")
+    by_key: dict[str, list[str]] = {}
+    for lab in np.unique(labels):
+        by_key.setdefault(" ".join(lab.split()).casefold(), []).append(lab)
+    twins = next((v for v in by_key.values() if len(v) > 1), None)
+    if twins:
+        raise UserError(f"{cfg.data}: obs column {cfg.label_key!r} has labels that differ only in spaces or case "
+                        f"({', '.join(map(repr, twins))}); they would be separate classes: clean the column first")
 
 
 def build_model(p: Prepared, cfg: RunConfig) -> CellFMClassifier:
@@ -354,6 +480,7 @@ def finetune(cfg: RunConfig) -> dict:
     Three splits: test (held-out donors or cells: scored ONCE, at the end, by the chosen model),
     validation (carved out of the training donors or cells: picks the best epoch), training.
     """
+    cfg = check_settings(cfg)
     p = prepare(cfg)
     out = Path(cfg.output)
     split_path = out / "split.json"
@@ -375,15 +502,32 @@ def finetune(cfg: RunConfig) -> dict:
     unseen = sorted(set(p.cells.labels[test_rows]) - set(p.cells.labels[train_rows]))
     print(f"split: {len(train_rows)} training / {len(val_rows)} validation / {len(test_rows)} test cells ({split.how})"
           + (f"; test labels never seen in training: {', '.join(unseen)}" if unseen else ""))
+    def silent(rows) -> str:
+        return f" (its {len(rows)} cells express none of the vocabulary genes)" if len(rows) else ""
+
     if len(test_rows) == 0:
-        raise UserError("the test split is empty; raise --test-size or choose other --test-donors")
+        raise UserError(f"the test split is empty{silent(split.test)}; raise --test-size or choose other --test-donors")
     if len(val_rows) == 0:
-        raise UserError("the validation split is empty; raise --val-fraction or choose --val-donors")
+        raise UserError(f"the validation split is empty{silent(split.val)}; raise --val-fraction or choose --val-donors")
     if len(train_rows) == 0:
         raise UserError("no training cells are left after the test and validation splits; lower --test-size / --val-fraction")
+    trained_labels = sorted(set(p.cells.labels[train_rows]))
+    if len(trained_labels) < 2:
+        raise UserError(f"the training split holds one label only ({trained_labels[0]!r}; {split.how}): a classifier "
+                        "learns nothing from it; choose other --test-donors / --val-donors, or split by cells")
     seed_everything(cfg.seed)  # the new gene_emb and the head start the same on every run and rank
     model = build_model(p, cfg)
-    # Inputs are valid and the model is built: only now is anything written.
+    tcfg = TrainConfig(
+        output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
+        monitor="val_acc", mode="max", best_name="best_model.pth", epoch_name="checkpoint_epoch_{epoch}.pth",
+        last_name="last.pt", ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress,
+        # The mlp head's BatchNorm needs batches of 2+; CellFM-torch's loader drops the last partial batch too.
+        drop_last=cfg.head == "mlp" and len(train_rows) > cfg.batch_size,
+    )
+    # Inputs and settings are valid and the model is built: only now is anything written, and a run that
+    # fails from here on (a NaN loss, a crash) takes back what it wrote (a resumed run's files are kept).
+    claim_outputs(out)
     check_output_dir(out)
     if is_main_process() and not split_path.exists():
         atomic_write_json(split_path, split.to_dict(p.cells))
@@ -402,14 +546,6 @@ def finetune(cfg: RunConfig) -> dict:
     extra = {"genes": p.vocab.genes, "labels": p.label_names, "model_config": dataclasses.asdict(p.model_cfg),
              "label_key": cfg.label_key, "gene_key": cfg.gene_key or "", "layer": cfg.layer or "",
              "input_kind": p.cells.input_kind}
-    tcfg = TrainConfig(
-        output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
-        monitor="val_acc", mode="max", best_name="best_model.pth", epoch_name="checkpoint_epoch_{epoch}.pth",
-        last_name="last.pt", ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress,
-        # The mlp head's BatchNorm needs batches of 2+; CellFM-torch's loader drops the last partial batch too.
-        drop_last=cfg.head == "mlp" and len(train_rows) > cfg.batch_size,
-    )
     trainer = Trainer(model, tcfg, train_set, val_set, loss_fn=make_loss(cfg), eval_fn=evaluate, collate_fn=collate,
                       extra_state=extra)
     result = trainer.fit()
@@ -520,6 +656,12 @@ def run_inference(model_path: str, data: str, *, label_key: str | None = None, g
     """Shared by predict and evaluate: -> (cells, rows, results, label names, vocab)."""
     from ftcore.training import resolve_device
 
+    opt.check_number("--batch-size", batch_size, int, ge=1)
+    opt.device("--device")(device)
+    if input_kind is not None and input_kind not in INPUT_KINDS:
+        raise UserError(f"unknown --input-kind {input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
+    model_path = str(_checkpoint_path("--model", model_path))
+    data = str(opt.check_input_file("--data", data, ".h5ad file"))
     dev = resolve_device(device)
     model, extra = load_finetuned(model_path, trust_checkpoint, str(dev))
     cells = read_cells(data, label_key=label_key, gene_key=gene_key if gene_key is not None else (extra["gene_key"] or None),
@@ -542,21 +684,42 @@ def run_inference(model_path: str, data: str, *, label_key: str | None = None, g
     return cells, rows, res, labels
 
 
+def _not_an_input(flag: str, output: Path, *inputs: str) -> None:
+    """An output path that names one of the command's inputs would overwrite it."""
+    for path in inputs:
+        if Path(os.path.expandvars(str(path))).expanduser().resolve() == output.resolve():
+            raise UserError(f"{flag} {output} is also an input of this command; writing it would replace that "
+                            "file: give a new name")
+
+
+def _written(what: str, path, err: OSError) -> UserError:
+    return UserError(f"could not write {what} {path} ({err.strerror or err}); check the disk space and permissions "
+                     "or choose another path")
+
+
 def predict(model_path: str, data: str, output: str, **kw) -> Path:
-    if Path(output).suffix != ".h5ad":
-        raise UserError(f"--output {output} should end in .h5ad")
+    output = opt.check_output_file("--output", output, (".h5ad",))
+    _not_an_input("--output", output, data, model_path)
     cells, rows, res, labels = run_inference(model_path, data, **kw)
-    check_output_dir(Path(output).parent)
-    write_predictions(cells, rows, res, labels, Path(output), split="predict")
+    claim_outputs(output)
+    try:
+        write_predictions(cells, rows, res, labels, output, split="predict")
+    except OSError as err:
+        raise _written("the predictions", output, err) from None
     print(f"predictions for {len(rows)} cells -> {output} (obs[{PRED_KEY!r}], obsm[{PROBA_KEY!r}], obsm[{EMB_KEY!r}])")
-    return Path(output)
+    return output
 
 
 def evaluate(model_path: str, data: str, output: str, *, label_key: str, **kw) -> dict:
+    output = opt.check_output_dir("--output", output)
+    _not_an_input("--output", output, data, model_path)
+    if not str(label_key or "").strip():
+        raise UserError("--label-key is empty; name the obs column with the true labels")
     cells, rows, res, labels = run_inference(model_path, data, label_key=label_key, **kw)
     known = res["label"] >= 0
     if not known.any():
         raise UserError(f"none of the labels in obs[{label_key!r}] is one the model was trained on ({', '.join(labels)})")
+    claim_outputs(output)
     check_output_dir(output)
     m = _plot_confusion(res, labels, Path(output) / "confusion_matrix.png")
     recall = np.diag(m) / np.maximum(m.sum(1), 1)
