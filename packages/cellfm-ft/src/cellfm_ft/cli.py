@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_version
+from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_version
 from ftcore.errors import UserError, cli_main
 
 # The seed's two scenarios as named presets pointing at the user's files (relative to the
@@ -60,6 +60,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) ->
     g.add_argument("--ckpt-every-steps", type=opt.positive_int("--ckpt-every-steps"),
                    help="also checkpoint (last.pt) every N steps")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    add_compile(g)
 
 
 def build_parser() -> argparse.ArgumentParser:

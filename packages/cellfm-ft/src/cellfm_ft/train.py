@@ -248,6 +248,7 @@ class RunConfig:
     nonz_len: int | None = field(default=None, metadata=opt.bounds(ge=1))  # default: the config's
     seed: int = field(default=0, metadata=opt.bounds(ge=0, lt=opt.SEED_LIMIT))
     device: str = "auto"
+    compile: str = "auto"  # torch.compile of the training step: auto (on CUDA) | on | off
     ckpt_every_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
     baseline: bool = False  # also fit a logistic regression on the same split
     progress: bool = True
@@ -275,6 +276,8 @@ def check_settings(cfg: RunConfig) -> RunConfig:
         raise UserError("--epochs is 0 and --max-steps is not set: nothing would train; give --epochs 1 or more, "
                         "or --max-steps N")
     opt.device("--device")(cfg.device)
+    if cfg.compile not in ("auto", "on", "off"):
+        raise UserError(f"unknown --compile {cfg.compile!r}; choose auto, on or off")
     if cfg.input_kind not in INPUT_KINDS:
         raise UserError(f"unknown --input-kind {cfg.input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
     if not cfg.data:
@@ -527,7 +530,7 @@ def finetune(cfg: RunConfig) -> dict:
         output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
         monitor="val_acc", mode="max", best_name="best_model.pth", epoch_name="checkpoint_epoch_{epoch}.pth",
-        last_name="last.pt", ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress,
+        last_name="last.pt", ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress, compile=cfg.compile,
         # The mlp head's BatchNorm needs batches of 2+; CellFM-torch's loader drops the last partial batch too.
         drop_last=cfg.head == "mlp" and len(train_rows) > cfg.batch_size,
     )
