@@ -48,6 +48,8 @@ def test_bad_input(argv, phrase, env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FTCORE_EVIL_MARKER", str(marker))
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     (scratch / "a_folder").mkdir(parents=True)
+    for name in ("metrics.json", "predictions.csv"):  # folders where the command writes files
+        (scratch / "has_dirs" / name).mkdir(parents=True)
     subs = {"{corpus}": str(CORPUS), "{out}": str(out), "{tmp}": str(scratch), "{fixtures}": str(FIXTURES),
             "{tiny_model}": str(packaged_config("yeast_model_tiny.yaml"))}
 

@@ -21,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from get_yeast import demo, synthetic
 from get_yeast.cli import main
 from get_yeast.config import packaged_config
 
@@ -47,6 +48,8 @@ TRAIN_KEYS = {
     "model.fusion.hidden_dim": 256, "model.condition.embed_dim": 64, "model.condition.max_od600": None,
     "model.condition.log10_molar_scale": None, "model.region_model.num_features": 64,
 }
+# the originals, for the monkeypatched stand-ins (a function-scoped monkeypatch lasts across examples)
+REAL_TABLE, REAL_DEMO_DATA, REAL_DEMO_LOAD = synthetic.make_yeast_table, demo.write_demo_data, demo.load_training_config
 FLAGS = {"--batch-size": None, "--seed": None, "--max-steps": 2, "--epochs": 2}
 
 
@@ -196,11 +199,8 @@ def test_evaluate(device, split, repeats, table, capsys):
 @FUZZ
 @given(seed=numeric_texts(), suffix=st.sampled_from([".csv", ".CSV", ".xlsx", ".tsv", "", "/"]))
 def test_make_data(seed, suffix, capsys, monkeypatch):
-    from get_yeast import synthetic
-
-    real = synthetic.make_yeast_table
-    monkeypatch.setattr(synthetic, "make_yeast_table", lambda seed=0: real(n_conditions=4, n_windows=1, n_regions=4,
-                                                                              seed=seed))
+    monkeypatch.setattr(synthetic, "make_yeast_table", lambda seed=0: REAL_TABLE(n_conditions=4, n_windows=1, n_regions=4,
+                                                                                    seed=seed))
     work = _scratch()
     _run(["make-data", "--output", str(work / "out" / f"yeast{suffix}"), "--seed", seed], capsys, work)
 
@@ -211,19 +211,16 @@ def test_demo(epochs, device, capsys, monkeypatch):
     """The demo's validation with tiny generated assets (a success: two 1-step runs and an evaluation)."""
     import dataclasses
 
-    from get_yeast import demo
     from get_yeast.config import load_model_config
     from get_yeast.model import GETYeast
     from get_yeast.synthetic import write_get_checkpoint
 
     tiny = load_model_config(TINY, ["condition.enabled=false"])
     weights = GETYeast(dataclasses.replace(tiny), n_drugs=2).state_dict()
-    real_data = demo.write_demo_data
     monkeypatch.setattr(demo, "write_demo_data",
-                        lambda path, seed=0: real_data(path, seed, n_conditions=6, n_windows=1, n_regions=4))
+                        lambda path, seed=0: REAL_DEMO_DATA(path, seed, n_conditions=6, n_windows=1, n_regions=4))
     monkeypatch.setattr(demo, "pretrain_tiny_get", lambda path, seed=0, progress=True: write_get_checkpoint(path, weights))
-    real_load = demo.load_training_config
-    monkeypatch.setattr(demo, "load_training_config", lambda path, over: real_load(
+    monkeypatch.setattr(demo, "load_training_config", lambda path, over: REAL_DEMO_LOAD(
         path, [*over, "training.max_steps=1", "task.permutation_repeats=1"]))
     work = _scratch()
     _run(["demo", "--output", str(work / "out"), "--epochs", epochs, "--device", device], capsys, work)

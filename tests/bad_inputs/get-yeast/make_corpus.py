@@ -5,7 +5,8 @@
 cases.json maps a case name to the `get-yeast` argv, the phrase its one-line error must contain and,
 for a few, environment variables (`env`, e.g. HOME for `~` in a config file). Placeholders, in argv,
 phrase and env: {corpus} this folder, {out} a fresh output dir, {tmp} the case's scratch dir (holds
-an empty folder `a_folder`), {tiny_model} the packaged yeast_model_tiny.yaml, {fixtures} GET's real
+an empty folder `a_folder`, and `has_dirs`, a folder holding the folders metrics.json/ and
+predictions.csv/), {tiny_model} the packaged yeast_model_tiny.yaml, {fixtures} GET's real
 checkpoint layouts (packages/get-yeast/tests/fixtures/get_layouts). good.csv is a valid table the
 config/checkpoint cases use; trained_model.pth a valid (tiny) get-yeast training checkpoint for the
 evaluate cases. The shared checkpoint corpus (../checkpoints) is fed to `get-yeast train --checkpoint`
@@ -466,6 +467,10 @@ def main() -> None:
     case("evaluate_output_is_a_file", [a.replace("{out}", "{corpus}/good.csv") for a in EVAL], "is a file, not a directory")
     case("evaluate_output_inside_a_file", [a.replace("{out}", "{corpus}/good.csv/eval") for a in EVAL],
          "is a file, so nothing can be created inside it")
+    case("evaluate_output_holds_a_directory_named_like_a_result", [a.replace("{out}", "{tmp}/has_dirs") for a in EVAL],
+         "--output {tmp}/has_dirs: metrics.json there is a directory")
+    case("train_output_holds_a_directory_named_like_a_result", [a.replace("{out}", "{tmp}/has_dirs") for a in TRAIN]
+         + ["--from-scratch"], "--output {tmp}/has_dirs: metrics.json there is a directory")
     case("evaluate_model_is_a_directory", [a.replace("{corpus}/trained_model.pth", "{corpus}") for a in EVAL],
          "--model {corpus} is a directory")
     case("evaluate_model_missing", [a.replace("trained_model.pth", "best_model.pth") for a in EVAL],

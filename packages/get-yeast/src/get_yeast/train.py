@@ -35,6 +35,18 @@ from get_yeast.layouts import parse_renames
 from get_yeast.model import GETYeast, YeastModelConfig, load_pretrained
 
 BEST_NAME, LAST_NAME = "best_model.pth", "last.pth"
+EVALUATION_FILES = ("metrics.json", "predictions.csv", "pred_vs_true.png", "residuals.png", "condition_importance.json",
+                    "condition_importance.png")
+TRAINING_FILES = (BEST_NAME, LAST_NAME, "history.json", "training_curve.png", "splits.json", "run_config.json",
+                  "freeze_report.json", "load_report.json", "merged_model.safetensors", *EVALUATION_FILES)
+
+
+def check_output_names(out: Path, names: tuple[str, ...]) -> None:
+    """A file this command writes inside `out` must not exist there as a directory (the rename onto it fails)."""
+    for name in names:
+        if (out / name).is_dir():
+            raise UserError(f"--output {out}: {name} there is a directory, but this command writes a file of that name; "
+                            "move it away or choose another --output")
 
 
 def is_main_process() -> bool:
@@ -328,6 +340,7 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     freeze = apply_freezing(model, trainable_spec(cfg.lora), pretrained=report, fresh=(r".",) if pre.from_scratch else (),
                             allow_unloaded_frozen=allow_unloaded_frozen, verbose=is_main_process())
     spec = make_spec(model_cfg, vocab, cfg.lora, table, splits)
+    check_output_names(out, TRAINING_FILES)
     claim_outputs(out)  # from here on a failure (a NaN loss too) removes what this run created
     check_output_dir(out, flag="--output")
 
@@ -393,6 +406,7 @@ def evaluate(cfg: YeastTrainingConfig, data_path: str | Path, model_path: str | 
         if not set(wanted) & names:
             raise UserError(f"none of the model's {split!r} samples are in {table.source}; use --split all for new data")
         table = table.subset(wanted)
+    check_output_names(Path(output), EVALUATION_FILES)
     claim_outputs(output)
     out = check_output_dir(output, flag="--output")
     metrics = write_evaluation(model, table, spec, out, interpret=cfg.task.interpret, save_predictions=cfg.task.save_predictions,
