@@ -144,6 +144,8 @@ def main() -> None:
     case("motif_prefix_matches_nothing", TRAIN + ["--set", "data.motif_prefix=tf_"], "no motif columns (names starting with 'tf_')")
     case("single_region_sample", table("single_region_sample.csv", good.drop(index=[1, 2, 3])),
          "sample 'cond00_win00' has a single region (data row 1)")
+    case("drug_hours_absurd", table("drug_hours_absurd.csv", edit(drug="rapamycin", drug_concentration_M=1e-7,
+                                                                  drug_hours=1e300)), "'drug_hours' at data row 3 is")
     blank_sample = edit(row=4, sample=float("nan"))
     case("blank_sample_name", table("blank_sample_name.csv", blank_sample), "column 'sample' is blank at data row 5")
     (HERE / "tab_separated.csv").write_text(good.to_csv(index=False, sep="\t"))
@@ -297,6 +299,10 @@ def main() -> None:
          "'region_model.head_hidden_dim' is -1")
     case("embed_dim_zero_set", TRAIN + ["--set", "model.region_model.embed_dim=0"], "'region_model.embed_dim' is 0")
     case("fusion_hidden_nan_set", TRAIN + ["--set", "model.fusion.hidden_dim=nan"], "'fusion.hidden_dim' is nan")
+    case("mlp_ratio_leaves_no_unit_set", TRAIN + ["--set", "model.region_model.mlp_ratio=0.01"],
+         "region_model.mlp_ratio 0.01 leaves no MLP unit at embed_dim 32")
+    case("embed_dim_typed_with_extra_zeros_set", TRAIN + ["--set", "model.region_model.embed_dim=32000000"],
+         "describes about 2.5e+16 parameters")
     case("weight_decay_negative_set", TRAIN + ["--set", "training.weight_decay=-0.01"], "'training.weight_decay' is -0.01")
     case("patience_zero_set", TRAIN + ["--set", "training.patience=0"], "'training.patience' is 0")
     case("permutation_repeats_zero_set", TRAIN + ["--set", "task.permutation_repeats=0"], "'task.permutation_repeats' is 0")

@@ -242,6 +242,8 @@ def _number(v, col: str, row: int, source: str) -> float | None:
         raise UserError(f"{source}: {col!r} at data row {row + 1} is {v!r}, not a number") from None
     if not math.isfinite(x):
         raise UserError(f"{source}: {col!r} at data row {row + 1} is {v!r}; leave it blank if not recorded")
+    if abs(x) > 1e9:  # float32 encodings of such values overflow; no condition is measured in those units
+        raise UserError(f"{source}: {col!r} at data row {row + 1} is {v!r}, beyond ±1e9; check the unit")
     return x
 
 

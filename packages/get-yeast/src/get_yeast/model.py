@@ -65,6 +65,9 @@ class RegionModelConfig:
             raise UserError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.num_features < 2:
             raise UserError("num_features must be >= 2 (motif scores + accessibility)")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise UserError(f"region_model.mlp_ratio {self.mlp_ratio:g} leaves no MLP unit at embed_dim {self.embed_dim} "
+                            "(GET: 4.0)")
 
 
 @dataclass
