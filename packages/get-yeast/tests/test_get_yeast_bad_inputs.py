@@ -1,11 +1,14 @@
-"""Every case of the bad-input corpus: non-zero exit, ONE `error:` line with the expected phrase, no
-traceback, and no partial output. Cases: tests/bad_inputs/get-yeast/cases.json (made by its
-make_corpus.py) and the shared checkpoint corpus tests/bad_inputs/checkpoints/ fed to
-`get-yeast train --checkpoint` (plus the code-running pickle with a marker check)."""
+"""Every case of the bad-input corpus: exit 2, ONE `error:` line with the expected phrase, no traceback,
+and nothing new under the output dir, the case's scratch dir or the corpus folder (repo_helpers.check_bad_input).
+
+Cases: tests/bad_inputs/get-yeast/cases.json (made by its make_corpus.py; placeholders explained there)
+and the shared checkpoint corpus tests/bad_inputs/checkpoints/ fed to `get-yeast train --checkpoint`
+(plus the code-running pickle with a marker check)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,46 +16,49 @@ import pytest
 from get_yeast.cli import main
 from get_yeast.config import packaged_config
 
-ROOT = Path(__file__).resolve().parents[3]
-CORPUS = ROOT / "tests" / "bad_inputs" / "get-yeast"
-CHECKPOINTS = ROOT / "tests" / "bad_inputs" / "checkpoints"
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tests"))
+from repo_helpers import check_bad_input  # noqa: E402
+
+CORPUS = REPO / "tests" / "bad_inputs" / "get-yeast"
+CHECKPOINTS = REPO / "tests" / "bad_inputs" / "checkpoints"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "get_layouts"
 TRAIN = ["train", "--data", "{corpus}/good.csv", "--model-config", "{tiny_model}", "--output", "{out}",
          "--max-steps", "1", "--no-progress"]
 
 
-def _cases() -> list:
-    cases = [pytest.param(c["argv"], c["phrase"], id=name)
+def _cases() -> list[tuple[str, list[str], str, dict]]:
+    """(case id, argv, phrase, env) per case."""
+    cases = [(name, c["argv"], c["phrase"], c.get("env", {}))
              for name, c in json.loads((CORPUS / "cases.json").read_text()).items()]
-    expected = CHECKPOINTS / "expected.json"
-    if expected.exists():
-        for name, c in json.loads(expected.read_text()).items():
-            cases.append(pytest.param(TRAIN + ["--checkpoint", str(CHECKPOINTS / name)], c["phrase"], id=f"checkpoint/{name}"))
-        # With the opt-in, the legitimate old checkpoint loads but holds no GET weights.
-        cases.append(pytest.param(TRAIN + ["--checkpoint", str(CHECKPOINTS / "needs_trust.pt"), "--trust-checkpoint"],
-                                  "matches the GET region model", id="checkpoint/needs_trust.pt+trust"))
-    else:
-        cases.append(pytest.param(None, None, id="checkpoint-corpus",
-                                  marks=pytest.mark.skip(reason="tests/bad_inputs/checkpoints/ not generated yet")))
+    for name, c in json.loads((CHECKPOINTS / "expected.json").read_text()).items():
+        cases.append((f"checkpoint/{name}", TRAIN + ["--checkpoint", str(CHECKPOINTS / name)], c["phrase"], {}))
+    # With the opt-in, the legitimate old checkpoint loads but holds no GET weights.
+    cases.append(("checkpoint/needs_trust.pt+trust", TRAIN + ["--checkpoint", str(CHECKPOINTS / "needs_trust.pt"),
+                                                              "--trust-checkpoint"], "matches the GET region model", {}))
     return cases
 
 
-@pytest.mark.parametrize("argv, phrase", _cases())
-def test_bad_input(argv, phrase, tmp_path, capsys, monkeypatch):
+CASES = _cases()
+
+
+@pytest.mark.parametrize("argv, phrase, env", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(argv, phrase, env, tmp_path, capsys, monkeypatch):
     marker = tmp_path / "evil_marker"
     monkeypatch.setenv("FTCORE_EVIL_MARKER", str(marker))
-    out = tmp_path / "out"
-    subs = {"{corpus}": str(CORPUS), "{out}": str(out), "{tiny_model}": str(packaged_config("yeast_model_tiny.yaml"))}
-    args = []
-    for a in argv:
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    (scratch / "a_folder").mkdir(parents=True)
+    for name in ("metrics.json", "predictions.csv"):  # folders where the command writes files
+        (scratch / "has_dirs" / name).mkdir(parents=True)
+    subs = {"{corpus}": str(CORPUS), "{out}": str(out), "{tmp}": str(scratch), "{fixtures}": str(FIXTURES),
+            "{tiny_model}": str(packaged_config("yeast_model_tiny.yaml"))}
+
+    def fill(text: str) -> str:
         for k, v in subs.items():
-            a = a.replace(k, v)
-        args.append(a)
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert phrase in lines[0], lines[0]
-    assert "Traceback" not in err
-    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+            text = text.replace(k, v)
+        return text
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, fill(value))
+    check_bad_input(main, [fill(a) for a in argv], capsys, fill(phrase), watch=(tmp_path, CORPUS, FIXTURES))
     assert not marker.exists()  # the pickle's payload never ran

@@ -146,9 +146,9 @@ def check_output_file(flag: str, path: str | os.PathLike, suffixes: Iterable[str
 
 def check_output_dir(flag: str, path: str | os.PathLike) -> Path:
     """A directory this command will create or fill: not an existing file, in a writable place."""
-    path = _path(str(path))
-    if not str(path):
+    if not str(path).strip():  # checked on the text: Path("") is "." (the working directory)
         raise UserError(f"{flag} is empty; give a directory")
+    path = _path(str(path))
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a directory; give a directory (e.g. {path.with_suffix('')}_run)")
     _check_writable_parent(flag, path if path.exists() else path.parent)
@@ -188,9 +188,9 @@ def output_dir(flag: str) -> Callable[[str], Path]:
 
 def check_input_file(flag: str, path: str | os.PathLike, what: str = "file") -> Path:
     """A file this command reads: exists, is a file, not empty; `~` and $VARS expanded."""
-    path = _path(str(path))
-    if not str(path):
+    if not str(path).strip():  # checked on the text: Path("") is "." (the working directory)
         raise UserError(f"{flag} is empty; give the path of the {what}")
+    path = _path(str(path))
     if not path.exists():
         near = _near_names(path)
         raise UserError(f"{flag} {path} does not exist{near}")

@@ -12,33 +12,44 @@ import argparse
 import json
 from pathlib import Path
 
+from ftcore import options as opt
+from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_version
 from ftcore.errors import UserError, cli_main
-from ftcore.cli import add_allow_unloaded_frozen, add_version
 
 DEFAULT_OUTPUT = "runs/get-yeast"
 
 
+def _expanded(text: str) -> str:
+    """A path with `~` and $VARS expanded; the reader checks the file (its messages say what kind of file)."""
+    from get_yeast.config import user_path
+
+    return str(user_path(text)) if text.strip() else text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="get-yeast", description="GET region model + yeast condition encoder, LoRA fine-tuning. "
+    p = ArgumentParser(prog="get-yeast", description="GET region model + yeast condition encoder, LoRA fine-tuning. "
                                 "Without a subcommand: the embedded demo (synthetic yeast data, tiny model) end to end.")
     add_version(p, "get-yeast")
     sub = p.add_subparsers(dest="command")
 
     d = sub.add_parser("demo", help="embedded data: train with conditions and condition-blind, evaluate (default)")
-    d.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
-    d.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    d.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    d.add_argument("--output", default=DEFAULT_OUTPUT, type=opt.output_dir("--output"),
+                   help=f"output folder (default {DEFAULT_OUTPUT})")
+    d.add_argument("--device", default="auto", type=opt.device("--device"), help="auto | cpu | cuda | cuda:N")
+    d.add_argument("--epochs", type=opt.positive_int("--epochs"), default=None, help="override training.epochs")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="LoRA fine-tuning of a GET checkpoint on a CSV/Excel table")
-    t.add_argument("--config", help="yeast_training.yaml (default: the packaged one)")
+    t.add_argument("--config", type=opt.input_file("--config", "training config (yeast_training.yaml)"),
+                   help="yeast_training.yaml (default: the packaged one)")
     t.add_argument("--model-config", help="yeast_model.yaml, or 'released' / 'tiny' for the packaged sizes (default: the "
                    "training config's model_config; tiny when --data is not given)")
-    t.add_argument("--data", help="CSV/TSV/Excel table, one row per (sample, region); "
+    t.add_argument("--data", type=opt.input_file("--data", "data table (.csv/.tsv/.xlsx)"), help="CSV/TSV/Excel table, one row per (sample, region); "
                    "without it: the embedded synthetic yeast data set and a tiny GET checkpoint")
-    t.add_argument("--output", default=f"{DEFAULT_OUTPUT}/yeast_lora_finetune", help="run folder (re-run to resume)")
-    t.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: training.device)")
-    t.add_argument("--checkpoint", help="GET checkpoint to start from (overrides pretrained.checkpoint)")
+    t.add_argument("--output", default=f"{DEFAULT_OUTPUT}/yeast_lora_finetune", type=opt.output_dir("--output"),
+                   help="run folder (re-run to resume)")
+    t.add_argument("--device", type=opt.device("--device"), help="auto | cpu | cuda | cuda:N (default: training.device)")
+    t.add_argument("--checkpoint", type=_expanded, help="GET checkpoint to start from (overrides pretrained.checkpoint)")
     t.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of the checkpoint, which can run code; only for files you trust (GET's own "
                    "checkpoints do not need it: their argparse/numpy/omegaconf objects are read as inert stand-ins)")
@@ -46,34 +57,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no checkpoint on purpose: start every weight at its random initialisation (pretrained.from_scratch); "
                    "without a checkpoint, LoRA training is refused unless this is given")
     add_allow_unloaded_frozen(t)
-    t.add_argument("--epochs", type=int, help="override training.epochs")
-    t.add_argument("--max-steps", type=int, help="override training.max_steps")
-    t.add_argument("--batch-size", type=int, help="override training.batch_size (per process under torchrun)")
-    t.add_argument("--seed", type=int, help="override experiment.seed")
+    t.add_argument("--epochs", type=opt.nonnegative_int("--epochs"), help="override training.epochs (0: only with --max-steps)")
+    t.add_argument("--max-steps", type=opt.positive_int("--max-steps"), help="override training.max_steps")
+    t.add_argument("--batch-size", type=opt.positive_int("--batch-size"),
+                   help="override training.batch_size (per process under torchrun)")
+    t.add_argument("--seed", type=opt.seed("--seed"), help="override experiment.seed")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. training.lr=5e-4 or model.fusion.hidden_dim=128 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     e = sub.add_parser("evaluate", help="metrics, predictions, plots and condition importance of a trained model")
-    e.add_argument("--model", required=True, help="best_model.pth (or merged_model.safetensors) from get-yeast train")
-    e.add_argument("--config", help="yeast_training.yaml (data columns, task options; default: the packaged one)")
-    e.add_argument("--data", help="CSV/Excel table (default: the data the model was trained on, from run_config.json)")
-    e.add_argument("--output", default=f"{DEFAULT_OUTPUT}/yeast_lora_eval", help="output folder")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--model", required=True, type=opt.input_file("--model", "trained model (best_model.pth)"),
+                   help="best_model.pth (or merged_model.safetensors) from get-yeast train")
+    e.add_argument("--config", type=opt.input_file("--config", "training config (yeast_training.yaml)"),
+                   help="yeast_training.yaml (data columns, task options; default: the packaged one)")
+    e.add_argument("--data", type=opt.input_file("--data", "data table (.csv/.tsv/.xlsx)"), help="CSV/Excel table (default: the data the model was trained on, from run_config.json)")
+    e.add_argument("--output", default=f"{DEFAULT_OUTPUT}/yeast_lora_eval", type=opt.output_dir("--output"),
+                   help="output folder")
+    e.add_argument("--device", default="auto", type=opt.device("--device"), help="auto | cpu | cuda | cuda:N")
     e.add_argument("--split", default="auto", choices=("auto", "test", "val", "train", "all"),
                    help="samples to evaluate: auto = the model's held-out test samples if the file has them, else all")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training-config key (e.g. task.interpret=false)")
 
     m = sub.add_parser("make-data", help="write the embedded synthetic yeast table (CSV or .xlsx)")
-    m.add_argument("--output", required=True, help="file to write (.csv or .xlsx)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--output", required=True, type=opt.output_file("--output", (".csv", ".xlsx")),
+                   help="file to write (.csv or .xlsx)")
+    m.add_argument("--seed", type=opt.seed("--seed"), default=0)
     return p
 
 
 def _train(args) -> None:
-    from get_yeast.config import load_model_config, load_training_config, packaged_config, split_overrides
-    from get_yeast.train import train
+    from ftcore.io import claim_outputs
+    from get_yeast.config import (load_model_config, load_training_config, packaged_config, split_overrides,
+                                  user_path)
+    from get_yeast.train import train, train_settings
 
     train_over, model_over = split_overrides(args.overrides)
     for flag, key in (("epochs", "training.epochs"), ("max_steps", "training.max_steps"),
@@ -84,33 +102,44 @@ def _train(args) -> None:
         train_over.append("pretrained.from_scratch=true")
     embedded = args.data is None
     cfg, cfg_dir = load_training_config(args.config, train_over)
+    if args.checkpoint is not None:
+        cfg.pretrained.checkpoint = str(args.checkpoint)
+    if embedded and args.model_config is None:
+        args.model_config = "tiny"
+    packaged = {"released": "yeast_model.yaml", "tiny": "yeast_model_tiny.yaml"}
+    if args.model_config in packaged:
+        model_path = packaged_config(packaged[args.model_config])
+    elif args.model_config:
+        model_path = user_path(args.model_config)
+    else:
+        model_path = user_path(cfg.model_config, cfg_dir)
+    if not model_path.exists() or model_path.is_dir():
+        named_by = "--model-config" if args.model_config else f"model_config: {cfg.model_config} in {args.config}, relative to its folder"
+        what = "is a directory" if model_path.is_dir() else "does not exist"
+        raise UserError(f"model config {model_path} {what} ({named_by}); copy the packaged yeast_model.yaml "
+                        "there or pass --model-config released|tiny|FILE")
+    model_cfg = load_model_config(model_path, model_over)
+    demo_checkpoint = embedded and args.checkpoint is None and cfg.pretrained.checkpoint is None \
+        and not cfg.pretrained.from_scratch
+    if demo_checkpoint:
+        cfg.pretrained.checkpoint = "<the embedded tiny GET checkpoint>"  # stands in while the settings are checked
+    train_settings(cfg, args.output)  # every setting that needs no data, before the embedded assets are written
     if embedded:
         from get_yeast.demo import ensure_demo_assets
 
-        if args.model_config is None:
-            args.model_config = str(packaged_config("yeast_model_tiny.yaml"))
+        claim_outputs(args.output)
         data, demo_ckpt = ensure_demo_assets(Path(args.output) / "embedded", progress=not args.no_progress)
-        if args.checkpoint is None and cfg.pretrained.checkpoint is None and not cfg.pretrained.from_scratch:
-            args.checkpoint = str(demo_ckpt)  # generated by this package just now, in checkpoint-799's layout
+        if demo_checkpoint:
+            cfg.pretrained.checkpoint = str(demo_ckpt)  # generated by this package just now, in checkpoint-799's layout
             print(f"no --data: embedded synthetic yeast data {data} and tiny GET checkpoint {demo_ckpt}")
     else:
         data = Path(args.data)
-    if args.checkpoint is not None:
-        cfg.pretrained.checkpoint = args.checkpoint
-    packaged = {"released": "yeast_model.yaml", "tiny": "yeast_model_tiny.yaml"}
-    if args.model_config in packaged:
-        args.model_config = str(packaged_config(packaged[args.model_config]))
-    model_path = Path(args.model_config) if args.model_config else cfg_dir / cfg.model_config
-    if not model_path.exists():
-        named_by = "--model-config" if args.model_config else f"model_config: {cfg.model_config} in {args.config}, relative to its folder"
-        raise UserError(f"model config {model_path} does not exist ({named_by}); copy the packaged yeast_model.yaml "
-                        "there or pass --model-config released|tiny|FILE")
-    model_cfg = load_model_config(model_path, model_over)
     train(cfg, model_cfg, data, args.output, trust_checkpoint=args.trust_checkpoint, allow_unloaded_frozen=args.allow_unloaded_frozen,
           progress=not args.no_progress)
 
 
 def _evaluate(args) -> None:
+    from ftcore.options import check_input_file
     from get_yeast.config import load_training_config
     from get_yeast.train import evaluate
 
@@ -120,18 +149,21 @@ def _evaluate(args) -> None:
         run_config = Path(args.model).parent / "run_config.json"
         if not run_config.exists():
             raise UserError(f"no --data given and no {run_config} beside the model; pass --data")
-        data = json.loads(run_config.read_text())["data"]
+        try:
+            data = json.loads(run_config.read_text())["data"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{run_config} is not a get-yeast run_config.json (no 'data' entry); pass --data") from None
+        data = check_input_file(f"--data (from {run_config})", data, "data table")
     evaluate(cfg, data, args.model, args.output, device=args.device, split=args.split)
 
 
 def _make_data(args) -> None:
-    from ftcore.io import atomic_path
+    from ftcore.io import atomic_path, claim_outputs
     from get_yeast.synthetic import make_yeast_table
 
     out = Path(args.output)
-    if out.suffix.lower() not in (".csv", ".xlsx"):
-        raise UserError(f"--output {out}: use a .csv or .xlsx file name")
     df = make_yeast_table(seed=args.seed)
+    claim_outputs(out)
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".csv":
             df.to_csv(tmp, index=False)
@@ -146,7 +178,7 @@ def main(argv: list[str] | None = None) -> int | None:
     if args.command in (None, "demo"):
         from get_yeast.demo import run_demo
 
-        run_demo(getattr(args, "output", DEFAULT_OUTPUT), device=getattr(args, "device", "auto"),
+        run_demo(getattr(args, "output", None) or opt.check_output_dir("--output", DEFAULT_OUTPUT), device=getattr(args, "device", "auto"),
                  epochs=getattr(args, "epochs", None), progress=not getattr(args, "no_progress", False))
     elif args.command == "train":
         _train(args)

@@ -9,6 +9,7 @@ Defaults on the dataclasses serve programmatic use (tests) only.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,7 +18,8 @@ from typing import Any
 
 from ftcore.config import apply_overrides, from_dict, read_config_file
 from ftcore.errors import UserError
-from get_yeast.data import DataConfig
+from ftcore.options import SEED_LIMIT, bounds
+from get_yeast.data import OPTIONAL, DataConfig
 from get_yeast.layouts import parse_renames
 from get_yeast.model import YeastModelConfig
 
@@ -25,12 +27,11 @@ from get_yeast.model import YeastModelConfig
 @dataclass
 class ExperimentConfig:
     name: str = "yeast_lora_finetune"
-    seed: int = 42
+    seed: int = field(default=42, metadata=bounds(ge=0, lt=SEED_LIMIT))
 
 
-# Keys added after the file format was fixed: a file may leave them out (older copies of
-# yeast_training.yaml keep working); every other key must be present.
-OPTIONAL = {"optional": True}
+# OPTIONAL (get_yeast.data): keys added after the file format was fixed; a file may leave them out (older
+# copies of yeast_training.yaml keep working); every other key must be present.
 
 
 @dataclass
@@ -47,9 +48,9 @@ class PretrainedConfig:
 @dataclass
 class LoraConfig:
     enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = field(default=8, metadata=bounds(ge=1))
+    alpha: int = field(default=16, metadata=bounds(gt=0))
+    dropout: float = field(default=0.05, metadata=bounds(ge=0, lt=1))
     # Module names (suffixes) of the GET encoder's attention/MLP Linears and the expression head.
     target_modules: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "head_exp.head"])
 
@@ -58,18 +59,18 @@ class LoraConfig:
 class TrainingConfig:
     """Optimisation, in the core Trainer's words (epochs, not max_epochs; warmup in steps)."""
 
-    epochs: int = 30
-    max_steps: int | None = None
-    batch_size: int = 16  # per process (per GPU under torchrun)
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
+    epochs: int = field(default=30, metadata=bounds(ge=0))
+    max_steps: int | None = field(default=None, metadata=bounds(ge=1))
+    batch_size: int = field(default=16, metadata=bounds(ge=1))  # per process (per GPU under torchrun)
+    lr: float = field(default=1e-3, metadata=bounds(gt=0))
+    weight_decay: float = field(default=0.01, metadata=bounds(ge=0))
+    warmup_steps: int = field(default=20, metadata=bounds(ge=0))
     schedule: str = "cosine"
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = field(default=1.0, metadata=bounds(gt=0))
     precision: str = "auto"
-    patience: int | None = 10  # validations without val_loss improvement before stopping
-    val_every_steps: int | None = None
-    ckpt_every_steps: int | None = None
+    patience: int | None = field(default=10, metadata=bounds(ge=1))  # validations without val_loss improvement before stopping
+    val_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
+    ckpt_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     device: str = "auto"
 
 
@@ -79,7 +80,7 @@ class TaskConfig:
 
     save_predictions: bool = True
     interpret: bool = True  # permutation importance of each condition feature
-    permutation_repeats: int = 3
+    permutation_repeats: int = field(default=3, metadata=bounds(ge=1))
     export_merged: bool = True  # LoRA merged into the base weights -> merged_model.safetensors
 
 
@@ -115,22 +116,32 @@ def require_all_keys(cls: type, data: dict, source: str, prefix: str = "") -> No
 
 
 def _load(cls, path: Path, overrides: list[str]):
-    data = apply_overrides(read_config_file(path), overrides)
+    data = apply_overrides(read_config_file(path), overrides)  # duplicate keys refused, a BOM ignored
     cfg = from_dict(cls, data, str(path))  # unknown keys (typos) and bad values first
     require_all_keys(cls, data, str(path))
     return cfg
 
 
+def user_path(text: str, base: Path | None = None) -> Path:
+    """A path written in a config file: `~` and $VARS expanded; relative ones from `base` (the file's folder)."""
+    path = Path(os.path.expandvars(str(text).strip())).expanduser()
+    return path if base is None or path.is_absolute() else base / path
+
+
 def load_training_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[YeastTrainingConfig, Path]:
     """(config, its folder). `overrides` like 'training.lr=1e-4'; the packaged file when path is None."""
-    path = Path(path) if path is not None else packaged_config("yeast_training.yaml")
+    path = user_path(path) if path is not None else packaged_config("yeast_training.yaml")
     cfg = _load(YeastTrainingConfig, path, list(overrides))
     parse_renames(cfg.pretrained.renames, f"{path}: pretrained.renames")  # checked here, once
+    if cfg.pretrained.checkpoint is not None:
+        if not str(cfg.pretrained.checkpoint).strip():
+            raise UserError(f"{path}: pretrained.checkpoint is empty; give the GET checkpoint's path or null")
+        cfg.pretrained.checkpoint = str(user_path(cfg.pretrained.checkpoint))  # relative: to the working directory
     return cfg, path.parent
 
 
 def load_model_config(path: str | Path, overrides: list[str] = ()) -> YeastModelConfig:
-    return _load(YeastModelConfig, Path(path), list(overrides))
+    return _load(YeastModelConfig, user_path(path), list(overrides))
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:

@@ -95,16 +95,19 @@ def pretrain_tiny_get(path: Path, seed: int = 0, progress: bool = True) -> Path:
 def run_demo(output: str | Path = "runs/get-yeast", device: str = "auto", epochs: int | None = None,
              progress: bool = True) -> dict:
     """Train with conditions and condition-blind on the embedded data, evaluate both on held-out conditions."""
-    from ftcore.io import atomic_write_json
-    from get_yeast.train import evaluate, train
+    from ftcore.io import atomic_write_json, claim_outputs
+    from get_yeast.train import evaluate, train, train_settings
 
     out = Path(output)
-    data, ckpt = ensure_demo_assets(out / "embedded", progress=progress)
+    ckpt = out / "embedded" / DEMO_CHECKPOINT
     overrides = [f"training.device={device}", f"pretrained.checkpoint={ckpt}"]
     if epochs is not None:
         overrides.append(f"training.epochs={epochs}")
     cfg, _ = load_training_config(None, overrides)
     model_cfg = load_model_config(packaged_config("yeast_model_tiny.yaml"))
+    train_settings(cfg, out, progress)  # the settings, before the assets are generated
+    claim_outputs(out)
+    data, ckpt = ensure_demo_assets(out / "embedded", progress=progress)
     print(f"== GET-yeast demo: {data} (embedded synthetic yeast data), pretrained {ckpt} (generated here)")
     print("== 1/3 LoRA fine-tuning with the condition encoder")
     cond = train(cfg, model_cfg, data, out / "yeast_lora_finetune", progress=progress)

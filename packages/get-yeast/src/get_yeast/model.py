@@ -37,7 +37,9 @@ from torch import nn
 from ftcore.checkpoint import read_state_dict
 from ftcore.errors import UserError
 from ftcore.loading import LoadReport, load_partial
-from get_yeast.layouts import GET_PRETRAINING_SKIP, LAYOUT_NAMES, map_to_get_yeast, pretrained_coverage
+from ftcore.options import bounds
+from get_yeast.layouts import (GET_PRETRAINING_SKIP, LAYOUT_NAMES, PRETRAINED_PARTS, map_to_get_yeast,
+                               pretrained_coverage)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -45,14 +47,14 @@ from get_yeast.layouts import GET_PRETRAINING_SKIP, LAYOUT_NAMES, map_to_get_yea
 class RegionModelConfig:
     """GET region model sizes. Defaults are the released model; `tiny()` is the test/demo size."""
 
-    num_features: int = 283  # per region: motif-cluster scores + 1 accessibility value (last)
-    embed_dim: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1  # GET's `dropout` is the stochastic-depth (drop path) rate
-    output_dim: int = 1  # released GET predicts 2 (both strands); one column per target here
-    head_hidden_dim: int = 0  # 0: GET's single Linear head (loads from a checkpoint); >0: two-layer MLP
+    num_features: int = field(default=283, metadata=bounds(ge=2))  # per region: motif-cluster scores + 1 accessibility value (last)
+    embed_dim: int = field(default=768, metadata=bounds(ge=1))
+    num_layers: int = field(default=12, metadata=bounds(ge=1))
+    num_heads: int = field(default=12, metadata=bounds(ge=1))
+    mlp_ratio: float = field(default=4.0, metadata=bounds(gt=0))
+    dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))  # GET's `dropout` is the stochastic-depth (drop path) rate
+    output_dim: int = field(default=1, metadata=bounds(ge=1))  # released GET predicts 2 (both strands); one column per target here
+    head_hidden_dim: int = field(default=0, metadata=bounds(ge=0))  # 0: GET's single Linear head (loads from a checkpoint); >0: two-layer MLP
 
     @classmethod
     def tiny(cls, num_features: int = 24) -> "RegionModelConfig":
@@ -63,6 +65,9 @@ class RegionModelConfig:
             raise UserError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.num_features < 2:
             raise UserError("num_features must be >= 2 (motif scores + accessibility)")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise UserError(f"region_model.mlp_ratio {self.mlp_ratio:g} leaves no MLP unit at embed_dim {self.embed_dim} "
+                            "(GET: 4.0)")
 
 
 @dataclass
@@ -70,21 +75,33 @@ class ConditionConfig:
     """Vocabularies and ranges of the experimental conditions (extend the lists for new media etc.)."""
 
     enabled: bool = True  # false: a condition-blind model (the baseline the demo compares against)
-    embed_dim: int = 64
+    embed_dim: int = field(default=64, metadata=bounds(ge=1))
     media: list[str] = field(default_factory=lambda: ["SC", "YPD", "unknown"])
     carbon_sources: list[str] = field(default_factory=lambda: ["glucose", "galactose", "raffinose", "glycerol", "ethanol"])
     nitrogen_sources: list[str] = field(default_factory=lambda: ["ammonium_sulfate", "glutamine", "proline", "urea"])
     temperature_range: list[float] = field(default_factory=lambda: [20.0, 45.0])  # degrees C
-    max_od600: float = 3.0  # pre-culture end point; the seed: 0.x, never above 3
-    preculture_hours_scale: float = 4.0  # typical pre-culture 3-4 h -> ~1
-    drug_hours_scale: float = 4.0
+    max_od600: float = field(default=3.0, metadata=bounds(gt=0))  # pre-culture end point; the seed: 0.x, never above 3
+    preculture_hours_scale: float = field(default=4.0, metadata=bounds(gt=0))  # typical pre-culture 3-4 h -> ~1
+    drug_hours_scale: float = field(default=4.0, metadata=bounds(gt=0))
     log10_molar_center: float = -4.0  # drug concentration enters as (log10 M - center) / scale
-    log10_molar_scale: float = 2.0
+    log10_molar_scale: float = field(default=2.0, metadata=bounds(gt=0))
+
+    def __post_init__(self) -> None:
+        if len(self.temperature_range) != 2 or not self.temperature_range[0] < self.temperature_range[1]:
+            raise UserError(f"condition.temperature_range {self.temperature_range} should be [low, high] in degrees C "
+                            "with low < high")
+        for key in ("media", "carbon_sources", "nitrogen_sources"):
+            names = [str(n).strip().lower() for n in getattr(self, key)]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise UserError(f"condition.{key} lists {twice[0]!r} twice (names are compared ignoring case); list it once")
+        if not self.media:
+            raise UserError("condition.media is empty; list the media of the samples (e.g. [SC, YPD, unknown])")
 
 
 @dataclass
 class FusionConfig:
-    hidden_dim: int = 256
+    hidden_dim: int = field(default=256, metadata=bounds(ge=1))
 
 
 @dataclass
@@ -94,6 +111,17 @@ class YeastModelConfig:
     region_model: RegionModelConfig = field(default_factory=RegionModelConfig)
     condition: ConditionConfig = field(default_factory=ConditionConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def __post_init__(self) -> None:
+        rm, d = self.region_model, self.region_model.embed_dim
+        params = (rm.num_layers * (4 + 2 * rm.mlp_ratio) * d * d + rm.num_features * d + d * rm.head_hidden_dim
+                  + (d + self.condition.embed_dim) * self.fusion.hidden_dim + self.fusion.hidden_dim * d)
+        if params > MAX_PARAMETERS:  # caught here, not as an allocator traceback minutes later
+            raise UserError(f"the model config describes about {params:.2g} parameters (region_model.embed_dim {d}, "
+                            f"num_layers {rm.num_layers}; the released GET has 8.6e+07); is a size mistyped?")
+
+
+MAX_PARAMETERS = 2e9  # 8 GB of float32 weights, before gradients and optimizer state
 
 
 # Numeric condition features, in the column order of `conditions["numeric"]`. Temperature is
@@ -323,6 +351,12 @@ def load_pretrained(model: GETYeast, path: str, *, trust_pickle: bool = False, k
             f"(first key: {next(iter(raw))}; layout: {mapped.layout_name}); is it a GET checkpoint of this size "
             "(yeast_model.yaml region_model)? Other names: map them with pretrained.renames in the training config"
         )
+    unfit = [k for k in report.not_in_model if k.startswith(PRETRAINED_PARTS)] + \
+        [k for k, _, _ in report.shape_mismatch if k.startswith(PRETRAINED_PARTS)]
+    if unfit:  # pretrained GET weights would be dropped without a word: a checkpoint of another size
+        raise UserError(f"{path}: {len(unfit)} pretrained tensors do not fit the model (first: {unfit[0]}); the checkpoint "
+                        f"is {_get_sizes(tensors)}, the model {_get_sizes(model.state_dict())}: set region_model in the "
+                        "model config to the checkpoint's sizes")
     coverage = pretrained_coverage(list(model.state_dict()), report.loaded)
     missing = {part: c for part, c in coverage.items() if c[0] < c[1]}
     if missing:
@@ -336,6 +370,16 @@ def load_pretrained(model: GETYeast, path: str, *, trust_pickle: bool = False, k
         if verbose:
             print(f"⚠ pretrained parts not fully loaded from {path} ({mapped.layout_name}): {parts} tensors")
     return report
+
+def _get_sizes(tensors: dict) -> str:
+    """'num_layers 2, embed_dim 8, num_features 24': what a GET state dict's names and shapes say."""
+    layers = {k.split(".")[2] for k in tensors if k.startswith("encoder.blocks.")}
+    embed = tensors.get("region_embed.embed.weight")
+    sizes = [f"num_layers {len(layers)}"]
+    if embed is not None and embed.ndim == 2:
+        sizes += [f"embed_dim {embed.shape[0]}", f"num_features {embed.shape[1]}"]
+    return ", ".join(sizes)
+
 
 def _sense_strand_head(model: GETYeast, tensors: dict, verbose: bool) -> dict:
     """Released GET heads predict 2 outputs (+ and - strand); a 1-output yeast head starts from the

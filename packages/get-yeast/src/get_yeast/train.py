@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from ftcore.config import from_dict
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing
-from ftcore.io import atomic_path, atomic_write_json, check_output_dir
+from ftcore.loading import load_partial
+from ftcore.io import atomic_path, atomic_write_json, check_output_dir, claim_outputs
 from ftcore.metrics import regression_report
 from ftcore.training import TrainConfig, Trainer, move_to, resolve_device, seed_everything
 from get_yeast.adapt import apply_lora, export_merged, trainable_spec
@@ -34,6 +35,18 @@ from get_yeast.layouts import parse_renames
 from get_yeast.model import GETYeast, YeastModelConfig, load_pretrained
 
 BEST_NAME, LAST_NAME = "best_model.pth", "last.pth"
+EVALUATION_FILES = ("metrics.json", "predictions.csv", "pred_vs_true.png", "residuals.png", "condition_importance.json",
+                    "condition_importance.png")
+TRAINING_FILES = (BEST_NAME, LAST_NAME, "history.json", "training_curve.png", "splits.json", "run_config.json",
+                  "freeze_report.json", "load_report.json", "merged_model.safetensors", *EVALUATION_FILES)
+
+
+def check_output_names(out: Path, names: tuple[str, ...]) -> None:
+    """A file this command writes inside `out` must not exist there as a directory (the rename onto it fails)."""
+    for name in names:
+        if (out / name).is_dir():
+            raise UserError(f"--output {out}: {name} there is a directory, but this command writes a file of that name; "
+                            "move it away or choose another --output")
 
 
 def is_main_process() -> bool:
@@ -79,10 +92,14 @@ def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dic
                             "best_model.pth written by get-yeast train")
         state, spec = ckpt["model"], ckpt["extra"]["spec"]
     model = build_model(spec)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise UserError(f"{path}: weights do not fit the model described inside it "
                         f"({len(missing)} missing, e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    # shapes, integer-for-float tensors and NaN/inf weights are refused by name (the core's checks)
+    load_partial(model, state, strict=True, source=str(path), target="the model described inside it", verbose=False)
     return model.to(device).eval(), spec
 
 
@@ -252,37 +269,58 @@ def _plot_importance(imp: dict[str, float], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- train
+def train_settings(cfg: YeastTrainingConfig, output: str | Path, progress: bool = True) -> TrainConfig:
+    """The core Trainer's settings from the training config (the core validates schedule/precision/sizes
+    here), the device and the checkpoint/from-scratch choice: what needs no data, before anything is written."""
+    t = cfg.training
+    tc = TrainConfig(output_dir=str(output), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
+                     weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
+                     precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
+                     val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
+                     last_name=LAST_NAME, progress=progress)
+    try:
+        resolve_device(t.device)
+    except UserError as err:
+        raise UserError(f"training.device: {err}") from None
+    pre = cfg.pretrained
+    if pre.checkpoint and pre.from_scratch:
+        raise UserError(f"both a checkpoint ({pre.checkpoint}) and from scratch (--from-scratch / pretrained.from_scratch) "
+                        "are given; drop one")
+    return tc
+
+
+def check_table_fits(table: YeastTable, model_cfg: YeastModelConfig) -> None:
+    """The table's region features and targets against the model config's sizes."""
+    n_motif = table.num_features - 1
+    want = model_cfg.region_model.num_features
+    if table.num_features != want:
+        raise UserError(f"{table.source}: {n_motif} motif columns + accessibility = {table.num_features} region features, "
+                        f"but the model expects num_features={want} (region_model.num_features in the model config, "
+                        f"or --set model.region_model.num_features={table.num_features}; a GET checkpoint fixes it: "
+                        f"then give {want - 1} motif columns)")
+    if len(table.target_columns) != model_cfg.region_model.output_dim:
+        raise UserError(f"{len(table.target_columns)} target columns ({', '.join(table.target_columns)}) but "
+                        f"region_model.output_dim={model_cfg.region_model.output_dim}; make them equal "
+                        "(data.target_columns in the training config, region_model.output_dim in the model config)")
+
+
 def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str | Path, output: str | Path, *,
           trust_checkpoint: bool = False, allow_unloaded_frozen: bool = False, progress: bool = True) -> dict:
     """Validate everything, then fine-tune; returns the test metrics (rank 0) or {} (other ranks)."""
     out = Path(output)
     # 1. inputs, checked before anything is written
-    t = cfg.training  # the core validates schedule/precision/sizes here
-    tc = TrainConfig(output_dir=str(out), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
-                     weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
-                     precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
-                     val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
-                     last_name=LAST_NAME, progress=progress)
+    t = cfg.training
+    tc = train_settings(cfg, out, progress)
     table = read_table(data_path, cfg.data, model_cfg.condition)
-    if table.num_features != model_cfg.region_model.num_features:
-        raise UserError(f"{table.source}: {table.num_features - 1} motif columns + accessibility = {table.num_features} "
-                        f"region features, but the model expects num_features={model_cfg.region_model.num_features} "
-                        "(region_model.num_features in the model config); use matching motif columns")
-    if len(table.target_columns) != model_cfg.region_model.output_dim:
-        raise UserError(f"{len(table.target_columns)} target columns ({', '.join(table.target_columns)}) but "
-                        f"region_model.output_dim={model_cfg.region_model.output_dim}; make them equal")
+    check_table_fits(table, model_cfg)
     splits = split_samples(table, cfg.data, cfg.experiment.seed)
     train_table, val_table, test_table = (table.subset(splits[k]) for k in ("train", "val", "test"))
     if not (val_table.samples or test_table.samples):
         raise UserError(f"no samples held out for validation/test ({len(splits['train'])} all in training); "
                         "raise data.val_fraction / data.test_fraction or add conditions")
     vocab = drug_vocabulary(train_table)
-    resolve_device(cfg.training.device)
     seed_everything(cfg.experiment.seed)  # same initial weights (new layers, LoRA) on every rank and rerun
     pre = cfg.pretrained
-    if pre.checkpoint and pre.from_scratch:
-        raise UserError(f"both a checkpoint ({pre.checkpoint}) and from scratch (--from-scratch / pretrained.from_scratch) "
-                        "are given; drop one")
     model = GETYeast(model_cfg, n_drugs=len(vocab))
     report = None
     if pre.checkpoint:
@@ -290,7 +328,6 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
                                  renames=parse_renames(pre.renames), verbose=is_main_process())
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
-    check_output_dir(out)
     if report is None and cfg.lora.enabled and not pre.from_scratch:
         raise UserError("no GET checkpoint: LoRA would train adapters over a randomly initialised, frozen GET backbone; "
                         "pass --checkpoint checkpoint-799.pth (or pretrained.checkpoint), or --from-scratch "
@@ -303,6 +340,9 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     freeze = apply_freezing(model, trainable_spec(cfg.lora), pretrained=report, fresh=(r".",) if pre.from_scratch else (),
                             allow_unloaded_frozen=allow_unloaded_frozen, verbose=is_main_process())
     spec = make_spec(model_cfg, vocab, cfg.lora, table, splits)
+    check_output_names(out, TRAINING_FILES)
+    claim_outputs(out)  # from here on a failure (a NaN loss too) removes what this run created
+    check_output_dir(out, flag="--output")
 
     # 2. this package's own artefacts (rank 0; deterministic, so a resumed run rewrites the same)
     if is_main_process():
@@ -346,11 +386,16 @@ def evaluate(cfg: YeastTrainingConfig, data_path: str | Path, model_path: str | 
     dev = resolve_device(device)
     model, spec = load_trained(model_path, dev)
     cc = from_dict(YeastModelConfig, spec["model_config"], "model spec").condition
-    table = read_table(data_path, cfg.data, cc)
+    table = read_table(data_path, cfg.data, cc, known_from=f"the trained model {model_path}")
     if table.feature_names != spec["feature_names"]:
-        raise UserError(f"{table.source}: region features ({len(table.feature_names)}: {', '.join(table.feature_names[:3])}, ...) "
-                        f"differ from the trained model's ({len(spec['feature_names'])}: {', '.join(spec['feature_names'][:3])}, ...); "
-                        "use the same motif columns in the same order")
+        want = spec["feature_names"]
+        first = next((i for i, (a, b) in enumerate(zip(table.feature_names, want)) if a != b), min(len(want), table.num_features))
+        where = (f"first difference at feature {first + 1}: {table.feature_names[first]!r} vs {want[first]!r}"
+                 if first < min(len(want), table.num_features) else f"{table.num_features} vs {len(want)} features")
+        raise UserError(f"{table.source}: {table.num_features} region features, but the model was trained on {len(want)} "
+                        f"(region_model.num_features={len(want)}: {len(want) - 1} motif columns + accessibility, "
+                        f"picked by data.motif_prefix {cfg.data.motif_prefix!r}); {where}; use the training table's "
+                        "motif columns in the same order")
     if table.target_columns != spec["target_columns"]:
         raise UserError(f"target columns {table.target_columns} differ from the trained model's {spec['target_columns']}")
     names = {s.name for s in table.samples}
@@ -361,7 +406,9 @@ def evaluate(cfg: YeastTrainingConfig, data_path: str | Path, model_path: str | 
         if not set(wanted) & names:
             raise UserError(f"none of the model's {split!r} samples are in {table.source}; use --split all for new data")
         table = table.subset(wanted)
-    out = check_output_dir(output)
+    check_output_names(Path(output), EVALUATION_FILES)
+    claim_outputs(output)
+    out = check_output_dir(output, flag="--output")
     metrics = write_evaluation(model, table, spec, out, interpret=cfg.task.interpret, save_predictions=cfg.task.save_predictions,
                                repeats=cfg.task.permutation_repeats, seed=cfg.experiment.seed,
                                label="test split" if split == "test" else f"{split} samples")
