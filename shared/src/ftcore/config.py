@@ -205,6 +205,8 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, source, prefix=f"{key}.")
     if origin is typing.Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):  # YAML 1.1 reads a bare on/off as a bool
+            value = "on" if value else "off"
         if value not in args:
             raise UserError(f"{source}: {key!r} is {value!r}; allowed: {', '.join(map(repr, args))}")
         return value

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_version
+from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_version
 from ftcore.errors import UserError, cli_main
 
 DEFAULT_OUTPUT = "runs/get-yeast"
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. training.lr=5e-4 or model.fusion.hidden_dim=128 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_compile(t)
 
     e = sub.add_parser("evaluate", help="metrics, predictions, plots and condition importance of a trained model")
     e.add_argument("--model", required=True, type=opt.input_file("--model", "trained model (best_model.pth)"),
@@ -95,7 +96,8 @@ def _train(args) -> None:
 
     train_over, model_over = split_overrides(args.overrides)
     for flag, key in (("epochs", "training.epochs"), ("max_steps", "training.max_steps"),
-                      ("batch_size", "training.batch_size"), ("seed", "experiment.seed"), ("device", "training.device")):
+                      ("batch_size", "training.batch_size"), ("seed", "experiment.seed"), ("device", "training.device"),
+                      ("compile", "training.compile")):
         if getattr(args, flag) is not None:
             train_over.append(f"{key}={getattr(args, flag)}")
     if args.from_scratch:

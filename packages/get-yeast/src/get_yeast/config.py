@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ftcore.config import apply_overrides, from_dict, read_config_file
 from ftcore.errors import UserError
@@ -72,6 +72,7 @@ class TrainingConfig:
     val_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     ckpt_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     device: str = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the training step (auto: on CUDA)
 
 
 @dataclass

@@ -277,7 +277,7 @@ def train_settings(cfg: YeastTrainingConfig, output: str | Path, progress: bool 
                      weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
                      precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
                      val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
-                     last_name=LAST_NAME, progress=progress)
+                     last_name=LAST_NAME, progress=progress, compile=t.compile)
     try:
         resolve_device(t.device)
     except UserError as err:
