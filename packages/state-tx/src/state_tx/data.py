@@ -530,7 +530,7 @@ def plan_splits(exp: ExperimentConfig, kw: DataKwargs, seed: int, need_batch: bo
     # check the TOML's cell types and perturbation names against the files
     for key in list(exp.zeroshot) + list(exp.fewshot):
         dataset, celltype = exp.split_key(key)
-        have = sorted({c for r in raw if r[0] == dataset for c in np.unique(r[3])})
+        have = sorted({str(c) for r in raw if r[0] == dataset for c in np.unique(r[3])})
         if celltype not in have:
             section = "zeroshot" if key in exp.zeroshot else "fewshot"
             near = [c for c in have if c.strip() == celltype.strip()]
@@ -539,7 +539,7 @@ def plan_splits(exp: ExperimentConfig, kw: DataKwargs, seed: int, need_batch: bo
                             f"obs[{kw.cell_type_key!r}] (it has: {show_labels(have)}){hint}")
     for key, rule in exp.fewshot.items():
         dataset, celltype = exp.split_key(key)
-        have = {p for r in raw if r[0] == dataset for p in np.unique(r[2][r[3] == celltype])}
+        have = {str(p) for r in raw if r[0] == dataset for p in np.unique(r[2][r[3] == celltype])}
         for split, names in rule.items():
             absent = [p for p in names if p not in have]
             if absent:

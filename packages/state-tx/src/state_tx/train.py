@@ -186,7 +186,13 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
     if not kw.toml_config_path:
         raise UserError("data.kwargs.toml_config_path is required (a cell-load TOML: [datasets] [training] ...); "
                         "run `state-tx demo` to see one")
-    exp = read_experiment_toml(kw.toml_config_path)
+    # files named by keys: checked (and `~` expanded) before any is read, naming the key
+    if kw.perturbation_features_file:
+        kw.perturbation_features_file = _input_path("data.kwargs.perturbation_features_file",
+                                                    kw.perturbation_features_file, ".pt file")
+    if cfg.model.kwargs.get("init_from"):
+        cfg.model.kwargs["init_from"] = _input_path("model.kwargs.init_from", cfg.model.kwargs["init_from"], "checkpoint")
+    exp = read_experiment_toml(opt.check_input_file("data.kwargs.toml_config_path", kw.toml_config_path, "TOML"))
     batch_encoder = str(cfg.model.kwargs.get("batch_encoder", False)).lower() in ("true", "1", "yes")
     metas, vocab, plans, summary = plan_splits(exp, kw, cfg.training.train_seed, need_batch=batch_encoder)
     kind = None
@@ -244,6 +250,15 @@ def check_training_values(metas: list, verbose: bool = True) -> str:
             raise UserError(f"{path} holds {kind} values but {first_path} holds {first} values (by ftcore.data's "
                             "rule); one run needs one kind of values: prepare every file the same way")
     return first
+
+
+def _input_path(key: str, value, what: str) -> str:
+    """A file named by a config key, `~`/$VARS expanded; missing or a directory is one line naming the key
+    (what the file holds is judged by its reader, ftcore.checkpoint)."""
+    path = Path(os.path.expandvars(str(value).strip())).expanduser()
+    if not path.is_file():
+        opt.check_input_file(key, path, what)
+    return str(path)
 
 
 def write_artefacts(s: Setup) -> None:
