@@ -298,7 +298,7 @@ def test_evaluate_writes_a_cell_type_with_a_slash_as_one_file(tiny_adata, tmp_pa
 
 def test_nan_loss_mid_training_leaves_no_run_folder(tiny_toml, make_train_args, tmp_path, capsys):
     out = tmp_path / "out"
-    args = make_train_args(tiny_toml, out, steps=6, extra=["training.lr=1e30", "training.gradient_clip_val=0",
+    args = make_train_args(tiny_toml, out, steps=6, extra=["training.lr=1e3", "training.gradient_clip_val=0",
                                                            "training.lr_schedule=constant", "model.kwargs.loss=mse"])
     assert main(args) == 2
     assert "training loss became" in capsys.readouterr().err

@@ -219,3 +219,15 @@ def test_labels_with_invisible_whitespace_are_quoted():
     assert show_labels(["A", "non-targeting ", ""]) == "A, 'non-targeting ', ''"
     assert "differs only in spaces" in near_label("non-targeting", ["non-targeting ", "A"])
     assert near_label("non-targeting", ["A"]) == ""
+
+
+def test_run_paths_expand_home_and_the_toml_is_made_absolute(tmp_path, monkeypatch):
+    from state_tx.train import load_run_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config(["output_dir=~/runs", "data.kwargs.toml_config_path=cfg/train.toml",
+                           "model.kwargs.init_from=~/ckpt/final.ckpt"])
+    assert cfg.run_dir == tmp_path / "runs" / "state_tx"
+    assert cfg.data.kwargs.toml_config_path == str(tmp_path / "cfg" / "train.toml")
+    assert cfg.model.kwargs["init_from"] == str(tmp_path / "ckpt" / "final.ckpt")

@@ -35,6 +35,7 @@ from state_tx.model import (ARC_STATE_SKIP, TUNABLE, StateTransitionModel, State
 
 
 MAX_BATCH = 65536
+MAX_LR = 1e3  # above it a step overflows float32 arithmetic (torch: "cannot be converted ... without overflow")
 LR_SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -55,7 +56,7 @@ class TrainingSection:
     # cell sentences per optimizer step (per process under torchrun); 65536 sentences of >= 2 cells is far
     # beyond any accelerator, and a larger value is a typo that would only hang the data loader
     batch_size: int = field(default=16, metadata=opt.bounds(ge=1, le=MAX_BATCH))
-    lr: float = field(default=1e-4, metadata=opt.bounds(gt=0))
+    lr: float = field(default=1e-4, metadata=opt.bounds(gt=0, le=MAX_LR))
     weight_decay: float = field(default=0.0005, metadata=opt.bounds(ge=0))
     ckpt_every_n_steps: int = field(default=2000, metadata=opt.bounds(ge=1))
     val_freq: int = field(default=2000, metadata=opt.bounds(ge=1))
@@ -139,11 +140,26 @@ def load_run_config(overrides: list[str] = (), config_file: str | None = None) -
         raise UserError(f"model.kwargs.init_from_columns={columns}: choose name (match one-hot columns by the "
                         "source run's maps, the default) or position (take them in the checkpoint's order)")
     model_config(cfg, 1, 1, 0)  # the network sizes, typed and bounded now (the data's dimensions come later)
+    # paths as a shell would expand them (a `~` kept literally would become a folder named ~ in the cwd)
+    cfg.output_dir = _expand(cfg.output_dir)
+    kw = cfg.data.kwargs
+    # absolute, so that `predict` finds it again from another working directory
+    kw.toml_config_path = os.path.abspath(_expand(kw.toml_config_path)) if str(kw.toml_config_path or "").strip() \
+        else kw.toml_config_path
+    if kw.perturbation_features_file:
+        kw.perturbation_features_file = _expand(kw.perturbation_features_file)
+    if cfg.model.kwargs.get("init_from"):
+        cfg.model.kwargs["init_from"] = _expand(str(cfg.model.kwargs["init_from"]))
     if not str(cfg.name).strip():
         raise UserError("name is empty; give the run a name (name=exp1): the run directory is output_dir/name")
     if not str(cfg.output_dir).strip():
         raise UserError("output_dir is empty; give a directory (output_dir=results)")
     return cfg
+
+
+def _expand(path: str) -> str:
+    text = str(path).strip()
+    return os.path.expanduser(os.path.expandvars(text)) if text else text
 
 
 def model_config(cfg: RunConfig, input_dim: int, pert_dim: int, batch_dim: int) -> StateTxConfig:
