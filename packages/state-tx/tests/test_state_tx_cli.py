@@ -258,3 +258,48 @@ def test_output_space_all_trains_on_x_and_infer_keeps_var(tiny_toml, tiny_h5ad, 
     assert pred.shape == tiny_adata.shape and list(pred.var_names) == list(tiny_adata.var_names)
     assert list(pred.var["highly_variable"]) == list(tiny_adata.var["highly_variable"])
     assert np.isfinite(pred.X).all()
+
+
+def test_run_records_the_kind_of_values_and_infer_refuses_another(trained_run, tiny_adata, tmp_path, capsys):
+    """ftcore.data's rule: the run was trained on log-normalised values; raw counts into it are refused."""
+    assert json.loads((trained_run / "var_dims.json").read_text())["expression_kind"] == "log"
+    a = tiny_adata.copy()
+    a.obsm["X_hvg"] = np.round(np.expm1(np.asarray(a.obsm["X_hvg"])) * 10).astype(np.float32)
+    src = tmp_path / "counts.h5ad"
+    a.write_h5ad(src)
+    out = tmp_path / "never.h5ad"
+    assert main(["infer", "--adata", str(src), "--output", str(out), "--model-dir", str(trained_run)]) == 2
+    assert "trained on log values" in capsys.readouterr().err and not out.exists()
+
+
+def test_training_on_raw_counts_warns_by_the_core_rule(tiny_toml, tiny_adata, make_train_args, tmp_path, capsys):
+    from state_tx.data import H5Source
+    from state_tx.train import check_training_values
+
+    a = tiny_adata.copy()
+    a.obsm["X_hvg"] = np.round(np.expm1(np.asarray(a.obsm["X_hvg"])) * 10).astype(np.float32)
+    a.write_h5ad(tmp_path / "counts.h5ad")
+
+    class Meta:
+        source = H5Source(tmp_path / "counts.h5ad", "gene")
+
+    assert check_training_values([Meta()]) == "counts"
+    assert "raw counts" in capsys.readouterr().out
+
+
+def test_evaluate_writes_a_cell_type_with_a_slash_as_one_file(tiny_adata, tmp_path):
+    from state_tx.evaluate import evaluate
+
+    real = tiny_adata[:, tiny_adata.var.highly_variable].copy()
+    real.obs["cell_type"] = real.obs["cell_type"].astype(str).replace({"K562": "CD4+/CD8+ T"})
+    evaluate(real, real, "gene", "non-targeting", "cell_type", tmp_path / "ev")
+    assert (tmp_path / "ev" / "CD4+_CD8+ T_pert_results.csv").is_file()
+
+
+def test_nan_loss_mid_training_leaves_no_run_folder(tiny_toml, make_train_args, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = make_train_args(tiny_toml, out, steps=6, extra=["training.lr=1e3", "training.gradient_clip_val=0",
+                                                           "training.lr_schedule=constant", "model.kwargs.loss=mse"])
+    assert main(args) == 2
+    assert "training loss became" in capsys.readouterr().err
+    assert not out.exists()

@@ -166,3 +166,68 @@ def test_cell_types_and_perturbations_are_checked_against_the_files(tmp_path, ti
         splits(tmp_path, base + '[fewshot."screen.K562"]\ntest = ["NOPE"]\n')
     with pytest.raises(UserError, match="control label"):
         splits(tmp_path, base + '[fewshot."screen.K562"]\ntest = ["non-targeting"]\n')
+
+
+# ---- issue 16: what a TOML written by hand on another machine looks like
+def test_toml_saved_with_a_bom_is_read(tmp_path, tiny_h5ad, tiny_perts):
+    out, *_ = splits(tmp_path, f'\ufeff[datasets]\nscreen = "{tiny_h5ad}"\n[training]\nscreen = "train"\n'
+                               '[zeroshot]\n"screen.K562" = "test"\n')
+    assert perts_of(out["test"], "K562") == set(tiny_perts)
+
+
+def test_tilde_in_a_dataset_path_is_the_home_directory(tmp_path, tiny_h5ad, monkeypatch):
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    shutil.copy(tiny_h5ad, home / "data" / "screen.h5ad")
+    monkeypatch.setenv("HOME", str(home))
+    path = tmp_path / "c.toml"
+    path.write_text('[datasets]\nscreen = "~/data/screen.h5ad"\n[training]\nscreen = "train"\n')
+    exp = read_experiment_toml(path)
+    assert exp.datasets["screen"] == str(home / "data" / "screen.h5ad")
+    metas, *_ = plan_splits(exp, KW, seed=0)
+    assert metas[0].source.path == home / "data" / "screen.h5ad"
+
+
+def test_a_dataset_name_with_dots_is_one_name(tmp_path, tiny_h5ad, tiny_perts):
+    out, *_ = splits(tmp_path, f'''
+[datasets]
+"replogle.k562" = "{tiny_h5ad}"
+[training]
+"replogle.k562" = "train"
+[zeroshot]
+"replogle.k562.HepG2" = "test"
+[fewshot."replogle.k562.K562"]
+val = ["{tiny_perts[0]}"]
+''')
+    assert perts_of(out["test"], "HepG2") == set(tiny_perts)
+    assert perts_of(out["val"], "K562") == {tiny_perts[0]}
+
+
+@pytest.mark.parametrize("text,phrase", [
+    ('[zeroshot]\n"screen.K562" = "test"\n"screen.HepG2" = "test"\n', "no perturbed cell is left for training"),
+    ('[fewshot."screen.K562"]\nval = []\n', "lists no perturbations"),
+    ('[zeroshot]\n"scren.K562" = "test"\n', 'did you mean "screen.K562"'),
+])
+def test_split_plans_that_make_no_sense_are_refused(tmp_path, tiny_h5ad, text, phrase):
+    with pytest.raises(UserError, match=phrase):
+        splits(tmp_path, f'[datasets]\nscreen = "{tiny_h5ad}"\n[training]\nscreen = "train"\n' + text)
+
+
+def test_labels_with_invisible_whitespace_are_quoted():
+    from state_tx.data import near_label, show_labels
+
+    assert show_labels(["A", "non-targeting ", ""]) == "A, 'non-targeting ', ''"
+    assert "differs only in spaces" in near_label("non-targeting", ["non-targeting ", "A"])
+    assert near_label("non-targeting", ["A"]) == ""
+
+
+def test_run_paths_expand_home_and_the_toml_is_made_absolute(tmp_path, monkeypatch):
+    from state_tx.train import load_run_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config(["output_dir=~/runs", "data.kwargs.toml_config_path=cfg/train.toml",
+                           "model.kwargs.init_from=~/ckpt/final.ckpt"])
+    assert cfg.run_dir == tmp_path / "runs" / "state_tx"
+    assert cfg.data.kwargs.toml_config_path == str(tmp_path / "cfg" / "train.toml")
+    assert cfg.model.kwargs["init_from"] == str(tmp_path / "ckpt" / "final.ckpt")

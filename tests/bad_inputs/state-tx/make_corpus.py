@@ -103,12 +103,91 @@ def main() -> None:
     for name, text in toml.items():
         (HERE / name).write_text(text)
 
+    # issue 16: split plans that make no sense, names with dots and spaces, ~ and a byte-order mark
+    head = '[datasets]\nscreen = "@CORPUS@/good.h5ad"\n[training]\nscreen = "train"\n'
+    p0, p1, p2 = list(good.uns["state_tx_synthetic"]["perturbations"])[:3]
+    dotted = '[datasets]\n"my.screen" = "@CORPUS@/good.h5ad"\n[training]\n"my.screen" = "train"\n'
+    toml16 = {
+        "bom_unknown_celltype.toml": "\ufeff" + head + '[zeroshot]\n"screen.hepg2" = "test"\n',
+        "tilde_missing.toml": '[datasets]\nscreen = "~/no_such_dir/good.h5ad"\n[training]\nscreen = "train"\n',
+        "dotted_dataset_unknown_celltype.toml": dotted + '[zeroshot]\n"my.screen.hepg2" = "test"\n',
+        "dotted_dataset_unknown_pert.toml": dotted + '[fewshot."my.screen.K562"]\ntest = ["NOT_A_GENE"]\n',
+        "dotted_dataset_unquoted_training.toml": '[datasets]\n"my.screen" = "@CORPUS@/good.h5ad"\n'
+                                                 '[training]\nmy.screen = "train"\n',
+        "dotted_dataset_unquoted_datasets.toml": '[datasets]\nmy.screen = "@CORPUS@/good.h5ad"\n',
+        "zeroshot_unknown_dataset.toml": head + '[zeroshot]\n"scren.K562" = "test"\n',
+        "all_celltypes_held_out.toml": head + '[zeroshot]\n"screen.K562" = "test"\n"screen.HepG2" = "val"\n',
+        "all_held_out_mixed.toml": head + f'[zeroshot]\n"screen.HepG2" = "test"\n'
+                                          f'[fewshot."screen.K562"]\nval = ["{p0}"]\ntest = ["{p1}", "{p2}"]\n',
+        "only_controls_trained.toml": '[datasets]\nscreen = "@CORPUS@/controls_only.h5ad"\n[training]\nscreen = "train"\n',
+        "empty_fewshot_list.toml": head + '[fewshot."screen.K562"]\nval = []\n',
+        "empty_fewshot_table.toml": head + '[fewshot."screen.K562"]\n',
+        "val_asked_but_empty.toml": head + f'[zeroshot]\n"screen.K562" = "val"\n'
+                                           f'[fewshot."screen.K562"]\ntest = ["{p0}", "{p1}", "{p2}"]\n',
+        "pert_in_val_and_test.toml": head + f'[fewshot."screen.K562"]\nval = ["{p0}"]\ntest = ["{p0}"]\n',
+        "pert_listed_twice.toml": head + f'[fewshot."screen.K562"]\ntest = ["{p0}", "{p0}"]\n',
+        "duplicate_zeroshot_key.toml": head + '[zeroshot]\n"screen.K562" = "test"\n"screen.K562" = "val"\n',
+        "celltype_trailing_space.toml": head + '[zeroshot]\n"screen.K562 " = "test"\n',
+        "fewshot_lists_control.toml": head + '[fewshot."screen.K562"]\ntest = ["non-targeting"]\n',
+        "empty_dataset_path.toml": '[datasets]\nscreen = ""\n[training]\nscreen = "train"\n',
+        "dir_without_h5ad.toml": '[datasets]\nscreen = "@CORPUS@/no_h5ad_here"\n[training]\nscreen = "train"\n',
+        "training_value_not_train.toml": '[datasets]\nscreen = "@CORPUS@/good.h5ad"\n[training]\nscreen = "test"\n',
+        "mixed_kinds.toml": '[datasets]\nscreen = "@CORPUS@/{good,raw_counts}.h5ad"\n[training]\nscreen = "train"\n',
+        "csv_named_h5ad.toml": '[datasets]\nscreen = "@CORPUS@/csv_named.h5ad"\n[training]\nscreen = "train"\n',
+        "huge_value.toml": '[datasets]\nscreen = "@CORPUS@/huge_value.h5ad"\n[training]\nscreen = "train"\n',
+        "trailing_space_control.toml": '[datasets]\nscreen = "@CORPUS@/control_trailing_space.h5ad"\n'
+                                       '[training]\nscreen = "train"\n',
+        "datasets_not_a_table.toml": 'datasets = "@CORPUS@/good.h5ad"\n',
+    }
+    for name, text in toml16.items():
+        (HERE / name).write_text(text, encoding="utf-8")
+    (HERE / "no_h5ad_here").mkdir(exist_ok=True)
+    (HERE / "no_h5ad_here" / "README.txt").write_text("a directory without .h5ad files\n")
+
+    # data: raw counts, an absurd magnitude, a trailing-space control label, controls only, a CSV named .h5ad
+    a = good.copy()
+    a.obsm["X_hvg"] = np.round(np.expm1(np.asarray(a.obsm["X_hvg"])) * 10).astype(np.float32)
+    a.X = np.round(np.expm1(np.asarray(a.X)) * 10).astype(np.float32)
+    write(a, "raw_counts.h5ad")
+    a = good.copy()
+    a.obsm["X_hvg"][4, 7] = 1e12
+    a.X[4, 7] = 1e12
+    write(a, "huge_value.h5ad")
+    a = good.copy()
+    a.obs["gene"] = a.obs["gene"].astype(str).replace({"non-targeting": "non-targeting "}).astype("category")
+    write(a, "control_trailing_space.h5ad")
+    write(good[good.obs["gene"].astype(str) == "non-targeting"].copy(), "controls_only.h5ad")
+    (HERE / "csv_named.h5ad").write_text("cell,gene,GENE0000\nc0,non-targeting,1.0\nc1,A,2.0\n")
+    a = good.copy()
+    a.X[2, 3] = np.nan
+    write(a, "nan_in_x.h5ad")  # evaluate reads X
+    a = good.copy()
+    a.var_names = [f"OTHER{i}" for i in range(a.n_vars)]
+    write(a, "renamed_genes.h5ad")
+
+    # run configs with values that pass a `<= 0` check and break later (NaN) or are out of range
+    yamls = {
+        "lr_nan.yaml": "training:\n  lr: .nan\n",
+        "lr_nan_text.yaml": "training:\n  lr: nan\n",
+        "max_steps_nan.yaml": "training:\n  max_steps: .nan\n",
+        "max_steps_negative.yaml": "training:\n  max_steps: -1\n",
+        "batch_size_zero.yaml": "training:\n  batch_size: 0\n",
+        "seed_negative.yaml": "training:\n  train_seed: -7\n",
+        "lr_twice.yaml": "training:\n  lr: 1.0e-3\n  max_steps: 1\n  lr: 10.0\n",
+        "top_level_list.yaml": "- training\n- lr\n",
+        "lr_word.yaml": "training:\n  lr: fast\n",
+        "device_gpu.yaml": "training:\n  device: gpu\n",
+    }
+    for name, text in yamls.items():
+        (HERE / name).write_text(text)
+
     # YAML run configs (--config)
     (HERE / "syntax_error.yaml").write_text("training:\n  max_steps: 10\n   batch_size: 4\n")
     (HERE / "unknown_key.yaml").write_text("trainig:\n  max_steps: 10\n")
 
     # a perturbation-features file lacking a perturbation of the data
     perts = list(good.uns["state_tx_synthetic"]["perturbations"])
+    torch.manual_seed(0)
     torch.save({str(p): torch.randn(8) for p in perts[:-1]}, HERE / "features_missing_pert.pt")
 
     # a weights-only checkpoint of another model size (inference: shape mismatches)

@@ -16,8 +16,9 @@ import sys
 import typing
 from pathlib import Path
 
+from ftcore import options as opt
+from ftcore.cli import ArgumentParser, add_version
 from ftcore.errors import UserError, cli_main
-from ftcore.cli import add_version
 
 DEMO_DIR = "runs/state-tx"
 # A CPU-sized state_sm for the demo (same architecture, smaller widths); see README.
@@ -61,7 +62,7 @@ def _keys_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="state-tx", description=__doc__,
+    parser = ArgumentParser(prog="state-tx", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version(parser, "state-tx")
     sub = parser.add_subparsers(dest="command")
@@ -69,14 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a cell-load TOML (dotted overrides)", epilog=_keys_help(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=1000 model=state_sm")
-    p.add_argument("--config", help="a YAML/TOML of the same keys (e.g. a run's config.yaml); overrides win")
+    p.add_argument("--config", type=opt.input_file("--config", "YAML/TOML run config"),
+                   help="a YAML/TOML of the same keys (e.g. a run's config.yaml); overrides win")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow model.kwargs.init_from / perturbation_features_file files that need full unpickling (can run code)")
 
     p = sub.add_parser("infer", help="predict perturbed cells for an .h5ad (X of the output holds predictions)")
-    p.add_argument("--adata", required=True, help="input .h5ad (log-normalised; obsm['X_hvg'] for output_space gene)")
-    p.add_argument("--output", required=True, help="output .h5ad")
-    p.add_argument("--model-dir", help="output_dir/name of a training run: state-tx's, or arc-state's `state tx "
+    p.add_argument("--adata", required=True, type=opt.input_file("--adata", ".h5ad file"),
+                   help="input .h5ad (log-normalised; obsm['X_hvg'] for output_space gene)")
+    p.add_argument("--output", required=True, type=opt.output_file("--output", (".h5ad",)), help="output .h5ad")
+    p.add_argument("--model-dir", type=_run_dir("--model-dir"), help="output_dir/name of a training run: state-tx's, or arc-state's `state tx "
                    "train` run (config.yaml, var_dims.pkl, pert_onehot_map.pt, ...); default: the run directory "
                    "of --checkpoint")
     p.add_argument("--checkpoint", help="checkpoint file or name in model-dir/checkpoints (default final.ckpt); "
@@ -90,31 +93,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict + evaluate the training TOML's test split")
     p.add_argument("--output-dir", "--output_dir", "--model-dir", dest="model_dir", required=True,
-                   help="output_dir/name of a training run")
+                   type=_run_dir("--output-dir"), help="output_dir/name of a training run")
     p.add_argument("--checkpoint", default="final.ckpt", help="file or name in checkpoints/ (default final.ckpt)")
     p.add_argument("--split", choices=("test", "val"), default="test")
     _common_predict_args(p)
 
     p = sub.add_parser("evaluate", help="metrics of predictions vs ground truth, with the control-mean baseline")
-    p.add_argument("-ap", "--adata-pred", required=True)
-    p.add_argument("-ar", "--adata-real", required=True)
-    p.add_argument("-o", "--outdir", required=True)
+    p.add_argument("-ap", "--adata-pred", required=True, type=opt.input_file("-ap/--adata-pred", "predictions .h5ad"))
+    p.add_argument("-ar", "--adata-real", required=True, type=opt.input_file("-ar/--adata-real", "ground-truth .h5ad"))
+    p.add_argument("-o", "--outdir", required=True, type=opt.output_dir("-o/--outdir"))
     p.add_argument("--pert-col", default="gene")
     p.add_argument("--control-pert", default="non-targeting")
     p.add_argument("--celltype-col", default="cell_type")
 
     p = sub.add_parser("demo", help="generate the embedded data set, train, predict, evaluate (the default)")
-    p.add_argument("--output-dir", default=DEMO_DIR)
-    p.add_argument("--max-steps", type=int, default=400)
-    p.add_argument("--seed", type=int, default=0, help="seed of the data generator and of training")
+    p.add_argument("--output-dir", default=DEMO_DIR, type=opt.output_dir("--output-dir"))
+    p.add_argument("--max-steps", type=opt.positive_int("--max-steps"), default=400)
+    p.add_argument("--seed", type=opt.seed("--seed"), default=0, help="seed of the data generator and of training")
     p.add_argument("overrides", nargs="*", help="extra train overrides, e.g. training.device=cpu")
     return parser
 
 
+def _run_dir(flag: str):
+    """An argparse `type=` for an existing training-run directory (`~` and $VARS expanded)."""
+
+    def parse(text: str) -> str:
+        import os
+
+        path = Path(os.path.expandvars(text.strip())).expanduser() if text.strip() else None
+        if path is None:
+            raise UserError(f"{flag} is empty; give the output_dir/name directory of a training run")
+        if not path.exists():
+            raise UserError(f"{flag} {path} does not exist; give the output_dir/name directory of a training run")
+        if not path.is_dir():
+            raise UserError(f"{flag} {path} is a file, not a training-run directory; give output_dir/name "
+                            "(a checkpoint file goes to --checkpoint)")
+        return str(path)
+
+    return parse
+
+
 def _common_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=42, help="seed of the control (basal) sampling")
-    p.add_argument("--batch-size", type=int, default=16, help="cell sets per forward pass")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=opt.seed("--seed"), default=42, help="seed of the control (basal) sampling")
+    p.add_argument("--batch-size", type=opt.positive_int("--batch-size"), default=16, help="cell sets per forward pass")
+    p.add_argument("--device", type=opt.device("--device"), default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code)")
 
@@ -125,13 +148,18 @@ def run_demo(output_dir: str, max_steps: int, seed: int, extra: list[str]) -> di
     from state_tx.synthetic import write_demo
     from state_tx.train import load_run_config, train
 
-    _, toml = write_demo(Path(output_dir) / "demo" / "data", seed=seed)
+    from ftcore.io import claim_outputs
+
+    data_dir = (Path(output_dir) / "demo" / "data").resolve()
     steps = max(max_steps, 1)
     every = max(steps // 4, 1)
+    # the run settings are checked before the demo data is written (the TOML's path is known in advance)
     cfg = load_run_config(list(DEMO_OVERRIDES) + [
-        f"data.kwargs.toml_config_path={toml}", f"training.max_steps={steps}", f"training.val_freq={every}",
-        f"training.ckpt_every_n_steps={every}", f"training.train_seed={seed}",
+        f"data.kwargs.toml_config_path={data_dir / 'demo.toml'}", f"training.max_steps={steps}",
+        f"training.val_freq={every}", f"training.ckpt_every_n_steps={every}", f"training.train_seed={seed}",
         f"output_dir={output_dir}", "name=demo"] + list(extra))
+    claim_outputs(output_dir)
+    write_demo(data_dir, seed=seed)
     result = train(cfg)
     import os
 
@@ -174,15 +202,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args) -> None:
-    import anndata as ad
-
     from state_tx.evaluate import evaluate, format_summary
 
-    for flag, path in (("-ap", args.adata_pred), ("-ar", args.adata_real)):
-        if not Path(path).exists():
-            raise UserError(f"{flag} {path} does not exist")
-    summary = evaluate(ad.read_h5ad(args.adata_pred), ad.read_h5ad(args.adata_real), args.pert_col,
-                       args.control_pert, args.celltype_col, args.outdir)
+    from state_tx.infer import read_h5ad
+
+    pred = read_h5ad(args.adata_pred, "-ap/--adata-pred")
+    real = read_h5ad(args.adata_real, "-ar/--adata-real")
+    summary = evaluate(pred, real, args.pert_col, args.control_pert, args.celltype_col, args.outdir)
     print(format_summary(summary))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ftcore import options as opt
 from ftcore.config import read_config_file
 from ftcore.errors import UserError
 
@@ -44,7 +45,7 @@ class DataKwargs:
     basal_mapping_strategy: str = "random"  # random: control of the same cell type | batch: same cell type and batch
     perturbation_features_file: str | None = None  # .pt {perturbation: vector}, e.g. ESM2 of the target gene
     should_yield_control_cells: bool = True  # control sentences (control -> control) in training
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=opt.bounds(ge=0))
 
     def __post_init__(self) -> None:
         if self.output_space not in ("gene", "all"):
@@ -64,16 +65,25 @@ class ExperimentConfig:
     zeroshot: dict[str, str]  # "dataset.celltype" -> val | test | train
     fewshot: dict[str, dict[str, list[str]]]  # "dataset.celltype" -> {val: [...], test: [...]}
 
+    def split_key(self, key: str) -> tuple[str, str]:
+        """'dataset.celltype' -> (dataset, celltype); a dataset name may itself hold dots ("my.screen.K562"):
+        the longest name defined in [datasets] that the key starts with wins."""
+        names = [d for d in self.datasets if key.startswith(d + ".") and len(key) > len(d) + 1]
+        if names:
+            d = max(names, key=len)
+            return d, key[len(d) + 1:]
+        return tuple(key.split(".", 1))  # type: ignore[return-value] - checked against [datasets] on reading
+
     def used_datasets(self) -> list[str]:
         names = dict.fromkeys(self.training)
         for key in list(self.zeroshot) + list(self.fewshot):
-            names.setdefault(key.split(".", 1)[0])
+            names.setdefault(self.split_key(key)[0])
         return list(names)
 
     def celltype_rules(self, dataset: str) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
         """(zeroshot {celltype: split}, fewshot {celltype: {split: perts}}) of one dataset."""
-        zs = {k.split(".", 1)[1]: v for k, v in self.zeroshot.items() if k.split(".", 1)[0] == dataset}
-        fs = {k.split(".", 1)[1]: v for k, v in self.fewshot.items() if k.split(".", 1)[0] == dataset}
+        zs = {self.split_key(k)[1]: v for k, v in self.zeroshot.items() if self.split_key(k)[0] == dataset}
+        fs = {self.split_key(k)[1]: v for k, v in self.fewshot.items() if self.split_key(k)[0] == dataset}
         return zs, fs
 
 
@@ -95,14 +105,30 @@ def read_experiment_toml(path: str | os.PathLike) -> ExperimentConfig:
     datasets = raw.get("datasets", {})
     if not datasets:
         raise UserError(f'{path}: [datasets] is empty; add name = "/absolute/path/to/data.h5ad"')
+    datasets = dict(datasets)
     for name, value in datasets.items():
+        if isinstance(value, dict):
+            inner = next(iter(value), "part")
+            raise UserError(f'{path}: [datasets] {name}.{inner} was read as nested tables (a name with a dot); '
+                            f'quote the name: "{name}.{inner}" = "/data/{name}.{inner}.h5ad"')
         if not isinstance(value, str):
-            raise UserError(f'{path}: [datasets] {name} must be a path string in double quotes, e.g. {name} = "/data/{name}.h5ad"')
-        if not os.path.isabs(value):
-            raise UserError(f"{path}: [datasets] {name} = {value!r} is not an absolute path; "
-                            f'write {name} = "{os.path.abspath(value)}"')
+            raise UserError(f'{path}: [datasets] {_toml_key(name)} must be a path string in double quotes, e.g. '
+                            f'{_toml_key(name)} = "/data/{name}.h5ad"')
+        if not value.strip():
+            raise UserError(f'{path}: [datasets] {_toml_key(name)} = "" is empty; give the absolute path of the '
+                            ".h5ad file(s)")
+        # ~ and $VARS as a shell would expand them (the TOML is read by this program, not by a shell)
+        expanded = os.path.expanduser(os.path.expandvars(value.strip()))
+        if not os.path.isabs(expanded):
+            raise UserError(f"{path}: [datasets] {_toml_key(name)} = {value!r} is not an absolute path; "
+                            f'write {_toml_key(name)} = "{os.path.abspath(expanded)}"')
+        datasets[name] = expanded
     training = raw.get("training", {})
     for name, value in training.items():
+        if isinstance(value, dict):
+            inner = next(iter(value), "part")
+            raise UserError(f'{path}: [training] {name}.{inner} was read as nested tables (a name with a dot); '
+                            f'quote the name: "{name}.{inner}" = "train"')
         if value != "train":
             raise UserError(f'{path}: [training] {name} = {value!r}; the only value is "train" '
                             "(hold out cell types with [zeroshot], perturbations with [fewshot])")
@@ -128,15 +154,39 @@ def read_experiment_toml(path: str | os.PathLike) -> ExperimentConfig:
                 raise UserError(f'{path}: [fewshot."{key}"] has {split!r}; only val = [...] and test = [...] are allowed')
             if not isinstance(perts, list) or not all(isinstance(p, str) for p in perts):
                 raise UserError(f'{path}: [fewshot."{key}"] {split} must be a list of perturbation names, e.g. {split} = ["GENE1", "GENE2"]')
+            if not perts:
+                raise UserError(f'{path}: [fewshot."{key}"] {split} = [] lists no perturbations; name the ones to hold '
+                                f"out, or drop the {split} line")
+            dup = sorted({p for p in perts if perts.count(p) > 1})
+            if dup:
+                raise UserError(f'{path}: [fewshot."{key}"] {split} lists {dup[0]!r} twice; list each once')
         overlap = set(value.get("val", [])) & set(value.get("test", []))
         if overlap:
             raise UserError(f'{path}: [fewshot."{key}"] lists {sorted(overlap)[0]!r} in both val and test; keep each in one')
+        if not value:
+            raise UserError(f'{path}: [fewshot."{key}"] is empty; add val = [...] and/or test = [...]')
     exp = ExperimentConfig(str(path), dict(datasets), dict(training), dict(zeroshot), dict(fewshot))
+    defined = ", ".join(map(repr, datasets))
+    for section, keys in (("zeroshot", zeroshot), ("fewshot", fewshot)):
+        for key in keys:
+            dataset, celltype = exp.split_key(key)
+            if dataset not in datasets:
+                import difflib
+
+                close = difflib.get_close_matches(dataset, list(datasets), n=1)
+                hint = f"; did you mean \"{close[0]}.{celltype}\"?" if close else ""
+                raise UserError(f'{path}: [{section}] "{key}" names dataset {dataset!r}, which has no path in '
+                                f"[datasets] (defined: {defined}){hint}")
     missing = [d for d in exp.used_datasets() if d not in datasets]
     if missing:
         raise UserError(f"{path}: dataset {missing[0]!r} is used but has no path in [datasets] "
-                        f"(defined: {', '.join(datasets)})")
+                        f"(defined: {defined})")
     return exp
+
+
+def _toml_key(name: str) -> str:
+    """A [datasets] name as it must be written in TOML: bare when it can be, else quoted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -318,32 +368,55 @@ class H5Source:
         return sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]), shape=(self.n_obs, self.n_features))
 
     def scan(self) -> float:
-        """Fail on NaN/inf anywhere in the matrix; return its max (to spot raw counts)."""
+        """Fail on NaN/inf or absurd magnitudes anywhere in the matrix (naming the first row and column);
+        return its max. Read in chunks, so a file larger than memory is checked too."""
         node = self._file()[self.matrix_key]
         hi = 0.0
         if self.sparse:
             data = node["data"]
-            chunks = ((s, min(s + SCAN_ROWS * 256, data.shape[0])) for s in range(0, data.shape[0], SCAN_ROWS * 256))
-            for s, e in chunks:
-                block = np.asarray(data[s:e])
-                self._check_block(block, None)
+            step = SCAN_ROWS * 256
+            for s in range(0, data.shape[0], step):
+                block = np.asarray(data[s:s + step])
+                self._check_block(block, s, node)
                 hi = max(hi, float(block.max(initial=0)))
             return hi
         for s in range(0, self.n_obs, SCAN_ROWS):
-            block = np.asarray(node[s:s + SCAN_ROWS], dtype=np.float32)
-            self._check_block(block, s)
-            hi = max(hi, float(block.max(initial=0)))
+            block = np.asarray(node[s:s + SCAN_ROWS])
+            self._check_block(block, s, None)
+            hi = max(hi, float(np.asarray(block, dtype=np.float64).max(initial=0)))
         return hi
 
-    def _check_block(self, block: np.ndarray, row0: int | None) -> None:
-        bad = ~np.isfinite(block)
-        if bad.any():
-            where = ""
-            if row0 is not None:
-                r = row0 + int(np.argwhere(bad)[0][0])
-                where = f" (first at cell {self.obs_names[r] if self.obs_names is not None else r})"
-            raise UserError(f"{self.path}: {self.matrix_key} contains {int(bad.sum())}+ NaN/inf values{where}; "
-                            "fix or drop those cells before training (e.g. recompute the log-normalisation)")
+    def sample(self) -> np.ndarray:
+        """The first rows (about 1M values) as float32: what ftcore.data's rule looks at."""
+        n = int(min(self.n_obs, max(1, 1_000_000 // max(self.n_features, 1))))
+        return self.read_rows(np.arange(n))
+
+    def _check_block(self, block: np.ndarray, start: int, sparse_node) -> None:
+        """ftcore.data.check_values' rule on one chunk (dense rows from `start`, or CSR data from `start`)."""
+        from ftcore.data import MAX_ABS
+
+        if block.dtype.kind not in "fiub":
+            raise UserError(f"{self.path}: {self.matrix_key} holds {block.dtype} values (text?), not numbers; "
+                            "store numbers (e.g. adata.X = adata.X.astype('float32'))")
+        values = block.astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (np.abs(values) > MAX_ABS)
+        if not bad.any():
+            return
+        if sparse_node is None:
+            r, c = (int(i) for i in np.argwhere(bad)[0])
+            r += start
+            v = values[r - start, c]
+        else:
+            k = start + int(np.flatnonzero(bad)[0])
+            r = int(np.searchsorted(np.asarray(sparse_node["indptr"][:]), k, side="right") - 1)
+            c, v = int(sparse_node["indices"][k]), values[k - start]
+        cell = f" ({str(self.obs_names[r])!r})" if self.obs_names is not None else ""
+        gene = f" ({str(self.gene_names[c])!r})" if c < len(self.gene_names) else ""
+        what = "NaN/inf" if not np.isfinite(v) else f"beyond ±{MAX_ABS:g}"
+        raise UserError(f"{self.path}: {self.matrix_key} contains {int(bad.sum())}+ value(s) that are {what}, first "
+                        f"at row {r}{cell}, column {c}{gene} = {float(v)!r}; fix or drop those cells before training "
+                        "(e.g. recompute the log-normalisation)")
 
 
 # ----------------------------------------------------------------------------- splits + vocab
@@ -390,11 +463,28 @@ def read_labels(src: H5Source, kw: DataKwargs, need_batch: bool) -> tuple[np.nda
         batch = np.full(src.n_obs, "", dtype=object).astype(str)
     if not (pert == kw.control_pert).any():
         labels, counts = np.unique(pert, return_counts=True)
-        top = labels[np.argsort(-counts)][:8]
+        top = labels[np.argsort(-counts, kind="stable")][:8]
         raise UserError(f"{src.path}: control label data.kwargs.control_pert={kw.control_pert!r} is not in "
-                        f"obs[{kw.pert_col!r}] (most frequent labels: {', '.join(map(str, top))}); "
+                        f"obs[{kw.pert_col!r}] (most frequent labels: {show_labels(top)}){near_label(kw.control_pert, labels)}; "
                         "set data.kwargs.control_pert to the exact control label")
     return pert, cell_type, batch
+
+
+def show_label(label) -> str:
+    """A label as text, quoted (repr) where whitespace or emptiness would otherwise be invisible."""
+    text = str(label)
+    return repr(text) if not text or text.strip() != text or not text.isprintable() or "," in text else text
+
+
+def show_labels(labels) -> str:
+    return ", ".join(show_label(x) for x in labels)
+
+
+def near_label(wanted: str, labels) -> str:
+    """'; the file has 'non-targeting ' (differs in spaces/case)' when a label is the wanted one but for that."""
+    key = " ".join(str(wanted).split()).lower()
+    near = [str(x) for x in labels if " ".join(str(x).split()).lower() == key and str(x) != wanted]
+    return f"; the file has {near[0]!r}, which differs only in spaces or case" if near else ""
 
 
 def encode(labels: np.ndarray, vocab: list[str]) -> np.ndarray:
@@ -439,21 +529,23 @@ def plan_splits(exp: ExperimentConfig, kw: DataKwargs, seed: int, need_batch: bo
 
     # check the TOML's cell types and perturbation names against the files
     for key in list(exp.zeroshot) + list(exp.fewshot):
-        dataset, celltype = key.split(".", 1)
-        have = sorted({c for r in raw if r[0] == dataset for c in np.unique(r[3])})
+        dataset, celltype = exp.split_key(key)
+        have = sorted({str(c) for r in raw if r[0] == dataset for c in np.unique(r[3])})
         if celltype not in have:
             section = "zeroshot" if key in exp.zeroshot else "fewshot"
+            near = [c for c in have if c.strip() == celltype.strip()]
+            hint = f"; {near[0]!r} differs only in spaces" if near else ""
             raise UserError(f'{exp.path}: [{section}] "{key}": dataset {dataset!r} has no cell type {celltype!r} in '
-                            f"obs[{kw.cell_type_key!r}] (it has: {', '.join(have)})")
+                            f"obs[{kw.cell_type_key!r}] (it has: {show_labels(have)}){hint}")
     for key, rule in exp.fewshot.items():
-        dataset, celltype = key.split(".", 1)
-        have = {p for r in raw if r[0] == dataset for p in np.unique(r[2][r[3] == celltype])}
+        dataset, celltype = exp.split_key(key)
+        have = {str(p) for r in raw if r[0] == dataset for p in np.unique(r[2][r[3] == celltype])}
         for split, names in rule.items():
             absent = [p for p in names if p not in have]
             if absent:
                 raise UserError(f'{exp.path}: [fewshot."{key}"] {split} lists {absent[0]!r}, which cell type '
                                 f"{celltype!r} does not have in obs[{kw.pert_col!r}] ({len(absent)} such names); "
-                                f"names are exact labels, e.g. {', '.join(sorted(have - {kw.control_pert})[:5])}")
+                                f"names are exact labels, e.g. {show_labels(sorted(have - {kw.control_pert})[:5])}")
             if kw.control_pert in names:
                 raise UserError(f'{exp.path}: [fewshot."{key}"] {split} lists the control label {kw.control_pert!r}; '
                                 "controls are the basal cells of every split, list perturbations only")
@@ -522,6 +614,17 @@ def plan_splits(exp: ExperimentConfig, kw: DataKwargs, seed: int, need_batch: bo
     if not plans["train"].groups:
         raise UserError(f"{exp.path}: no training cells: list a dataset under [training] (name = \"train\") "
                         "or leave some cell types / perturbations in training")
+    perturbed = sum(len(rows) for fid, rows in plans["train"].groups if (metas[fid].pert[rows[:1]] != 0).all())
+    if not perturbed:
+        raise UserError(f"{exp.path}: no perturbed cell is left for training (the TOML holds out every cell type "
+                        "or perturbation with [zeroshot] / [fewshot], or the training files hold controls only): it "
+                        "would learn from control cells alone; leave some cell types or perturbations in training")
+    asked = {v for v in exp.zeroshot.values() if v != "train"} | {s for rule in exp.fewshot.values() for s in rule}
+    for split in sorted(asked):
+        if not plans[split].groups:
+            raise UserError(f"{exp.path}: the TOML asks for a {split} split, but no perturbed cell lands in it (the "
+                            f"cell types it names have control cells only, or a [fewshot] list takes them); check "
+                            f"the {split} entries against obs[{kw.pert_col!r}]")
     return metas, vocab, plans, summary
 
 

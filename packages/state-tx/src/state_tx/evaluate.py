@@ -73,6 +73,20 @@ def evaluate(pred, real, pert_col: str, control_pert: str, celltype_col: str, ou
     if pred.n_vars != real.n_vars:
         raise UserError(f"predictions have {pred.n_vars} genes but the ground truth has {real.n_vars}; "
                         "evaluate in the same gene space (both HVG or both all genes)")
+    p_genes, r_genes = list(map(str, pred.var_names)), list(map(str, real.var_names))
+    if p_genes != r_genes:
+        if set(p_genes) == set(r_genes) and len(set(r_genes)) == len(r_genes):
+            real = real[:, p_genes]  # the same genes in another order: compare gene by gene
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(p_genes, r_genes)) if a != b)
+            raise UserError(f"predictions and ground truth name different genes (first difference at column {i}: "
+                            f"{p_genes[i]!r} vs {r_genes[i]!r}); evaluate in the same gene space")
+    from ftcore.data import check_values
+
+    for which, adata in (("predictions", pred), ("ground truth", real)):
+        if adata.n_obs == 0:
+            raise UserError(f"{which}: the file has no cells")
+        check_values(adata.X, f"{which} X", row_names=list(map(str, adata.obs_names)), col_names=p_genes)
     top_k = top_k or max(1, min(50, real.n_vars // 5))
     p_pert, r_pert = pred.obs[pert_col].astype(str).values, real.obs[pert_col].astype(str).values
     p_ct, r_ct = pred.obs[celltype_col].astype(str).values, real.obs[celltype_col].astype(str).values
@@ -108,16 +122,28 @@ def evaluate(pred, real, pert_col: str, control_pert: str, celltype_col: str, ou
         summary[who] = {k: float(sub[k].mean()) for k in METRICS}
     summary["n_perturbations"] = int((table.predictor == "model").sum())
     if outdir is not None:
+        from ftcore.io import claim_outputs
+
         outdir = Path(outdir)
+        claim_outputs(outdir)
         for ct, sub in table.groupby("celltype"):
             model_rows = sub[sub.predictor == "model"].drop(columns=["celltype", "predictor"])
-            _write_csv(model_rows, outdir / f"{ct}_pert_results.csv")
+            name = file_name(ct)
+            _write_csv(model_rows, outdir / f"{name}_pert_results.csv")
             agg = model_rows[list(METRICS)].agg(["count", "mean", "std", "min", "median", "max"])
-            _write_csv(agg.reset_index().rename(columns={"index": "statistic"}), outdir / f"{ct}_agg_results.csv")
+            _write_csv(agg.reset_index().rename(columns={"index": "statistic"}), outdir / f"{name}_agg_results.csv")
         _write_csv(table, outdir / "all_results_with_baseline.csv")
         atomic_write_json(outdir / "summary.json", summary)
         _plot_deltas(table, outdir)
     return summary
+
+
+def file_name(celltype: str) -> str:
+    """A cell type as part of a file name: 'CD4+/CD8+ T' -> 'CD4+_CD8+ T' (a '/' would make a directory)."""
+    import re
+
+    name = re.sub(r"[/\\\x00:]", "_", str(celltype)).strip()
+    return "_" if name in ("", ".", "..") else name
 
 
 def _write_csv(df, path: Path) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from ftcore.config import from_dict
 from ftcore.errors import UserError
-from ftcore.io import atomic_write_h5ad, check_output_dir
+from ftcore.io import atomic_write_h5ad, check_output_dir, claim_outputs
 from ftcore.training import resolve_device
 
 from state_tx.model import ARC_STATE_SKIP, StateTransitionModel, StateTxConfig, arc_state_to_ours, check_finite_params
@@ -48,10 +48,39 @@ def resolve_checkpoint(model_dir: Path, checkpoint: str | None) -> Path:
         path = Path(checkpoint)
         if not path.exists() and (model_dir / "checkpoints" / checkpoint).exists():
             path = model_dir / "checkpoints" / checkpoint
+    have = sorted(p.name for p in (model_dir / "checkpoints").glob("*.ckpt")) if (model_dir / "checkpoints").is_dir() else []
     if not path.exists():
-        have = sorted(p.name for p in (model_dir / "checkpoints").glob("*.ckpt")) if (model_dir / "checkpoints").is_dir() else []
         raise UserError(f"checkpoint {path} does not exist; {model_dir}/checkpoints has [{', '.join(have) or 'nothing'}]")
+    if path.is_dir():
+        raise UserError(f"--checkpoint {path} is a directory; give a checkpoint file (or a name in "
+                        f"{model_dir}/checkpoints: {', '.join(have) or 'none there'})")
     return path
+
+
+def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A run file as a dict, or one line saying it is damaged (a copy cut short, an edit gone wrong)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{path} is not readable JSON ({type(err).__name__}); the run directory is damaged: "
+                        "copy it again or retrain") from None
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if not isinstance(data, dict) or missing:
+        raise UserError(f"{path} lacks {', '.join(missing) or 'its mapping'}; the run directory is damaged or of "
+                        "another program: copy it again or retrain")
+    return data
+
+
+def read_h5ad(path: str | Path, flag: str):
+    """An .h5ad read whole, or one line naming the flag (a .csv renamed .h5ad, a cut-short copy)."""
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UserError(f"{flag} {path} cannot be read as .h5ad ({type(err).__name__}: {first}); is it an AnnData "
+                        "file written with adata.write_h5ad, copied completely?") from None
 
 
 def load_run(model_dir: str | Path | None, checkpoint: str | None = None, trust_checkpoint: bool = False,
@@ -81,12 +110,12 @@ def load_run(model_dir: str | Path | None, checkpoint: str | None = None, trust_
                         f"defined by that run's one-hot maps, not by {model_dir}'s; pass --model-dir "
                         f"{arc.run_dir_of(ckpt)} (or leave --model-dir out)")
     cfg = load_run_config(config_file=str(model_dir / "config.yaml"))
-    var_dims = json.loads((model_dir / "var_dims.json").read_text())
-    pert_map = json.loads((model_dir / "pert_onehot_map.json").read_text())
-    batch_map = json.loads((model_dir / "batch_onehot_map.json").read_text())
+    var_dims = read_json(model_dir / "var_dims.json", ("input_dim", "gene_names", "pert_rep", "output_space"))
+    pert_map = read_json(model_dir / "pert_onehot_map.json")
+    batch_map = read_json(model_dir / "batch_onehot_map.json")
     perts = sorted(pert_map, key=pert_map.get)
     batches = sorted(batch_map, key=batch_map.get)
-    mcfg = from_dict(StateTxConfig, json.loads((model_dir / "data_module.json").read_text())["model_config"],
+    mcfg = from_dict(StateTxConfig, read_json(model_dir / "data_module.json", ("model_config",))["model_config"],
                      source=str(model_dir / "data_module.json"))
     if var_dims["pert_rep"] == "features":
         sd = read_state_dict(model_dir / "pert_features.safetensors")
@@ -230,13 +259,33 @@ def _feature_matrix(adata, run: TrainedRun) -> tuple[np.ndarray, str]:
             f"feature mismatch: expected {want} input features ({space}), got {got}; fix: prepare the data "
             f"like the training data: adata.obsm['X_hvg'] = adata[:, hvg_names].X with hvg_names = "
             f"var_dims.json['gene_names'] in {run.model_dir} (or restrict X to those {want} genes)")
-    M = np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float32)
-    if M.shape[1] != want:
-        raise UserError(f"feature mismatch: expected {want} input features, got {M.shape[1]} in {where}; "
+    from ftcore.data import check_values
+
+    M = M.toarray() if hasattr(M, "toarray") else np.asarray(M)
+    if M.ndim != 2 or M.shape[1] != want:
+        raise UserError(f"feature mismatch: expected {want} input features, got {M.shape[1:]} in {where}; "
                         f"use the genes listed in {run.model_dir}/var_dims.json ('gene_names')")
-    if not np.isfinite(M).all():
-        raise UserError(f"{where} contains {int((~np.isfinite(M)).sum())} NaN/inf values; fix or drop those cells")
+    check_values(M, f"--adata {where}: NaN/inf or absurd values", row_names=list(map(str, adata.obs_names)),
+                 col_names=genes if len(genes) == want else None)
+    M = np.asarray(M, dtype=np.float32)
+    check_kind(M, run, where)
     return M, where
+
+
+def check_kind(M: np.ndarray, run: TrainedRun, where: str) -> None:
+    """The input holds the kind of values the model was trained on (ftcore.data's rule): counts into a model
+    of log-normalised data gives predictions that look fine and mean nothing."""
+    from ftcore.data import KIND_ADVICE, expression_kind
+
+    trained = run.var_dims.get("expression_kind")
+    kind = expression_kind(M[: max(1, 1_000_000 // max(M.shape[1], 1))])
+    if trained is None:  # a run from before the kind was recorded, or arc-state's: STATE expects log values
+        if kind != "log":
+            print(f"warning: --adata {where}: {KIND_ADVICE[kind]} (STATE models expect log-normalised values)")
+        return
+    if kind != trained:
+        raise UserError(f"--adata {where} holds {kind} values but {run.model_dir} was trained on {trained} values "
+                        f"(ftcore.data's rule): {KIND_ADVICE[kind]}")
 
 
 def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None = None, pert_col: str | None = None,
@@ -245,17 +294,20 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
     import anndata as ad
     import pandas as pd
 
+    from ftcore import options as opt
+
+    from state_tx.data import near_label, show_labels
+
+    output = opt.check_output_file("--output", output, (".h5ad",))
+    adata_path = opt.check_input_file("--adata", adata_path, ".h5ad file")
+    if output.resolve() == adata_path.resolve():
+        raise UserError(f"--output {output} is the --adata file; write the predictions to another file")
     run = load_run(model_dir, checkpoint, trust_checkpoint, device)
     vd = run.var_dims
     pert_col = pert_col or vd["pert_col"]
     celltype_col = celltype_col or vd["cell_type_key"]
     control_pert = control_pert or vd["control_pert"]
-    if not Path(adata_path).exists():
-        raise UserError(f"--adata {adata_path} does not exist")
-    try:
-        adata = ad.read_h5ad(adata_path)
-    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
-        raise UserError(f"--adata {adata_path} cannot be read as .h5ad ({type(err).__name__}: {err})") from None
+    adata = read_h5ad(adata_path, "--adata")
     cols = list(map(str, adata.obs.columns))
     for flag, col in (("--pert-col", pert_col), ("--celltype-col", celltype_col)) + ((("--batch-col", batch_col),) if batch_col else ()):
         if col not in adata.obs:
@@ -269,7 +321,7 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
     if not is_ctrl.any():
         top = pd.Series(pert).value_counts().index[:8]
         raise UserError(f"{adata_path}: no control cells ({control_pert!r} in obs[{pert_col!r}]; most frequent labels: "
-                        f"{', '.join(top)}); basal cells are drawn from controls: include them or pass --control-pert "
+                        f"{show_labels(top)}{near_label(control_pert, set(pert))}); basal cells are drawn from controls: include them or pass --control-pert "
                         "with the file's control label")
     p_ix = {p: i for i, p in enumerate(run.perts)}
     # --control-pert names this file's control label ("DMSO" here, "non-targeting" in training):
@@ -277,7 +329,7 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
     p_ix[control_pert] = p_ix[vd["control_pert"]]
     unknown = sorted(set(pert) - set(p_ix))
     if unknown:
-        raise UserError(f"{len(unknown)} perturbations were not seen in training (first: {', '.join(unknown[:5])}); "
+        raise UserError(f"{len(unknown)} perturbations were not seen in training (first: {show_labels(unknown[:5])}); "
                         f"the model knows {len(run.perts)} (see {run.model_dir}/pert_onehot_map.json): drop those cells "
                         "or train with them / a perturbation_features_file")
     b_ix = {b: i for i, b in enumerate(run.batches)}
@@ -285,7 +337,7 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
     batch = (np.array([b_ix.get(b, -1) for b in adata.obs[bcol].astype(str)]) if bcol
              else np.full(adata.n_obs, -1))
     by_batch = run.cfg.data.kwargs.basal_mapping_strategy == "batch" and bcol is not None
-    check_output_dir(Path(output).resolve().parent)
+    claim_outputs(output)  # everything is checked: a failure from here on leaves no file behind
 
     groups, index = [], []
     all_ctrl = np.flatnonzero(is_ctrl)
@@ -338,8 +390,11 @@ def predict(model_dir: str, checkpoint: str | None = "final.ckpt", split: str = 
     if not plan.groups:
         raise UserError(f"the TOML {kw.toml_config_path} puts no cells in the {split} split; "
                         f"add a [zeroshot] or [fewshot] {split} entry, or use --split val")
-    out_dir = Path(model_dir) / f"eval_{run.checkpoint.stem}"
-    check_output_dir(out_dir)
+    from ftcore import options as opt
+
+    out_dir = opt.check_output_dir("predict's output", Path(model_dir) / f"eval_{run.checkpoint.stem}")
+    claim_outputs(out_dir)
+    check_output_dir(out_dir)  # creates it (claimed) and tries a write
     entries = [(fid, rows, plan.group_pool[g]) for g, (fid, rows) in enumerate(plan.groups)]
     entries += [(fid, plan.pools[pid][1], pid) for fid, pid in plan.controls]  # controls: simulated as well
     preds, reals, obs = [], [], []

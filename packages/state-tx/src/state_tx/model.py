@@ -21,12 +21,13 @@ checkpoint maps onto this module by the table at the bottom with no transposes.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftcore import options as opt
 from ftcore.errors import UserError
 
 LOSSES = ("energy", "mmd", "mse")
@@ -48,12 +49,13 @@ class StateTxConfig:
     n_heads: int = 12
     head_dim: int = 64
     intermediate_size: int = 3072
-    rms_norm_eps: float = 1e-6
-    dropout: float = 0.1  # in the encoder/decoder MLPs (arc-state's default); the backbone has none
+    rms_norm_eps: float = field(default=1e-6, metadata=opt.bounds(gt=0))
+    # in the encoder/decoder MLPs (arc-state's default); the backbone has none
+    dropout: float = field(default=0.1, metadata=opt.bounds(ge=0, lt=1))
     predict_residual: bool = True
     batch_encoder: bool = False
     loss: str = "energy"  # energy | mmd (Gaussian kernel, bandwidth `blur`) | mse (cell by cell)
-    blur: float = 0.05
+    blur: float = field(default=0.05, metadata=opt.bounds(gt=0))  # MMD bandwidth
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -23,14 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from ftcore import options as opt
 from ftcore.config import apply_overrides, from_dict, read_config_file
 from ftcore.errors import UserError
-from ftcore.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_output_dir
-from ftcore.training import Trainer, TrainConfig, seed_everything
+from ftcore.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_output_dir, claim_outputs
+from ftcore.training import Trainer, TrainConfig, resolve_device, seed_everything
 
 from state_tx.data import DataKwargs, SentenceDataset, Vocab, load_perturbation_features, plan_splits, read_experiment_toml
 from state_tx.model import (ARC_STATE_SKIP, TUNABLE, StateTransitionModel, StateTxConfig, arc_state_to_ours,
                             preset_kwargs, set_loss)
+
+
+MAX_BATCH = 65536
+MAX_LR = 1e3  # above it a step overflows float32 arithmetic (torch: "cannot be converted ... without overflow")
+LR_SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -40,21 +47,32 @@ class DataSection:
 
 @dataclass
 class TrainingSection:
-    """`training.*` (seed section 5.2 names; defaults of arc-state's training/default.yaml)."""
+    """`training.*` (seed section 5.2 names; defaults of arc-state's training/default.yaml).
 
-    max_steps: int = 40000
-    batch_size: int = 16  # cell sentences per optimizer step (per process under torchrun)
-    lr: float = 1e-4
-    weight_decay: float = 0.0005
-    ckpt_every_n_steps: int = 2000
-    val_freq: int = 2000
-    gradient_clip_val: float = 10.0  # 0 = no clipping
-    warmup_steps: int = 0
+    Every number is finite and in range (field metadata, checked by ftcore.config when the keys are read).
+    """
+
+    max_steps: int = field(default=40000, metadata=opt.bounds(ge=1))
+    # cell sentences per optimizer step (per process under torchrun); 65536 sentences of >= 2 cells is far
+    # beyond any accelerator, and a larger value is a typo that would only hang the data loader
+    batch_size: int = field(default=16, metadata=opt.bounds(ge=1, le=MAX_BATCH))
+    lr: float = field(default=1e-4, metadata=opt.bounds(gt=0, le=MAX_LR))
+    weight_decay: float = field(default=0.0005, metadata=opt.bounds(ge=0))
+    ckpt_every_n_steps: int = field(default=2000, metadata=opt.bounds(ge=1))
+    val_freq: int = field(default=2000, metadata=opt.bounds(ge=1))
+    gradient_clip_val: float = field(default=10.0, metadata=opt.bounds(ge=0))  # 0 = no clipping
+    warmup_steps: int = field(default=0, metadata=opt.bounds(ge=0))
     lr_schedule: str = "cosine"  # cosine (decay to 0 at max_steps) | constant (arc-state: Adam, fixed lr)
-    train_seed: int = 42
+    train_seed: int = field(default=42, metadata=opt.bounds(ge=0, lt=opt.SEED_LIMIT))
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     precision: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp32
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"training.lr_schedule={self.lr_schedule!r}; choose {' or '.join(LR_SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"training.precision={self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -117,7 +135,31 @@ def load_run_config(overrides: list[str] = (), config_file: str | None = None) -
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean model.kwargs.{close[0]}?" if close else f"known: {', '.join(allowed)}"
             raise UserError(f"unknown key model.kwargs.{key}; {hint}")
+    columns = str(cfg.model.kwargs.get("init_from_columns", "name"))
+    if columns not in INIT_FROM_COLUMNS:
+        raise UserError(f"model.kwargs.init_from_columns={columns}: choose name (match one-hot columns by the "
+                        "source run's maps, the default) or position (take them in the checkpoint's order)")
+    model_config(cfg, 1, 1, 0)  # the network sizes, typed and bounded now (the data's dimensions come later)
+    # paths as a shell would expand them (a `~` kept literally would become a folder named ~ in the cwd)
+    cfg.output_dir = _expand(cfg.output_dir)
+    kw = cfg.data.kwargs
+    # absolute, so that `predict` finds it again from another working directory
+    kw.toml_config_path = os.path.abspath(_expand(kw.toml_config_path)) if str(kw.toml_config_path or "").strip() \
+        else kw.toml_config_path
+    if kw.perturbation_features_file:
+        kw.perturbation_features_file = _expand(kw.perturbation_features_file)
+    if cfg.model.kwargs.get("init_from"):
+        cfg.model.kwargs["init_from"] = _expand(str(cfg.model.kwargs["init_from"]))
+    if not str(cfg.name).strip():
+        raise UserError("name is empty; give the run a name (name=exp1): the run directory is output_dir/name")
+    if not str(cfg.output_dir).strip():
+        raise UserError("output_dir is empty; give a directory (output_dir=results)")
     return cfg
+
+
+def _expand(path: str) -> str:
+    text = str(path).strip()
+    return os.path.expanduser(os.path.expandvars(text)) if text else text
 
 
 def model_config(cfg: RunConfig, input_dim: int, pert_dim: int, batch_dim: int) -> StateTxConfig:
@@ -160,15 +202,18 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
     if not kw.toml_config_path:
         raise UserError("data.kwargs.toml_config_path is required (a cell-load TOML: [datasets] [training] ...); "
                         "run `state-tx demo` to see one")
-    exp = read_experiment_toml(kw.toml_config_path)
+    # files named by keys: checked (and `~` expanded) before any is read, naming the key
+    if kw.perturbation_features_file:
+        kw.perturbation_features_file = _input_path("data.kwargs.perturbation_features_file",
+                                                    kw.perturbation_features_file, ".pt file")
+    if cfg.model.kwargs.get("init_from"):
+        cfg.model.kwargs["init_from"] = _input_path("model.kwargs.init_from", cfg.model.kwargs["init_from"], "checkpoint")
+    exp = read_experiment_toml(opt.check_input_file("data.kwargs.toml_config_path", kw.toml_config_path, "TOML"))
     batch_encoder = str(cfg.model.kwargs.get("batch_encoder", False)).lower() in ("true", "1", "yes")
     metas, vocab, plans, summary = plan_splits(exp, kw, cfg.training.train_seed, need_batch=batch_encoder)
+    kind = None
     if scan:
-        for meta in metas:
-            hi = meta.source.scan()
-            if hi > 50 and is_main_process():
-                print(f"warning: {meta.source.path} {meta.source.matrix_key} reaches {hi:.0f}: it looks like raw counts; "
-                      "STATE expects log-normalised data (sc.pp.normalize_total + sc.pp.log1p)")
+        kind = check_training_values(metas, verbose=is_main_process())
     if kw.perturbation_features_file:
         pert_table = load_perturbation_features(kw.perturbation_features_file, vocab.perts, kw.control_pert,
                                                 trust_checkpoint)
@@ -180,7 +225,10 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
     train_ds = SentenceDataset(metas, plans["train"], pert_table, mcfg.cell_set_len, seed)
     # one Trainer epoch ~ val_freq steps (STATE validates every val_freq steps, not per pass)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    train_ds.passes = max(1, -(-cfg.training.val_freq * cfg.training.batch_size * world // max(len(train_ds), 1)))
+    # (no more passes than max_steps needs, and a length a DataLoader can count)
+    steps = min(cfg.training.val_freq, cfg.training.max_steps)
+    passes = -(-steps * cfg.training.batch_size * world // max(train_ds.n_sentences, 1))
+    train_ds.passes = int(max(1, min(passes, 2**31 // max(train_ds.n_sentences, 1))))
     val_ds = SentenceDataset(metas, plans["val"], pert_table, mcfg.cell_set_len, seed + 1) if plans["val"].groups else None
     var_dims = {
         "input_dim": mcfg.input_dim, "output_dim": mcfg.output_dim, "pert_dim": mcfg.pert_dim,
@@ -188,19 +236,50 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
         "matrix_key": ref.matrix_key, "gene_names": [str(g) for g in ref.gene_names],
         "pert_col": kw.pert_col, "cell_type_key": kw.cell_type_key, "batch_col": kw.batch_col,
         "control_pert": kw.control_pert, "pert_rep": "features" if kw.perturbation_features_file else "onehot",
+        "expression_kind": kind,  # by ftcore.data's rule: inference refuses input of another kind
     }
     return Setup(cfg, mcfg, vocab, pert_table, train_ds, val_ds, plans["test"], metas, plans, var_dims, summary)
+
+
+def check_training_values(metas: list, verbose: bool = True) -> str:
+    """NaN/inf/absurd values refused (row and column named); what X holds, by ftcore.data's rule.
+
+    STATE expects log-normalised values. Raw counts (or normalised but unlogged values, or scaled data)
+    are WARNED about, not refused: the model learns in whatever space it is given and arc-state accepts
+    them too, so a deliberate counts model stays possible; the kind is recorded in var_dims.json and
+    `infer` refuses input of another kind (where a mismatch silently yields meaningless predictions).
+    Files of one run must hold one kind.
+    """
+    from ftcore.data import KIND_ADVICE, expression_kind
+
+    kinds: dict[str, str] = {}
+    for meta in metas:
+        src = meta.source
+        src.scan()
+        kind = kinds[str(src.path)] = expression_kind(src.sample())
+        if kind != "log" and verbose:
+            print(f"warning: {src.path} {src.matrix_key}: {KIND_ADVICE[kind]} (STATE expects log-normalised "
+                  "values; inference will expect the same kind as this run's data)")
+    first_path, first = next(iter(kinds.items()))
+    for path, kind in kinds.items():
+        if kind != first:
+            raise UserError(f"{path} holds {kind} values but {first_path} holds {first} values (by ftcore.data's "
+                            "rule); one run needs one kind of values: prepare every file the same way")
+    return first
+
+
+def _input_path(key: str, value, what: str) -> str:
+    """A file named by a config key, `~`/$VARS expanded; missing or a directory is one line naming the key
+    (what the file holds is judged by its reader, ftcore.checkpoint)."""
+    path = Path(os.path.expandvars(str(value).strip())).expanduser()
+    if not path.is_file():
+        opt.check_input_file(key, path, what)
+    return str(path)
 
 
 def write_artefacts(s: Setup) -> None:
     """The maps and dims inference needs, in safe formats (rank 0 only, before training)."""
     out = s.cfg.run_dir
-    old = out / "var_dims.json"
-    if old.exists():
-        prev = json.loads(old.read_text())
-        if prev.get("gene_names") != s.var_dims["gene_names"] or prev.get("pert_dim") != s.var_dims["pert_dim"]:
-            raise UserError(f"{out} holds a run on other data (genes or perturbations differ); "
-                            "choose another name=... or output_dir=...")
     atomic_write_text(out / "config.yaml", to_yaml(s.cfg))
     atomic_write_json(out / "var_dims.json", s.var_dims)
     atomic_write_json(out / "pert_onehot_map.json", {p: i for i, p in enumerate(s.vocab.perts)})
@@ -352,30 +431,49 @@ def train_config(cfg: RunConfig, has_val: bool) -> TrainConfig:
     )
 
 
+def check_run_dir(s: Setup) -> Path:
+    """output_dir/name can be created (or is a run on the same data, to resume); nothing is created."""
+    out = opt.check_output_dir("output_dir/name", s.cfg.run_dir)
+    old = out / "var_dims.json"
+    if old.is_file():
+        try:
+            prev = json.loads(old.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{old} is not readable JSON: {out} holds a damaged run; choose another name=... "
+                            "or output_dir=...") from None
+        if prev.get("gene_names") != s.var_dims["gene_names"] or prev.get("pert_dim") != s.var_dims["pert_dim"]:
+            raise UserError(f"{out} holds a run on other data (genes or perturbations differ); "
+                            "choose another name=... or output_dir=...")
+    return out
+
+
 def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
-    """Validate everything, write the maps, train with the core Trainer, write final.ckpt."""
-    if cfg.training.max_steps < 1 or cfg.training.val_freq < 1 or cfg.training.ckpt_every_n_steps < 1:
-        raise UserError("training.max_steps, training.val_freq and training.ckpt_every_n_steps must be >= 1")
+    """Validate everything, then write the maps, train with the core Trainer, write final.ckpt.
+
+    Nothing is created before every check has passed; what is created is claimed (ftcore.io.claim_outputs),
+    so a run that fails later (a NaN loss, a crash) leaves no new files behind (a resumed run's are kept).
+    """
+    resolve_device(cfg.training.device)  # 'gpu', or cuda on a machine without it: now, not after the maps
     s = setup(cfg, trust_checkpoint=trust_checkpoint)
+    train_cfg = train_config(cfg, s.val is not None)  # the core's checks of the loop settings
     seed_everything(cfg.training.train_seed)  # the initial weights too depend on the seed alone
     model = StateTransitionModel(s.model_cfg)
     init_report = None
     if cfg.model.kwargs.get("init_from"):
         columns = str(cfg.model.kwargs.get("init_from_columns", "name"))
-        if columns not in INIT_FROM_COLUMNS:
-            raise UserError(f"model.kwargs.init_from_columns={columns}: choose name (match one-hot columns by the "
-                            "source run's maps, the default) or position (take them in the checkpoint's order)")
         init_report = init_from(model, str(cfg.model.kwargs["init_from"]), trust_checkpoint, s.vocab,
                                 s.var_dims["pert_rep"], columns)
-    check_output_dir(cfg.run_dir)  # inputs are valid: only now touch the output directory
+    check_run_dir(s)
+    claim_outputs(cfg.run_dir)  # inputs are valid: only now touch the output directory
     if is_main_process():
+        check_output_dir(cfg.run_dir)  # creates it (claimed) and tries a write: a read-only place fails here
         write_artefacts(s)
         if init_report is not None:
             atomic_write_json(cfg.run_dir / "init_from.json", {k: v for k, v in init_report.items() if k != "report"})
         print(f"state-tx: {s.train.n_sentences} train sentences ({s.plans['train'].n_cells} cells), "
               f"{s.val.n_sentences if s.val else 0} val sentences; model {cfg.model.name} "
               f"{model.n_params() / 1e6:.2f}M parameters, cell_set_len {s.model_cfg.cell_set_len}")
-    trainer = Trainer(model, train_config(cfg, s.val is not None), s.train, s.val,
+    trainer = Trainer(model, train_cfg, s.train, s.val,
                       loss_fn=make_loss_fn(s.model_cfg), eval_fn=make_eval_fn(s.model_cfg),
                       extra_state={"model_config": dataclasses.asdict(s.model_cfg)})
     result = trainer.fit()
