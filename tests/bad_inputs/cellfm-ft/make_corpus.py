@@ -391,7 +391,7 @@ def more_cases(case, h5ad, with_data) -> None:
              ["convert", "{variants}/" + name, "--output", "{out}/x.safetensors", "--config", "tiny"], phrase)
     # a fine-tuned best_model.pth is a valid starting checkpoint (fine-tuning further); these are not
     case("train_checkpoint_is_the_data", with_data("{data}", ckpt="{data}"),
-         "is an HDF5 (.h5ad) data file, not a checkpoint; were the data and the checkpoint swapped?")
+         "is an HDF5 file (an .h5ad data set), not a checkpoint; were the data and the checkpoint swapped?")
     case("train_data_and_checkpoint_swapped", with_data("{ckpt}", ckpt="{data}"),
          "were the data and the checkpoint swapped?")
     report = text("cellfm_80m.json", json.dumps({"source": "CellFM_80M_weight.ckpt", "counts": {"loaded": 40}}) + "\n")

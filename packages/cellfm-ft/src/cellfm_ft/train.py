@@ -309,7 +309,7 @@ def _checkpoint_path(flag: str, path: str) -> Path:
     with open(expanded, "rb") as fh:
         head = fh.read(8)
     if head == b"\x89HDF\r\n\x1a\n":  # an .h5ad: the data given where the weights go
-        raise UserError(f"{flag} {expanded} is an HDF5 (.h5ad) data file, not a checkpoint; were the data and the "
+        raise UserError(f"{flag} {expanded} is an HDF5 file (an .h5ad data set), not a checkpoint; were the data and the "
                         "checkpoint swapped? (--data takes the .h5ad)")
     if head[:1] in (b"{", b"["):
         raise UserError(f"{flag} {expanded} is a JSON text file (a convert report?), not a checkpoint; pass the "

@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ class TrainingSection:
     train_seed: int = field(default=42, metadata=opt.bounds(ge=0, lt=opt.SEED_LIMIT))
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     precision: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp32
+    # torch.compile of the training step: auto = on CUDA (state 23.1 -> 12.7 ms/step on an H200:
+    # benchmarks/results/README.md), off on CPU; on | off
+    compile: Literal["auto", "on", "off"] = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -422,7 +425,7 @@ def train_config(cfg: RunConfig, has_val: bool) -> TrainConfig:
         output_dir=str(cfg.run_dir), epochs=0, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
         weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.lr_schedule,
         grad_clip=t.gradient_clip_val or None,
-        precision=t.precision, device=t.device, seed=t.train_seed,
+        precision=t.precision, device=t.device, seed=t.train_seed, compile=t.compile,
         monitor="val_loss" if has_val else "train_loss", mode="min",
         val_every_steps=t.val_freq, ckpt_every_steps=t.ckpt_every_n_steps,
         num_workers=cfg.data.kwargs.num_workers, progress=t.progress,
