@@ -413,7 +413,7 @@ def cmd_predict(args) -> None:
                         f"{absent[0]}); use the checkpoint as `spatial-transfer run` wrote it")
     # strict: every tensor, of the right shape and kind (integer or NaN weights refused by name)
     load_partial(model, ckpt["model"], strict=True, source=str(args.checkpoint), target="spatial model", verbose=False)
-    claim_outputs(out_file)
+    claim_outputs(args.output)  # the directory too, when predict creates it
     out = check_output_dir(args.output, flag="--output")
     predict_spatial(spatial, model, graph, out / out_file.name, batch_size=args.batch_size, device=args.device)
 
