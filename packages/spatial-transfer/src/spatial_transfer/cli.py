@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
+from ftcore import options as opt
+from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_version
 from ftcore.errors import UserError, cli_main
-from ftcore.cli import add_allow_unloaded_frozen, add_version
 
 DEFAULT_OUTPUT = "runs/spatial-transfer"
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -126,10 +127,10 @@ def build_config(args, demo: bool):
     data: dict = {}
     if demo:
         data = {k: dict(v) for k, v in DEMO_PRESET.items()}
-    source = "defaults"
+    source = "--set" if args.set else "defaults"
     if args.config:
         user = read_config_file(args.config)
-        source = str(args.config)
+        source = str(args.config) + (" / --set" if args.set else "")
         for key, value in user.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}
@@ -171,25 +172,33 @@ def fit_genes(cfg, explicit: set[str], spatial=None, bulk=None) -> None:
 def _data_dir(args, out: Path, demo_spec=None) -> tuple[Path, bool]:
     if args.data is not None:
         return Path(args.data), False
-    from ftcore.io import check_output_dir
+    from ftcore.io import check_output_dir, claim_outputs
 
     from spatial_transfer.demo import DemoSpec, write_demo_data
 
+    claim_outputs(out)  # the demo data are written before the rest is validated: a failure removes them
     check_output_dir(out)
     print(f"no --data given: running on the embedded demo data set (written to {out / 'demo_data'})")
     return write_demo_data(out / "demo_data", demo_spec or DemoSpec()), True
 
 
-def _read_bulk_checkpoint(path: str | None, trust: bool) -> dict | None:
-    """A user's bulk checkpoint as a state dict, read before any output exists (corrupt files fail here)."""
+def _read_bulk_checkpoint(path: str | None, trust: bool) -> tuple[dict | None, list | None]:
+    """A user's bulk checkpoint -> (state dict, its genes if recorded), read before any output exists."""
     if path is None:
-        return None
+        return None, None
     from ftcore.checkpoint import extract_state_dict, read_checkpoint
 
     try:
-        return extract_state_dict(read_checkpoint(path, trust_pickle=trust), source=str(path))
+        ckpt = read_checkpoint(path, trust_pickle=trust)
+        sd = extract_state_dict(ckpt, source=str(path))
     except UserError as err:
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
+    extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
+    if isinstance(extra, dict) and extra.get("kind") == "Cell2Gene SpatialModel":
+        raise UserError(f"Error loading bulkmodel weights: {path} is a Cell2Gene SpatialModel checkpoint (a CV fold's); "
+                        "--bulk-checkpoint takes the BulkModel of `spatial-transfer pretrain` "
+                        "(bulk_pretrain/best_bulk_model.pt)")
+    return sd, (extra.get("genes") if isinstance(extra, dict) else None)
 
 
 def _check_transferable(sd: dict, path: str, cfg, strategies: list[str], allow_unloaded_frozen: bool) -> None:
@@ -201,7 +210,10 @@ def _check_transferable(sd: dict, path: str, cfg, strategies: list[str], allow_u
     from spatial_transfer.model import FREEZE_STRATEGIES, SpatialModel
 
     model = SpatialModel(cfg.model)
-    report = load_partial(model, sd, verbose=False)
+    try:  # integer or NaN weights are refused by the core, named
+        report = load_partial(model, sd, verbose=False, source=str(path), target="spatial model")
+    except UserError as err:
+        raise UserError(f"Error loading bulkmodel weights: {err}") from None
     if not report.loaded:
         first = report.shape_mismatch[0] if report.shape_mismatch else None
         why = (f"e.g. {first[0]}: spatial model {first[1]} vs bulk {first[2]}" if first
@@ -215,27 +227,64 @@ def _check_transferable(sd: dict, path: str, cfg, strategies: list[str], allow_u
             check_frozen_loaded(frozen, report, allow=allow_unloaded_frozen)
 
 
-def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
-    """Everything validated before anything is written: env/flags, config, data, checkpoint."""
+def _check_gene_overlap(spatial_genes: list[str], bulk_genes, where: str) -> None:
+    """Bulk and spatial panels share genes in every real pairing: none in common is a naming mismatch."""
+    if spatial_genes is None or not bulk_genes:
+        return
+    if not set(map(str, bulk_genes)) & set(spatial_genes):
+        raise UserError(f"{where}: the bulk genes ({', '.join(map(str, list(bulk_genes)[:3]))}, ...) share no name with "
+                        f"spatial.h5ad's ({', '.join(spatial_genes[:3])}, ...); use the same gene naming for both "
+                        "(symbols vs Ensembl IDs?)")
+
+
+def _output_paths(out: Path, strategies: list[str], need_bulk_pretrain: bool, n_folds: int) -> list[Path]:
+    """What a run writes, checked as a whole now (a file where a result directory goes fails here, not after training)."""
+    from spatial_transfer.train import BULK_CHECKPOINT, strategy_dirs
+
+    dirs = [out / Path(BULK_CHECKPOINT).parent] if need_bulk_pretrain else []
+    for name in strategies:
+        dirs += list(strategy_dirs(out, name))
+    for d in dirs:
+        opt.check_output_dir("--output", d)
+    files = [out / "comparison.txt", out / "comparison.json"]
+    for name in strategies:
+        log_dir = strategy_dirs(out, name)[0]
+        files += [log_dir / "predictions.h5ad", log_dir / f"final_{n_folds}fold_results.json"]
+    for f in files:
+        if f.is_dir():
+            raise UserError(f"{f} is a directory where the run writes a file; remove it or choose another --output")
+    return dirs
+
+
+def _prepare(args, need_spatial: bool, need_bulk: bool | None = None, strategies: list[str] | None = None):
+    """Everything validated before anything is written: env/flags, config, data, checkpoint, outputs."""
+    from ftcore.io import check_output_dir, claim_outputs
+
     from spatial_transfer import data as d
 
     out = Path(args.output)
     demo = args.data is None
     strategy = resolve_strategy(args, os.environ) if need_spatial else None
     cv_mode, heldout = resolve_cv(args, os.environ) if need_spatial else ("kfold", None)
+    strategies = strategies or ([strategy] if strategy else [])
     if need_bulk is None:  # bulk data only matter when weights are transferred
         need_bulk = strategy != "scratch"
     cfg, explicit = build_config(args, demo)
     bulk_path = getattr(args, "bulk_checkpoint", None) if need_bulk else None
-    bulk_sd = _read_bulk_checkpoint(bulk_path, args.trust_checkpoint)
+    bulk_sd, bulk_ckpt_genes = _read_bulk_checkpoint(bulk_path, args.trust_checkpoint)
     bulk_ckpt = Path(bulk_path) if bulk_path else None
     if not demo:
         for name in ((d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE) if need_spatial else ()) + (
                 (d.BULK_FILE, d.BULK_CELLS_FILE) if need_bulk and bulk_ckpt is None else ()):
             if not (Path(args.data) / name).exists():
-                raise UserError(f"{Path(args.data) / name} does not exist; a data directory holds "
+                stem = Path(name).stem
+                other = sorted(p.name for p in Path(args.data).glob(f"{stem}.*") if p.name != name)
+                found = (f"; found {other[0]}: convert it to .h5ad (e.g. anndata.read_csv(...).write_h5ad(...))"
+                         if other else "")
+                raise UserError(f"{Path(args.data) / name} does not exist{found}; a data directory holds "
                                 f"{', '.join((d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE, d.BULK_FILE, d.BULK_CELLS_FILE))} "
                                 "(see README; `spatial-transfer make-demo-data DIR` writes an example)")
+    folds: list = []
     data_dir, _ = _data_dir(args, out)
     spatial = d.read_spatial(data_dir, cfg.model.in_dim) if need_spatial else None
     bulk = d.read_bulk(data_dir, cfg.model.in_dim) if need_bulk and bulk_ckpt is None else None
@@ -245,17 +294,20 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None):
         from spatial_transfer.train import make_folds
 
         check_gene_count(spatial.expr.shape[1], cfg.model.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
-        make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed)  # errors before any output
+        folds = make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed)  # errors before any output
     if bulk is not None:
         from spatial_transfer.data import check_gene_count
 
         check_gene_count(bulk.expr.shape[1], cfg.model.bulk_genes, bulk.path, "bulk.h5ad", "bulk_genes")
+        if spatial is not None:
+            _check_gene_overlap(spatial.genes, bulk.genes, str(bulk.path / d.BULK_FILE))
     if bulk_sd is not None:
-        strategies = [s.strip() for s in getattr(args, "strategies", "").split(",") if s.strip()] or [strategy]
+        if spatial is not None:
+            _check_gene_overlap(spatial.genes, bulk_ckpt_genes, str(bulk_path))
         _check_transferable(bulk_sd, bulk_path, cfg, strategies, args.allow_unloaded_frozen)
-    from ftcore.io import check_output_dir
-
-    check_output_dir(out, flag="--output")  # unwritable / full disk: said now, not after the bulk pretraining
+    _output_paths(out, strategies, bulk is not None, len(folds))
+    claim_outputs(out)  # from here a failure (a NaN loss too) removes what this run created
+    check_output_dir(out, flag="--output")  # full disk: said now, not after the bulk pretraining
     return out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo
 
 
@@ -269,13 +321,15 @@ def _plan(spatial, cfg, strategy, cv_mode, heldout, demo, allow_unloaded_frozen:
 
 
 def cmd_run(args) -> None:
-    from spatial_transfer.train import cross_validate, log, pretrain_bulk
+    from spatial_transfer.train import cross_validate, log, pretrain_bulk, resumable_folds
 
     out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True)
+    plan = _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen)
+    resumable_folds(out, cfg, plan)  # a run dir of other settings: said before the bulk pretraining
     log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else ""))
     if strategy != "scratch" and bulk_ckpt is None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
-    cross_validate(spatial, cfg, _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen), out, bulk_ckpt, args.trust_checkpoint)
+    cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
 
 
 def cmd_pretrain(args) -> None:
@@ -288,21 +342,31 @@ def cmd_pretrain(args) -> None:
 def cmd_compare(args) -> None:
     from ftcore.io import atomic_write_json, atomic_write_text
 
-    from spatial_transfer.train import STRATEGIES, cross_validate, format_comparison, is_main, pretrain_bulk
+    from spatial_transfer.train import (
+        STRATEGIES, cross_validate, format_comparison, is_main, pretrain_bulk, resumable_folds,
+    )
 
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not names:
+        raise UserError(f"--strategies {args.strategies!r} names no strategy; give a comma-separated list of: "
+                        f"{', '.join(STRATEGIES)}")
     unknown = [s for s in names if s not in STRATEGIES]
     if unknown:
         raise UserError(f"unknown strategy {unknown[0]!r} in --strategies; allowed: {', '.join(STRATEGIES)}")
+    twice = sorted({s for s in names if names.count(s) > 1})
+    if twice:
+        raise UserError(f"--strategies names {twice[0]!r} twice; each strategy is compared once")
     args.strategy = names[0]  # validated env/flags; the CV plan is shared by all strategies
     out, cfg, _, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(
-        args, need_spatial=True, need_bulk=any(s != "scratch" for s in names))
+        args, need_spatial=True, need_bulk=any(s != "scratch" for s in names), strategies=names)
+    plans = {name: _plan(spatial, cfg, name, cv_mode, heldout, demo, args.allow_unloaded_frozen) for name in names}
+    for plan in plans.values():
+        resumable_folds(out, cfg, plan)
     if bulk_ckpt is None and any(s != "scratch" for s in names):
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
     results = {}
-    for name in names:
-        results[name] = cross_validate(spatial, cfg, _plan(spatial, cfg, name, cv_mode, heldout, demo, args.allow_unloaded_frozen), out,
-                                       bulk_ckpt, args.trust_checkpoint)
+    for name, plan in plans.items():
+        results[name] = cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
     table = format_comparison(results)
     if is_main():
         print("\n=== Transfer vs from scratch (same folds) ===\n" + table)
@@ -314,7 +378,8 @@ def cmd_compare(args) -> None:
 def cmd_predict(args) -> None:
     from ftcore.checkpoint import read_checkpoint
     from ftcore.config import from_dict
-    from ftcore.io import check_output_dir
+    from ftcore.io import check_output_dir, claim_outputs
+    from ftcore.loading import load_partial
 
     from spatial_transfer.data import GraphConfig, check_gene_count, read_spatial
     from spatial_transfer.model import Cell2GeneConfig, SpatialModel
@@ -324,58 +389,164 @@ def cmd_predict(args) -> None:
     extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
     if not isinstance(extra, dict) or extra.get("kind") != "Cell2Gene SpatialModel":
         kind = extra.get("kind") if isinstance(extra, dict) else None
-        raise UserError(f"{args.checkpoint} is {'a ' + kind if kind else 'not a spatial-transfer'} checkpoint; pass a "
+        raise UserError(f"{args.checkpoint} is {'a ' + str(kind) if kind else 'not a spatial-transfer'} checkpoint; pass a "
                         "checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt written by `spatial-transfer run`")
+    missing = [k for k in ("model_config", "genes") if not isinstance(extra.get(k), (dict, list))]
+    if missing or not isinstance(ckpt.get("model"), dict):
+        raise UserError(f"{args.checkpoint}: a SpatialModel checkpoint without {missing[0] if missing else 'model'!r} "
+                        "(written by another version, or edited?); use one written by `spatial-transfer run`")
     cfg = from_dict(Cell2GeneConfig, extra["model_config"], source=str(args.checkpoint))
     graph = from_dict(GraphConfig, extra.get("graph", {}), source=str(args.checkpoint))
+    out_file = Path(args.output) / "predictions.h5ad"
+    if out_file.is_dir():
+        raise UserError(f"{out_file} is a directory where predict writes its file; remove it or choose another --output")
+    opt.check_output_file("--output", out_file, (".h5ad",))
     spatial = read_spatial(args.data, cfg.in_dim)
     check_gene_count(spatial.expr.shape[1], cfg.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
     if list(spatial.genes) != list(extra["genes"]):
         raise UserError(f"{spatial.path}: spatial.h5ad genes differ from the model's (same count, other names or order); "
                         "reorder the genes (var_names) to the model's")
     model = SpatialModel(cfg)
-    model.load_state_dict(ckpt["model"])
+    absent = [k for k in model.state_dict() if k not in ckpt["model"]]
+    if absent:
+        raise UserError(f"{args.checkpoint}: {len(absent)} tensors of the SpatialModel it describes are missing (first: "
+                        f"{absent[0]}); use the checkpoint as `spatial-transfer run` wrote it")
+    # strict: every tensor, of the right shape and kind (integer or NaN weights refused by name)
+    load_partial(model, ckpt["model"], strict=True, source=str(args.checkpoint), target="spatial model", verbose=False)
+    claim_outputs(args.output)  # the directory too, when predict creates it
     out = check_output_dir(args.output, flag="--output")
-    predict_spatial(spatial, model, graph, out / "predictions.h5ad", batch_size=args.batch_size, device=args.device)
+    predict_spatial(spatial, model, graph, out / out_file.name, batch_size=args.batch_size, device=args.device)
 
 
 def cmd_make_demo_data(args) -> None:
     from spatial_transfer.demo import DemoSpec, write_demo_data
 
+    from ftcore.io import claim_outputs
+
+    claim_outputs(args.dir)
     out = write_demo_data(args.dir, DemoSpec(seed=args.seed))
     print(f"wrote the demo data set to {out}")
 
 
 # ------------------------------------------------------------------- parser
+FILE_SUFFIXES = (".h5ad", ".csv", ".tsv", ".txt", ".json", ".pt", ".pth", ".ckpt", ".npy", ".png", ".yaml", ".toml")
+
+
+def run_dir(flag: str):
+    """An argparse `type=` for a run directory: opt.output_dir, and no file name where a directory goes."""
+    def parse(text: str) -> Path:
+        if not text.strip():  # Path("") is "." (the working directory): never what an empty value meant
+            raise UserError(f"{flag} is empty; give a directory")
+        path = opt._path(text)
+        if not path.exists():  # said as "output directory ... not writable", the run's wording
+            here = path.parent
+            while not here.exists() and here.parent != here:
+                here = here.parent
+            if not here.is_dir():
+                raise UserError(f"output directory {path} is not writable ({here} is a file, so nothing can be created "
+                                f"inside it); choose another with {flag}")
+            if not os.access(here, os.W_OK | os.X_OK):
+                raise UserError(f"output directory {path} is not writable ({here} is read-only or owned by another "
+                                f"user); choose another with {flag}")
+        path = opt.check_output_dir(flag, text)
+        if not path.exists() and path.suffix.lower() in FILE_SUFFIXES:
+            raise UserError(f"{flag} {path} looks like a file name, but {flag} is the directory the results go into; "
+                            f"give a directory (e.g. {path.with_suffix('')})")
+        return path
+
+    return parse
+
+
+def data_dir(flag: str):
+    """An argparse `type=` for a data directory: it must exist and be a directory (not one of its files)."""
+
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise UserError(f"{flag} is empty; give the data directory")
+        path = opt._path(text)
+        if path.is_file():
+            raise UserError(f"{flag} {path} is a file; {flag} is the directory holding spatial.h5ad, "
+                            f"spatial_cells.h5ad, bulk.h5ad and bulk_cells.h5ad (e.g. {path.parent})")
+        if not path.exists():
+            raise UserError(f"{flag} {path} does not exist{opt._near_names(path)}; "
+                            "`spatial-transfer make-demo-data DIR` writes an example")
+        return path
+
+    return parse
+
+
 def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
-    p.add_argument("--data", help="data directory (spatial.h5ad, spatial_cells.h5ad, bulk.h5ad, bulk_cells.h5ad); "
-                                  "default: the embedded demo data")
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"run directory (default {DEFAULT_OUTPUT})")
-    p.add_argument("--config", help="YAML/TOML with sections model, graph, bulk, spatial (see README)")
+    p.add_argument("--data", type=data_dir("--data"),
+                   help="data directory (spatial.h5ad, spatial_cells.h5ad, bulk.h5ad, bulk_cells.h5ad); "
+                        "default: the embedded demo data")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, type=run_dir("--output"),
+                   help=f"run directory (default {DEFAULT_OUTPUT})")
+    p.add_argument("--config", type=opt.input_file("--config", "YAML/TOML config"),
+                   help="YAML/TOML with sections model, graph, bulk, spatial (see README)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. spatial.epochs=20")
-    p.add_argument("--epochs", type=int, help="spatial training epochs per fold (guide: 70)")
-    p.add_argument("--bulk-epochs", type=int, help="bulk pretraining epochs")
-    p.add_argument("--batch-size", type=int, help="graphs per batch and per process (guide: 16)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the strategy's: full 1e-6, frozen 1e-5, scratch 1e-4)")
-    p.add_argument("--seed", type=int, help="seed of splits, initialisation and batches (default 42)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--epochs", type=opt.positive_int("--epochs"), help="spatial training epochs per fold (guide: 70)")
+    p.add_argument("--bulk-epochs", type=opt.positive_int("--bulk-epochs"), help="bulk pretraining epochs")
+    p.add_argument("--batch-size", type=opt.positive_int("--batch-size"),
+                   help="graphs per batch and per process (guide: 16)")
+    p.add_argument("--lr", type=opt.number("--lr", float, gt=0),
+                   help="learning rate (default: the strategy's: full 1e-6, frozen 1e-5, scratch 1e-4)")
+    p.add_argument("--seed", type=opt.seed("--seed"), help="seed of splits, initialisation and batches (default 42)")
+    p.add_argument("--device", type=opt.device("--device"), help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code: only files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if spatial:
-        p.add_argument("--bulk-checkpoint", help="use this BulkModel checkpoint instead of pretraining one")
+        p.add_argument("--bulk-checkpoint", type=checkpoint_file("--bulk-checkpoint", "BulkModel checkpoint"),
+                       help="use this BulkModel checkpoint instead of pretraining one")
         add_allow_unloaded_frozen(p)
         p.add_argument("--cv", help="kfold or loo (env CV_MODE; default kfold)")
-        p.add_argument("--folds", type=int, help="number of k-fold folds (default 10)")
+        p.add_argument("--folds", type=opt.number("--folds", int, ge=2), help="number of k-fold folds (default 10)")
         p.add_argument("--loo-heldout", help="comma-separated samples to hold out in LOO (env LOO_HELDOUT)")
     else:
         p.set_defaults(folds=None, cv=None, loo_heldout=None, allow_unloaded_frozen=False)
 
 
+def checkpoint_file(flag: str, what: str):
+    """opt.input_file, except that an empty file is left to the checkpoint reader (its message says more)."""
+    check = opt.input_file(flag, what)
+
+    def parse(text: str) -> Path:
+        path = opt._path(text)
+        if str(text).strip() and path.is_file() and path.stat().st_size == 0:
+            return path
+        return check(text)
+
+    return parse
+
+
+NUMERIC_FLAGS = ("--lr", "--seed", "--epochs", "--bulk-epochs", "--batch-size", "--folds")
+
+
+def _attach_negative_numbers(argv: list[str]) -> list[str]:
+    """`--lr -1e-4` -> `--lr=-1e-4`: argparse takes '-1e-4' (and '-inf') for an option and says only
+    'expected one argument'; attached, the typed option says what is wrong with the number."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in NUMERIC_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            try:
+                float(argv[i + 1])
+            except ValueError:
+                pass
+            else:
+                out.append(f"{a}={argv[i + 1]}")
+                i += 2
+                continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spatial-transfer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Run `spatial-transfer` alone for the demo; see <command> --help.")
+    parser = ArgumentParser(prog="spatial-transfer", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="Run `spatial-transfer` alone for the demo; see <command> --help.")
     add_version(parser, "spatial-transfer")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="bulk pretraining -> transfer -> cross-validation")
@@ -395,17 +566,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated strategies (default full,frozen_backbone,scratch)")
     cmp_.set_defaults(func=cmd_compare, strategy=None, transfer=None, freeze_backbone=None)
     pred = sub.add_parser("predict", help="a trained SpatialModel on slides -> predictions.h5ad (layers['predicted'])")
-    pred.add_argument("--checkpoint", required=True, help="best_hest_graph_model_fold_<k>.pt of a run")
-    pred.add_argument("--data", required=True, help="directory with spatial.h5ad and spatial_cells.h5ad")
-    pred.add_argument("--output", default=DEFAULT_OUTPUT + "/predict", help="where predictions.h5ad goes")
-    pred.add_argument("--batch-size", type=int, default=16)
-    pred.add_argument("--device", default="auto")
+    pred.add_argument("--checkpoint", required=True, type=checkpoint_file("--checkpoint", "SpatialModel checkpoint"),
+                      help="best_hest_graph_model_fold_<k>.pt of a run")
+    pred.add_argument("--data", required=True, type=data_dir("--data"),
+                      help="directory with spatial.h5ad and spatial_cells.h5ad")
+    pred.add_argument("--output", default=DEFAULT_OUTPUT + "/predict", type=run_dir("--output"),
+                      help="where predictions.h5ad goes")
+    pred.add_argument("--batch-size", type=opt.positive_int("--batch-size"), default=16)
+    pred.add_argument("--device", type=opt.device("--device"), default="auto")
     pred.add_argument("--trust-checkpoint", action="store_true",
                       help="allow checkpoints that need full unpickling (can run code: only files you trust)")
     pred.set_defaults(func=cmd_predict)
     demo = sub.add_parser("make-demo-data", help="write the embedded demo data set to DIR")
-    demo.add_argument("dir")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("dir", type=run_dir("DIR"))
+    demo.add_argument("--seed", type=opt.seed("--seed"), default=0)
     demo.set_defaults(func=cmd_make_demo_data)
     return parser
 
@@ -415,7 +589,7 @@ def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run"] + argv  # no command: the whole flow (on the demo data unless --data)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_negative_numbers(argv))
     args.func(args)
     return 0
 

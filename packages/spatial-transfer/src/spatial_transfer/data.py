@@ -22,7 +22,7 @@ into square tiles (the bulk model's tokens). Edges join each nucleus to its k ne
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from ftcore.errors import UserError
+from ftcore.options import bounds
 
 SPATIAL_FILE, SPATIAL_CELLS_FILE = "spatial.h5ad", "spatial_cells.h5ad"
 BULK_FILE, BULK_CELLS_FILE = "bulk.h5ad", "bulk_cells.h5ad"
@@ -38,10 +39,10 @@ BULK_FILE, BULK_CELLS_FILE = "bulk.h5ad", "bulk_cells.h5ad"
 @dataclass
 class GraphConfig:
     method: str = "knn"  # knn | radius
-    k: int = 6  # neighbours per nucleus (knn)
-    radius: float = 30.0  # in coordinate units (radius)
-    window: int = 4  # spatial items are windows of window x window spots
-    tile_size: float = 100.0  # bulk tokens: square tiles of this side, coordinate units
+    k: int = field(default=6, metadata=bounds(ge=1))  # neighbours per nucleus (knn)
+    radius: float = field(default=30.0, metadata=bounds(gt=0))  # in coordinate units (radius)
+    window: int = field(default=4, metadata=bounds(ge=1))  # spatial items are windows of window x window spots
+    tile_size: float = field(default=100.0, metadata=bounds(gt=0))  # bulk tokens: square tiles of this side
 
     def __post_init__(self) -> None:
         if self.method not in ("knn", "radius"):
@@ -140,25 +141,77 @@ def _require_obs(adata, path: Path, columns: tuple[str, ...]) -> None:
     for col in columns:
         if col not in adata.obs.columns:
             have = ", ".join(map(str, adata.obs.columns)) or "none"
-            raise UserError(f"{path}: obs has no column {col!r} (columns: {have}); add it (see the data format in the README)")
+            near = [c for c in map(str, adata.obs.columns) if c.strip().lower() == col.lower()]
+            hint = f"; rename {near[0]!r} to {col!r}" if near else ""
+            if not hint and col in ("array_row", "array_col", "x", "y") and "spatial" in adata.obsm:
+                hint = f"; coordinates in obsm['spatial'] are not read: copy them into obs['{col}']"
+            raise UserError(f"{path}: obs has no column {col!r} (columns: {have}){hint or '; add it'} "
+                            "(see the data format in the README)")
 
 
-def _require_finite(X: np.ndarray, path: Path, what: str) -> None:
+def _require_finite(X: np.ndarray, path: Path, what: str, rows=None, cols=None) -> None:
+    """NaN/inf refused naming the first row and column; then THE core rule for absurd magnitudes."""
+    from ftcore.data import check_values
+
     bad = ~np.isfinite(X)
     if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise UserError(f"{path}: {what} contain NaN or inf in {len(rows)} rows (first row {rows[0]}); "
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        n_rows = len(np.unique(np.nonzero(bad)[0]))
+        row = f" ({rows[r]!r})" if rows is not None else ""
+        col = f" ({cols[c]!r})" if cols is not None else ""
+        raise UserError(f"{path}: {what} contain NaN or inf in {n_rows} rows (first row {r}{row}, column {c}{col}); "
                         "impute or drop those rows")
+    check_values(X, f"{path}: {what}", row_names=rows, col_names=cols)
 
 
-def _require_numeric(adata, path: Path, columns: tuple[str, ...]) -> np.ndarray:
-    try:
-        values = adata.obs[list(columns)].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: obs columns {', '.join(columns)} must be numeric") from None
-    if not np.isfinite(values).all():
-        raise UserError(f"{path}: obs columns {', '.join(columns)} contain NaN or inf; fix the coordinates")
+def _require_numeric(adata, path: Path, columns: tuple[str, ...], whole: bool = False) -> np.ndarray:
+    """obs columns as numbers (THE core rule: ftcore.data.coordinates names the first bad row)."""
+    from ftcore.data import coordinates
+
+    values = coordinates(adata.obs[list(columns)].to_numpy(dtype=object), f"{path}: obs columns {', '.join(columns)}",
+                         row_names=list(map(str, adata.obs_names)))
+    if whole:
+        frac = np.nonzero((values != np.round(values)).any(1))[0]
+        if len(frac):
+            r = int(frac[0])
+            raise UserError(f"{path}: obs columns {', '.join(columns)} are spot grid positions (whole numbers) but row "
+                            f"{r} ({adata.obs_names[r]!r}) holds {values[r].tolist()}; pixel coordinates are not grid "
+                            "indices (use the array_row/array_col of the spot table)")
     return values
+
+
+def _require_labels(adata, path: Path, column: str) -> np.ndarray:
+    """A label column (sample, spot) as text; missing labels are refused naming the row."""
+    col = adata.obs[column]
+    missing = np.nonzero(col.isna().to_numpy())[0]
+    if len(missing) and column != "spot":
+        r = int(missing[0])
+        raise UserError(f"{path}: obs[{column!r}] is empty for {len(missing)} rows (first row {r}, "
+                        f"{adata.obs_names[r]!r}); every row needs a {column}")
+    return col.astype(str).to_numpy()
+
+
+def _require_unique(names: list[str], path: Path, what: str, fix: str) -> None:
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        raise UserError(f"{path}: {what} are not unique ({dup!r} appears {names.count(dup)} times); {fix}")
+
+
+def _check_genes(adata, path: Path) -> list[str]:
+    genes = list(map(str, adata.var_names))
+    _require_unique(genes, path, "gene names (var_names)", "make them unique (adata.var_names_make_unique())")
+    if all(g.strip().lstrip("-").isdigit() for g in genes):
+        raise UserError(f"{path}: gene names (var_names) are numbers ({', '.join(genes[:3])}, ...): the genes have no "
+                        "names, so nothing can be matched to a model's genes; set adata.var_names to the gene symbols")
+    return genes
+
+
+def _check_log_expression(expr: np.ndarray, path: Path) -> None:
+    """THE core rule (ftcore.data.expression_kind): the models are trained on log-normalised expression."""
+    from ftcore.data import check_expression
+
+    check_expression(expr, accept=("log",), where=f"{path}: X should be log-normalised expression but")
 
 
 def _require_nonempty(adata, path: Path, what: str) -> None:
@@ -206,16 +259,17 @@ def read_spatial(data_dir: str | os.PathLike, in_dim: int) -> SpatialData:
     _require_nonempty(cells, cells_path, "nuclei")
     _require_obs(spots, spots_path, ("sample", "array_row", "array_col"))
     _require_obs(cells, cells_path, ("sample", "spot", "x", "y"))
+    spot_names = list(map(str, spots.obs_names))
+    _require_unique(spot_names, spots_path, "spot names (obs_names)", "make them unique (e.g. sample_barcode)")
+    genes = _check_genes(spots, spots_path)
     expr = _dense(spots.X)
-    _require_finite(expr, spots_path, "expression values")
+    _require_finite(expr, spots_path, "expression values", spot_names, genes)
+    _check_log_expression(expr, spots_path)
     feat = _dense(cells.X)
     _check_feature_dim(feat, cells_path, in_dim)
-    _require_finite(feat, cells_path, "nuclear features")
-    rc = _require_numeric(spots, spots_path, ("array_row", "array_col"))
+    _require_finite(feat, cells_path, "nuclear features", list(map(str, cells.obs_names)))
+    rc = _require_numeric(spots, spots_path, ("array_row", "array_col"), whole=True)
     xy = _require_numeric(cells, cells_path, ("x", "y"))
-    spot_names = list(map(str, spots.obs_names))
-    if len(set(spot_names)) != len(spot_names):
-        raise UserError(f"{spots_path}: spot names (obs_names) are not unique; make them unique (e.g. sample_barcode)")
     row_of = {name: i for i, name in enumerate(spot_names)}
     spot_col = cells.obs["spot"].astype(str).fillna("").to_numpy()
     spot_col = np.where(np.isin(spot_col, ["", "nan", "None"]), "", spot_col)
@@ -224,8 +278,8 @@ def read_spatial(data_dir: str | os.PathLike, in_dim: int) -> SpatialData:
         raise UserError(f"{cells_path}: {len(unknown)} nuclei refer to spots not in {spots_path.name} "
                         f"(e.g. {unknown[0]!r}); use the spot obs_names, or '' for nuclei outside spots")
     cell_spot = np.array([row_of.get(s, -1) for s in spot_col], dtype=np.int64)
-    spot_sample = spots.obs["sample"].astype(str).to_numpy()
-    cell_sample = cells.obs["sample"].astype(str).to_numpy()
+    spot_sample = _require_labels(spots, spots_path, "sample")
+    cell_sample = _require_labels(cells, cells_path, "sample")
     inside = cell_spot >= 0
     wrong = inside & (spot_sample[np.maximum(cell_spot, 0)] != cell_sample)
     if wrong.any():
@@ -237,7 +291,7 @@ def read_spatial(data_dir: str | os.PathLike, in_dim: int) -> SpatialData:
         empty = np.nonzero(counts == 0)[0]
         raise UserError(f"{spots_path}: {len(empty)} spots have no nuclei (first: {spot_names[empty[0]]!r} in sample "
                         f"{spot_sample[empty[0]]!r}); drop them from {spots_path.name} or check the nucleus table")
-    return SpatialData(expr, list(map(str, spots.var_names)), spot_names, spot_sample, rc.astype(np.int64),
+    return SpatialData(expr, genes, spot_names, spot_sample, rc.astype(np.int64),
                        feat, xy.astype(np.float32), cell_sample, cell_spot, path=d)
 
 
@@ -249,15 +303,18 @@ def read_bulk(data_dir: str | os.PathLike, in_dim: int) -> BulkData:
     _require_nonempty(bulk, bulk_path, "samples")
     _require_nonempty(cells, cells_path, "nuclei")
     _require_obs(cells, cells_path, ("sample", "x", "y"))
+    names = list(map(str, bulk.obs_names))
+    _require_unique(names, bulk_path, "bulk sample names (obs_names)", "make them unique: nuclei are matched to samples by name")
+    genes = _check_genes(bulk, bulk_path)
     expr = _dense(bulk.X)
-    _require_finite(expr, bulk_path, "expression values")
+    _require_finite(expr, bulk_path, "expression values", names, genes)
+    _check_log_expression(expr, bulk_path)
     feat = _dense(cells.X)
     _check_feature_dim(feat, cells_path, in_dim)
-    _require_finite(feat, cells_path, "nuclear features")
+    _require_finite(feat, cells_path, "nuclear features", list(map(str, cells.obs_names)))
     xy = _require_numeric(cells, cells_path, ("x", "y"))
-    names = list(map(str, bulk.obs_names))
     row_of = {n: i for i, n in enumerate(names)}
-    cell_sample_names = cells.obs["sample"].astype(str).to_numpy()
+    cell_sample_names = _require_labels(cells, cells_path, "sample")
     unknown = sorted(set(cell_sample_names) - set(row_of))
     if unknown:
         raise UserError(f"{cells_path}: nuclei of samples not in {bulk_path.name} (e.g. {unknown[0]!r}); "
@@ -267,7 +324,7 @@ def read_bulk(data_dir: str | os.PathLike, in_dim: int) -> BulkData:
     if len(missing):
         raise UserError(f"{bulk_path}: {len(missing)} bulk samples have no nuclei (first: {names[missing[0]]!r}); "
                         f"drop them or add their nuclei to {cells_path.name}")
-    return BulkData(expr, list(map(str, bulk.var_names)), names, feat, xy.astype(np.float32), cell_sample, path=d)
+    return BulkData(expr, genes, names, feat, xy.astype(np.float32), cell_sample, path=d)
 
 
 def _check_feature_dim(feat: np.ndarray, path: Path, in_dim: int) -> None:

@@ -23,7 +23,7 @@ a table; FREEZE_STRATEGIES names the module groups each strategy freezes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,24 +31,25 @@ from torch_geometric.nn import GATConv
 from torch_geometric.utils import scatter, to_dense_batch
 
 from ftcore.freezing import FreezeSpec
+from ftcore.options import bounds
 
 
 @dataclass
 class Cell2GeneConfig:
     """Sizes of the BulkModel / SpatialModel pair (defaults: the Cell2Gene guide's)."""
 
-    in_dim: int = 128  # nuclear feature dimension (HoVer-Net style)
-    gnn_dim: int = 128  # GAT output
-    gnn_layers: int = 2
-    gnn_heads: int = 4  # attention heads of each GAT layer (concatenated to gnn_dim)
-    embed_dim: int = 256  # feature_projection output = transformer width
-    n_heads: int = 8
-    ff_dim: int = 512
-    bulk_layers: int = 3
-    spatial_layers: int = 2
-    bulk_genes: int = 372
-    spatial_genes: int = 897
-    dropout: float = 0.1
+    in_dim: int = field(default=128, metadata=bounds(ge=1))  # nuclear feature dimension (HoVer-Net style)
+    gnn_dim: int = field(default=128, metadata=bounds(ge=1))  # GAT output
+    gnn_layers: int = field(default=2, metadata=bounds(ge=1))
+    gnn_heads: int = field(default=4, metadata=bounds(ge=1))  # attention heads of each GAT layer (concatenated to gnn_dim)
+    embed_dim: int = field(default=256, metadata=bounds(ge=4))  # feature_projection output = transformer width
+    n_heads: int = field(default=8, metadata=bounds(ge=1))
+    ff_dim: int = field(default=512, metadata=bounds(ge=1))
+    bulk_layers: int = field(default=3, metadata=bounds(ge=1))
+    spatial_layers: int = field(default=2, metadata=bounds(ge=1))
+    bulk_genes: int = field(default=372, metadata=bounds(ge=1))
+    spatial_genes: int = field(default=897, metadata=bounds(ge=1))
+    dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
 
     def __post_init__(self) -> None:
         from ftcore.errors import UserError

@@ -25,6 +25,7 @@ from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_json, check_output_dir
 from ftcore.loading import LoadReport, load_partial
 from ftcore.metrics import mean_pearson, pearson_overall
+from ftcore.options import SEED_LIMIT, bounds
 from ftcore.training import TrainConfig, Trainer, move_to
 
 from spatial_transfer.data import (
@@ -43,14 +44,17 @@ BULK_CHECKPOINT = "bulk_pretrain/best_bulk_model.pt"
 class TrainSettings:
     """One training job's hyper-parameters (guide: batch 16, 70 epochs, wd 1e-5, patience 5)."""
 
-    epochs: int = 70
-    batch_size: int = 16
-    lr: float | None = None  # None: the strategy's default (STRATEGY_LR); bulk pretraining 1e-4
-    weight_decay: float = 1e-5
-    patience: int | None = 5
-    min_delta: float = 1e-6
-    warmup_steps: int = 0
-    ckpt_every_steps: int | None = None  # extra resume points inside an epoch (default: end of each epoch)
+    # no step budget here: 0 epochs would "cross-validate" untrained models, so at least one
+    epochs: int = field(default=70, metadata=bounds(ge=1))
+    batch_size: int = field(default=16, metadata=bounds(ge=1))
+    # None: the strategy's default (STRATEGY_LR); bulk pretraining 1e-4
+    lr: float | None = field(default=None, metadata=bounds(gt=0))
+    weight_decay: float = field(default=1e-5, metadata=bounds(ge=0))
+    patience: int | None = field(default=5, metadata=bounds(ge=1))
+    min_delta: float = field(default=1e-6, metadata=bounds(ge=0))
+    warmup_steps: int = field(default=0, metadata=bounds(ge=0))
+    # extra resume points inside an epoch (default: end of each epoch)
+    ckpt_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
 
 
 @dataclass
@@ -61,10 +65,18 @@ class RunConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     bulk: TrainSettings = field(default_factory=TrainSettings)
     spatial: TrainSettings = field(default_factory=TrainSettings)
-    folds: int = 10
-    seed: int = 42
+    folds: int = field(default=10, metadata=bounds(ge=2))  # k-fold needs a test and a training part
+    seed: int = field(default=42, metadata=bounds(ge=0, lt=SEED_LIMIT))
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        from ftcore.training import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except UserError as err:
+            raise UserError(f"device: {err}") from None
 
 
 def is_main() -> bool:
@@ -170,18 +182,31 @@ def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = Fals
 
 # ------------------------------------------------------------------------------ CV plan
 def make_folds(samples: list[str], cv_mode: str, n_folds: int, heldout: list[str] | None, seed: int) -> list[list[str]]:
-    """Test samples of each fold; a sample is never split across folds (no spot leakage)."""
+    """Test samples of each fold; a sample is never split across folds (no spot leakage).
+
+    Every fold leaves at least one sample to train on: a plan that cannot is refused here, before any output."""
     if cv_mode == "loo":
+        if len(samples) < 2:
+            raise UserError(f"leave-one-out needs at least 2 samples (slides) but the data have {len(samples)} "
+                            f"({', '.join(samples)}): holding it out leaves nothing to train on; add slides")
         if heldout:
             unknown = [s for s in heldout if s not in samples]
             if unknown:
-                raise UserError(f"LOO_HELDOUT names unknown sample {unknown[0]!r}; samples: {', '.join(samples)}")
+                close = [s for s in samples if s.lower() == unknown[0].strip().lower()]  # Slide00 for slide00
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UserError(f"LOO_HELDOUT names unknown sample {unknown[0]!r}; samples: {', '.join(samples)}{hint}")
+            twice = sorted({s for s in heldout if heldout.count(s) > 1})
+            if twice:
+                raise UserError(f"LOO_HELDOUT names sample {twice[0]!r} twice; list each held-out sample once")
             return [[s] for s in heldout]
         return [[s] for s in samples]
     if heldout:
         raise UserError("LOO_HELDOUT / --loo-heldout only applies with CV_MODE=loo; unset it or use loo")
     if n_folds < 2:
         raise UserError(f"--folds must be >= 2 for k-fold cross-validation, got {n_folds}")
+    if len(samples) < 2:
+        raise UserError(f"k-fold cross-validation needs at least 2 samples (slides) but the data have {len(samples)} "
+                        f"({', '.join(samples)}): a held-out fold would leave nothing to train on; add slides")
     if n_folds > len(samples):
         raise UserError(f"{n_folds} folds but only {len(samples)} samples (folds split by sample); "
                         f"pass --folds {len(samples)} or fewer, or use CV_MODE=loo")
@@ -214,24 +239,36 @@ class CVPlan:
                 "seed": self.seed, "model": model, "graph": asdict(cfg.graph), "train": asdict(cfg.spatial)}
 
 
+def resumable_folds(out: Path, cfg: RunConfig, plan: CVPlan) -> list[dict]:
+    """Finished folds of an earlier run of the same plan in `out` ([] if none); other settings are an error."""
+    import json
+
+    log_dir = strategy_dirs(out, plan.strategy)[0]
+    temp_path = log_dir / "temp_fold_results.json"
+    if not temp_path.is_file():
+        return []
+    try:
+        saved = json.loads(temp_path.read_text())
+        saved_plan, folds = saved.get("plan"), list(saved["folds"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{temp_path} is not a readable fold record (cut short or edited?); delete it to start the "
+                        "CV of this strategy again, or pass another --output") from None
+    if saved_plan != plan.key(cfg):
+        changed = [k for k, v in plan.key(cfg).items() if (saved_plan or {}).get(k) != v]
+        raise UserError(f"{log_dir} holds results of a run with other settings (changed: {', '.join(changed)}); "
+                        "pass another --output or delete that directory")
+    return folds
+
+
 def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path,
                    bulk_checkpoint: Path | None, trust_pickle: bool = False) -> dict:
     """Train and test one strategy on every fold; resumable fold by fold. -> final results dict."""
     check_gene_count(spatial.expr.shape[1], cfg.model.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
     log_dir, ckpt_dir = strategy_dirs(out, plan.strategy)
     temp_path = log_dir / "temp_fold_results.json"
-    done: list[dict] = []
-    if temp_path.exists():
-        import json
-
-        saved = json.loads(temp_path.read_text())
-        if saved.get("plan") != plan.key(cfg):
-            changed = [k for k, v in plan.key(cfg).items() if saved.get("plan", {}).get(k) != v]
-            raise UserError(f"{log_dir} holds results of a run with other settings (changed: {', '.join(changed)}); "
-                            "pass another --output or delete that directory")
-        done = saved["folds"]
-        if done:
-            log(f"resuming: {len(done)} of {len(plan.folds)} folds already finished in {temp_path}")
+    done: list[dict] = resumable_folds(out, cfg, plan)
+    if done:
+        log(f"resuming: {len(done)} of {len(plan.folds)} folds already finished in {temp_path}")
     if is_main():
         check_output_dir(log_dir)
         check_output_dir(ckpt_dir)
@@ -285,6 +322,9 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
 
     loader = DataLoader(spatial_items(spatial, cfg.graph, test), batch_size=cfg.spatial.batch_size, collate_fn=collate)
     pred, true, ids = predict(model, loader)
+    if not torch.isfinite(pred).all():
+        raise UserError(f"fold {k} ({plan.strategy}): the trained model predicts NaN/inf (training diverged); lower the "
+                        f"learning rate (now {plan.lr:g}) or check the input for NaN/inf")
     rows = torch.cat(ids).numpy()
     result = {
         "fold": k, "test_samples": test, "validation_samples": val, "n_test_spots": int(len(rows)),
@@ -365,6 +405,9 @@ def predict_spatial(spatial: SpatialData, model: SpatialModel, graph: GraphConfi
     model.to(resolve_device(device))
     loader = DataLoader(spatial_items(spatial, graph, spatial.samples), batch_size=batch_size, collate_fn=collate)
     pred, true, ids = predict(model, loader)
+    if not torch.isfinite(pred).all():
+        raise UserError("the model predicts NaN/inf for some spots (a diverged or corrupt checkpoint?); "
+                        "use another fold's checkpoint or retrain")
     rows = torch.cat(ids).numpy()
     out = np.full((len(spatial.spot_names), pred.shape[1]), np.nan, dtype=np.float32)
     out[rows] = pred.numpy()
