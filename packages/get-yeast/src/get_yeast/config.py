@@ -72,7 +72,8 @@ class TrainingConfig:
     val_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     ckpt_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     device: str = "auto"
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the training step (auto: on CUDA)
+    # torch.compile of the training step (auto: on CUDA); optional, so files written before it still load
+    compile: Literal["auto", "on", "off"] = field(default="auto", metadata=OPTIONAL)
 
 
 @dataclass
