@@ -46,8 +46,11 @@ def test_model_genes_are_taken_by_name_in_model_order(tiny):
 
 
 def test_split_rules():
-    one = make_split(np.array(["a"] * 20), seed=0)[0]
+    # one slide: a random spot split only when asked for (issue 16: never a silent random split)
+    one = make_split(np.array(["a"] * 20), seed=0, random_split=True)[0]
     assert sum(len(v) for v in one.values()) == 20 and len(one["test"]) == 3
+    with pytest.raises(UserError, match="holds one slide"):
+        make_split(np.array(["a"] * 20), seed=0)
     two = make_split(np.array(["a"] * 10 + ["b"] * 5), seed=0)[0]
     assert list(two["test"]) == list(range(10, 15)) and len(two["val"]) == 1
     again = make_split(np.array(["a"] * 10 + ["b"] * 5), seed=0)[0]
@@ -57,8 +60,8 @@ def test_split_rules():
 @pytest.mark.parametrize("mutate, phrase", [
     (lambda ad: ad.obsm.pop("histology"), "obsm['histology']"),
     (lambda ad: ad.obsm.pop("spatial"), "obsm['spatial']"),
-    (lambda ad: ad.obsm["histology"].__setitem__((3, 1), np.nan), "NaN or inf"),
-    (lambda ad: ad.X.__setitem__((2, 2), np.inf), "NaN or inf"),
+    (lambda ad: ad.obsm["histology"].__setitem__((3, 1), np.nan), "NaN/inf, first at row 3"),
+    (lambda ad: ad.X.__setitem__((2, 2), np.inf), "NaN/inf, first at row 2"),
     (lambda ad: ad.X.__setitem__((2, 2), -1.0), "negative"),
 ])
 def test_bad_inputs_raise_user_errors(tiny, mutate, phrase):

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(e)
     e.add_argument("--checkpoint", default=None, help="complete_model.ckpt (default: the dataset's run)")
     e.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    e.add_argument("--predictions", default=None, type=opt.input_file("--predictions", "predictions .h5ad"),
+    e.add_argument("--predictions", default=None,
                    help="an .h5ad written by `var-st predict` (else predicts now)")
     e.add_argument("--output", default=None, type=opt.output_file("--output", (".json",)),
                    help="metrics JSON (default <run>/metrics.json; pred_vs_true.png beside it)")
@@ -522,19 +522,20 @@ def cmd_evaluate(args) -> None:
     out = args.output if args.output is not None else opt.check_output_file(
         "--output", RunPaths(args.log_dir, name).metrics, (".json",))
     plot = out.with_name("pred_vs_true.png")
+    predictions = opt.check_input_file("--predictions", args.predictions, "predictions .h5ad") if args.predictions else None
     _, ckpt, model, adata, data, device, s = _load_for_inference(args, need_expression=True, split=True,
                                                                  outputs=(out, plot))
     idx = _split_indices(data, args.split)
-    if args.predictions:
-        pred_ad = read_h5ad(args.predictions)
+    if predictions is not None:
+        pred_ad = read_h5ad(predictions)
         if PREDICTION_KEY not in pred_ad.obsm or list(pred_ad.uns.get("var_st", {}).get("genes", [])) != list(model.gene_names):
-            raise UserError(f"{args.predictions} has no obsm[{PREDICTION_KEY!r}] for this model's genes; write it with var-st predict")
+            raise UserError(f"{predictions} has no obsm[{PREDICTION_KEY!r}] for this model's genes; write it with var-st predict")
         if list(map(str, pred_ad.obs_names)) != data.obs_names:
-            raise UserError(f"{args.predictions} holds other spots than {data.source}; predict on the same file")
+            raise UserError(f"{predictions} holds other spots than {data.source}; predict on the same file")
         pred = np.asarray(pred_ad.obsm[PREDICTION_KEY])[idx]
         from ftcore.data import check_values
 
-        check_values(pred, f"{args.predictions}: obsm[{PREDICTION_KEY!r}]")
+        check_values(pred, f"{predictions}: obsm[{PREDICTION_KEY!r}]")
     else:
         pred = predict_expression(model.to(device), data, idx=idx, **s)
     claim_outputs(out, plot)
