@@ -164,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("make-demo-data", help="write the embedded demo data set as .h5ad")
     m.add_argument("--output", default=Path("demo.h5ad"), type=opt.output_file("--output", (".h5ad",)))
     m.add_argument("--seed", type=opt.seed("--seed"), default=0)
-    m.add_argument("--slides", type=opt.positive_int("--slides"), default=5)
-    m.add_argument("--grid", type=opt.number("--grid", int, ge=2, le=1000), default=18, help="spots per slide = grid^2")
-    m.add_argument("--genes", type=opt.number("--genes", int, ge=2, le=100_000), default=300)
-    m.add_argument("--histology_dim", type=opt.number("--histology_dim", int, ge=1, le=100_000), default=1024)
+    m.add_argument("--slides", type=opt.number("--slides", int, ge=1, le=1000), default=5)
+    m.add_argument("--grid", type=opt.number("--grid", int, ge=2, le=500), default=18, help="spots per slide = grid^2")
+    m.add_argument("--genes", type=opt.number("--genes", int, ge=2, le=50_000), default=300)
+    m.add_argument("--histology_dim", type=opt.number("--histology_dim", int, ge=1, le=10_000), default=1024)
 
     i = sub.add_parser("info", help="print get_model_info() of a complete model checkpoint")
     i.add_argument("checkpoint")
@@ -551,7 +551,7 @@ def cmd_make_demo_data(args) -> None:
     from var_st.synthetic import make_demo_adata
 
     spots = args.slides * args.grid**2
-    if spots * (args.genes + args.histology_dim) > 2e9:
+    if spots * (args.genes + args.histology_dim) > 1e8:  # ~400 MB of float32
         raise UserError(f"--slides {args.slides} x --grid {args.grid}^2 = {spots:,} spots with {args.genes} genes and "
                         f"{args.histology_dim} features is too large for a demo file; make it smaller")
     adata = make_demo_adata(n_slides=args.slides, grid=args.grid, n_genes=args.genes,
