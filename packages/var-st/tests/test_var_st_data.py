@@ -77,3 +77,37 @@ def test_wrong_feature_dim_and_too_few_genes(tiny):
         load_spots(ad, source="t", num_genes=tiny.genes, histology_dim=tiny.hist + 1)
     with pytest.raises(UserError, match="--num_genes 40"):
         load_spots(ad, source="t", num_genes=200)
+
+
+def test_split_by_named_slides_and_explicit_random_split(tiny):
+    ad = tiny.adata(slides=4, grid=3)
+    data = load_spots(ad, source="t", num_genes=tiny.genes, val_slides=("slide0",), test_slides=("slide1",))
+    assert set(data.slides[data.split["val"]]) == {"slide0"} and set(data.slides[data.split["test"]]) == {"slide1"}
+    assert set(data.slides[data.split["train"]]) == {"slide2", "slide3"}
+    only_test = load_spots(ad, source="t", num_genes=tiny.genes, test_slides=("slide0",))
+    assert set(only_test.slides[only_test.split["val"]]) == {"slide3"}  # the rule on the remaining slides
+    del ad.obs["slide"]
+    with pytest.raises(UserError, match="obs has no column 'slide'.*--random_split"):
+        load_spots(ad, source="t", num_genes=tiny.genes)
+    rand = load_spots(ad, source="t", num_genes=tiny.genes, random_split=True)
+    assert sum(len(v) for v in rand.split.values()) == ad.n_obs and "random" in rand.split_rule
+    # predict needs no split: a file without slide ids is one slide, unless the column was named
+    assert load_spots(ad, source="t", num_genes=tiny.genes, split=False).split == {}
+    with pytest.raises(UserError, match="obs has no column 'slide'"):
+        load_spots(ad, source="t", num_genes=tiny.genes, split=False, slide_key_given=True)
+
+
+def test_text_coordinates_that_are_numbers_are_accepted(tiny):
+    ad = tiny.adata()
+    expected = load_spots(ad, source="t", num_genes=tiny.genes).coords
+    ad.obsm["spatial"] = ad.obsm["spatial"].astype(str).astype(object)
+    np.testing.assert_allclose(load_spots(ad, source="t", num_genes=tiny.genes).coords, expected, rtol=1e-6)
+
+
+def test_small_integer_counts_are_counts_by_the_core_rule(tiny):
+    # the old package rule read integers with max <= 20 as log values; THE rule (ftcore.data) says counts
+    ad = tiny.adata()
+    ad.X = np.minimum(ad.X, 20).astype(np.float32)
+    data = load_spots(ad, source="t", num_genes=None)
+    x = ad.X
+    np.testing.assert_allclose(data.expression, np.log1p(x / x.sum(1, keepdims=True) * 1e4), rtol=1e-5, atol=1e-5)

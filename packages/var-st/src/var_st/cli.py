@@ -195,7 +195,8 @@ def _device(gpus: int | None) -> str:
 def _resolve_dataset(args) -> tuple[str, Path | None]:
     """(dataset name, .h5ad path or None for the embedded demo); the file is checked to exist."""
     value = str(args.dataset)
-    if value.endswith(".h5ad") or os.sep in value or Path(value).suffix:
+    # a path when it looks like one (a name may hold dots: PRAD.v2 is <data_dir>/PRAD.v2.h5ad)
+    if value.endswith(".h5ad") or os.sep in value or value.startswith("~") or Path(value).is_file():
         path = opt.check_input_file("--dataset", value, "data file (.h5ad)")
         if path.suffix != ".h5ad":
             raise UserError(f"--dataset {path} is not an .h5ad file; var-st reads AnnData .h5ad files "
