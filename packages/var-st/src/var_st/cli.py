@@ -34,6 +34,16 @@ SEED_RUN = {"stage1_epochs": 150, "stage2_epochs": 300, "stage1_batch_size": 256
 
 
 # ----------------------------------------------------------------------------- argument parsing
+class _Parser(ArgumentParser):
+    """The core's one-line parser, plus: `--lr=--` reaches the flag's type check (argparse 3.11 strips the
+    '--' and stores [] without a word, which then crashes deep in the command)."""
+
+    def _get_values(self, action, arg_strings):
+        if action.nargs is None and arg_strings == ["--"]:
+            return self._get_value(action, "--")
+        return super()._get_values(action, arg_strings)
+
+
 def _text(flag: str, what: str):
     """A name (obsm key, obs column): stripped, never empty."""
 
@@ -112,7 +122,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="var-st", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="var-st", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version(parser, "var-st")
     sub = parser.add_subparsers(dest="command")
 
