@@ -42,6 +42,12 @@ def tiny_model(genes=None) -> TwoStageVARST:
     return model
 
 
+def stable(path: Path) -> None:
+    """Re-save a checkpoint under its own name: the model's atomic save names the zip's records after a random
+    temporary file, so the bytes would differ between runs."""
+    torch.save(torch.load(path, weights_only=True), path)
+
+
 def write(name: str, adata) -> None:
     adata.write_h5ad(HERE / name)
 
@@ -132,11 +138,14 @@ def main() -> None:
     model = tiny_model()
     model.vqvae.fit_gene_stats(torch.rand(20, GENES))
     model.save_stage_checkpoint(HERE / "tiny_stage1.ckpt", stage=1)
+    stable(HERE / "tiny_stage1.ckpt")
     raw = (HERE / "tiny_stage1.ckpt").read_bytes()
     (HERE / "truncated_stage1.ckpt").write_bytes(raw[: len(raw) // 2])
     model.set_training_stage(2)
     model.save_complete_model(HERE / "tiny_complete.ckpt")
     model.save_stage_checkpoint(HERE / "tiny_stage2_best.ckpt", stage=2)
+    stable(HERE / "tiny_complete.ckpt")
+    stable(HERE / "tiny_stage2_best.ckpt")
     raw = (HERE / "tiny_complete.ckpt").read_bytes()
     (HERE / "truncated_complete.ckpt").write_bytes(raw[: len(raw) // 2])
     obj = torch.load(HERE / "tiny_complete.ckpt", weights_only=True)
@@ -154,6 +163,7 @@ def main() -> None:
     torch.save(obj, HERE / "nan_weights_stage1.ckpt")
     other = tiny_model(genes=[f"OTHER{i}" for i in range(GENES)])
     other.save_stage_checkpoint(HERE / "stage1_other_genes.ckpt", stage=1)
+    stable(HERE / "stage1_other_genes.ckpt")
     obj = torch.load(HERE / "tiny_complete.ckpt", weights_only=True)
     torch.save({"state_dict": obj["model"]}, HERE / "no_metadata.ckpt")  # weights without var-st's metadata
 
@@ -226,6 +236,8 @@ def make_cases() -> list[tuple[str, list[str], str]]:
         ("dataset_empty_string", swap(train, "--dataset", ""), "--dataset is empty"),
         ("dataset_name_not_in_data_dir", swap(train, "--dataset", "PRAD") + ["--data_dir", c],
          "dataset 'PRAD'"),
+        ("dataset_name_with_a_dot", swap(train, "--dataset", "PRAD.v2") + ["--data_dir", c],
+         "PRAD.v2.h5ad does not exist; pass --dataset path/to/file.h5ad"),
         ("checkpoint_as_dataset", data(predict, "tiny_complete.ckpt"), "is not an .h5ad file"),
         ("histology_key_wrong", train + ["--histology_key", "uni_features"], "obsm['uni_features'] (histology features) is missing"),
         ("spatial_key_empty", train + ["--spatial_key", " "], "--spatial_key is empty"),
@@ -314,7 +326,10 @@ def make_cases() -> list[tuple[str, list[str], str]]:
         ("lr_negative_exponent_needs_equals", train + ["--lr", "-1e-3"], "argument --lr: expected one argument"),
         ("lr_comma", train + ["--lr", "1e-3,"], "--lr should be a number, got 1e-3,"),
         ("lr_empty", train + ["--lr", ""], "--lr should be a number, got ''"),
-        ("lr_huge_nan_loss", train + ["--lr", "1e30", "--max_steps", "3"], "the run diverged"),
+        ("lr_double_dash_equals", train + ["--lr=--"], "--lr should be a number, got --"),
+        ("max_steps_double_dash_equals", train + ["--max_steps=--"], "--max_steps should be a number, got --"),
+        ("lr_huge_nan_loss", train + ["--lr", "1e6", "--max_steps", "3"], "the run diverged"),
+        ("lr_beyond_float32_optimizer", train + ["--lr", "3.6e37"], "--lr is 3.6e37; it must be > 0 and <= 1e+06"),
         ("epochs_zero_without_max_steps", swap(train, "--epochs", "0"), "--epochs 0 trains nothing"),
         ("epochs_zero_stage2", swap(stage2, "--epochs", "0"), "--epochs 0 trains nothing"),
         ("epochs_negative", swap(train, "--epochs", "-1"), "--epochs is -1; it must be >= 0"),

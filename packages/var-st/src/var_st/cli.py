@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default 150 (stage 1) / 300 (stage 2); demo: 12 / 8; 0 with --max_steps")
     t.add_argument("--batch_size", type=opt.positive_int("--batch_size"), default=None,
                    help="per process; default 256 / 64; demo: 64 / 32")
-    t.add_argument("--lr", type=opt.number("--lr", float, gt=0), default=None, help="default 1e-4; demo: 2e-3")
+    t.add_argument("--lr", type=opt.number("--lr", float, gt=0, le=1e6), default=None,
+                   help="default 1e-4; demo: 2e-3 (above 1e6 torch's optimizer overflows float32)")
     t.add_argument("--max_steps", type=opt.positive_int("--max_steps"), default=None,
                    help="stop after this many optimizer steps (with --epochs 0: run exactly this many)")
     t.add_argument("--patience", type=opt.positive_int("--patience"), default=None,
