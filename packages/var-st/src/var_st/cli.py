@@ -118,7 +118,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="sample decoding (0 < top_p <= 1)")
     p.add_argument("--num_samples", type=opt.positive_int("--num_samples"), default=1,
                    help="average this many sampled predictions (--decoding sample only)")
-    p.add_argument("--batch_size", type=opt.positive_int("--batch_size"), default=256)
+    p.add_argument("--batch_size", type=opt.number("--batch_size", int, ge=1, le=1_000_000), default=256)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stage1_ckpt", default=None, help="stage 2: the stage-1 checkpoint (best_vqvae.ckpt)")
     t.add_argument("--epochs", type=opt.nonnegative_int("--epochs"), default=None,
                    help="default 150 (stage 1) / 300 (stage 2); demo: 12 / 8; 0 with --max_steps")
-    t.add_argument("--batch_size", type=opt.positive_int("--batch_size"), default=None,
+    t.add_argument("--batch_size", type=opt.number("--batch_size", int, ge=1, le=1_000_000), default=None,
                    help="per process; default 256 / 64; demo: 64 / 32")
     t.add_argument("--lr", type=opt.number("--lr", float, gt=0, le=1e6), default=None,
                    help="default 1e-4; demo: 2e-3 (above 1e6 torch's optimizer overflows float32)")
