@@ -2,13 +2,16 @@
 
 Expected AnnData (one row per spot, any number of slides):
     X                      expression, raw counts or log-normalised, spots x genes
-    obsm['spatial']        [N, 2] spot coordinates (pixels or array units; normalised per slide here)
+    obsm['spatial']        [N, 2] numeric spot coordinates (pixels or array units; normalised per slide here)
     obsm['histology']      [N, F] histology feature vector per spot (key configurable)
-    obs['slide']           optional slide / sample id; held-out slides make the test split
+    obs['slide']           slide / sample id; held-out slides make the val and test splits
+                           (training needs it unless a random spot split is asked for)
 
-Expression is used as log1p(counts normalised to 1e4 per spot) when X holds counts, as is
-otherwise. When the file has more genes than the model, the top-G highly variable genes
-(scanpy, flavor "seurat") are used. Every check happens here, before any output is written.
+What X holds is decided by THE rule of `ftcore.data.expression_kind`: counts are used as
+log1p(counts normalised to 1e4 per spot), log-normalised values as they are; scaled (negative)
+and normalised-but-unlogged values are refused with the fix. When the file has more genes than
+the model, the top-G highly variable genes (scanpy, flavor "seurat") are used. Every check
+happens here, before any output is written.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ftcore.data import check_expression, check_values, coordinates
 from ftcore.errors import UserError
+
+DEFAULT_SLIDE_KEY = "slide"
 
 
 @dataclass
@@ -56,16 +62,21 @@ def read_h5ad(path: str | Path):
 
 
 def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_key: str = "spatial",
-               slide_key: str = "slide", num_genes: int | None = 200, genes: Sequence[str] | None = None,
-               need_expression: bool = True, histology_dim: int | None = None, seed: int = 0) -> SpotData:
+               slide_key: str = DEFAULT_SLIDE_KEY, num_genes: int | None = 200, genes: Sequence[str] | None = None,
+               need_expression: bool = True, histology_dim: int | None = None, seed: int = 0,
+               split: bool = True, val_slides: Sequence[str] = (), test_slides: Sequence[str] = (),
+               random_split: bool = False, slide_key_given: bool = False) -> SpotData:
     """Validate `adata` and turn it into SpotData.
 
     genes: the model's gene names (predict / evaluate / stage 2); otherwise the top `num_genes`
     highly variable genes are chosen. histology_dim: the model's expected feature size, if known.
+    split: make the train / val / test split (see `make_split`); without it (predict) a missing
+    slide column means one slide, unless `slide_key_given` (the user named the column).
     """
     n = adata.n_obs
     if n == 0 or adata.n_vars == 0:
         raise UserError(f"{source}: the file holds {n} spots x {adata.n_vars} genes; it needs at least one of each")
+    obs_names = [str(o) for o in adata.obs_names]
     have = ", ".join(adata.obsm.keys()) or "none"
     if spatial_key not in adata.obsm:
         raise UserError(f"{source}: obsm[{spatial_key!r}] (spot coordinates) is missing; obsm has: {have}; "
@@ -73,23 +84,24 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
     if histology_key not in adata.obsm:
         raise UserError(f"{source}: obsm[{histology_key!r}] (histology features) is missing; obsm has: {have}; "
                         "pass --histology_key with the right key")
-    hist = _dense(adata.obsm[histology_key]).astype(np.float32)
+    hist = _dense(adata.obsm[histology_key])
     if hist.ndim != 2:
         raise UserError(f"{source}: obsm[{histology_key!r}] has shape {hist.shape}; expected [spots, features]")
     if histology_dim is not None and hist.shape[1] != histology_dim:
         raise UserError(f"{source}: histology features have {hist.shape[1]} dims but the model expects {histology_dim}; "
                         "extract features with the same encoder as the training data (wrong feature dim)")
-    _finite(hist, f"{source}: obsm[{histology_key!r}]")
-    xy = _dense(adata.obsm[spatial_key]).astype(np.float32)
-    if xy.ndim != 2 or xy.shape[1] < 2:
-        raise UserError(f"{source}: obsm[{spatial_key!r}] has shape {xy.shape}; expected [spots, 2] coordinates")
-    xy = xy[:, :2]
-    _finite(xy, f"{source}: obsm[{spatial_key!r}]")
-    slides = (adata.obs[slide_key].astype(str).to_numpy() if slide_key in adata.obs.columns
-              else np.full(n, "slide0", dtype=object))
+    check_values(hist, f"{source}: obsm[{histology_key!r}]", row_names=obs_names)
+    hist = hist.astype(np.float32)
+    xy = coordinates(_dense(adata.obsm[spatial_key]), f"{source}: obsm[{spatial_key!r}]", row_names=obs_names)
+    xy = xy[:, :2].astype(np.float32)
+    slides = _slides(adata, source, slide_key, required=slide_key_given or (split and not random_split)
+                     or bool(val_slides) or bool(test_slides))
     coords = _standardise_per_slide(xy, slides)
 
     var_names = [str(g) for g in adata.var_names]
+    if need_expression:
+        _refuse_duplicates(var_names, f"{source}: var_names (genes)", "adata.var_names_make_unique()")
+        _refuse_duplicates(obs_names, f"{source}: obs_names (spots)", "adata.obs_names_make_unique()")
     expression = None
     if genes is not None:
         index = {g: i for i, g in enumerate(var_names)}
@@ -100,17 +112,52 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
         cols = [index[g] for g in genes] if not missing else None
         gene_names = list(genes)
         if cols is not None and need_expression:
-            expression = _log_normalised(adata, source)[:, cols]
+            expression = _log_normalised(adata, source, obs_names, var_names)[:, cols]
     else:
         if num_genes is not None and adata.n_vars < num_genes:
             raise UserError(f"{source}: the file has {adata.n_vars} genes but the model needs {num_genes}; "
                             f"pass --num_genes {adata.n_vars} (or fewer)")
-        full = _log_normalised(adata, source)
+        full = _log_normalised(adata, source, obs_names, var_names)
         cols = np.arange(adata.n_vars) if num_genes in (None, adata.n_vars) else top_variable_genes(full, num_genes)
         expression, gene_names = full[:, cols], [var_names[i] for i in cols]
-    data = SpotData(expression, hist, coords, slides, gene_names, [str(o) for o in adata.obs_names], source)
-    data.split, data.split_rule = make_split(slides, seed)
+    data = SpotData(expression, hist, coords, slides, gene_names, obs_names, source)
+    if split:
+        data.split, data.split_rule = make_split(slides, seed, val_slides=val_slides, test_slides=test_slides,
+                                                 random_split=random_split, slide_key=slide_key)
     return data
+
+
+def _slides(adata, source: str, slide_key: str, required: bool) -> np.ndarray:
+    """Slide id per spot as text; a missing column is an error when the split needs it (or it was named)."""
+    n = adata.n_obs
+    if slide_key not in adata.obs.columns:
+        if not required:
+            return np.full(n, "slide0", dtype=object)
+        cols = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
+        raise UserError(f"{source}: obs has no column {slide_key!r} (slide ids for the held-out split); obs columns: "
+                        f"{cols}; pass --slide_key <column>, or --random_split to split spots at random "
+                        "(spatially optimistic)")
+    column = adata.obs[slide_key]
+    missing = np.flatnonzero(column.isna().to_numpy())
+    if len(missing):
+        r = int(missing[0])
+        raise UserError(f"{source}: obs[{slide_key!r}] has no slide id for {len(missing)} spots (first row {r}, "
+                        f"{str(adata.obs_names[r])!r}); fill them in or drop those spots")
+    slides = column.astype(str).to_numpy().astype(object)
+    n_slides = len(set(slides.tolist()))
+    if n_slides > max(20, n // 2):
+        raise UserError(f"{source}: obs[{slide_key!r}] has {n_slides} distinct values for {n} spots: not slide ids "
+                        "(a per-spot column?); pass --slide_key with the column of slide / sample ids")
+    return slides
+
+
+def _refuse_duplicates(names: Sequence[str], what: str, fix: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            count = sum(1 for n in names if n == name)
+            raise UserError(f"{what} are not unique: {name!r} appears {count} times; make them unique ({fix})")
+        seen.add(name)
 
 
 def _dense(a) -> np.ndarray:
@@ -121,22 +168,18 @@ def _dense(a) -> np.ndarray:
     return np.asarray(a)
 
 
-def _finite(a: np.ndarray, what: str) -> None:
-    bad = ~np.isfinite(a)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise UserError(f"{what} contains NaN or inf in {len(rows)} spots (first row {rows[0]}); "
-                        "remove or impute those spots first")
+def _log_normalised(adata, source: str, obs_names: Sequence[str] | None = None,
+                    var_names: Sequence[str] | None = None) -> np.ndarray:
+    """X as log1p(CP10k) when it holds counts, as is when it is log-normalised (THE rule: ftcore.data).
 
-
-def _log_normalised(adata, source: str) -> np.ndarray:
-    """X as log1p(CP10k) when it holds counts, as is when it already looks log-normalised."""
+    Scaled data (negative values) and normalised-but-unlogged values (CP10k, TPM) are refused with the fix:
+    the model's targets are log-normalised expression.
+    """
+    where = f"{source}: X"
+    check_values(adata.X, where, row_names=obs_names, col_names=var_names)
+    kind = check_expression(adata.X, accept=("counts", "log"), where=where)
     x = _dense(adata.X).astype(np.float64)
-    _finite(x, f"{source}: X")
-    if (x < 0).any():
-        raise UserError(f"{source}: X has negative values; var-st needs counts or log-normalised expression (not scaled/centred data)")
-    is_counts = np.allclose(x, np.round(x)) and x.max() > 20
-    if is_counts:
+    if kind == "counts":
         total = x.sum(1, keepdims=True)
         x = np.log1p(x / np.maximum(total, 1.0) * 1e4)
     return x.astype(np.float32)
@@ -169,33 +212,68 @@ def _standardise_per_slide(xy: np.ndarray, slides: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_split(slides: np.ndarray, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
-    """Train / val / test spot indices; held-out slides when there are enough, else random spots.
+def make_split(slides: np.ndarray, seed: int = 0, *, val_slides: Sequence[str] = (),
+               test_slides: Sequence[str] = (), random_split: bool = False,
+               slide_key: str = DEFAULT_SLIDE_KEY) -> tuple[dict[str, np.ndarray], str]:
+    """Train / val / test spot indices: held-out slides, or random spots when asked for.
 
-    >= 3 slides: the last slide (sorted by name) is the test set, the one before validation.
-    2 slides: the second slide is the test set, 10% of the first validation.
-    1 slide: 70 / 15 / 15% of spots at random (optimistic: neighbouring spots are correlated).
-    The rule depends only on the slide ids and the seed, so every command recomputes the same split.
+    By slide (the default): test = `test_slides`, else the last slide (sorted by name) not in val;
+    val = `val_slides`, else the last remaining slide when two or more remain, else 10% of the
+    remaining spots at random; train = every other slide. So >= 3 slides: test the last, val the one
+    before; 2 slides: test the second, val 10% of the first. One slide cannot be split by slide.
+    random_split: 70 / 15 / 15% of spots at random (optimistic: neighbouring spots are correlated).
+    The rule depends only on the slide ids, the options and the seed, so every command recomputes
+    the same split.
     """
-    names = sorted(set(slides.tolist()))
     idx = np.arange(len(slides))
     rng = np.random.default_rng(seed)
-    if len(names) >= 3:
-        test, val = idx[slides == names[-1]], idx[slides == names[-2]]
-        train = idx[~np.isin(slides, names[-2:])]
-        rule = f"by slide: test {names[-1]}, val {names[-2]}, train {len(names) - 2} slides"
-    elif len(names) == 2:
-        test = idx[slides == names[1]]
-        first = rng.permutation(idx[slides == names[0]])
+    if random_split:
+        if val_slides or test_slides:
+            raise UserError("--random_split splits spots at random; it cannot be combined with --val_slides / "
+                            "--test_slides (choose one)")
+        if len(idx) < 3:
+            raise UserError(f"{len(idx)} spots cannot be split into train / val / test; provide at least 3 spots")
+        perm = rng.permutation(idx)
+        n_hold = max(1, int(round(0.15 * len(idx))))
+        test, val, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:2 * n_hold]), np.sort(perm[2 * n_hold:])
+        if len(train) == 0:
+            raise UserError(f"{len(idx)} spots leave no training spots after the val / test shares; provide more spots")
+        return {"train": train, "val": val, "test": test}, "random spots 70/15/15 (--random_split; spatially optimistic)"
+    names = sorted(set(slides.tolist()))
+    shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
+    for flag, given in (("--val_slides", val_slides), ("--test_slides", test_slides)):
+        unknown = [s for s in given if s not in names]
+        if unknown:
+            raise UserError(f"{flag}: slide {unknown[0]!r} is not in obs[{slide_key!r}]; the slides are: {shown}")
+        if len(set(given)) != len(given):
+            raise UserError(f"{flag} names slide {next(s for s in given if list(given).count(s) > 1)!r} twice")
+    both = [s for s in val_slides if s in set(test_slides)]
+    if both:
+        raise UserError(f"slide {both[0]!r} is in both --val_slides and --test_slides; a slide can be held out for "
+                        "one of them only")
+    if len(names) == 1 and not (val_slides or test_slides):
+        raise UserError(f"obs[{slide_key!r}] holds one slide ({names[0]!r}): holding out slides would leave nothing to "
+                        "train on; add slides, pass --slide_key with another column, or --random_split to split spots "
+                        "at random (spatially optimistic)")
+    rest = [s for s in names if s not in set(val_slides)]
+    test_names = list(test_slides) or rest[-1:]
+    rest = [s for s in rest if s not in set(test_names)]
+    val_names = list(val_slides) or (rest[-1:] if len(rest) >= 2 else [])
+    train_names = [s for s in rest if s not in set(val_names)]
+    if not train_names:
+        raise UserError(f"no slide is left for training: the slides are {shown}; val {val_names}, test {test_names}; "
+                        "hold out fewer slides")
+    test = idx[np.isin(slides, test_names)]
+    if val_names:
+        val = idx[np.isin(slides, val_names)]
+        train = idx[np.isin(slides, train_names)]
+        rule = f"by slide: test {', '.join(test_names)}, val {', '.join(val_names)}, train {len(train_names)} slides"
+    else:  # one slide left: 10% of its spots validate
+        first = rng.permutation(idx[np.isin(slides, train_names)])
+        if len(first) < 2:
+            raise UserError(f"slide {train_names[0]!r} has {len(first)} spot: too few for a training and a validation "
+                            "part; add spots or slides")
         n_val = max(1, len(first) // 10)
         val, train = np.sort(first[:n_val]), np.sort(first[n_val:])
-        rule = f"by slide: test {names[1]}; val 10% of {names[0]}"
-    else:
-        perm = rng.permutation(idx)
-        n_test = max(1, int(round(0.15 * len(idx)))) if len(idx) >= 3 else 0
-        n_val = max(1, int(round(0.15 * len(idx)))) if len(idx) >= 3 else 0
-        test, val, train = np.sort(perm[:n_test]), np.sort(perm[n_test:n_test + n_val]), np.sort(perm[n_test + n_val:])
-        rule = "random spots 70/15/15 (one slide; spatially optimistic)"
-    if len(train) == 0:
-        raise UserError("too few spots / slides to form a training split; provide more spots")
+        rule = f"by slide: test {', '.join(test_names)}; val 10% of {train_names[0]}"
     return {"train": train, "val": val, "test": test}, rule

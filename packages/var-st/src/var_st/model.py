@@ -16,7 +16,7 @@ Shapes for the defaults (G = 200 genes): scales 1 (global), 8 (pathway), 32 (mod
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftcore import options as opt
 from ftcore.config import from_dict
 from ftcore.errors import UserError
 from ftcore.mapping import KeyMap, Rename
@@ -31,21 +32,26 @@ from var_st.kernels import cached_scale_attention, nearest_code, scale_causal_at
 
 
 # ----------------------------------------------------------------------------- configuration
+def _b(default, **limits):
+    """A config field with bounds that `ftcore.config.from_dict` enforces (files, --set overrides)."""
+    return field(default=default, metadata=opt.bounds(**limits))
+
+
 @dataclass
 class VQVAEConfig:
     """Stage 1. Keys as in the user's guide (vocab_size ... vq_loss_weight), then the architecture."""
 
-    vocab_size: int = 4096
-    embed_dim: int = 128
-    beta: float = 0.25  # commitment weight inside the VQ loss (encoder pulled to its codes)
-    hierarchical_loss_weight: float = 0.1  # decode every coarse prefix of scales too
-    vq_loss_weight: float = 0.25
+    vocab_size: int = _b(4096, ge=2, le=1_000_000)
+    embed_dim: int = _b(128, ge=1, le=65536)
+    beta: float = _b(0.25, ge=0)  # commitment weight inside the VQ loss (encoder pulled to its codes)
+    hierarchical_loss_weight: float = _b(0.1, ge=0)  # decode every coarse prefix of scales too
+    vq_loss_weight: float = _b(0.25, ge=0)
     coarse_scales: tuple[int, ...] = (1, 8, 32)  # global, pathway, module; individual = num_genes
-    hidden_dim: int = 512  # encoder / decoder MLP width
-    phi_ratio: float = 0.5  # residual mix of the per-scale refinement conv (VAR's quant_resi)
+    hidden_dim: int = _b(512, ge=1, le=1_000_000)  # encoder / decoder MLP width
+    phi_ratio: float = _b(0.5, ge=0, le=1)  # residual mix of the per-scale refinement conv (VAR's quant_resi)
     # Dead-code restarts (policy in MultiScaleGeneVQVAE.restart_dead_codes)
-    dead_code_min_usage: float = 1.0  # a code chosen fewer times than this in an epoch is dead
-    reservoir_size: int = 4096  # recent encoder residuals kept as restart candidates
+    dead_code_min_usage: float = _b(1.0, ge=0)  # a code chosen fewer times than this in an epoch is dead
+    reservoir_size: int = _b(4096, ge=1, le=10_000_000)  # recent encoder residuals kept as restart candidates
 
     def __post_init__(self) -> None:
         s = tuple(int(v) for v in self.coarse_scales)
@@ -60,20 +66,20 @@ class VQVAEConfig:
 class VARConfig:
     """Stage 2. Keys as in the user's guide, plus the condition inputs' sizes."""
 
-    vocab_size: int = 4096  # must equal the stage-1 codebook size
-    embed_dim: int = 640
-    num_heads: int = 8
-    num_layers: int = 12
-    feedforward_dim: int = 2560
-    dropout: float = 0.1  # residual and feed-forward dropout
-    attention_dropout: float = 0.0  # on attention weights (VAR's default is 0: it costs an L x L mask per head)
-    max_sequence_length: int = 1500
-    condition_embed_dim: int = 640
-    histology_dim: int = 1024  # histology feature vector per spot (e.g. a pathology foundation model)
-    coord_dim: int = 2
+    vocab_size: int = _b(4096, ge=2, le=1_000_000)  # must equal the stage-1 codebook size
+    embed_dim: int = _b(640, ge=1, le=65536)
+    num_heads: int = _b(8, ge=1, le=1024)
+    num_layers: int = _b(12, ge=1, le=1024)
+    feedforward_dim: int = _b(2560, ge=1, le=1_000_000)
+    dropout: float = _b(0.1, ge=0, lt=1)  # residual and feed-forward dropout
+    attention_dropout: float = _b(0.0, ge=0, lt=1)  # on attention weights (VAR's default is 0: it costs an L x L mask per head)
+    max_sequence_length: int = _b(1500, ge=1, le=1_000_000)
+    condition_embed_dim: int = _b(640, ge=1, le=65536)
+    histology_dim: int = _b(1024, ge=1, le=1_000_000)  # histology feature vector per spot (e.g. a pathology foundation model)
+    coord_dim: int = _b(2, ge=2, le=2)  # x, y
 
     def __post_init__(self) -> None:
-        if self.embed_dim % self.num_heads:
+        if self.num_heads < 1 or self.embed_dim % self.num_heads:
             raise UserError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
 
@@ -744,7 +750,12 @@ def _load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], path) -> Non
         if bad:
             what += (", " if what else "") + f"shape mismatch {bad[0][0]}: model {bad[0][1]} vs checkpoint {bad[0][2]}"
         raise UserError(f"{path}: weights do not fit this model ({what}); the checkpoint was written for another configuration")
-    module.load_state_dict({k: sd[k] for k in own}, strict=True)
+    from ftcore.loading import _refuse_non_finite, _refuse_wrong_kind  # the core's per-tensor rules, by name
+
+    mine = {k: sd[k] for k in own}
+    _refuse_wrong_kind(mine, own, str(path))
+    _refuse_non_finite(mine, {name for name, _ in module.named_parameters()}, str(path))
+    module.load_state_dict(mine, strict=True)
 
 
 # Checkpoints written by a Lightning module that holds the model as `self.model` (as the user's
