@@ -20,6 +20,13 @@ class ArgumentParser(argparse.ArgumentParser):
         message = " ".join(message.split())
         self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
+    def _get_values(self, action, arg_strings):
+        # `--lr=--`: argparse strips the '--' and stores [] without calling the type check, and the command
+        # crashes later; the option's own type check gets to refuse it instead (found by var-st's fuzzing)
+        if action.nargs is None and arg_strings == ["--"]:
+            return self._get_value(action, "--")
+        return super()._get_values(action, arg_strings)
+
 
 def version_string(dist: str) -> str:
     """'var-st 0.1.0 (ftcore 0.1.0, torch 2.13.0, python 3.11.7)': what a bug report needs."""

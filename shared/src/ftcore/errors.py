@@ -34,7 +34,7 @@ def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: st
 
         from ftcore.io import output_guard
 
-        _raise_on_sigterm()
+        previous = _raise_on_sigterm()
         try:
             # a failure removes what the command created (ftcore.io.claim_outputs); Ctrl-C and SIGTERM keep
             # the complete checkpoints, for resuming
@@ -61,6 +61,11 @@ def cli_main(fn: Callable[..., int | None] | None = None, *, batch_size_hint: st
                 )
                 return 3
             raise
+        finally:
+            if previous is not None:  # called in-process (tests, a demo calling train): the caller's handler again
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -69,7 +74,7 @@ class Terminated(BaseException):
     """SIGTERM arrived (`docker stop`, a batch scheduler): unwinds like Ctrl-C, so files are closed."""
 
 
-def _raise_on_sigterm() -> None:
+def _raise_on_sigterm():
     """Turn SIGTERM into `Terminated` in the main thread.
 
     Python's default for SIGTERM is to die at once without unwinding; as a container's PID 1 it
@@ -79,9 +84,9 @@ def _raise_on_sigterm() -> None:
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return
+        return None
 
     def handler(signum, frame):  # noqa: ARG001 - signal handler signature
         raise Terminated()
 
-    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_version
+from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_version
 from ftcore.errors import UserError, cli_main
 
 DEFAULT_OUTPUT = "runs/spatial-transfer"
@@ -153,6 +153,8 @@ def build_config(args, demo: bool):
         cfg.seed = args.seed
     if args.device is not None:
         cfg.device = args.device
+    if getattr(args, "compile", None) is not None:
+        cfg.compile = args.compile
     if args.no_progress:
         cfg.progress = False
     return cfg, explicit_genes
@@ -495,6 +497,7 @@ def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code: only files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_compile(p)
     if spatial:
         p.add_argument("--bulk-checkpoint", type=checkpoint_file("--bulk-checkpoint", "BulkModel checkpoint"),
                        help="use this BulkModel checkpoint instead of pretraining one")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ class RunConfig:
     folds: int = field(default=10, metadata=bounds(ge=2))  # k-fold needs a test and a training part
     seed: int = field(default=42, metadata=bounds(ge=0, lt=SEED_LIMIT))
     device: str = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the training step (auto: on CUDA)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -135,7 +137,8 @@ def _train_config(settings: TrainSettings, cfg: RunConfig, out: Path, lr: float,
         output_dir=str(out), epochs=settings.epochs, batch_size=settings.batch_size, lr=lr,
         weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=seed, device=cfg.device,
         monitor="val_loss" if has_val else "train_loss", patience=settings.patience if has_val else None,
-        min_delta=settings.min_delta, ckpt_every_steps=settings.ckpt_every_steps, progress=cfg.progress, **names,
+        min_delta=settings.min_delta, ckpt_every_steps=settings.ckpt_every_steps, progress=cfg.progress,
+        compile=cfg.compile, **names,
     )
 
 

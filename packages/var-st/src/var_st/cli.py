@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_version
+from ftcore.cli import ArgumentParser, add_compile, add_version
 from ftcore.errors import UserError, cli_main
 
 DEMO = "demo"
@@ -34,16 +34,6 @@ SEED_RUN = {"stage1_epochs": 150, "stage2_epochs": 300, "stage1_batch_size": 256
 
 
 # ----------------------------------------------------------------------------- argument parsing
-class _Parser(ArgumentParser):
-    """The core's one-line parser, plus: `--lr=--` reaches the flag's type check (argparse 3.11 strips the
-    '--' and stores [] without a word, which then crashes deep in the command)."""
-
-    def _get_values(self, action, arg_strings):
-        if action.nargs is None and arg_strings == ["--"]:
-            return self._get_value(action, "--")
-        return super()._get_values(action, arg_strings)
-
-
 def _text(flag: str, what: str):
     """A name (obsm key, obs column): stripped, never empty."""
 
@@ -122,7 +112,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="var-st", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="var-st", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version(parser, "var-st")
     sub = parser.add_subparsers(dest="command")
 
@@ -139,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default 1e-4; demo: 2e-3 (above 1e6 torch's optimizer overflows float32)")
     t.add_argument("--max_steps", type=opt.positive_int("--max_steps"), default=None,
                    help="stop after this many optimizer steps (with --epochs 0: run exactly this many)")
+    add_compile(t)
     t.add_argument("--patience", type=opt.positive_int("--patience"), default=None,
                    help="early stopping after this many epochs without improvement")
     t.add_argument("--num_genes", type=opt.number("--num_genes", int, ge=2), default=None,
@@ -297,7 +288,8 @@ def _run_settings(args, stage: int, demo: bool) -> dict:
            "batch_size": args.batch_size if args.batch_size is not None else defaults[f"{key}_batch_size"],
            "lr": args.lr if args.lr is not None else defaults[f"{key}_lr"],
            "max_steps": args.max_steps, "patience": args.patience, "seed": args.seed,
-           "device": _device(args.gpus), "progress": not os.environ.get("VAR_ST_NO_PROGRESS")}
+           "device": _device(args.gpus), "progress": not os.environ.get("VAR_ST_NO_PROGRESS"),
+           "compile": getattr(args, "compile", None) or "auto"}
     if run["epochs"] == 0 and not run["max_steps"]:
         raise UserError("--epochs 0 trains nothing; give --epochs >= 1, or --epochs 0 with --max_steps N "
                         "to run exactly N optimizer steps")
