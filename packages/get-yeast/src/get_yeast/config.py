@@ -72,8 +72,8 @@ class TrainingConfig:
     val_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     ckpt_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     device: str = "auto"
-    # torch.compile of the training step (auto: on CUDA); optional, so files written before it still load
-    compile: Literal["auto", "on", "off"] = field(default="auto", metadata=OPTIONAL)
+    # torch.compile of the training step (off | on | auto: on CUDA); optional, so older files still load
+    compile: Literal["auto", "on", "off"] = field(default="off", metadata=OPTIONAL)
 
 
 @dataclass
