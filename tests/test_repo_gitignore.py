@@ -7,6 +7,7 @@ import argparse
 import importlib
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,8 @@ def _parsers(parser: argparse.ArgumentParser):
 def default_outputs(module: str) -> set[str]:
     """The string defaults of the CLI's output options, and the outputs of its presets."""
     cli = importlib.import_module(f"{module}.cli")
-    found = {a.default for p in _parsers(cli.build_parser()) for a in p._actions
-             if a.dest in OUTPUT_DESTS and isinstance(a.default, str)}
+    found = {str(a.default) for p in _parsers(cli.build_parser()) for a in p._actions
+             if a.dest in OUTPUT_DESTS and isinstance(a.default, (str, Path))}
     found |= {preset["output"] for preset in getattr(cli, "PRESETS", {}).values() if "output" in preset}
     return found
 

@@ -398,7 +398,7 @@ def more_cases(case, h5ad, with_data) -> None:
     case("train_checkpoint_is_the_convert_report", with_data("{data}", ckpt=report),
          "cellfm_80m.json is a JSON text file (a convert report?), not a checkpoint")
     case("convert_the_data_file", ["convert", "{data}", "--output", "{out}/x.safetensors", "--config", "tiny"],
-         "is an HDF5 (.h5ad) data file, not a checkpoint")
+         "is an HDF5 file (an .h5ad data set), not a checkpoint")
     case("predict_model_is_the_convert_report", ["predict", "--model", report, "--data", "{data}", "--output",
                                                  "{out}/p.h5ad"],
          "is a JSON text file (a convert report?), not a checkpoint")
