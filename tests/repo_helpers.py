@@ -92,3 +92,16 @@ def numeric_texts():
                             "None", "null", "true", "1/3", "½", "1_000", "+3", "-0", "0.0", "3.", ".5", "1e-400"])
     return st.one_of(junk, st.integers(-2**70, 2**70).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
                      st.floats(-1e3, 1e3).map(lambda x: f"{x:g}"))
+
+
+def fuzz_settings(default_examples: int):
+    """hypothesis settings of the CLI fuzz tests: FTCORE_FUZZ_EXAMPLES examples per test (else the package's
+    default, small enough for CI), the same examples every run (derandomize), no example database on disk."""
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=int(os.environ.get("FTCORE_FUZZ_EXAMPLES", default_examples)), deadline=None,
+                    derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                           HealthCheck.data_too_large])

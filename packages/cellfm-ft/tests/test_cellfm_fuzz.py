@@ -9,7 +9,6 @@ Runs that pass validation train for 1-2 steps of the tiny model. Examples per te
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import sparse
 
@@ -25,12 +24,10 @@ from cellfm_ft.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests"))
-from repo_helpers import check_clean_outcome, numeric_texts  # noqa: E402
+from repo_helpers import check_clean_outcome, fuzz_settings, numeric_texts  # noqa: E402
 
-EXAMPLES = int(os.environ.get("FTCORE_FUZZ_EXAMPLES", "6"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
+FUZZ = fuzz_settings(6)
+EXAMPLES = FUZZ.max_examples
 FIXTURES = Path(__file__).parent / "fixtures"
 
 TRAIN_NUMBERS = ("--lr", "--epochs", "--max-steps", "--batch-size", "--seed", "--test-size", "--val-fraction",

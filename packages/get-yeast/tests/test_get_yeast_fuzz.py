@@ -11,14 +11,13 @@ sets the examples per test (default 3).
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from get_yeast import demo, synthetic
@@ -27,12 +26,10 @@ from get_yeast.config import packaged_config
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests"))
-from repo_helpers import check_clean_outcome, numeric_texts  # noqa: E402
+from repo_helpers import check_clean_outcome, fuzz_settings, numeric_texts  # noqa: E402
 
 CORPUS = REPO / "tests" / "bad_inputs" / "get-yeast"
-EXAMPLES = int(os.environ.get("FTCORE_FUZZ_EXAMPLES", "3"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = fuzz_settings(3)
 TINY = str(packaged_config("yeast_model_tiny.yaml"))
 QUICK = ["--no-progress", "--from-scratch", "--set", "task.interpret=false", "--set", "task.export_merged=false",
          "--set", "training.device=cpu"]

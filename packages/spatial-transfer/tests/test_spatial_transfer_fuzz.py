@@ -9,7 +9,6 @@ one core); `FTCORE_FUZZ_EXAMPLES=300` is the deep run. Training is the corpus' t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -18,22 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from spatial_transfer.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests"))
-from repo_helpers import check_clean_outcome, numeric_texts  # noqa: E402
+from repo_helpers import check_clean_outcome, fuzz_settings, numeric_texts  # noqa: E402
 
 CORPUS = REPO / "tests" / "bad_inputs" / "spatial-transfer"
 TINY = json.loads((CORPUS / "expected.json").read_text())["tiny_sets"]
 SPATIAL_CKPT = CORPUS / "checkpoints" / "spatial_good.pt"
 FILES = ("spatial.h5ad", "spatial_cells.h5ad", "bulk.h5ad", "bulk_cells.h5ad")
 
-FUZZ = settings(max_examples=int(os.environ.get("FTCORE_FUZZ_EXAMPLES", "4")), deadline=None, derandomize=True,
-                database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = fuzz_settings(4)
 
 # flags and config keys whose value is a number; those that set the amount of work are capped so a valid
 # example stays a tiny run (a value the option refuses is passed as typed)

@@ -10,25 +10,22 @@ max_steps=10**9, are left out with `assume`). FTCORE_FUZZ_EXAMPLES sets the exam
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from state_tx.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests"))
-from repo_helpers import check_clean_outcome, numeric_texts  # noqa: E402
+from repo_helpers import check_clean_outcome, fuzz_settings, numeric_texts  # noqa: E402
 
-EXAMPLES = int(os.environ.get("FTCORE_FUZZ_EXAMPLES", "4"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = fuzz_settings(4)
 
 # keys whose valid values are all cheap, and those where only small valid values are (the rest `assume`d away)
 TRAIN_KEYS = {

@@ -9,7 +9,6 @@ Training runs are capped at 2 optimizer steps on 27 spots, so a successful examp
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -17,19 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from var_st.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests"))
-from repo_helpers import check_clean_outcome, numeric_texts  # noqa: E402
+from repo_helpers import check_clean_outcome, fuzz_settings, numeric_texts  # noqa: E402
 
 CORPUS = REPO / "tests" / "bad_inputs" / "var-st"
-EXAMPLES = int(os.environ.get("FTCORE_FUZZ_EXAMPLES", "6"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = fuzz_settings(6)
 
 TRAIN_NUMBERS = ["--lr", "--epochs", "--max_steps", "--batch_size", "--seed", "--patience", "--num_genes", "--gpus"]
 SAMPLING_NUMBERS = ["--batch_size", "--temperature", "--top_k", "--top_p", "--num_samples", "--seed", "--gpus"]
