@@ -91,6 +91,9 @@ def test_predict_and_evaluate_write_cell_eval_inputs_and_metrics(trained_run, tm
     pred, real = ad.read_h5ad(ev / "adata_pred.h5ad"), ad.read_h5ad(ev / "adata_real.h5ad")
     assert pred.shape == real.shape and (pred.obs["gene"].astype(str).values == real.obs["gene"].astype(str).values).all()
     assert set(real.obs["gene"]) >= {"non-targeting"} and set(real.obs["cell_type"]) == {"HepG2"}
+    # the cells keep their own names (the input file's obs_names), not 0..n-1
+    assert list(pred.obs_names) == list(real.obs_names) == list(real.obs["obs_name"].astype(str))
+    assert not all(name.isdigit() for name in pred.obs_names)
     summary = json.loads((ev / "summary.json").read_text())
     assert summary["n_perturbations"] == 2  # the two fewshot test perturbations of HepG2
     assert (ev / "HepG2_pert_results.csv").exists() and (ev / "HepG2_agg_results.csv").exists()

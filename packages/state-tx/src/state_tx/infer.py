@@ -414,7 +414,11 @@ def predict(model_dir: str, checkpoint: str | None = "final.ckpt", split: str = 
                 "obs_name": meta.source.obs_names[rows] if meta.source.obs_names is not None else rows.astype(str),
             }))
     obs_df = pd.concat(obs, ignore_index=True)
-    obs_df.index = obs_df.index.astype(str)
+    # the cells' own names (scanpy users join on them); prefixed with the file where names repeat across files
+    names = obs_df["obs_name"].astype(str)
+    if not names.is_unique:
+        names = obs_df["file"].astype(str) + ":" + names
+    obs_df.index = names.values if names.is_unique else obs_df.index.astype(str)
     var = pd.DataFrame(index=run.var_dims["gene_names"])
     adata_pred = ad.AnnData(X=np.concatenate(preds), obs=obs_df, var=var)
     adata_real = ad.AnnData(X=np.concatenate(reals).astype(np.float32), obs=obs_df.copy(), var=var.copy())
