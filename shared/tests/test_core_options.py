@@ -188,3 +188,26 @@ def test_json_outputs_are_standard(tmp_path):
     text = (tmp_path / "h.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"val_pearson": None, "r": [None, 1.5], "n": 3, "a": [None, 2.0]}
+
+
+def test_failed_command_leaves_a_sibling_in_the_same_new_folder(tmp_path):
+    """Two runs into a new folder (a sweep): the one that fails removes its own run, never the folder's others."""
+    sweep = tmp_path / "sweep"
+
+    @cli_main
+    def fails(argv):
+        claim_outputs(sweep / "lr1")
+        atomic_write_text(sweep / "lr1" / "last.pt", "mine")
+        atomic_write_text(sweep / "lr2" / "last.pt", "another run's, written meanwhile")
+        raise UserError("loss became NaN")
+
+    assert fails([]) == 2
+    assert not (sweep / "lr1").exists() and (sweep / "lr2" / "last.pt").read_text().startswith("another")
+
+    @cli_main
+    def fails_alone(argv):
+        claim_outputs(tmp_path / "new" / "deep" / "run")
+        atomic_write_text(tmp_path / "new" / "deep" / "run" / "a.txt", "x")
+        raise UserError("bad")
+
+    assert fails_alone([]) == 2 and not (tmp_path / "new").exists()  # the parents it made, empty again, go too

@@ -555,3 +555,16 @@ def test_compiled_loss_matches_eager(tmp_path):
 def test_compile_setting_is_checked():
     with pytest.raises(UserError, match="unknown compile setting 'yes'; choose auto, on or off"):
         TrainConfig(compile="yes")
+
+
+def test_one_element_loss_of_any_shape_and_in_place_logs(tmp_path):
+    """A loss of shape [1] trains as before; a logged tensor updated in place later is read back as it was."""
+    counter = torch.zeros(())
+
+    def loss_fn(model, batch):
+        counter.add_(1)  # a buffer-like tensor the loss_fn logs, then changes in place
+        return mse_loss(model, batch).reshape(1), {"seen": counter}
+
+    _, result = run(config(tmp_path, epochs=1, sync_every_steps=6), loss_fn=loss_fn)
+    assert math.isfinite(result.history[-1]["train_loss"])
+    assert result.history[-1]["train_seen"] == pytest.approx(3.5)  # mean of 1..6, not 6 (the value at read-back)

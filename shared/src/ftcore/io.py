@@ -137,15 +137,20 @@ def check_output_dir(path: str | os.PathLike, need_bytes: int = 0, flag: str | N
 # A command claims the paths it will write; if it then fails (a UserError, a NaN loss, a crash), what it
 # created under them is removed again by `ftcore.errors.cli_main`, so a failed run leaves no files a later
 # command could mistake for results. What existed before the claim is kept (a resumed run's checkpoints).
-_CLAIMS: list[list[tuple[Path, frozenset | None]]] = []
+# (path, what was under it before: None = it did not exist, parents the command's mkdir -p will create for it)
+_CLAIMS: list[list[tuple[Path, frozenset | None, tuple[Path, ...]]]] = []
+# An existing directory this large (the working directory, a home) is never swept for new entries: the
+# cleanup would be slow and could take other processes' files; only paths that did not exist are undone there.
+_SWEEP_LIMIT = 20_000
 
 
 def claim_outputs(*paths: str | os.PathLike | None) -> None:
     """Mark paths (files or directories) this command creates; undone if the command fails.
 
     Call it after validation and before the first write. Outside a `cli_main` command it does nothing.
-    For a path that does not exist yet, its topmost missing parent is claimed (so `mkdir -p` is undone
-    too); for an existing directory, only entries added after the claim are removed.
+    A path that does not exist yet is removed whole on failure, and the parents created for it are removed
+    only if they are then empty (a sibling run in the same new folder keeps its files); in an existing
+    directory, only the entries added after the claim are removed (what was there is kept).
     """
     if not _CLAIMS:
         return
@@ -153,12 +158,20 @@ def claim_outputs(*paths: str | os.PathLike | None) -> None:
         if raw is None:
             continue
         path = Path(raw).expanduser().absolute()
-        while not path.parent.exists() and path.parent != path:
-            path = path.parent
+        parents, up = [], path.parent
+        while not up.exists() and up.parent != up:
+            parents.append(up)
+            up = up.parent
         if not path.exists():
-            _CLAIMS[-1].append((path, None))
-        elif path.is_dir():
-            _CLAIMS[-1].append((path, frozenset(path.rglob("*"))))
+            _CLAIMS[-1].append((path, None, tuple(parents)))
+        elif path.is_dir() and path not in (Path.cwd(), Path.home(), Path(path.anchor)):
+            before = []
+            for n, entry in enumerate(path.rglob("*")):
+                if n > _SWEEP_LIMIT:
+                    break
+                before.append(entry)
+            else:
+                _CLAIMS[-1].append((path, frozenset(before), ()))
 
 
 @contextlib.contextmanager
@@ -189,14 +202,19 @@ def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _discard(claims: list[tuple[Path, frozenset | None]]) -> None:
-    for path, before in reversed(claims):
+def _discard(claims: list[tuple[Path, frozenset | None, tuple[Path, ...]]]) -> None:
+    for path, before, parents in reversed(claims):
         try:
             if before is None:
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
                 elif path.exists() or path.is_symlink():
                     path.unlink()
+                for parent in parents:  # deepest first; rmdir leaves any folder another command wrote into
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
                 continue
             for entry in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
                 if entry in before:

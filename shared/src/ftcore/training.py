@@ -558,7 +558,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach(), {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
+        # a one-element loss of any shape (e.g. [1]) reads back as a number; logged tensors are copied, since one
+        # sharing memory with a buffer updated in place would otherwise be read back with a later step's value
+        return loss.detach().reshape(()), {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                                           for k, v in logs.items()}
 
 
 def _plain_cpu(sample: Any) -> bool:
