@@ -140,3 +140,20 @@ def test_build_state_cannot_smuggle_dunders():
     ns = InertNamespace()
     ns.__setstate__({"__setstate__": print, "__class__": int, "lr": 1.0, 3: "x"})
     assert vars(ns) == {"lr": 1.0} and type(ns) is InertNamespace
+
+
+def test_a_library_registering_the_real_defaultdict_changes_nothing():
+    """torch_geometric registers collections.defaultdict with torch at import (so in any process that imported
+    it, e.g. a test run after spatial-transfer's): the omegaconf checkpoint still reads, and the registration
+    is left as it was."""
+    import collections
+
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([collections.defaultdict])
+    try:
+        obj = read_checkpoint(REAL / "lightning_omegaconf.ckpt")
+        assert isinstance(obj, dict)
+        assert collections.defaultdict in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)

@@ -51,7 +51,8 @@ def test_bad_input(argv, phrase, env, tmp_path, capsys, monkeypatch):
     for name in ("metrics.json", "predictions.csv"):  # folders where the command writes files
         (scratch / "has_dirs" / name).mkdir(parents=True)
     subs = {"{corpus}": str(CORPUS), "{out}": str(out), "{tmp}": str(scratch), "{fixtures}": str(FIXTURES),
-            "{tiny_model}": str(packaged_config("yeast_model_tiny.yaml"))}
+            "{tiny_model}": str(packaged_config("yeast_model_tiny.yaml")),
+            "{training_yaml}": str(packaged_config("yeast_training.yaml"))}
 
     def fill(text: str) -> str:
         for k, v in subs.items():

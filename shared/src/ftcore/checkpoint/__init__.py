@@ -13,6 +13,7 @@ code) is refused unless the caller passes trust_pickle=True (CLIs: --trust-check
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
@@ -154,7 +155,7 @@ def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
         _check_tensor_records(path)
     try:
         # argparse / numpy / omegaconf objects beside the tensors are answered by inert stand-ins
-        with torch.serialization.safe_globals(stand_in_globals()):
+        with _stand_ins_first():
             return torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == "torch"))
     except pickle.UnpicklingError as err:
         if not trust_pickle:
@@ -170,6 +171,28 @@ def _read_torch(path: Path, fmt: str, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any failure of a trusted full unpickle is reported in one line
         raise UserError(f"{path}: could not load even with trust_pickle ({type(err).__name__}: {_one_line(err)})") from None
+
+
+@contextlib.contextmanager
+def _stand_ins_first():
+    """torch's allow-list with our inert stand-ins, and without the REAL classes of the same names that libraries
+    register at import (torch_geometric adds collections.defaultdict): torch keeps the list in a set, so which of
+    two entries of one name it uses depended on hashing, and the real defaultdict then called a pickled factory."""
+    ser = torch.serialization
+    saved = ser.get_safe_globals()
+    ours = stand_in_globals()
+    names = {name for _, name in ours}
+
+    def name_of(entry) -> str:
+        return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+
+    ser.clear_safe_globals()
+    ser.add_safe_globals([g for g in saved if name_of(g) not in names] + ours)
+    try:
+        yield
+    finally:
+        ser.clear_safe_globals()
+        ser.add_safe_globals(saved)
 
 
 # bytes per element of each storage type a torch pickle names (torch.FloatStorage, ...)
