@@ -56,3 +56,35 @@ def test_coordinates():
         coordinates(np.array([["1", "2"], ["x12", "4"]], dtype=object), "obsm['spatial']", row_names=["spot_a", "spot_b"])
     with pytest.raises(UserError, match="expected an \\(n_spots, 2\\)"):
         coordinates(np.ones(4), "obsm['spatial']")
+
+
+def test_prediction_adata_is_what_scanpy_reads(tmp_path):
+    anndata = pytest.importorskip("anndata")
+    import pandas as pd
+
+    from ftcore.data import prediction_adata
+
+    rng = np.random.default_rng()
+    n, g = 7, 3
+    source = anndata.AnnData(np.zeros((n, 0), np.float32), obs=pd.DataFrame({"slide": list("aabbbcc")},
+                                                                             index=[f"spot{i}" for i in range(n)]))
+    source.obsm["spatial"] = rng.normal(size=(n, 2))
+    source.obsm["histology"] = rng.normal(size=(n, 5)).astype(np.float32)
+    source.uns["spatial"] = {"lib": {"scalefactors": {"spot_diameter_fullres": 3.0}}}
+    pred = rng.normal(size=(n, g))
+    out = prediction_adata(pred, ["G1", "G2", "G3"], source, model="m.pth")
+    out.write_h5ad(tmp_path / "p.h5ad")
+    back = anndata.read_h5ad(tmp_path / "p.h5ad")
+    assert list(back.var_names) == ["G1", "G2", "G3"] and list(back.obs_names) == list(source.obs_names)
+    np.testing.assert_allclose(back[:, "G2"].X.ravel(), pred[:, 1].astype(np.float32))
+    np.testing.assert_array_equal(back.obsm["spatial"], source.obsm["spatial"])
+    assert list(back.obs["slide"]) == list("aabbbcc") and "histology" in back.obsm
+    assert back.uns["spatial"]["lib"]["scalefactors"]["spot_diameter_fullres"] == 3.0
+    assert "measured" not in back.layers and back.uns["prediction"]["model"] == "m.pth"
+    measured = rng.normal(size=(n, g))
+    with_measured = prediction_adata(pred, ["G1", "G2", "G3"], source, measured=measured)
+    np.testing.assert_allclose(with_measured.layers["measured"], measured.astype(np.float32))
+    with pytest.raises(ValueError):
+        prediction_adata(pred, ["G1", "G2"], source)
+    with pytest.raises(ValueError):
+        prediction_adata(pred[:3], ["G1", "G2", "G3"], source)

@@ -124,3 +124,42 @@ def coordinates(values, where: str, *, row_names: Sequence | None = None, max_ab
     arr = np.asarray(arr, dtype=np.float64)
     check_values(arr, where, max_abs=max_abs, row_names=row_names)
     return arr
+
+
+MEASURED_LAYER = "measured"
+
+
+def prediction_adata(values, genes: Sequence[str], source=None, *, model: str = "", measured=None):
+    """Predictions as an AnnData a scanpy user plots directly: THE output layout of every package.
+
+    - X = the predictions (float32, observations x genes), var_names = `genes`: so
+      `sc.pl.spatial(pred, color="GENE")` or `sc.pl.umap(pred, color="GENE")` shows a predicted gene;
+    - obs / obs_names, every obsm entry (obsm['spatial'] included) and uns['spatial'] (the slide images
+      scanpy's spatial plots read) come from `source`, an AnnData of the same observations, when given;
+    - layers['measured'] = `measured` (the observed values of the same genes, same shape) when there are
+      any: a histology-only slide has none, and then there is no such layer;
+    - uns['prediction'] = {'model': model, 'measured_layer': 'measured' or ''} says what X is.
+    """
+    import anndata
+    import pandas as pd
+
+    X = np.asarray(values, dtype=np.float32)
+    genes = [str(g) for g in genes]
+    if X.ndim != 2 or X.shape[1] != len(genes):
+        raise ValueError(f"predictions of shape {X.shape} for {len(genes)} genes")
+    if source is not None and source.n_obs != X.shape[0]:
+        raise ValueError(f"predictions for {X.shape[0]} observations, source has {source.n_obs}")
+    obs = source.obs.copy() if source is not None else pd.DataFrame(index=[str(i) for i in range(X.shape[0])])
+    out = anndata.AnnData(X, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name=None)))
+    if source is not None:
+        for key in source.obsm.keys():
+            out.obsm[key] = source.obsm[key]
+        if "spatial" in source.uns:
+            out.uns["spatial"] = source.uns["spatial"]
+    if measured is not None:
+        measured = np.asarray(measured, dtype=np.float32)
+        if measured.shape != X.shape:
+            raise ValueError(f"measured values of shape {measured.shape} for predictions of shape {X.shape}")
+        out.layers[MEASURED_LAYER] = measured
+    out.uns["prediction"] = {"model": str(model), "measured_layer": MEASURED_LAYER if measured is not None else ""}
+    return out
