@@ -211,3 +211,34 @@ def test_failed_command_leaves_a_sibling_in_the_same_new_folder(tmp_path):
         raise UserError("bad")
 
     assert fails_alone([]) == 2 and not (tmp_path / "new").exists()  # the parents it made, empty again, go too
+
+
+def _copy_config_parser(templates):
+    from ftcore.cli import add_copy_config
+
+    parser = ArgumentParser(prog="tool")
+    add_copy_config(parser.add_subparsers(dest="command"), templates, "edit, then pass with --config")
+    return parser
+
+
+def test_copy_config_writes_every_template_or_none(tmp_path):
+    from ftcore.cli import copy_config
+    from ftcore.errors import UserError
+
+    src = tmp_path / "packaged.yaml"
+    src.write_text("lr: 0.001\n")
+    templates = {"training.yaml": src, "splits.toml": "[datasets]\n"}
+    dest = tmp_path / "new" / "configs"
+    written = copy_config(_copy_config_parser(templates).parse_args(["copy-config", str(dest)]))
+    assert [p.name for p in written] == ["training.yaml", "splits.toml"]
+    assert (dest / "training.yaml").read_text() == "lr: 0.001\n" and (dest / "splits.toml").read_text() == "[datasets]\n"
+    (dest / "training.yaml").write_text("lr: 0.5\n")  # the user's edit survives a second copy-config
+    with pytest.raises(UserError, match="already has training.yaml, splits.toml.*--overwrite"):
+        copy_config(_copy_config_parser(templates).parse_args(["copy-config", str(dest)]))
+    assert (dest / "training.yaml").read_text() == "lr: 0.5\n"
+    copy_config(_copy_config_parser(templates).parse_args(["copy-config", str(dest), "--overwrite"]))
+    assert (dest / "training.yaml").read_text() == "lr: 0.001\n"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        _copy_config_parser(templates).parse_args(["copy-config", str(a_file)])

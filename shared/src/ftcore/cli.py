@@ -59,3 +59,40 @@ def add_compile(parser, flag: str = "--compile") -> None:
                         help="torch.compile the training step: off (default), on, or auto (on CUDA, off on CPU); "
                              "compiling takes up to a minute at the start, then each step runs faster (1.5-2x on "
                              "an H200)")
+
+
+def add_copy_config(sub, templates: dict[str, object], what: str) -> None:
+    """`<prog> copy-config DIR [--overwrite]`: write the package's template files (name -> text or Path) to DIR.
+
+    These are the files a user's workflow edits (a training YAML, a split TOML): copied out, edited, passed
+    back with the command's config flag. `what` says what they are for, in the sub-command's help.
+    """
+    from ftcore.options import output_dir
+
+    p = sub.add_parser("copy-config", help=f"write the editable templates ({', '.join(templates)}) to DIR: {what}")
+    p.add_argument("dir", metavar="DIR", type=output_dir("DIR"), help="where to write them (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace files of the same names already in DIR")
+    p.set_defaults(copy_config_templates=templates)
+
+
+def copy_config(args) -> list:
+    """Run `copy-config` (see add_copy_config): every target checked first, then every file written, or none."""
+    from pathlib import Path
+
+    from ftcore.errors import UserError
+    from ftcore.io import atomic_write_text, check_output_dir, claim_outputs
+
+    dest = Path(args.dir)
+    texts = {name: (src.read_text() if isinstance(src, Path) else str(src))
+             for name, src in args.copy_config_templates.items()}
+    existing = [name for name in texts if (dest / name).exists()]
+    if existing and not args.overwrite:
+        raise UserError(f"{dest} already has {', '.join(existing)}; pick another DIR, or pass --overwrite to "
+                        "replace them")
+    check_output_dir(dest, flag="DIR")
+    targets = [dest / name for name in texts]
+    claim_outputs(*targets)
+    for target, text in zip(targets, texts.values()):
+        atomic_write_text(target, text)
+        print(f"wrote {target}")
+    return targets
