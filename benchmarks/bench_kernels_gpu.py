@@ -56,6 +56,32 @@ def split_attention(q, k, v, scales):
     return torch.cat([out_head, out_last], dim=2)
 
 
+def split_sdpa_attention(q, k, v, scales, mask):
+    """The same split in bf16 throughout: the coarse scales' queries through SDPA with their (small) mask,
+    the last scale's queries through unmasked flash (they see every key)."""
+    head = sum(scales[:-1])
+    out_head = F.scaled_dot_product_attention(q[:, :, :head], k[:, :, :head], v[:, :, :head],
+                                              attn_mask=mask[:head, :head])
+    out_last = F.scaled_dot_product_attention(q[:, :, head:], k, v)
+    return torch.cat([out_head, out_last], dim=2)
+
+
+def kernel_profile(fn, steps: int = 5) -> list[dict]:
+    """Every CUDA kernel of `steps` calls of fn with its mean time per call (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    rows = [{"kernel": e.key[:120], "calls_per_step": e.count / steps,
+             "ms_per_step": getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1000 / steps}
+            for e in prof.key_averages() if getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) > 0]
+    return sorted(rows, key=lambda r: -r["ms_per_step"])[:12]
+
+
 def bench_vq(ns, results):
     K, D = 4096, 128
     for dtype in (torch.float32, torch.bfloat16):
@@ -80,6 +106,20 @@ def bench_vq(ns, results):
                 row["cdist_fp32_upcast_ms"] = med(lambda x32=x32, c32=c32: torch.cdist(x32, c32).argmin(1))
             row["matmul_argmin_ms"] = med(matmul_argmin)
             row["triton_default_ms"] = med(lambda x=x, c=c: nearest_code_triton(x, c))
+            if dtype == torch.float32:  # default: pick-then-refine; hilo: three bf16 products for every pair
+                from var_st.kernels import triton_vq
+
+                row["triton_hilo_ms"] = med(lambda x=x, c=c: nearest_code_triton(x, c, method="hilo"))
+                c_hi, _, cn_ = prepare_codebook(c, torch.float32)
+                b_, i_ = torch.empty(n, device="cuda"), torch.empty(n, dtype=torch.int64, device="cuda")
+                row["refine_unsure_fraction"] = float(triton_vq.refine_pass(x, c, c_hi, cn_, b_, i_).float().mean())
+                # VQ-like inputs: each row near one code (a trained encoder's output next to its codeword)
+                xn = c[torch.randint(0, K, (n,), device="cuda")] + 0.1 * torch.randn(n, D, device="cuda")
+                row["near_codes_triton_default_ms"] = med(lambda xn=xn, c=c: nearest_code_triton(xn, c))
+                row["near_codes_cdist_argmin_ms"] = med(lambda xn=xn, c=c: torch.cdist(xn, c).argmin(1))
+                row["near_codes_unsure_fraction"] = float(
+                    triton_vq.refine_pass(xn, c, c_hi, cn_, b_, i_).float().mean())
+                row["near_codes_accuracy"] = argmin_agreement(nearest_code_triton(xn, c), xn, c)
             # part of the default time spent preparing the codebook (hi/lo split, norms): a profile line
             row["triton_codebook_prep_ms"] = med(lambda c=c, dt=x.dtype: prepare_codebook(c, dt))
             best = (row["triton_default_ms"], "default")
@@ -122,6 +162,7 @@ def bench_attention(results):
         "sdpa_bool_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
         "sdpa_no_mask_flash": lambda: F.scaled_dot_product_attention(q, k, v),
         "split_masked_head_plus_flash": lambda: split_attention(q, k, v, SCALES),
+        "split_sdpa_head_plus_flash": lambda: split_sdpa_attention(q, k, v, SCALES, mask),
         "triton_prefix_default": lambda: prefix_attention_triton(q, k, v, kv_end),
         "dispatch_no_grad": lambda: scale_causal_attention(q, k, v, SCALES),
     }
@@ -156,8 +197,16 @@ def bench_attention(results):
     train = {
         "sdpa_bool_mask": lambda: F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask),
         "split_masked_head_plus_flash": lambda: split_attention(qg, kg, vg, SCALES),
+        "split_sdpa_head_plus_flash": lambda: split_sdpa_attention(qg, kg, vg, SCALES, mask),
         "sdpa_no_mask_flash": lambda: F.scaled_dot_product_attention(qg, kg, vg),
     }
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    for backend in ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+        def with_backend(b=getattr(SDPBackend, backend)):
+            with sdpa_kernel(b):
+                return F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask)
+        train[f"sdpa_bool_mask_{backend.lower()}"] = with_backend
     if "flex_attention" in fwd:
         train["flex_attention"] = lambda: flex(qg, kg, vg, block_mask=bm)
     for name, fn in train.items():
@@ -166,6 +215,8 @@ def bench_attention(results):
             torch.autograd.grad((out * w).sum(), (qg, kg, vg))
         try:
             row[f"fwd_bwd_{name}_ms"] = med(step)
+            if name in ("sdpa_bool_mask", "sdpa_no_mask_flash"):
+                row[f"fwd_bwd_{name}_kernels"] = kernel_profile(step)
         except Exception as e:
             row[f"fwd_bwd_{name}_error"] = str(e).splitlines()[0][:160]
 

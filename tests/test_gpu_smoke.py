@@ -47,12 +47,16 @@ def _first_tensor(out):
 
 
 @contextmanager
-def runs_on(device: torch.device):
+def runs_on(device: torch.device, trains: bool = False):
     """Once the first nn.Module forward of the block has returned tensors on `device`, every later one
     must too (a silent fallback to the CPU fails here, whole or part way). Forwards before it are set-up
     on the CPU before the model is moved (var-st's data-derived codebook start) and are allowed.
-    On CUDA the allocator must also have seen memory."""
+    On CUDA the allocator must also have seen memory, and a block that `trains` must have compiled its
+    training step (the default `compile` is auto: on CUDA)."""
+    from torch._dynamo.utils import counters
+
     on_device, before, after = 0, Counter(), Counter()
+    graphs = counters["stats"]["unique_graphs"]
 
     def hook(module, args, out):
         nonlocal on_device
@@ -76,6 +80,8 @@ def runs_on(device: torch.device):
     assert not after, f"module forwards off {device.type} after it was in use: {dict(after)}"
     if device.type == "cuda":  # memory statistics exist only for CUDA
         assert torch.cuda.max_memory_allocated() > 0
+        if trains:
+            assert counters["stats"]["unique_graphs"] > graphs, "training on CUDA did not torch.compile its step"
 
 
 def assert_files(root: Path, names) -> None:
@@ -119,7 +125,7 @@ def smoke_cellfm_ft(tmp: Path, device: torch.device) -> None:
     adata.write_h5ad(inputs["data"])
     write_demo_checkpoint(inputs["ckpt"], demo_vocabulary(adata.var_names.tolist()), config="tiny", seed=0)
     out = tmp / "run"
-    with runs_on(device):
+    with runs_on(device, trains=True):
         assert main(conf._train_argv(inputs, out, "--test-donors", "D2", "--epochs", "1", "--device", device.type)) == 0
     assert_files(out, ["best_model.pth", "checkpoint_epoch_1.pth", "last.pt", "training_results.json", "train.h5ad",
                        "test.h5ad", "confusion_matrix.png", "history.json", "training_curve.png", "split.json"])
@@ -149,7 +155,7 @@ def smoke_get_yeast(tmp: Path, device: torch.device) -> None:
     get_ckpt = write_get_checkpoint(tmp / "checkpoint-799.pth", conf.get_layout_state_dict(load_model_config(model_yaml)))
     out = tmp / "run"
     sets = [x for kv in conf.TINY_TRAIN for x in ("--set", kv)]
-    with runs_on(device):  # --device comes after TINY_TRAIN's training.device=cpu and wins
+    with runs_on(device, trains=True):  # --device comes after TINY_TRAIN's training.device=cpu and wins
         assert main(["train", "--data", str(data), "--output", str(out), "--model-config", str(model_yaml),
                      "--no-progress", *sets, "--checkpoint", str(get_ckpt), "--trust-checkpoint",
                      "--max-steps", "4", "--device", device.type]) == 0
@@ -180,7 +186,7 @@ def smoke_spatial_transfer(tmp: Path, device: torch.device) -> None:
     data = write_demo_data(tmp / "data", conf.TINY_SPEC)
     sets = [x for s in conf.TINY_SETS for x in ("--set", s)]
     out = tmp / "run"
-    with runs_on(device):  # bulk pretraining -> transfer (strategy full) -> 2-fold CV, 2 + 2 epochs
+    with runs_on(device, trains=True):  # bulk pretraining -> transfer (strategy full) -> 2-fold CV, 2 + 2 epochs
         assert main(["run", "--data", str(data), "--output", str(out), "--folds", "2", "--lr", "1e-3", *sets,
                      "--no-progress", "--device", device.type]) == 0
     log, ck = out / "log_normalized_transfer_full", out / "checkpoints_transfer_full"
@@ -207,7 +213,7 @@ def smoke_state_tx(tmp: Path, device: torch.device) -> None:
 
     conf = package_tests("state-tx")
     h5ad, toml = conf.write_tiny_screen(tmp)
-    with runs_on(device):
+    with runs_on(device, trains=True):
         assert main(conf.train_args(toml, tmp, steps=6, extra=[f"training.device={device.type}"])) == 0
     run = tmp / "run"
     assert_files(run, ["config.yaml", "var_dims.json", "pert_onehot_map.json", "cell_type_onehot_map.json",
@@ -234,7 +240,7 @@ def smoke_var_st(tmp: Path, device: torch.device) -> None:
     config.write_text(conf.TINY_CONFIG)
     gpus = ["--gpus", "1" if device.type == "cuda" else "0"]  # this CLI's device switch (after the fixture's --gpus 0)
     for stage in (1, 2):
-        with runs_on(device):
+        with runs_on(device, trains=True):
             assert main(conf.tiny_train_args(h5ad, config, tmp, stage=stage, epochs=1, extra=gpus)) == 0
     root = tmp / "tiny" / "TWO_STAGE_VAR_ST"
     assert_files(root, ["stage1_vqvae/best_vqvae.ckpt", "stage1_vqvae/last.ckpt", "stage1_vqvae/history.json",

@@ -244,3 +244,50 @@ def test_gpu_attention_var_st_size_all_paths():
         assert rel_err(scale_causal_attention(q, k, v, scales), ref) < 1e-2  # Triton path
     out = scale_causal_attention(q.requires_grad_(), k, v, scales)  # training: SDPA with the mask
     assert rel_err(out.detach(), ref) < 1e-2
+
+
+# ------------------------------------------------------------------ fp32 pick-then-refine
+def _clustered(g, n, k, d, spread):
+    """Codes in tight clusters far from the origin: |x|^2 >> the distances, where bf16 ranking fails."""
+    centres = torch.randn(max(1, k // 8), d, generator=g) * 4
+    c = centres.repeat_interleave(8, 0)[:k] + spread * torch.randn(k, d, generator=g)
+    x = c[torch.randint(0, k, (n,), generator=g)] + spread * torch.randn(n, d, generator=g)
+    return x, c
+
+
+@pytest.mark.parametrize("spread", [1.0, 0.05])
+def test_refine_certifies_or_hands_over(spread):
+    """Random data: the bf16 ranking + exact re-score certifies most rows. Clustered codes far from the
+    origin (spread 0.05: distances ~0.2 against |x|^2 ~ 800, bf16's error ~6, the three products' ~0.01):
+    bf16 cannot rank them, the rows are flagged and the three-product sweep decides. Either way the answer
+    is the fp64 argmin (near-ties excepted) and the distance is exact fp32."""
+    from var_st.kernels import triton_vq
+
+    g = fresh_generator()
+    x, c = _clustered(g, 96, 200, 48, spread)
+    x, c = x.to(DEV), c.to(DEV)
+    c_hi, _, cnorm = prepare_codebook(c, torch.float32)
+    best = torch.empty(len(x), device=DEV)
+    idx = torch.empty(len(x), dtype=torch.int64, device=DEV)
+    unsure = triton_vq.refine_pass(x, c, c_hi, cnorm, best, idx).bool().cpu()
+    if spread == 1.0:
+        assert unsure.float().mean() < 0.2
+    else:
+        assert unsure.float().mean() > 0.5
+    x64, c64 = x.double().cpu(), c.double().cpu()
+    d = ((x64[:, None] - c64[None]) ** 2).sum(-1)
+    certain = ~unsure
+    # a certified row is exact by itself (its own proof); the others are decided by the second sweep
+    assert torch.equal(idx.cpu()[certain], d.argmin(1)[certain])
+    out, dist = nearest_code_triton(x, c, return_dist=True)
+    assert_same_argmin(out, x, c)
+    exact = d.gather(1, out.cpu()[:, None]).squeeze(1)
+    assert torch.all((dist.double().cpu() - exact).abs() <= 1e-5 * (x64 ** 2).sum(1) + 1e-6)
+
+
+def test_refine_and_hilo_agree():
+    g = fresh_generator()
+    x, c = torch.randn(130, 33, generator=g).to(DEV), torch.randn(333, 33, generator=g).to(DEV)
+    assert torch.equal(nearest_code_triton(x, c), nearest_code_triton(x, c, method="hilo"))
+    with pytest.raises(ValueError, match="unknown method"):
+        nearest_code_triton(x, c, method="tf32")

@@ -56,7 +56,7 @@ def add_allow_unloaded_frozen(parser) -> None:
 def add_compile(parser, flag: str = "--compile") -> None:
     """`--compile auto|on|off`: torch.compile of the training step (TrainConfig.compile; auto = on CUDA only)."""
     parser.add_argument(flag, dest="compile", choices=["auto", "on", "off"], default=None,
-                        help="torch.compile the training step: off (default), on, or auto (on CUDA, off on CPU); "
+                        help="torch.compile the training step: auto (default: on CUDA, off on CPU), on or off; "
                              "compiling takes up to a minute at the start, then each step runs faster (1.5-2x on "
                              "an H200)")
 

@@ -73,7 +73,7 @@ class TrainingConfig:
     ckpt_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
     device: str = "auto"
     # torch.compile of the training step (off | on | auto: on CUDA); optional, so older files still load
-    compile: Literal["auto", "on", "off"] = field(default="off", metadata=OPTIONAL)
+    compile: Literal["auto", "on", "off"] = field(default="auto", metadata=OPTIONAL)
 
 
 @dataclass

@@ -105,10 +105,15 @@ def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dic
 
 # --------------------------------------------------------------------------- loss + prediction
 def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
-    """MSE over real (unpadded) regions."""
+    """MSE over real (unpadded) regions, in fp32.
+
+    A masked mean rather than `pred[valid]`: boolean indexing has a data-dependent shape, which broke
+    torch.compile's graph three times per step (benchmarks/results/README.md)."""
     pred = model(batch["region_motif"], batch["conditions"], batch["padding"])
     valid = ~batch["padding"]
-    return F.mse_loss(pred[valid], batch["exp_label"][valid])
+    valid = valid.reshape(valid.shape + (1,) * (pred.dim() - valid.dim())).expand_as(pred)
+    sq = torch.where(valid, (pred.float() - batch["exp_label"].float()).square(), 0.0)
+    return sq.sum() / valid.sum()
 
 
 @torch.no_grad()

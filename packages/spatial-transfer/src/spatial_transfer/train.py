@@ -69,7 +69,7 @@ class RunConfig:
     folds: int = field(default=10, metadata=bounds(ge=2))  # k-fold needs a test and a training part
     seed: int = field(default=42, metadata=bounds(ge=0, lt=SEED_LIMIT))
     device: str = "auto"
-    compile: Literal["auto", "on", "off"] = "off"  # torch.compile of the training step (off | on | auto: on CUDA)
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the training step (auto: on CUDA | on | off)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -289,7 +289,7 @@ def _run_settings(args, stage: int, demo: bool) -> dict:
            "lr": args.lr if args.lr is not None else defaults[f"{key}_lr"],
            "max_steps": args.max_steps, "patience": args.patience, "seed": args.seed,
            "device": _device(args.gpus), "progress": not os.environ.get("VAR_ST_NO_PROGRESS"),
-           "compile": getattr(args, "compile", None) or "off"}
+           "compile": getattr(args, "compile", None) or "auto"}
     if run["epochs"] == 0 and not run["max_steps"]:
         raise UserError("--epochs 0 trains nothing; give --epochs >= 1, or --epochs 0 with --max_steps N "
                         "to run exactly N optimizer steps")

@@ -265,14 +265,17 @@ class MultiScaleGeneVQVAE(nn.Module):
 
     @torch.no_grad()
     def _update_code_stats(self, tokens: Sequence[torch.Tensor], pooled: Sequence[torch.Tensor]) -> None:
+        # index_add_ rather than bincount, and the reservoir's write position kept on the device: both have
+        # static shapes, so a compiled training step has no graph break here (and no host sync)
         for k, idx in enumerate(tokens):
-            self.code_counts[k] += torch.bincount(idx.flatten(), minlength=self.cfg.vocab_size).float()
+            flat = idx.flatten()
+            self.code_counts[k].index_add_(0, flat, torch.ones(flat.shape, dtype=self.code_counts.dtype,
+                                                               device=flat.device))
         # keep a random subset of the residuals this batch quantised (every scale)
         cand = torch.cat([r.reshape(-1, r.shape[-1]) for r in pooled]).float()
         m = min(len(cand), self.cfg.reservoir_size // 4)
         pick = cand[torch.randperm(len(cand), device=cand.device)[:m]]
-        start = int(self.reservoir_filled) % self.cfg.reservoir_size
-        slots = (torch.arange(m, device=cand.device) + start) % self.cfg.reservoir_size
+        slots = (torch.arange(m, device=cand.device) + self.reservoir_filled) % self.cfg.reservoir_size
         self.reservoir[slots] = pick.to(self.reservoir.dtype)
         self.reservoir_filled += m
 
