@@ -106,20 +106,22 @@ def bench_vq(ns, results):
                 row["cdist_fp32_upcast_ms"] = med(lambda x32=x32, c32=c32: torch.cdist(x32, c32).argmin(1))
             row["matmul_argmin_ms"] = med(matmul_argmin)
             row["triton_default_ms"] = med(lambda x=x, c=c: nearest_code_triton(x, c))
-            if dtype == torch.float32:  # default: pick-then-refine; hilo: three bf16 products for every pair
+            if dtype == torch.float32:  # default hilo: three bf16 products per pair; refine: pick-then-refine
                 from var_st.kernels import triton_vq
 
-                row["triton_hilo_ms"] = med(lambda x=x, c=c: nearest_code_triton(x, c, method="hilo"))
+                row["triton_refine_ms"] = med(lambda x=x, c=c: nearest_code_triton(x, c, method="refine"))
                 c_hi, _, cn_ = prepare_codebook(c, torch.float32)
                 b_, i_ = torch.empty(n, device="cuda"), torch.empty(n, dtype=torch.int64, device="cuda")
                 row["refine_unsure_fraction"] = float(triton_vq.refine_pass(x, c, c_hi, cn_, b_, i_).float().mean())
                 # VQ-like inputs: each row near one code (a trained encoder's output next to its codeword)
                 xn = c[torch.randint(0, K, (n,), device="cuda")] + 0.1 * torch.randn(n, D, device="cuda")
                 row["near_codes_triton_default_ms"] = med(lambda xn=xn, c=c: nearest_code_triton(xn, c))
+                row["near_codes_triton_refine_ms"] = med(lambda xn=xn, c=c: nearest_code_triton(xn, c, method="refine"))
                 row["near_codes_cdist_argmin_ms"] = med(lambda xn=xn, c=c: torch.cdist(xn, c).argmin(1))
                 row["near_codes_unsure_fraction"] = float(
                     triton_vq.refine_pass(xn, c, c_hi, cn_, b_, i_).float().mean())
                 row["near_codes_accuracy"] = argmin_agreement(nearest_code_triton(xn, c), xn, c)
+                row["refine_accuracy"] = argmin_agreement(nearest_code_triton(x, c, method="refine"), x, c)
             # part of the default time spent preparing the codebook (hi/lo split, norms): a profile line
             row["triton_codebook_prep_ms"] = med(lambda c=c, dt=x.dtype: prepare_codebook(c, dt))
             best = (row["triton_default_ms"], "default")

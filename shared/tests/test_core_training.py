@@ -552,6 +552,32 @@ def test_compiled_loss_matches_eager(tmp_path):
         assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=1e-4)
 
 
+def test_every_trainer_compiles_past_dynamos_recompile_limit(tmp_path, monkeypatch):
+    """dynamo runs a code object eagerly after 8 compiled graphs: a process that trains more than 8 kinds of
+    model (the GPU smoke tests train five packages') must still compile each one's step, while Trainers of
+    the same model class and loss (a cross-validation's folds) share the compiled graph. The backend is
+    'eager' here only to keep the test fast: the limit is the same for every backend."""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    train, val = make_data()
+
+    def fit(i, model):
+        cfg = config(tmp_path / str(i), epochs=1, compile="on", max_steps=1, best_name=None, curve_name=None)
+        Trainer(model, cfg, train, val, loss_fn=mse_loss).fit()
+
+    for i in range(torch._dynamo.config.recompile_limit + 3):
+        kind = type(f"Model{i}", (nn.Sequential,), {})  # a new class: dynamo's guards need a new graph
+        before = counters["stats"]["unique_graphs"]
+        fit(i, kind(nn.Linear(4, 8 + i), nn.ReLU(), nn.Linear(8 + i, 1)))
+        assert counters["stats"]["unique_graphs"] > before, f"the model of kind {i + 1} trained eagerly"
+    before = counters["stats"]["unique_graphs"]
+    fit("again", kind(nn.Linear(4, 8 + i), nn.ReLU(), nn.Linear(8 + i, 1)))
+    assert counters["stats"]["unique_graphs"] == before  # same class, same loss: the graph is reused
+
+
 def test_compile_setting_is_checked():
     with pytest.raises(UserError, match="unknown compile setting 'yes'; choose auto, on or off"):
         TrainConfig(compile="yes")

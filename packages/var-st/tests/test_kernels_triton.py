@@ -279,7 +279,7 @@ def test_refine_certifies_or_hands_over(spread):
     certain = ~unsure
     # a certified row is exact by itself (its own proof); the others are decided by the second sweep
     assert torch.equal(idx.cpu()[certain], d.argmin(1)[certain])
-    out, dist = nearest_code_triton(x, c, return_dist=True)
+    out, dist = nearest_code_triton(x, c, return_dist=True, method="refine")
     assert_same_argmin(out, x, c)
     exact = d.gather(1, out.cpu()[:, None]).squeeze(1)
     assert torch.all((dist.double().cpu() - exact).abs() <= 1e-5 * (x64 ** 2).sum(1) + 1e-6)
@@ -288,6 +288,6 @@ def test_refine_certifies_or_hands_over(spread):
 def test_refine_and_hilo_agree():
     g = fresh_generator()
     x, c = torch.randn(130, 33, generator=g).to(DEV), torch.randn(333, 33, generator=g).to(DEV)
-    assert torch.equal(nearest_code_triton(x, c), nearest_code_triton(x, c, method="hilo"))
+    assert torch.equal(nearest_code_triton(x, c, method="refine"), nearest_code_triton(x, c))
     with pytest.raises(ValueError, match="unknown method"):
         nearest_code_triton(x, c, method="tf32")

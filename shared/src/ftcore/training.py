@@ -20,6 +20,7 @@ import json
 import math
 import random
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -262,7 +263,7 @@ class Trainer:
         self.sync_every = config.sync_every_steps or (25 if on_cuda else 1)
         self.compiled = config.compile == "on" or (config.compile == "auto" and on_cuda)
         # the loss computation (forward + loss, autocast inside) is what gets compiled; backward follows it
-        self._forward = torch.compile(self._forward_loss) if self.compiled else self._forward_loss
+        self._forward = _compiled_method(self, Trainer._forward_loss) if self.compiled else self._forward_loss
         params = param_groups or self._default_param_groups()
         if not any(p.requires_grad for g in params for p in g["params"]):
             raise UserError("No trainable parameters! Check the freezing strategy / include patterns")
@@ -572,6 +573,26 @@ def _plain_cpu(sample: Any) -> bool:
     if isinstance(sample, (list, tuple)) and not hasattr(sample, "_fields"):
         return all(_plain_cpu(v) for v in sample)
     return isinstance(sample, (int, float, bool))
+
+
+# one copy of Trainer._forward_loss's code object per (model class, loss function code): see _compiled_method
+_FORWARD_CODES: dict[tuple, types.CodeType] = {}
+
+
+def _compiled_method(trainer: "Trainer", fn: Callable) -> Callable:
+    """torch.compile(fn bound to trainer), with dynamo's cache shared only by Trainers of the same model
+    class and loss function.
+
+    dynamo keeps its compiled graphs on the function's code object, and after 8 of them
+    (torch._dynamo.config.recompile_limit) it silently runs that code eagerly. Every Trainer compiles
+    the same method, so the 9th kind of model trained in one process ran eagerly (found by the GPU smoke
+    tests, which train the five packages' models in one process). The folds of a cross-validation (same
+    class, same loss) still share one cache and so compile once."""
+    loss = trainer.loss_fn
+    key = (type(trainer.model), getattr(loss, "__code__", type(loss)))
+    code = _FORWARD_CODES.setdefault(key, fn.__code__.replace())
+    fresh = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return torch.compile(types.MethodType(fresh, trainer))
 
 
 def _first_line(err: Exception) -> str:

@@ -224,11 +224,15 @@ REFINE_TOP = 4
 
 def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, return_dist: bool = False,
                         block_n: int | None = None, block_k: int | None = None,
-                        num_warps: int | None = None, method: str = "refine"):
+                        num_warps: int | None = None, method: str = "hilo"):
     """Fused nearest codeword; same contract as nearest_code_reference.
 
-    fp32 inputs: method "refine" (default: one bf16 product ranks, the best REFINE_TOP are re-scored in
-    exact fp32) or "hilo" (three bf16 products for every pair, the previous path, kept for benchmarks)."""
+    fp32 inputs: method "hilo" (default: three bf16 products for every pair) or "refine" (one bf16
+    product ranks, the best REFINE_TOP per row are re-scored in exact fp32, uncertified rows get the
+    hilo sweep). refine was measured SLOWER on an H200 and is kept only for benchmarks/bench_kernels_gpu.py:
+    at 1M rows 9.8 ms even when every row certifies (two running candidates per slot double the
+    kernel's live state) against 7.1 for hilo, and 16.4 ms on random inputs, where ~3% of rows do not
+    certify and so nearly every tile is swept again (benchmarks/results/kernels_h200.json)."""
     if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
         raise ValueError(f"expected x [N, D] and codebook [K, D], got {tuple(x.shape)} and {tuple(codebook.shape)}")
     n, d = x.shape
