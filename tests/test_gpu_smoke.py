@@ -186,7 +186,7 @@ def smoke_spatial_transfer(tmp: Path, device: torch.device) -> None:
     data = write_demo_data(tmp / "data", conf.TINY_SPEC)
     sets = [x for s in conf.TINY_SETS for x in ("--set", s)]
     out = tmp / "run"
-    with runs_on(device, trains=True):  # bulk pretraining -> transfer (strategy full) -> 2-fold CV, 2 + 2 epochs
+    with runs_on(device):  # (compile is off by default here) bulk pretraining -> transfer (strategy full) -> 2-fold CV, 2 + 2 epochs
         assert main(["run", "--data", str(data), "--output", str(out), "--folds", "2", "--lr", "1e-3", *sets,
                      "--no-progress", "--device", device.type]) == 0
     log, ck = out / "log_normalized_transfer_full", out / "checkpoints_transfer_full"

@@ -53,12 +53,16 @@ def add_allow_unloaded_frozen(parser) -> None:
                              "at random init for the whole run); without it such a run is refused")
 
 
-def add_compile(parser, flag: str = "--compile") -> None:
-    """`--compile auto|on|off`: torch.compile of the training step (TrainConfig.compile; auto = on CUDA only)."""
+def add_compile(parser, flag: str = "--compile", default: str = "auto", why: str = "") -> None:
+    """`--compile auto|on|off`: torch.compile of the training step (TrainConfig.compile; auto = on CUDA only).
+
+    `default` is the package's own default (written in the help), `why` a reason when it is not auto."""
+    said = {"auto": "auto (default: on CUDA, off on CPU), on or off",
+            "off": "off (default), on, or auto (on CUDA, off on CPU)",
+            "on": "on (default), off, or auto (on CUDA, off on CPU)"}[default]
     parser.add_argument(flag, dest="compile", choices=["auto", "on", "off"], default=None,
-                        help="torch.compile the training step: auto (default: on CUDA, off on CPU), on or off; "
-                             "compiling takes up to a minute at the start, then each step runs faster (1.5-2x on "
-                             "an H200)")
+                        help=f"torch.compile the training step: {said}; compiling takes up to a minute at the "
+                             f"start, then each step runs faster (1.5-2x on an H200){why}")
 
 
 def add_copy_config(sub, templates: dict[str, object], what: str) -> None:

@@ -69,7 +69,10 @@ class RunConfig:
     folds: int = field(default=10, metadata=bounds(ge=2))  # k-fold needs a test and a training part
     seed: int = field(default=42, metadata=bounds(ge=0, lt=SEED_LIMIT))
     device: str = "auto"
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the training step (auto: on CUDA | on | off)
+    # torch.compile of the training step: off by default (auto = on CUDA | on). Measured on an H200 (torch 2.11):
+    # the graph batches change shape every step (graph breaks at to_dense_batch, recompiles), and inductor
+    # failed with "CUDA error: misaligned address" (benchmarks/results/README.md)
+    compile: Literal["auto", "on", "off"] = "off"
     progress: bool = True
 
     def __post_init__(self) -> None:
