@@ -72,9 +72,11 @@ class TrainConfig:
     step_name: str | None = None  # e.g. "step={step}.ckpt"
     history_name: str = "history.json"
     curve_name: str | None = "training_curve.png"
-    # torch.compile of the loss computation (model forward + loss): auto (default) = on CUDA only | on | off.
-    # 1.5-2.1x faster steps on an H200 (benchmarks/results/README.md); never on a CPU unless asked
-    compile: str = "auto"
+    # torch.compile of the loss computation (model forward + loss): off (default) | on | auto = on CUDA only.
+    # 1.5-2.1x faster steps on an H200 (benchmarks/results/README.md), so the packages whose GPU tests pass
+    # compiled (state-tx, var-st, get-yeast) default to auto. The library default stays off: a loss function
+    # with Python side effects (a counter) failed inside dynamo on the H200 (torch 2.11)
+    compile: str = "off"
     # steps between host synchronisations (loss read back, NaN check, progress bar); None: 1 on CPU, 25 on CUDA,
     # where reading the loss every step stalls the GPU queue
     sync_every_steps: int | None = None
