@@ -501,6 +501,19 @@ def check_run_dir(s: Setup) -> Path:
     return out
 
 
+def training_mean(s: Setup, n: int = 4096) -> torch.Tensor:
+    """Mean target profile [G] over up to n training cells drawn at random (seeded by train_seed)."""
+    rows = [(fid, r) for fid, grp in s.plans["train"].groups for r in grp]
+    rng = np.random.default_rng(s.cfg.training.train_seed)
+    pick = [rows[i] for i in np.sort(rng.choice(len(rows), min(n, len(rows)), replace=False))]
+    total, count = 0.0, 0
+    for fid in sorted({f for f, _ in pick}):
+        idx = np.sort(np.array([r for f, r in pick if f == fid]))
+        block = np.asarray(s.metas[fid].source.read_rows(idx), dtype=np.float64)
+        total, count = total + block.sum(0), count + len(block)
+    return torch.as_tensor(total / max(count, 1), dtype=torch.float32)
+
+
 def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     """Validate everything, then write the maps, train with the core Trainer, write final.ckpt.
 
@@ -512,6 +525,8 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     train_cfg = train_config(cfg, s.val is not None)  # the core's checks of the loop settings
     seed_everything(cfg.training.train_seed)  # the initial weights too depend on the seed alone
     model = StateTransitionModel(s.model_cfg)
+    if s.model_cfg.output_bias_init == "mean":
+        model.init_output_bias(training_mean(s))
     init_report = None
     if cfg.model.kwargs.get("init_from"):
         columns = str(cfg.model.kwargs.get("init_from_columns", "name"))
