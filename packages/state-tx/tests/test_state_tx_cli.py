@@ -112,7 +112,7 @@ def test_evaluate_known_case_perfect_prediction_and_baseline(tmp_path, tiny_adat
     real = tiny_adata[:, tiny_adata.var.highly_variable].copy()
     s = evaluate(real, real, "gene", "non-targeting", "cell_type")
     assert s["model"]["pearson_delta"] == pytest.approx(1.0)
-    assert s["model"]["mse"] == pytest.approx(0.0, abs=1e-12) and s["model"]["discrimination_l1"] == 1.0
+    assert s["model"]["mse"] == pytest.approx(0.0, abs=1e-12) and s["model"]["discrimination_score_l1"] == 1.0
     X, g = np.asarray(real.X, dtype=float), real.obs["gene"].astype(str).values
     ct = real.obs["cell_type"].astype(str).values
     p = s["model"]  # noqa: F841 - the table holds per-perturbation values; check one by hand
@@ -306,3 +306,32 @@ def test_nan_loss_mid_training_leaves_no_run_folder(tiny_toml, make_train_args, 
     assert main(args) == 2
     assert "training loss became" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _readme_scanpy_example() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("<!-- scanpy example: tests/test_state_tx_cli.py runs it -->", 1)[1]
+    return block.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_infer_output_is_the_core_layout_and_the_readme_scanpy_example_runs(trained_run, tiny_h5ad, tiny_adata,
+                                                                              tmp_path, monkeypatch):
+    """X = predictions, var_names = genes, obs_names kept, layers['measured'] = the input's own values; the
+    README's scanpy lines run on the file as written there."""
+    out = tmp_path / "predictions.h5ad"
+    assert main(["infer", "--adata", str(tiny_h5ad), "--output", str(out), "--model-dir", str(trained_run)]) == 0
+    pred = ad.read_h5ad(out)
+    hvg = tiny_adata.var.highly_variable.to_numpy()
+    assert list(pred.var_names) == list(tiny_adata.var_names[hvg]) and list(pred.obs_names) == list(tiny_adata.obs_names)
+    np.testing.assert_array_equal(pred.layers["measured"], tiny_adata.obsm["X_hvg"])
+    assert "X_hvg" not in pred.obsm and pred.uns["prediction"]["model"] == "state-tx"
+    assert not np.allclose(pred.X, pred.layers["measured"])
+    code = _readme_scanpy_example()
+    assert "sc.read_h5ad(\"predictions.h5ad\")" in code
+    monkeypatch.chdir(tmp_path)
+    import matplotlib.pyplot as plt
+
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own lines
+    assert namespace["pred"].n_vars == pred.n_vars and plt.get_fignums()
+    plt.close("all")

@@ -140,3 +140,23 @@ def test_arc_state_checkpoint_table_loads_everything_but_the_skipped():
     assert set(report.skipped) == {"transformer_backbone.embed_tokens.weight", "gene_decoder.decoder.0.weight"}
     basal, pert, batch = inputs(c, 1)
     torch.testing.assert_close(dst.eval()(basal, pert), src.eval()(basal, pert))
+
+
+@pytest.mark.parametrize("space", ["gene", "all"])
+def test_output_bias_init_starts_every_gene_alive(space):
+    """With PyTorch's default init, some genes start below 0 for every cell and the ReLU keeps them at 0 (no
+    gradient); the training mean as the output bias starts them at the level of highly expressed genes."""
+    torch.manual_seed(0)
+    c = tiny(input_dim=64, output_dim=64, output_space=space)
+    mean = torch.linspace(0.5, 6.0, 64)
+    basal, pert = torch.rand(4, 6, 64) * 2, torch.eye(5)[torch.randint(0, 5, (4, 6))]
+    default = StateTransitionModel(c)
+    dead = (default(basal, pert) == 0).all(dim=(0, 1))
+    model = StateTransitionModel(c)
+    model.init_output_bias(mean)
+    out = model(basal, pert)
+    assert dead.any() and not (out == 0).all(dim=(0, 1)).any()
+    err_default = (default(basal, pert).mean((0, 1)) - mean).abs().mean()
+    assert (out.mean((0, 1)) - mean).abs().mean() < err_default / 2
+    with pytest.raises(UserError, match="output_bias_init"):
+        StateTxConfig(input_dim=4, output_dim=4, pert_dim=2, output_bias_init="zeros")

@@ -6,6 +6,7 @@
     state-tx infer --adata test.h5ad --output pred.h5ad --model-dir results/exp1 --pert-col gene
     state-tx predict --output-dir results/exp1 --checkpoint last.ckpt
     state-tx evaluate -ap pred.h5ad -ar real.h5ad --pert-col gene --control-pert non-targeting --celltype-col cell_type -o eval/
+    state-tx copy-config configs/   # example_training_config.toml + train_config.yaml to edit
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ import typing
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_version
+from ftcore.cli import ArgumentParser, add_copy_config, add_version
 from ftcore.errors import UserError, cli_main
 
+from state_tx.synthetic import DESIGNS
+
 DEMO_DIR = "runs/state-tx"
+# the files a user's workflow edits (`state-tx copy-config DIR`)
+TEMPLATES = {name: Path(__file__).parent / "templates" / name
+             for name in ("example_training_config.toml", "train_config.yaml")}
 # A CPU-sized state_sm for the demo (same architecture, smaller widths); see README.
 DEMO_OVERRIDES = (
     "model=state_sm", "model.kwargs.hidden_dim=128", "model.kwargs.n_layers=2", "model.kwargs.n_heads=4",
@@ -30,6 +36,9 @@ DEMO_OVERRIDES = (
     "data.kwargs.pert_col=gene", "data.kwargs.cell_type_key=cell_type", "data.kwargs.batch_col=gem_group",
     "data.kwargs.control_pert=non-targeting", "data.kwargs.output_space=gene",
 )
+# per generated design (state_tx.synthetic.DESIGNS): training steps and settings on top of DEMO_OVERRIDES
+DESIGN_STEPS = {"demo": 400, "heterogeneous": 400}
+DESIGN_OVERRIDES: dict[str, tuple[str, ...]] = {"demo": (), "heterogeneous": ()}
 
 
 def _keys_help() -> str:
@@ -98,18 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val"), default="test")
     _common_predict_args(p)
 
-    p = sub.add_parser("evaluate", help="metrics of predictions vs ground truth, with the control-mean baseline")
+    p = sub.add_parser("evaluate", help="metrics of predictions vs ground truth, with the control-mean (and mean-shift) baselines")
     p.add_argument("-ap", "--adata-pred", required=True, type=opt.input_file("-ap/--adata-pred", "predictions .h5ad"))
     p.add_argument("-ar", "--adata-real", required=True, type=opt.input_file("-ar/--adata-real", "ground-truth .h5ad"))
     p.add_argument("-o", "--outdir", required=True, type=opt.output_dir("-o/--outdir"))
     p.add_argument("--pert-col", default="gene")
     p.add_argument("--control-pert", default="non-targeting")
     p.add_argument("--celltype-col", default="cell_type")
+    p.add_argument("--adata-train", type=opt.input_file("--adata-train", "training-cells .h5ad"),
+                   help="the training cells (same obs columns; the predictions' genes in X or obsm['X_hvg']): "
+                   "adds the mean-shift baseline (each perturbation's shift carried over from the other cell types)")
+
+    add_copy_config(sub, TEMPLATES, "the split TOML and the run config that `state-tx train --config` reads; "
+                    "edit, then train")
 
     p = sub.add_parser("demo", help="generate the embedded data set, train, predict, evaluate (the default)")
     p.add_argument("--output-dir", default=DEMO_DIR, type=opt.output_dir("--output-dir"))
-    p.add_argument("--max-steps", type=opt.positive_int("--max-steps"), default=400)
+    p.add_argument("--max-steps", type=opt.positive_int("--max-steps"),
+                   help="training steps (default 400; heterogeneous: DESIGN_STEPS)")
     p.add_argument("--seed", type=opt.seed("--seed"), default=0, help="seed of the data generator and of training")
+    p.add_argument("--design", choices=DESIGNS, default="demo",
+                   help="the generated screen: demo (default) or heterogeneous (counts, perturbations without effect, "
+                   "cell-type-specific effects, gem-group shifts; trained with the settings in the README)")
     p.add_argument("overrides", nargs="*", help="extra train overrides, e.g. training.device=cpu")
     return parser
 
@@ -142,7 +161,7 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
                    help="allow checkpoints that need full unpickling (can run code)")
 
 
-def run_demo(output_dir: str, max_steps: int, seed: int, extra: list[str]) -> dict:
+def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str], design: str = "demo") -> dict:
     from state_tx.evaluate import format_summary
     from state_tx.infer import predict
     from state_tx.synthetic import write_demo
@@ -150,16 +169,17 @@ def run_demo(output_dir: str, max_steps: int, seed: int, extra: list[str]) -> di
 
     from ftcore.io import claim_outputs
 
-    data_dir = (Path(output_dir) / "demo" / "data").resolve()
-    steps = max(max_steps, 1)
+    name = "demo" if design == "demo" else design
+    data_dir = (Path(output_dir) / name / "data").resolve()
+    steps = max(max_steps or DESIGN_STEPS[design], 1)
     every = max(steps // 4, 1)
     # the run settings are checked before the demo data is written (the TOML's path is known in advance)
-    cfg = load_run_config(list(DEMO_OVERRIDES) + [
-        f"data.kwargs.toml_config_path={data_dir / 'demo.toml'}", f"training.max_steps={steps}",
+    cfg = load_run_config(list(DEMO_OVERRIDES) + list(DESIGN_OVERRIDES[design]) + [
+        f"data.kwargs.toml_config_path={data_dir / f'{design}.toml'}", f"training.max_steps={steps}",
         f"training.val_freq={every}", f"training.ckpt_every_n_steps={every}", f"training.train_seed={seed}",
-        f"output_dir={output_dir}", "name=demo"] + list(extra))
+        f"output_dir={output_dir}", f"name={name}"] + list(extra))
     claim_outputs(output_dir)
-    write_demo(data_dir, seed=seed)
+    write_demo(data_dir, seed=seed, design=design)
     result = train(cfg)
     import os
 
@@ -194,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out_dir}/adata_pred.h5ad, adata_real.h5ad and metrics\n{format_summary(summary)}")
     elif args.command == "evaluate":
         _evaluate(args)
+    elif args.command == "copy-config":
+        from ftcore.cli import copy_config
+
+        copy_config(args)
     elif args.command == "demo":
-        run_demo(args.output_dir, args.max_steps, args.seed, args.overrides)
+        run_demo(args.output_dir, args.max_steps, args.seed, args.overrides, args.design)
     else:
         raise UserError(f"unknown command {args.command!r}")
     return 0
@@ -208,7 +232,14 @@ def _evaluate(args) -> None:
 
     pred = read_h5ad(args.adata_pred, "-ap/--adata-pred")
     real = read_h5ad(args.adata_real, "-ar/--adata-real")
-    summary = evaluate(pred, real, args.pert_col, args.control_pert, args.celltype_col, args.outdir)
+    shifts = None
+    if args.adata_train:
+        from state_tx.infer import shifts_from_adata
+
+        shifts = shifts_from_adata(read_h5ad(args.adata_train, "--adata-train"), list(map(str, pred.var_names)),
+                                   args.pert_col, args.celltype_col, args.control_pert)
+    summary = evaluate(pred, real, args.pert_col, args.control_pert, args.celltype_col, args.outdir,
+                       train_shifts=shifts)
     print(format_summary(summary))
 
 

@@ -291,7 +291,6 @@ def check_kind(M: np.ndarray, run: TrainedRun, where: str) -> None:
 def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None = None, pert_col: str | None = None,
           batch_col: str | None = None, control_pert: str | None = None, celltype_col: str | None = None,
           seed: int = 42, batch_size: int = 16, trust_checkpoint: bool = False, device: str = "auto") -> Path:
-    import anndata as ad
     import pandas as pd
 
     from ftcore import options as opt
@@ -362,7 +361,14 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
         var = adata.var[adata.var["highly_variable"].astype(bool).to_numpy()].copy()
     else:
         var = pd.DataFrame(index=vd["gene_names"])
-    out = ad.AnnData(X=X, obs=adata.obs.copy(), var=var)
+    from ftcore.data import prediction_adata
+
+    # the core's layout: X = predictions, var_names = genes, obs / obs_names / obsm kept; layers['measured'] =
+    # the input's own values of the same genes (what these cells measured; for controls relabelled with a
+    # perturbation, their control expression)
+    out = prediction_adata(X, list(map(str, var.index)), adata, model="state-tx", measured=M)
+    out.var = var.set_axis(out.var_names)  # the input's gene annotation (highly_variable, ...) kept
+    out.obsm.pop("X_hvg", None)  # the INPUT's HVG matrix, now layers['measured']: never mistaken for predictions
     out.uns["state_tx"] = {"model_dir": str(run.model_dir), "checkpoint": str(run.checkpoint), "input": where,
                            "output_space": vd["output_space"], "control_pert": control_pert, "pert_col": pert_col}
     atomic_write_h5ad(out, output)
@@ -419,17 +425,65 @@ def predict(model_dir: str, checkpoint: str | None = "final.ckpt", split: str = 
     if not names.is_unique:
         names = obs_df["file"].astype(str) + ":" + names
     obs_df.index = names.values if names.is_unique else obs_df.index.astype(str)
-    var = pd.DataFrame(index=run.var_dims["gene_names"])
-    adata_pred = ad.AnnData(X=np.concatenate(preds), obs=obs_df, var=var)
-    adata_real = ad.AnnData(X=np.concatenate(reals).astype(np.float32), obs=obs_df.copy(), var=var.copy())
     for col in (kw.pert_col, kw.cell_type_key, kw.batch_col):
-        adata_pred.obs[col] = adata_pred.obs[col].astype("category")
-        adata_real.obs[col] = adata_real.obs[col].astype("category")
+        obs_df[col] = obs_df[col].astype("category")
+    from ftcore.data import prediction_adata
+
+    genes = [str(g) for g in run.var_dims["gene_names"]]
+    adata_real = ad.AnnData(X=np.concatenate(reals).astype(np.float32), obs=obs_df, var=pd.DataFrame(index=genes))
+    # the core's prediction layout (X = predictions, var_names = genes, obs of the cells); the measured values
+    # are adata_real.h5ad, the file cell-eval reads beside it
+    adata_pred = prediction_adata(np.concatenate(preds), genes, adata_real, model="state-tx")
     atomic_write_h5ad(adata_pred, out_dir / "adata_pred.h5ad")
     atomic_write_h5ad(adata_real, out_dir / "adata_real.h5ad")
-    summary = evaluate(adata_pred, adata_real, kw.pert_col, kw.control_pert, kw.cell_type_key, out_dir)
+    shifts = training_shifts(metas, vocab, plans["train"], kw.control_pert)
+    summary = evaluate(adata_pred, adata_real, kw.pert_col, kw.control_pert, kw.cell_type_key, out_dir,
+                       train_shifts=shifts)
     summary.update({"split": split, "checkpoint": str(run.checkpoint)})
     from ftcore.io import atomic_write_json
 
     atomic_write_json(out_dir / "summary.json", summary)
     return out_dir, summary
+
+
+def training_shifts(metas: list, vocab, plan, control_pert: str) -> dict:
+    """Each training cell type's mean shift per perturbation (the mean-shift baseline's input), read from the
+    training split's cells file by file in chunks (evaluate.mean_shifts)."""
+    from state_tx.evaluate import mean_shifts
+
+    rows_of: dict[int, list[np.ndarray]] = {}
+    for fid, rows in plan.groups:
+        rows_of.setdefault(fid, []).append(rows)
+    for fid, pid in plan.controls:
+        rows_of.setdefault(fid, []).append(plan.pools[pid][1])
+    sources = []
+    for fid, parts in sorted(rows_of.items()):
+        meta, rows = metas[fid], np.unique(np.concatenate(parts))
+        sources.append((lambda pos, src=meta.source, rows=rows: src.read_rows(rows[pos]),
+                        np.asarray(vocab.perts)[meta.pert[rows]], np.asarray(vocab.cell_types)[meta.cell_type[rows]]))
+    return mean_shifts(sources, control_pert)
+
+
+def shifts_from_adata(adata, genes: list[str], pert_col: str, celltype_col: str, control_pert: str,
+                      flag: str = "--adata-train") -> dict:
+    """The mean-shift baseline's input from a file of training cells: the genes of the predictions taken by
+    name from X, or obsm['X_hvg'] when its columns (var.highly_variable) are those genes."""
+    from state_tx.evaluate import check_columns, mean_shifts
+
+    check_columns(adata, {"--pert-col": pert_col, "--celltype-col": celltype_col}, flag)
+    names = list(map(str, adata.var_names))
+    if set(genes) <= set(names):
+        M = adata[:, genes].X
+    elif ("X_hvg" in adata.obsm and "highly_variable" in adata.var
+          and [n for n, h in zip(names, adata.var["highly_variable"].astype(bool)) if h] == list(genes)):
+        M = adata.obsm["X_hvg"]
+    else:
+        missing = [g for g in genes if g not in set(names)]
+        raise UserError(f"{flag}: {len(missing)} genes of the predictions are not in its var_names (first: "
+                        f"{missing[0]!r}) and obsm['X_hvg'] does not hold them; give the training cells with the "
+                        "same genes")
+    if (adata.obs[pert_col].astype(str) == control_pert).sum() == 0:
+        raise UserError(f"{flag}: no control cells ({control_pert!r} in obs[{pert_col!r}]); shifts are measured "
+                        "from each cell type's controls")
+    return mean_shifts([(lambda rows: M[rows], adata.obs[pert_col].to_numpy(), adata.obs[celltype_col].to_numpy())],
+                       control_pert)

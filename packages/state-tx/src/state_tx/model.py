@@ -56,12 +56,19 @@ class StateTxConfig:
     batch_encoder: bool = False
     loss: str = "energy"  # energy | mmd (Gaussian kernel, bandwidth `blur`) | mse (cell by cell)
     blur: float = field(default=0.05, metadata=opt.bounds(gt=0))  # MMD bandwidth
+    # mean: a fresh model's output layer starts with the training mean of each gene as its bias (under the
+    # final ReLU, a gene whose output starts negative for every cell gets no gradient and stays 0 for good:
+    # on a screen with highly expressed genes that dominated the MSE); torch: PyTorch's default (arc-state)
+    output_bias_init: str = "mean"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise UserError(f"unknown model.kwargs.loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.output_space not in ("gene", "all"):
             raise UserError(f"unknown output_space {self.output_space!r}; choose gene or all")
+        if self.output_bias_init not in ("mean", "torch"):
+            raise UserError(f"model.kwargs.output_bias_init={self.output_bias_init!r}; choose mean (the training "
+                            "mean per gene) or torch (PyTorch's default, as arc-state)")
         if self.cell_set_len < 2:
             raise UserError("model.kwargs.cell_set_len must be >= 2 (the loss compares sets of cells)")
         if min(self.hidden_dim, self.n_heads, self.head_dim, self.n_layers, self.n_encoder_layers,
@@ -264,6 +271,12 @@ class StateTransitionModel(nn.Module):
         else:
             out = self.project_out(hidden)
         return F.relu(out)  # log-normalised expression is non-negative
+
+    @torch.no_grad()
+    def init_output_bias(self, mean: torch.Tensor) -> None:
+        """Bias of the layer before the final ReLU = `mean` [output_dim] (output_bias_init=mean)."""
+        last = self.final_down_then_up[-1] if hasattr(self, "final_down_then_up") else self.project_out[-1]
+        last.bias.copy_(mean.to(last.bias))
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch dict from data.SentenceDataset -> (loss, pred [B, S, G])."""

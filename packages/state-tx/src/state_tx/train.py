@@ -431,7 +431,58 @@ def train_config(cfg: RunConfig, has_val: bool) -> TrainConfig:
         num_workers=cfg.data.kwargs.num_workers, progress=t.progress,
         best_name="checkpoints/best.ckpt" if has_val else None,
         last_name="checkpoints/last.ckpt", step_name="checkpoints/step={step}.ckpt",
+        curve_name=None,  # drawn by StepCurveTrainer, against optimizer steps (the loop is step-based)
     )
+
+
+LOSS_NAMES = {"energy": "energy distance", "mmd": "Gaussian MMD", "mse": "MSE per cell"}
+
+
+def plot_training_curves(history: list[dict], path: Path, loss: str) -> None:
+    """training_curve.png: losses (train and val, one quantity) and val_pearson_delta, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ftcore.io import atomic_savefig
+
+    rows = sorted((h for h in history if isinstance(h.get("step"), int)), key=lambda h: h["step"])
+    if not rows:
+        return
+    step = [h["step"] for h in rows]
+    has_r = any(isinstance(h.get("val_pearson_delta"), float) for h in rows)
+    fig, axes = plt.subplots(1, 2 if has_r else 1, figsize=(11 if has_r else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    for key, label in (("train_loss", "train (mean since the previous point)"), ("val_loss", "val")):
+        if any(key in h for h in rows):
+            ax.plot(step, [h.get(key, np.nan) for h in rows], marker=".", label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"loss ({LOSS_NAMES.get(loss, loss)})")
+    ax.set_title("training and validation loss")
+    ax.legend()
+    if has_r:
+        ax = axes[0, 1]
+        ax.plot(step, [h.get("val_pearson_delta", np.nan) for h in rows], marker=".", color="C2")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("val pearson_delta")
+        ax.set_title("val pearson_delta (r of predicted vs observed shift per val set)")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+class StepCurveTrainer(Trainer):
+    """The core Trainer, with the curves drawn against optimizer steps each time the history is written."""
+
+    def __init__(self, *args, loss: str = "energy", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss = loss
+
+    def _write_history(self) -> None:
+        super()._write_history()
+        if self.env.is_main:
+            plot_training_curves(self.history, self.out / "training_curve.png", self._loss)
 
 
 def check_run_dir(s: Setup) -> Path:
@@ -450,6 +501,19 @@ def check_run_dir(s: Setup) -> Path:
     return out
 
 
+def training_mean(s: Setup, n: int = 4096) -> torch.Tensor:
+    """Mean target profile [G] over up to n training cells drawn at random (seeded by train_seed)."""
+    rows = [(fid, r) for fid, grp in s.plans["train"].groups for r in grp]
+    rng = np.random.default_rng(s.cfg.training.train_seed)
+    pick = [rows[i] for i in np.sort(rng.choice(len(rows), min(n, len(rows)), replace=False))]
+    total, count = 0.0, 0
+    for fid in sorted({f for f, _ in pick}):
+        idx = np.sort(np.array([r for f, r in pick if f == fid]))
+        block = np.asarray(s.metas[fid].source.read_rows(idx), dtype=np.float64)
+        total, count = total + block.sum(0), count + len(block)
+    return torch.as_tensor(total / max(count, 1), dtype=torch.float32)
+
+
 def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     """Validate everything, then write the maps, train with the core Trainer, write final.ckpt.
 
@@ -461,6 +525,8 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
     train_cfg = train_config(cfg, s.val is not None)  # the core's checks of the loop settings
     seed_everything(cfg.training.train_seed)  # the initial weights too depend on the seed alone
     model = StateTransitionModel(s.model_cfg)
+    if s.model_cfg.output_bias_init == "mean":
+        model.init_output_bias(training_mean(s))
     init_report = None
     if cfg.model.kwargs.get("init_from"):
         columns = str(cfg.model.kwargs.get("init_from_columns", "name"))
@@ -476,9 +542,9 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
         print(f"state-tx: {s.train.n_sentences} train sentences ({s.plans['train'].n_cells} cells), "
               f"{s.val.n_sentences if s.val else 0} val sentences; model {cfg.model.name} "
               f"{model.n_params() / 1e6:.2f}M parameters, cell_set_len {s.model_cfg.cell_set_len}")
-    trainer = Trainer(model, train_cfg, s.train, s.val,
-                      loss_fn=make_loss_fn(s.model_cfg), eval_fn=make_eval_fn(s.model_cfg),
-                      extra_state={"model_config": dataclasses.asdict(s.model_cfg)})
+    trainer = StepCurveTrainer(model, train_cfg, s.train, s.val, loss=s.model_cfg.loss,
+                               loss_fn=make_loss_fn(s.model_cfg), eval_fn=make_eval_fn(s.model_cfg),
+                               extra_state={"model_config": dataclasses.asdict(s.model_cfg)})
     result = trainer.fit()
     final = cfg.run_dir / "checkpoints" / "final.ckpt"
     if is_main_process():
