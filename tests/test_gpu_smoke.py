@@ -203,7 +203,7 @@ def smoke_spatial_transfer(tmp: Path, device: torch.device) -> None:
     with runs_on(device):
         assert main(["predict", "--checkpoint", str(ck / "best_hest_graph_model_fold_0.pt"), "--data", str(data),
                      "--output", str(tmp / "pred"), "--device", device.type]) == 0
-    assert_predictions(ad.read_h5ad(tmp / "pred" / "predictions.h5ad").layers["predicted"], (n_spots, n_genes))
+    assert_predictions(ad.read_h5ad(tmp / "pred" / "predictions.h5ad").X, (n_spots, n_genes))  # X = predictions
 
 
 def smoke_state_tx(tmp: Path, device: torch.device) -> None:

@@ -103,20 +103,37 @@ def test_run_end_to_end_outputs_and_resume(tiny_data, tmp_path, tiny_args, capsy
         assert pred.shape == (m["n_test_spots"], 20) and np.isfinite(pred).all()
         assert all(name.startswith(tuple(f["test_samples"])) for name in m["spot_names"])
         # the metrics are those of the saved predictions: Pearson over all spot x gene values, MSE
-        true = adata[m["spot_names"]].X
+        true = adata[m["spot_names"]].layers["measured"]
+        np.testing.assert_allclose(adata[m["spot_names"]].X, pred)  # X = the out-of-fold predictions
         assert m["overall_correlation"] == pytest.approx(np.corrcoef(pred.ravel(), true.ravel())[0, 1], abs=1e-5)
         assert m["test_loss"] == pytest.approx(float(((pred - true) ** 2).mean()), rel=1e-5)
-    assert adata.layers["cv_predicted"].shape == adata.X.shape and np.isfinite(adata.layers["cv_predicted"]).all()
+    # THE output layout (ftcore.data.prediction_adata): X = predictions of the genes, observed in layers["measured"],
+    # obs kept, obsm["spatial"] = (array_col, array_row): the coordinates the package reads
+    source = anndata.read_h5ad(tiny_data / "spatial.h5ad")
+    assert adata.shape == (64, 20) and np.isfinite(adata.X).all() and list(adata.var_names) == list(source.var_names)
+    np.testing.assert_array_equal(adata.layers["measured"], source[adata.obs_names].X)
+    assert list(adata.obs["sample"]) == list(source[adata.obs_names].obs["sample"])
+    np.testing.assert_array_equal(adata.obsm["spatial"], source[adata.obs_names].obs[["array_col", "array_row"]].to_numpy())
+    assert adata.uns["prediction"]["measured_layer"] == "measured" and "out-of-fold" in adata.uns["prediction"]["model"]
     assert (out / "bulk_pretrain" / "best_bulk_model.pt").exists()
+    # the printed next step is complete: it runs as printed (the console script's name -> main)
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("next: ")]
+    import shlex
 
-    # the fold-0 model on the slides: predictions in layers["predicted"]; a bulk checkpoint is refused
+    nxt = shlex.split(line.split("#")[0][len("next: "):])
+    assert nxt[:2] == ["spatial-transfer", "predict"] and nxt[nxt.index("--data") + 1] == str(tiny_data)
+    assert main(nxt[1:] + ["--device", "cpu"]) == 0 and (out / "predict" / "predictions.h5ad").exists()
+
+    # the fold-0 model on the slides: predictions in X, as in the run's file; a bulk checkpoint is refused
     pred_dir = tmp_path / "pred"
     ckpt = ck / "best_hest_graph_model_fold_0.pt"
     assert main(["predict", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--output", str(pred_dir), "--device", "cpu"]) == 0
     p = anndata.read_h5ad(pred_dir / "predictions.h5ad")
-    assert p.layers["predicted"].shape == (64, 20) and np.isfinite(p.layers["predicted"]).all()
-    rows = [adata.obs_names.get_loc(n) for n in json.loads((log / "fold_0_metrics.json").read_text())["spot_names"]]
-    np.testing.assert_allclose(p.layers["predicted"][rows], adata.layers["cv_predicted"][rows], rtol=1e-4, atol=1e-5)
+    assert p.shape == (64, 20) and np.isfinite(p.X).all() and list(p.var_names) == list(adata.var_names)
+    assert list(p.obs_names) == list(source.obs_names)
+    np.testing.assert_array_equal(p.layers["measured"], source.X)
+    rows = [p.obs_names.get_loc(n) for n in json.loads((log / "fold_0_metrics.json").read_text())["spot_names"]]
+    np.testing.assert_allclose(p.X[rows], adata[p.obs_names[rows]].X, rtol=1e-4, atol=1e-5)
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(out / "bulk_pretrain" / "best_bulk_model.pt"), "--data", str(tiny_data),
                  "--output", str(tmp_path / "pred2")]) == 2
@@ -190,33 +207,49 @@ def test_console_script_help_and_unknown_strategy(tmp_path):
 
 
 def test_no_data_runs_the_embedded_demo(tmp_path, tiny_args, tiny_spec, capsys, monkeypatch):
-    """`spatial-transfer` without --data: writes the demo data set, pretrains, transfers with the demo's rates.
+    """`spatial-transfer` without --data: writes the demo data set, pretrains, transfers with the demo's strategy
+    (the one that wins on the demo data) and rates, then the scratch baseline on the same folds, one table.
 
     The generator is swapped for the tiny spec (the real demo takes minutes); everything else is the no-argument path.
     """
     import spatial_transfer.demo as demo
-    from spatial_transfer.cli import DEMO_STRATEGY_LR
+    from spatial_transfer.cli import DEMO_STRATEGY, DEMO_STRATEGY_LR
     from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE, SPATIAL_CELLS_FILE, SPATIAL_FILE
 
     monkeypatch.setattr(demo, "DemoSpec", lambda: tiny_spec)
     out = tmp_path / "run"
     assert main(["--output", str(out), "--folds", "2", *tiny_args()]) == 0  # no command, no --data
     text = capsys.readouterr().out
-    assert "no --data given: running on the embedded demo data set" in text
+    assert "no --data given: running on the synthetic demo data set" in text
     for name in (SPATIAL_FILE, SPATIAL_CELLS_FILE, BULK_FILE, BULK_CELLS_FILE):
         assert (out / "demo_data" / name).stat().st_size > 0, name
     assert (out / "bulk_pretrain" / "best_bulk_model.pt").exists()
-    assert "=== Loading Pretrained Weights from Bulk Model ===" in text and "Average overall correlation:" in text
-    final = json.loads((out / "log_normalized_transfer_full" / "final_2fold_results.json").read_text())
-    assert final["strategy"] == "full" and final["lr"] == DEMO_STRATEGY_LR["full"]
-    assert (out / "checkpoints_transfer_full" / "best_hest_graph_model_fold_1.pt").exists()
+    assert "=== Loading Pretrained Weights from Bulk Model ===" in text
+    # the guide's summary lines, both metrics, once per strategy
+    assert text.count("Average overall correlation:") == 2 and text.count("Average gene correlation:") == 2
+    assert DEMO_STRATEGY == "frozen_backbone"
+    final = json.loads((out / f"log_normalized_transfer_{DEMO_STRATEGY}" / "final_2fold_results.json").read_text())
+    assert final["strategy"] == DEMO_STRATEGY and final["lr"] == DEMO_STRATEGY_LR[DEMO_STRATEGY]
+    assert (out / f"checkpoints_transfer_{DEMO_STRATEGY}" / "best_hest_graph_model_fold_1.pt").exists()
+    scratch = json.loads((out / "log_normalized" / "final_2fold_results.json").read_text())
+    assert scratch["strategy"] == "scratch" and [f["test_samples"] for f in scratch["folds"]] == [
+        f["test_samples"] for f in final["folds"]]  # the same folds
+    cmp_ = json.loads((out / "comparison.json").read_text())
+    assert set(cmp_) == {DEMO_STRATEGY, "scratch"}
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("demo: transfer")]
+    g = final["gene_correlation"]["mean"], scratch["gene_correlation"]["mean"]
+    assert f"gene correlation {g[0]:.4f} vs from scratch {g[1]:.4f}" in line
+    # the environment still picks the strategy in the demo
+    monkeypatch.setenv("TRANSFER_STRATEGY", "full")
+    assert main(["--output", str(tmp_path / "run_full"), "--folds", "2", *tiny_args()]) == 0
+    assert (tmp_path / "run_full" / "log_normalized_transfer_full" / "final_2fold_results.json").exists()
 
 
 def test_make_demo_data_writes_a_readable_data_set(tmp_path, capsys):
     from spatial_transfer.data import read_bulk, read_spatial
 
     assert main(["make-demo-data", str(tmp_path / "d"), "--seed", "1"]) == 0
-    assert f"wrote the demo data set to {tmp_path / 'd'}" in capsys.readouterr().out
+    assert f"wrote the synthetic data set to {tmp_path / 'd'}" in capsys.readouterr().out
     sp, bk = read_spatial(tmp_path / "d", 128), read_bulk(tmp_path / "d", 128)
     assert sp.expr.shape[1] == 897 and len(sp.samples) == 10 and bk.expr.shape == (60, 372)
 

@@ -1,12 +1,16 @@
 """spatial-transfer: Cell2Gene BulkModel -> SpatialModel transfer learning with cross-validation.
 
-    spatial-transfer                          the whole flow on the embedded demo data
+    spatial-transfer                          the demo: the whole flow on the embedded data, transfer vs scratch
+    spatial-transfer --dataset visium-mouse-brain
+                                              the same on the core's 49 real Visium spots + H&E (pseudo-bulk)
     spatial-transfer run --data DIR           bulk pretraining -> transfer -> CV on your data
     spatial-transfer pretrain --data DIR      bulk pretraining only
     spatial-transfer compare --data DIR       transfer strategies vs from-scratch on the same folds
     spatial-transfer predict --checkpoint best_hest_graph_model_fold_0.pt --data DIR
-                                              a trained SpatialModel on new slides -> predictions.h5ad
-    spatial-transfer make-demo-data DIR       write the demo data set in the on-disk format
+                                              a trained SpatialModel on new slides (expression optional)
+                                              -> predictions.h5ad (X = predictions)
+    spatial-transfer make-demo-data DIR [--dataset NAME]
+                                              write a demo data set in the on-disk format
 
 The guide's environment variables are read here, once: TRANSFER_STRATEGY, USE_TRANSFER_LEARNING,
 FREEZE_BACKBONE, CV_MODE, LOO_HELDOUT. A command-line flag beats its variable.
@@ -38,6 +42,19 @@ DEMO_PRESET = {
     "graph": {"window": 2},
 }
 DEMO_STRATEGY_LR = {"full": 3e-4, "frozen_backbone": 1e-3, "frozen_decoder": 1e-3, "scratch": 1e-3}
+# The demo's strategy when neither --strategy nor the guide's variables pick one: the one that wins on the
+# demo data (README, "Measured"); user data keep the guide's default, full.
+DEMO_STRATEGY = "frozen_backbone"
+# the data sets a run without --data uses (--dataset): name -> the directory under --output they are written to
+DATASETS = {"synthetic": "demo_data", "visium-mouse-brain": "visium_mouse_brain_data"}
+
+
+def demo_preset(dataset: str) -> dict:
+    if dataset == "visium-mouse-brain":
+        from spatial_transfer.visium import PRESET
+
+        return PRESET
+    return DEMO_PRESET
 
 
 # ------------------------------------------------------------------- environment + flags
@@ -71,8 +88,8 @@ def _pick(flag, env_setting: Setting) -> Setting:
     return Setting(flag, "flag") if flag is not None else env_setting
 
 
-def resolve_strategy(args, env: Mapping[str, str]) -> str:
-    """Strategy from --strategy/--transfer/--freeze-backbone and the guide's variables."""
+def resolve_strategy(args, env: Mapping[str, str], default: str = "full") -> str:
+    """Strategy from --strategy/--transfer/--freeze-backbone and the guide's variables (`default` when none says)."""
     from spatial_transfer.train import STRATEGIES
 
     if args.strategy is not None and args.strategy not in STRATEGIES:
@@ -103,7 +120,7 @@ def resolve_strategy(args, env: Mapping[str, str]) -> str:
         if freeze.value and outranks(freeze, transfer):
             return "frozen_backbone"
         return "scratch"
-    return "frozen_backbone" if freeze.value else "full"
+    return "frozen_backbone" if freeze.value else default
 
 
 def resolve_cv(args, env: Mapping[str, str]) -> tuple[str, list[str] | None]:
@@ -126,7 +143,7 @@ def build_config(args, demo: bool):
 
     data: dict = {}
     if demo:
-        data = {k: dict(v) for k, v in DEMO_PRESET.items()}
+        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo_preset(args.dataset).items()}
     source = "--set" if args.set else "defaults"
     if args.config:
         user = read_config_file(args.config)
@@ -171,17 +188,27 @@ def fit_genes(cfg, explicit: set[str], spatial=None, bulk=None) -> None:
 
 
 # ------------------------------------------------------------------- commands
-def _data_dir(args, out: Path, demo_spec=None) -> tuple[Path, bool]:
+def _data_dir(args, out: Path) -> tuple[Path, bool]:
     if args.data is not None:
         return Path(args.data), False
     from ftcore.io import check_output_dir, claim_outputs
 
-    from spatial_transfer.demo import DemoSpec, write_demo_data
-
     claim_outputs(out)  # the demo data are written before the rest is validated: a failure removes them
     check_output_dir(out)
-    print(f"no --data given: running on the embedded demo data set (written to {out / 'demo_data'})")
-    return write_demo_data(out / "demo_data", demo_spec or DemoSpec()), True
+    where = out / DATASETS[args.dataset]
+    print(f"no --data given: running on the {args.dataset} demo data set (written to {where})")
+    return write_dataset(args.dataset, where), True
+
+
+def write_dataset(name: str, where: Path, seed: int = 0) -> Path:
+    """A --dataset in the on-disk format: the embedded synthetic set, or the core's real Visium section."""
+    if name == "visium-mouse-brain":
+        from spatial_transfer.visium import write
+
+        return write(where, seed=seed)
+    from spatial_transfer import demo
+
+    return demo.write_demo_data(where, demo.DemoSpec() if seed == 0 else demo.DemoSpec(seed=seed))
 
 
 def _read_bulk_checkpoint(path: str | None, trust: bool) -> tuple[dict | None, list | None]:
@@ -266,7 +293,10 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None, strategies
 
     out = Path(args.output)
     demo = args.data is None
-    strategy = resolve_strategy(args, os.environ) if need_spatial else None
+    if not demo and args.dataset is not None:
+        raise UserError(f"--dataset {args.dataset} and --data both name the data; give one of them")
+    args.dataset = args.dataset or "synthetic"
+    strategy = resolve_strategy(args, os.environ, default=DEMO_STRATEGY if demo else "full") if need_spatial else None
     cv_mode, heldout = resolve_cv(args, os.environ) if need_spatial else ("kfold", None)
     strategies = strategies or ([strategy] if strategy else [])
     if need_bulk is None:  # bulk data only matter when weights are transferred
@@ -323,15 +353,50 @@ def _plan(spatial, cfg, strategy, cv_mode, heldout, demo, allow_unloaded_frozen:
 
 
 def cmd_run(args) -> None:
-    from spatial_transfer.train import cross_validate, log, pretrain_bulk, resumable_folds
+    from ftcore.io import atomic_write_json, atomic_write_text
+
+    from spatial_transfer.train import cross_validate, format_comparison, is_main, log, pretrain_bulk, resumable_folds
 
     out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True)
-    plan = _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen)
-    resumable_folds(out, cfg, plan)  # a run dir of other settings: said before the bulk pretraining
-    log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else ""))
+    plans = {strategy: _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen)}
+    if demo and strategy != "scratch":  # the demo shows the transfer beside its baseline: the same model from scratch
+        plans["scratch"] = _plan(spatial, cfg, "scratch", cv_mode, heldout, demo)
+    for plan in plans.values():
+        resumable_folds(out, cfg, plan)  # a run dir of other settings: said before the bulk pretraining
+    log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else "")
+        + ("; then the scratch baseline on the same folds" if len(plans) > 1 else ""))
     if strategy != "scratch" and bulk_ckpt is None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
-    cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
+    results = {name: cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
+               for name, plan in plans.items()}
+    if len(results) > 1 and is_main():
+        table = format_comparison(results)
+        log("\n=== Transfer vs from scratch (same folds) ===\n" + table)
+        atomic_write_text(out / "comparison.txt", table + "\n")
+        atomic_write_json(out / "comparison.json", _comparison_record(results))
+        t, b = results[strategy], results["scratch"]
+        log(f"\ndemo: transfer ({strategy}) gene correlation {t['gene_correlation']['mean']:.4f} vs from scratch "
+            f"{b['gene_correlation']['mean']:.4f}; overall correlation {t['overall_correlation']['mean']:.4f} vs "
+            f"{b['overall_correlation']['mean']:.4f}")
+    _print_next(args, out, strategy, len(plans[strategy].folds))
+
+
+def _comparison_record(results: dict) -> dict:
+    return {k: {m: v[m] for m in ("overall_correlation", "gene_correlation", "test_loss", "lr")} for k, v in results.items()}
+
+
+def _print_next(args, out: Path, strategy: str, n_folds: int) -> None:
+    """The command that uses what the run wrote, complete (it runs as printed)."""
+    import shlex
+
+    from spatial_transfer.train import log, strategy_dirs
+
+    ckpt = strategy_dirs(out, strategy)[1] / "best_hest_graph_model_fold_0.pt"
+    data = Path(args.data) if args.data is not None else out / DATASETS[args.dataset]
+    cmd = ["spatial-transfer", "predict", "--checkpoint", str(ckpt), "--data", str(data), "--output", str(out / "predict")]
+    if args.trust_checkpoint:
+        cmd.append("--trust-checkpoint")
+    log(f"next: {shlex.join(cmd)}   # fold 0's model (of {n_folds}) on slides with or without expression")
 
 
 def cmd_pretrain(args) -> None:
@@ -373,8 +438,7 @@ def cmd_compare(args) -> None:
     if is_main():
         print("\n=== Transfer vs from scratch (same folds) ===\n" + table)
         atomic_write_text(out / "comparison.txt", table + "\n")
-        atomic_write_json(out / "comparison.json", {k: {m: v[m] for m in ("overall_correlation", "gene_correlation",
-                                                                          "test_loss", "lr")} for k, v in results.items()})
+        atomic_write_json(out / "comparison.json", _comparison_record(results))
 
 
 def cmd_predict(args) -> None:
@@ -383,7 +447,7 @@ def cmd_predict(args) -> None:
     from ftcore.io import check_output_dir, claim_outputs
     from ftcore.loading import load_partial
 
-    from spatial_transfer.data import GraphConfig, check_gene_count, read_spatial
+    from spatial_transfer.data import GraphConfig, read_spatial
     from spatial_transfer.model import Cell2GeneConfig, SpatialModel
     from spatial_transfer.train import predict_spatial
 
@@ -403,11 +467,12 @@ def cmd_predict(args) -> None:
     if out_file.is_dir():
         raise UserError(f"{out_file} is a directory where predict writes its file; remove it or choose another --output")
     opt.check_output_file("--output", out_file, (".h5ad",))
-    spatial = read_spatial(args.data, cfg.in_dim)
-    check_gene_count(spatial.expr.shape[1], cfg.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
-    if list(spatial.genes) != list(extra["genes"]):
-        raise UserError(f"{spatial.path}: spatial.h5ad genes differ from the model's (same count, other names or order); "
-                        "reorder the genes (var_names) to the model's")
+    genes = [str(g) for g in extra["genes"]]  # the data contract of the run: predictions are of these genes
+    if len(genes) != cfg.spatial_genes:
+        raise UserError(f"{args.checkpoint}: its gene list has {len(genes)} names for a model of {cfg.spatial_genes} "
+                        "genes (edited?); use the checkpoint as `spatial-transfer run` wrote it")
+    # expression is optional: a histology-only slide is predicted; measured model genes (any order) are evaluated
+    spatial = read_spatial(args.data, cfg.in_dim, model_genes=genes)
     model = SpatialModel(cfg)
     absent = [k for k in model.state_dict() if k not in ckpt["model"]]
     if absent:
@@ -417,17 +482,16 @@ def cmd_predict(args) -> None:
     load_partial(model, ckpt["model"], strict=True, source=str(args.checkpoint), target="spatial model", verbose=False)
     claim_outputs(args.output)  # the directory too, when predict creates it
     out = check_output_dir(args.output, flag="--output")
-    predict_spatial(spatial, model, graph, out / out_file.name, batch_size=args.batch_size, device=args.device)
+    predict_spatial(spatial, model, genes, graph, out / out_file.name, batch_size=args.batch_size, device=args.device,
+                    model_name=f"spatial-transfer SpatialModel ({extra.get('strategy', '?')}) {args.checkpoint}")
 
 
 def cmd_make_demo_data(args) -> None:
-    from spatial_transfer.demo import DemoSpec, write_demo_data
-
     from ftcore.io import claim_outputs
 
     claim_outputs(args.dir)
-    out = write_demo_data(args.dir, DemoSpec(seed=args.seed))
-    print(f"wrote the demo data set to {out}")
+    out = write_dataset(args.dataset, Path(args.dir), seed=args.seed)
+    print(f"wrote the {args.dataset} data set to {out}")
 
 
 # ------------------------------------------------------------------- parser
@@ -481,6 +545,9 @@ def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
     p.add_argument("--data", type=data_dir("--data"),
                    help="data directory (spatial.h5ad, spatial_cells.h5ad, bulk.h5ad, bulk_cells.h5ad); "
                         "default: the embedded demo data")
+    p.add_argument("--dataset", choices=tuple(DATASETS),
+                   help="the data set used without --data: synthetic (default; the embedded demo) or "
+                        "visium-mouse-brain (49 real Visium spots + H&E, with pseudo-bulk: see README)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, type=run_dir("--output"),
                    help=f"run directory (default {DEFAULT_OUTPUT})")
     p.add_argument("--config", type=opt.input_file("--config", "YAML/TOML config"),
@@ -569,11 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--strategies", default="full,frozen_backbone,scratch",
                       help="comma-separated strategies (default full,frozen_backbone,scratch)")
     cmp_.set_defaults(func=cmd_compare, strategy=None, transfer=None, freeze_backbone=None)
-    pred = sub.add_parser("predict", help="a trained SpatialModel on slides -> predictions.h5ad (layers['predicted'])")
+    pred = sub.add_parser("predict", help="a trained SpatialModel on slides (expression optional) -> predictions.h5ad "
+                                           "(X = predictions)")
     pred.add_argument("--checkpoint", required=True, type=checkpoint_file("--checkpoint", "SpatialModel checkpoint"),
                       help="best_hest_graph_model_fold_<k>.pt of a run")
     pred.add_argument("--data", required=True, type=data_dir("--data"),
-                      help="directory with spatial.h5ad and spatial_cells.h5ad")
+                      help="directory with spatial.h5ad (spots; expression optional) and spatial_cells.h5ad")
     pred.add_argument("--output", default=DEFAULT_OUTPUT + "/predict", type=run_dir("--output"),
                       help="where predictions.h5ad goes")
     pred.add_argument("--batch-size", type=opt.positive_int("--batch-size"), default=16)
@@ -584,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("make-demo-data", help="write the embedded demo data set to DIR")
     demo.add_argument("dir", type=run_dir("DIR"))
     demo.add_argument("--seed", type=opt.seed("--seed"), default=0)
+    demo.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic",
+                      help="synthetic (default) or visium-mouse-brain (the core's real 49-spot section)")
     demo.set_defaults(func=cmd_make_demo_data)
     return parser
 

@@ -221,10 +221,10 @@ def _require_nonempty(adata, path: Path, what: str) -> None:
 
 @dataclass
 class SpatialData:
-    """Validated spatial data: spots with expression, nuclei with features."""
+    """Validated spatial data: spots (with expression, unless read for prediction only), nuclei with features."""
 
-    expr: np.ndarray  # [n_spots, G] log-normalised
-    genes: list[str]
+    expr: np.ndarray | None  # [n_spots, G] log-normalised, of `genes`; None: no expression (histology only)
+    genes: list[str]  # the measured genes (columns of expr); [] without expression
     spot_names: list[str]
     spot_sample: np.ndarray  # [n_spots] sample name per spot
     spot_rc: np.ndarray  # [n_spots, 2] array_row, array_col
@@ -233,6 +233,7 @@ class SpatialData:
     cell_sample: np.ndarray  # [n_cells]
     cell_spot: np.ndarray  # [n_cells] spot row, -1 if outside every spot
     path: Path | None = None
+    source: object = None  # the spots' AnnData without X (obs, obsm, uns['spatial']): what outputs keep
 
     @property
     def samples(self) -> list[str]:
@@ -250,21 +251,25 @@ class BulkData:
     path: Path | None = None
 
 
-def read_spatial(data_dir: str | os.PathLike, in_dim: int) -> SpatialData:
+def read_spatial(data_dir: str | os.PathLike, in_dim: int, model_genes: list[str] | None = None) -> SpatialData:
+    """Spots and their nuclei. Training (`model_genes` None): X must hold log-normalised expression.
+    Prediction (`model_genes` = the checkpoint's genes): expression is optional. A spots file without X,
+    with an empty var or without the model's genes is a histology-only slide; the model's genes that
+    it does measure (any order, other genes ignored) are validated the same way and read for evaluation."""
     d = Path(data_dir)
     spots_path, cells_path = d / SPATIAL_FILE, d / SPATIAL_CELLS_FILE
     spots = _read_h5ad(spots_path, "spatial expression")
     cells = _read_h5ad(cells_path, "spatial nuclei")
-    _require_nonempty(spots, spots_path, "spots")
+    if model_genes is None:
+        _require_nonempty(spots, spots_path, "spots")
+    elif spots.n_obs == 0:
+        raise UserError(f"{spots_path}: empty (0 spots); pass a file with the slides' spots")
     _require_nonempty(cells, cells_path, "nuclei")
     _require_obs(spots, spots_path, ("sample", "array_row", "array_col"))
     _require_obs(cells, cells_path, ("sample", "spot", "x", "y"))
     spot_names = list(map(str, spots.obs_names))
     _require_unique(spot_names, spots_path, "spot names (obs_names)", "make them unique (e.g. sample_barcode)")
-    genes = _check_genes(spots, spots_path)
-    expr = _dense(spots.X)
-    _require_finite(expr, spots_path, "expression values", spot_names, genes)
-    _check_log_expression(expr, spots_path)
+    expr, genes = _spot_expression(spots, spots_path, spot_names, model_genes)
     feat = _dense(cells.X)
     _check_feature_dim(feat, cells_path, in_dim)
     _require_finite(feat, cells_path, "nuclear features", list(map(str, cells.obs_names)))
@@ -292,7 +297,47 @@ def read_spatial(data_dir: str | os.PathLike, in_dim: int) -> SpatialData:
         raise UserError(f"{spots_path}: {len(empty)} spots have no nuclei (first: {spot_names[empty[0]]!r} in sample "
                         f"{spot_sample[empty[0]]!r}); drop them from {spots_path.name} or check the nucleus table")
     return SpatialData(expr, genes, spot_names, spot_sample, rc.astype(np.int64),
-                       feat, xy.astype(np.float32), cell_sample, cell_spot, path=d)
+                       feat, xy.astype(np.float32), cell_sample, cell_spot, path=d, source=_spot_source(spots, rc))
+
+
+def _spot_expression(spots, path: Path, spot_names: list[str], model_genes: list[str] | None):
+    """-> (expression [spots, genes] or None, genes). Training: all of X; prediction: the model's genes found."""
+    if model_genes is None:
+        genes = _check_genes(spots, path)
+        expr = _dense(spots.X)
+    else:
+        if spots.X is None or spots.n_vars == 0:
+            return None, []
+        names, wanted = list(map(str, spots.var_names)), set(model_genes)
+        col: dict[str, int] = {}
+        for i, g in enumerate(names):
+            if g in col and g in wanted:
+                raise UserError(f"{path}: gene {g!r} appears twice in var_names, so its measured values are "
+                                "ambiguous; make them unique (adata.var_names_make_unique())")
+            col[g] = i
+        genes = [g for g in model_genes if g in col]
+        if not genes:
+            return None, []
+        expr = _dense(spots.X[:, [col[g] for g in genes]])
+    _require_finite(expr, path, "expression values", spot_names, genes)
+    _check_log_expression(expr, path)
+    return expr, genes
+
+
+def _spot_source(spots, rc: np.ndarray):
+    """The spots' AnnData without X: the obs, obsm and uns['spatial'] an output keeps. obsm['spatial'] is the
+    input's when it has one (it matches the slide images in uns['spatial']), else the coordinates read here,
+    (array_col, array_row) as (x, y), so scanpy's spatial plots work on every output."""
+    import anndata
+
+    src = anndata.AnnData(obs=spots.obs.copy())
+    for key in spots.obsm.keys():
+        src.obsm[key] = spots.obsm[key]
+    if "spatial" not in src.obsm:
+        src.obsm["spatial"] = rc[:, ::-1].astype(np.float32)
+    if "spatial" in spots.uns:
+        src.uns["spatial"] = spots.uns["spatial"]
+    return src
 
 
 def read_bulk(data_dir: str | os.PathLike, in_dim: int) -> BulkData:
@@ -361,11 +406,18 @@ def spatial_items(data: SpatialData, graph: GraphConfig, samples: list[str]) -> 
                 x=torch.from_numpy(data.cell_feat[cells]), pos=pos, edge_index=cell_edges(pos, graph),
                 cell_spot=torch.tensor([local.get(int(s), 0) for s in spot_of], dtype=torch.long),
                 cell_in_spot=torch.from_numpy(spot_of >= 0),
-                spot_pos=torch.from_numpy(rc.astype(np.float32)), y=torch.from_numpy(data.expr[spots]),
+                spot_pos=torch.from_numpy(rc.astype(np.float32)), y=_spot_targets(data, spots),
                 spot_ids=torch.from_numpy(spots.astype(np.int64)),
                 sample_id=torch.tensor([sample_ids[sample]]), num_nodes=len(cells),
             ))
     return items
+
+
+def _spot_targets(data: SpatialData, spots: np.ndarray) -> torch.Tensor:
+    """[S, G] measured expression of the spots; [S, 0] for a histology-only slide (prediction)."""
+    if data.expr is None:
+        return torch.zeros(len(spots), 0)
+    return torch.from_numpy(data.expr[spots])
 
 
 def _cell_windows(data: SpatialData, spot_rows, cell_rows, win_of_spot) -> list[tuple]:

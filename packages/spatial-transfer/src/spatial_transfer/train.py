@@ -6,7 +6,7 @@ Output layout under the run directory (names from the Cell2Gene transfer guide):
     log_normalized_transfer_<strategy>/          per strategy ("log_normalized/" from scratch)
         fold_<k>_metrics.json, fold_<k>_predictions.npy, fold_<k>_training_curve.png, fold_<k>_pred_vs_true.png,
         temp_fold_results.json (rewritten after each fold), final_<n>fold_results.json,
-        predictions.h5ad (observed X, out-of-fold predictions in layers["cv_predicted"])
+        predictions.h5ad (X = out-of-fold predictions, layers["measured"] = observed: ftcore.data.prediction_adata)
     checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt   ("checkpoints/" from scratch)
 """
 
@@ -74,6 +74,8 @@ class RunConfig:
     # failed with "CUDA error: misaligned address" (benchmarks/results/README.md)
     compile: Literal["auto", "on", "off"] = "off"
     progress: bool = True
+    # transfer: the bulk head's rows of the genes both panels share go into the spatial head (by gene name)
+    head_from_bulk: bool = True
 
     def __post_init__(self) -> None:
         from ftcore.training import resolve_device
@@ -170,12 +172,18 @@ def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
     return best
 
 
-def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = False) -> LoadReport:
-    """Partial load of a BulkModel checkpoint into the SpatialModel, with the guide's report."""
+def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = False,
+                      spatial_genes: list[str] | None = None) -> LoadReport:
+    """Partial load of a BulkModel checkpoint into the SpatialModel, with the guide's report.
+
+    With `spatial_genes`, the bulk head's rows of the genes both panels share are copied into the spatial
+    head by gene name (the head as a whole differs in shape and is skipped by load_partial): what the bulk
+    model learnt about each shared gene is kept; genes only the spatial panel has start at random."""
     log("=== Loading Pretrained Weights from Bulk Model ===")
     log(f"Bulk model path: {path}")
     try:
-        sd = extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), source=str(path))
+        ckpt = read_checkpoint(path, trust_pickle=trust_pickle)
+        sd = extract_state_dict(ckpt, source=str(path))
     except UserError as err:
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
     log(f"Loaded state dict with {len(sd)} keys\n")
@@ -183,7 +191,32 @@ def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = Fals
     if not report.loaded:
         raise UserError(f"Error loading bulkmodel weights: no tensor of {path} matches the spatial model "
                         "(0 loaded); pass a Cell2Gene BulkModel checkpoint with the same model sizes")
+    if spatial_genes is not None:
+        extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
+        bulk_genes = extra.get("genes") if isinstance(extra, dict) else None
+        n = transfer_gene_rows(model, sd, bulk_genes, spatial_genes) if bulk_genes else 0
+        if bulk_genes and n:
+            log(f"✓ output_projection.1: the rows of {n} of {len(spatial_genes)} genes (those the bulk panel shares) "
+                "copied from the bulk head by gene name")
+        elif not bulk_genes:
+            log("ℹ the bulk checkpoint names no genes: the spatial head starts at random for every gene")
     return report
+
+
+def transfer_gene_rows(model: SpatialModel, bulk_sd: dict, bulk_genes: list, spatial_genes: list[str]) -> int:
+    """Copy output_projection.1.weight rows of shared genes (by name) from the bulk head; -> genes copied."""
+    key = "output_projection.1.weight"
+    head = model.output_projection[-1].weight
+    source = bulk_sd.get(key)
+    if source is None or source.ndim != 2 or source.shape[1] != head.shape[1] or source.shape[0] != len(bulk_genes):
+        return 0
+    row_of = {str(g): i for i, g in enumerate(bulk_genes)}
+    pairs = [(j, row_of[g]) for j, g in enumerate(spatial_genes) if g in row_of]
+    if pairs:
+        dst, src = (torch.tensor(x) for x in zip(*pairs))
+        with torch.no_grad():
+            head[dst] = source[src].to(head.dtype)
+    return len(pairs)
 
 
 # ------------------------------------------------------------------------------ CV plan
@@ -241,8 +274,11 @@ class CVPlan:
         model = asdict(cfg.model)
         if self.strategy == "scratch":  # the bulk model's sizes play no part
             model = {k: v for k, v in model.items() if not k.startswith("bulk_")}
-        return {"strategy": self.strategy, "cv_mode": self.cv_mode, "folds": self.folds, "lr": self.lr,
-                "seed": self.seed, "model": model, "graph": asdict(cfg.graph), "train": asdict(cfg.spatial)}
+        key = {"strategy": self.strategy, "cv_mode": self.cv_mode, "folds": self.folds, "lr": self.lr,
+               "seed": self.seed, "model": model, "graph": asdict(cfg.graph), "train": asdict(cfg.spatial)}
+        if self.strategy != "scratch":
+            key["head_from_bulk"] = cfg.head_from_bulk
+        return key
 
 
 def resumable_folds(out: Path, cfg: RunConfig, plan: CVPlan) -> list[dict]:
@@ -308,9 +344,10 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
     model = SpatialModel(cfg.model)
     report = None
     if plan.strategy != "scratch":
-        report = load_bulk_weights(model, bulk_checkpoint, trust_pickle)
+        report = load_bulk_weights(model, bulk_checkpoint, trust_pickle,
+                                   spatial_genes=list(spatial.genes) if cfg.head_from_bulk else None)
     train_items = spatial_items(spatial, cfg.graph, train)
-    init_output_bias(model, train_items)  # same start for every strategy: the new head is never transferred
+    init_output_bias(model, train_items)  # same start for every strategy: the bias is the spatial training mean
     freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES), pretrained=report,
                             allow_unloaded_frozen=plan.allow_unloaded_frozen, verbose=is_main())
     tc = _train_config(cfg.spatial, cfg, ckpt_dir, plan.lr, plan.seed + k, bool(val),
@@ -344,7 +381,9 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
           f"{result['gene_correlation']:.4f}, test loss {result['test_loss']:.4f}")
     if is_main():
         from ftcore.io import atomic_path
-        from ftcore.plotting import plot_pred_vs_true, plot_training_curve
+        from ftcore.plotting import plot_training_curve
+
+        from spatial_transfer.plots import plot_fold_predictions
 
         with atomic_path(log_dir / f"fold_{k}_predictions.npy") as tmp:
             with open(tmp, "wb") as fh:
@@ -352,8 +391,8 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
         # the core marks improving validations with best=True; a flag, not a curve to draw
         curve = [{kk: v for kk, v in h.items() if kk != "best"} for h in fit.history]
         plot_training_curve(curve, log_dir / f"fold_{k}_training_curve.png", title=f"{plan.strategy}, fold {k}")
-        plot_pred_vs_true(pred.numpy(), true.numpy(), log_dir / f"fold_{k}_pred_vs_true.png",
-                          title=f"{plan.strategy}, fold {k}: {', '.join(test)}")
+        plot_fold_predictions(pred.numpy(), true.numpy(), log_dir / f"fold_{k}_pred_vs_true.png",
+                              title=f"{plan.strategy}, fold {k}: test {', '.join(test)}")
         atomic_write_json(log_dir / f"fold_{k}_metrics.json", {kk: v for kk, v in result.items() if kk != "spot_rows"} | {
             "spot_names": [spatial.spot_names[i] for i in rows], "history": fit.history})
         # the fold is recorded next; its resume state is no longer needed (it holds optimizer moments)
@@ -377,15 +416,14 @@ def print_summary(final: dict) -> None:
 
 
 def _write_predictions(spatial: SpatialData, oof: np.ndarray, final: dict, path: Path) -> None:
-    import anndata
-    import pandas as pd
-
+    """The out-of-fold predictions of the tested spots in THE output layout (ftcore.data.prediction_adata):
+    X = predictions, layers['measured'] = the observed expression, obs/obsm['spatial'] of spatial.h5ad."""
+    from ftcore.data import prediction_adata
     from ftcore.io import atomic_write_h5ad
 
-    obs = pd.DataFrame({"sample": spatial.spot_sample, "array_row": spatial.spot_rc[:, 0],
-                        "array_col": spatial.spot_rc[:, 1]}, index=spatial.spot_names)
-    adata = anndata.AnnData(spatial.expr.copy(), obs=obs, var=pd.DataFrame(index=spatial.genes))
-    adata.layers["cv_predicted"] = oof
+    rows = np.nonzero(np.isfinite(oof).all(1))[0]  # LOO of some samples tests only their spots
+    adata = prediction_adata(oof[rows], spatial.genes, spatial.source[rows], measured=spatial.expr[rows],
+                             model=f"spatial-transfer SpatialModel ({final['strategy']}), out-of-fold {final['cv_mode']} CV")
     adata.uns["spatial_transfer"] = {k: final[k]["mean"] for k in ("overall_correlation", "gene_correlation", "test_loss")}
     adata.uns["spatial_transfer"]["strategy"] = final["strategy"]
     atomic_write_h5ad(adata, path)
@@ -401,11 +439,14 @@ def format_comparison(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def predict_spatial(spatial: SpatialData, model: SpatialModel, graph: GraphConfig, out_path: Path,
-                    batch_size: int = 16, device: str = "auto") -> dict:
-    """Predict every spot of `spatial` with a trained SpatialModel; write AnnData with layers["predicted"]."""
+def predict_spatial(spatial: SpatialData, model: SpatialModel, genes: list[str], graph: GraphConfig, out_path: Path,
+                    batch_size: int = 16, device: str = "auto", model_name: str = "") -> dict:
+    """Predict the model's `genes` for every spot of `spatial` (histology only: no expression needed) and write
+    them in THE output layout (X = predictions; layers['measured'] when the slide measures all those genes).
+    Metrics (-> dict, {} without expression) over the genes the slide measures."""
     from torch.utils.data import DataLoader
 
+    from ftcore.data import prediction_adata
     from ftcore.training import resolve_device
 
     model.to(resolve_device(device))
@@ -415,22 +456,26 @@ def predict_spatial(spatial: SpatialData, model: SpatialModel, graph: GraphConfi
         raise UserError("the model predicts NaN/inf for some spots (a diverged or corrupt checkpoint?); "
                         "use another fold's checkpoint or retrain")
     rows = torch.cat(ids).numpy()
-    out = np.full((len(spatial.spot_names), pred.shape[1]), np.nan, dtype=np.float32)
+    out = np.empty((len(spatial.spot_names), pred.shape[1]), dtype=np.float32)
     out[rows] = pred.numpy()
-    metrics = {"overall_correlation": pearson_overall(pred, true), "gene_correlation": mean_pearson(pred, true),
-               "test_loss": float(torch.nn.functional.mse_loss(pred, true))}
+    metrics: dict = {}
+    if spatial.expr is not None:
+        cols = [genes.index(g) for g in spatial.genes]
+        p, t = torch.from_numpy(out[:, cols]), torch.from_numpy(spatial.expr)
+        metrics = {"overall_correlation": pearson_overall(p, t), "gene_correlation": mean_pearson(p, t),
+                   "test_loss": float(torch.nn.functional.mse_loss(p, t)), "genes_evaluated": len(cols)}
     if is_main():
-        import anndata
-        import pandas as pd
-
         from ftcore.io import atomic_write_h5ad
 
-        obs = pd.DataFrame({"sample": spatial.spot_sample, "array_row": spatial.spot_rc[:, 0],
-                            "array_col": spatial.spot_rc[:, 1]}, index=spatial.spot_names)
-        adata = anndata.AnnData(spatial.expr.copy(), obs=obs, var=pd.DataFrame(index=spatial.genes))
-        adata.layers["predicted"] = out
+        measured = spatial.expr if spatial.genes == list(genes) else None
+        adata = prediction_adata(out, genes, spatial.source, measured=measured, model=model_name)
         adata.uns["spatial_transfer"] = metrics
         atomic_write_h5ad(adata, out_path)
-    log(f"overall correlation {metrics['overall_correlation']:.4f}, gene correlation "
-        f"{metrics['gene_correlation']:.4f}, loss {metrics['test_loss']:.4f}; predictions in {out_path} (layers['predicted'])")
+    where = f"predictions of {len(genes)} genes for {len(spatial.spot_names)} spots in {out_path} (X)"
+    if metrics:
+        part = "" if metrics["genes_evaluated"] == len(genes) else f" (on the {metrics['genes_evaluated']} measured genes)"
+        log(f"overall correlation {metrics['overall_correlation']:.4f}, gene correlation "
+            f"{metrics['gene_correlation']:.4f}, loss {metrics['test_loss']:.4f}{part}; {where}")
+    else:
+        log(f"no measured expression of the model's genes in {spatial.path}: histology-only prediction, no evaluation; {where}")
     return metrics

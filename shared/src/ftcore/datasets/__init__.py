@@ -92,3 +92,11 @@ def visium_mouse_brain(histology_key: str = "histology"):
     adata.uns["histology_features"] = names
     adata.obs["slide"] = library
     return adata
+
+
+def visium_mouse_brain_image() -> np.ndarray:
+    """The H&E crop under `visium_mouse_brain()`'s spots: [height, width, 3] uint8 RGB, in the pixels of its
+    obsm['spatial'] (for features a package computes from the image itself, e.g. sub-patches of each spot)."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(_file("visium_mouse_brain_49_he.jpg"))
