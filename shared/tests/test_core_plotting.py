@@ -22,9 +22,19 @@ def test_plot_training_curve_draws_one_line_per_real_series(tmp_path, monkeypatc
     drawn = {}
 
     def fake_savefig(fig, path, **kwargs):
-        drawn.update({ax.get_ylabel() or "metrics": sorted(line.get_label() for line in ax.get_lines())
-                      for ax in fig.axes})
+        assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in fig.axes)  # every panel labelled
+        drawn.update({ax.get_ylabel(): sorted(line.get_label() for line in ax.get_lines()) for ax in fig.axes})
 
     monkeypatch.setattr(plotting, "atomic_savefig", fake_savefig)
     plotting.plot_training_curve(HISTORY, tmp_path / "curve.png")
-    assert drawn == {"loss": ["train_loss", "val_loss"], "metrics": ["n_skipped", "val_pearson"]}
+    # One quantity per y axis (issue 17): a train_/val_ pair shares its panel, other quantities get their own.
+    assert drawn == {"loss": ["train_loss", "val_loss"], "pearson": ["val_pearson"], "n skipped": ["n_skipped"]}
+
+
+def test_train_and_val_of_one_quantity_share_a_panel(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plotting, "atomic_savefig", lambda fig, path, **kw: drawn.extend(
+        (ax.get_ylabel(), sorted(line.get_label() for line in ax.get_lines())) for ax in fig.axes))
+    plotting.plot_training_curve([{"epoch": 1, "train_loss": 1.0, "val_acc": 0.5, "train_acc": 0.6}],
+                                 tmp_path / "c.png")
+    assert drawn == [("loss", ["train_loss"]), ("accuracy", ["train_acc", "val_acc"])]

@@ -241,6 +241,20 @@ def test_checkpoints_history_and_curve(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_curve_is_redrawn_at_most_every_curve_every_s_and_always_at_the_end(tmp_path, monkeypatch):
+    """Redrawing the PNG after every epoch took ~40% of a tiny CPU demo (get-yeast): history.json is still
+    written every epoch, the curve the first time, then at most every CURVE_EVERY_S, and at the end."""
+    import ftcore.training as training
+
+    drawn = []
+    monkeypatch.setattr(training, "plot_training_curve", lambda history, path: drawn.append(len(history)))
+    monkeypatch.setattr(training, "CURVE_EVERY_S", 1e9)
+    cfg = config(tmp_path, epochs=4)
+    _, result = run(cfg)
+    assert drawn == [1, 4] and len(result.history) == 4
+    assert len(json.loads((Path(cfg.output_dir) / "history.json").read_text())) == 4
+
+
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     cfg = config(tmp_path, epochs=1)
     run(cfg)

@@ -136,35 +136,62 @@ def test_cuda_oom_becomes_batch_size_advice(monkeypatch, capsys):
 def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp_path, monkeypatch, capsys):
     """`cellfm-ft` alone = `cellfm-ft demo` on the embedded real cells (scanpy's pbmc68k_reduced: 700 PBMCs,
     10 bulk_labels, log-normalised .raw) with the demo's own epochs/lr/batch size, which `demo --help`
-    states (train's help states RunConfig's); it prints the accuracy beside the logistic baseline.
-    (Cut to 2 steps here, through the finetune call the demo makes.)"""
+    states (train's help states RunConfig's). Issue 17: it fine-tunes from the checkpoint AND trains the same
+    network from scratch with the same settings, split and seed, and prints both beside the logistic
+    regression, then one line on what pretraining would add. The README's scanpy example runs on its
+    predictions. (Cut to 2 steps here, through the finetune calls the demo makes.)"""
     import dataclasses
 
     import cellfm_ft.train as train_mod
     from cellfm_ft.cli import DEMO_TRAIN, build_parser
     from cellfm_ft.train import RunConfig
 
-    seen, real_finetune = {}, train_mod.finetune
+    seen, real_finetune = [], train_mod.finetune
 
     def short(cfg):
-        seen["cfg"] = cfg
+        seen.append(cfg)
         return real_finetune(dataclasses.replace(cfg, max_steps=2, progress=False))
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train_mod, "finetune", short)
     assert main([]) == 0
-    cfg = seen["cfg"]
+    assert len(seen) == 2
+    cfg, scratch_cfg = seen
     assert Path(cfg.data).name == "pbmc68k_reduced.h5ad"
     assert (cfg.label_key, cfg.layer, cfg.donor_key, cfg.baseline) == ("bulk_labels", "raw", None, True)
     assert {k: getattr(cfg, k) for k in DEMO_TRAIN} == DEMO_TRAIN
+    # The yardstick differs in the loaded weights only (and where it writes; the baseline is fitted once).
+    assert not cfg.from_scratch and scratch_cfg.from_scratch
+    assert dataclasses.replace(scratch_cfg, from_scratch=False, output=cfg.output, baseline=True) == cfg
     out = capsys.readouterr().out
-    assert "test accuracy: CellFM fine-tuned" in out and "logistic regression" in out
     demo = tmp_path / "runs" / "cellfm-ft" / "demo"
     res = json.loads((demo / "finetune" / "training_results.json").read_text())
+    fresh = json.loads((demo / "scratch" / "training_results.json").read_text())
+    assert json.loads((demo / "finetune" / "split.json").read_text()) == json.loads((demo / "scratch" / "split.json").read_text())
+    assert res["steps"] == fresh["steps"] == 2
+    assert fresh["weights"] == "random initialisation (--from-scratch)" and fresh["load_report"] == {}
+    lines = out.splitlines()
+    for label, value in (("CellFM fine-tuned from the demo checkpoint", res["best_test_acc"]),
+                         ("the same network from scratch", fresh["best_test_acc"]),
+                         ("logistic regression (same split and genes)", res["baseline_logreg_test_acc"])):
+        assert any(line.strip().startswith(label) and line.strip().endswith(f"{value:.3f}") for line in lines), label
+    assert lines[-1].startswith("pretraining adds nothing here") and "real pretrained CellFM-80M weights" in lines[-1]
+    comparison = json.loads((demo / "comparison.json").read_text())
+    assert comparison["test_accuracy"] == {"fine_tuned": res["best_test_acc"], "scratch": fresh["best_test_acc"],
+                                           "logistic_regression": res["baseline_logreg_test_acc"]}
     assert len(res["labels"]) == 10 and res["n_train_cells"] + res["n_val_cells"] + res["n_test_cells"] == 700
     assert res["input_kind"] == "log" and 0 < res["baseline_logreg_test_acc"] <= 1
     pred = ad.read_h5ad(demo / "predictions.h5ad")
     assert pred.n_obs == 700 and pred.obsm["cellfm_proba"].shape == (700, 10)
+    assert list(pred.obs_names) == list(ad.read_h5ad(demo / "inputs" / "pbmc68k_reduced.h5ad").obs_names)
+
+    # The README's two-line scanpy example, as written there, on these predictions.
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("<!-- scanpy example: tested -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = [line for line in example.strip().splitlines() if not line.startswith("import ")]
+    assert len(code) == 2, example
+    exec(compile(example, "README.md", "exec"), {})
+    assert (tmp_path / "figures" / "umap_cellfm.png").stat().st_size > 1000
 
     subcommands = build_parser()._subparsers._group_actions[0].choices
     for name, defaults in (("demo", DEMO_TRAIN), ("train", {"epochs": RunConfig.epochs, "lr": RunConfig.lr})):
@@ -198,6 +225,67 @@ def test_python_api_finetune_predict_evaluate(cellfm_inputs, tmp_path, capsys):
     assert ad.read_h5ad(pred).obsm["cellfm_proba"].shape[0] == cellfm_inputs["adata"].n_obs
     metrics = evaluate(str(model), str(cellfm_inputs["data"]), str(tmp_path / "eval"), label_key="cell_type")
     assert metrics["n_cells"] == cellfm_inputs["adata"].n_obs and 0 <= metrics["accuracy"] <= 1
+
+
+def test_from_scratch_loads_no_weights_and_trains_the_same_parameters(cellfm_inputs, tmp_path):
+    """--from-scratch: the checkpoint's architecture, nothing of its weights; the same parameters train."""
+    import dataclasses
+
+    from cellfm_ft.train import RunConfig, finetune
+
+    base = RunConfig(data=str(cellfm_inputs["data"]), label_key="cell_type", donor_key="donor", test_donors=["D1"],
+                     checkpoint=str(cellfm_inputs["ckpt"]), config="tiny", max_steps=1, progress=False)
+    runs = {}
+    for name, scratch in (("tuned", False), ("scratch", True)):
+        res = finetune(dataclasses.replace(base, output=str(tmp_path / name), from_scratch=scratch))
+        runs[name] = (res, torch.load(tmp_path / name / "best_model.pth", weights_only=True)["model"])
+    ckpt, _ = load_cellfm_weights(str(cellfm_inputs["ckpt"]))
+    frozen = "extractor.value_enc.value_enc.w3.weight"  # frozen under cls_encoder: it keeps its start value
+    torch.testing.assert_close(runs["tuned"][1][frozen], ckpt[frozen])
+    assert not torch.allclose(runs["scratch"][1][frozen], ckpt[frozen])
+    assert runs["tuned"][0]["trainable_parameters"] == runs["scratch"][0]["trainable_parameters"]
+    assert runs["tuned"][0]["steps"] == runs["scratch"][0]["steps"] == 1
+    assert set(runs["tuned"][1]) == set(runs["scratch"][1])
+
+
+def test_demo_on_the_packaged_wu2020_t_cells(tmp_path, capsys):
+    """--dataset wu2020: the 200 real T cells of Wu et al. 2020 packaged from scirpy's wheel (raw counts,
+    16 cluster_orig subtypes, 14 patients), read as counts and split by cells per subtype."""
+    from cellfm_ft.demo import wu2020
+
+    cells = wu2020()
+    assert cells.n_obs == 200 and cells.obs["cluster_orig"].nunique() == 16 and cells.obs["patient"].nunique() == 14
+    assert np.array_equal(cells.X.data, np.round(cells.X.data)) and cells.X.data.min() > 0  # raw counts
+    assert main(["demo", "--dataset", "wu2020", "--max-steps", "2", "--output", str(tmp_path), "--no-progress"]) == 0
+    res = json.loads((tmp_path / "finetune" / "training_results.json").read_text())
+    assert res["input_kind"] == "counts" and len(res["labels"]) == 16
+    assert res["n_train_cells"] + res["n_val_cells"] + res["n_test_cells"] == 200
+    pred = ad.read_h5ad(tmp_path / "predictions.h5ad")
+    assert list(pred.obs_names) == list(cells.obs_names) and pred.obsm["cellfm_proba"].shape == (200, 16)
+    assert "the same network from scratch" in capsys.readouterr().out
+
+
+def test_predict_keeps_every_cell_and_its_name(trained, cellfm_inputs, tmp_path):
+    """The predictions line up with the user's AnnData by obs_names, a cell without any model gene included
+    (no label, NaN probabilities), so `adata.obs["cellfm_pred"] = pred.obs["cellfm_pred"]` just works."""
+    from scipy import sparse
+
+    adata = cellfm_inputs["adata"].copy()
+    X = adata.X.toarray()
+    X[3] = 0  # this cell expresses none of the genes
+    adata.X = sparse.csr_matrix(X)
+    data = tmp_path / "cells.h5ad"
+    adata.write_h5ad(data)
+    out = tmp_path / "pred.h5ad"
+    assert main(["predict", "--model", str(trained / "best_model.pth"), "--data", str(data), "--output", str(out)]) == 0
+    pred = ad.read_h5ad(out)
+    assert list(pred.obs_names) == list(adata.obs_names)
+    assert pred.obs["cellfm_pred"].isna().tolist() == [i == 3 for i in range(adata.n_obs)]
+    assert np.isnan(pred.obsm["cellfm_proba"][3]).all() and np.isnan(pred.obs["cellfm_confidence"].iloc[3])
+    scored = np.delete(pred.obsm["cellfm_proba"], 3, axis=0)
+    np.testing.assert_allclose(scored.sum(1), 1, atol=1e-5)
+    adata.obs["cellfm_pred"] = pred.obs["cellfm_pred"]  # the README's way into the user's own object
+    assert adata.obs["cellfm_pred"].notna().sum() == adata.n_obs - 1
 
 
 def test_demo_without_scanpy_stops_naming_the_extra(tmp_path, monkeypatch, capsys):

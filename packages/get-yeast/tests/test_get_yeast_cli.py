@@ -210,3 +210,44 @@ def test_checkpoint_and_from_scratch_together_is_an_error(tiny_csv, get_checkpoi
     assert main(train_args(tiny_csv, tmp_path / "run", "--checkpoint", str(get_checkpoint), "--from-scratch")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "drop one" in err
+
+
+def test_copy_config_then_edit_then_train(tiny_csv, tmp_path, capsys):
+    """The README's workflow (issue 17): copy the packaged YAMLs out, edit them, train with the copy."""
+    configs = tmp_path / "configs"
+    assert main(["copy-config", str(configs)]) == 0
+    for name in ("yeast_training.yaml", "yeast_model.yaml", "yeast_model_tiny.yaml"):
+        assert (configs / name).read_text() == packaged_config(name).read_text(), name
+    assert "next: edit" in capsys.readouterr().out
+    training = configs / "yeast_training.yaml"
+    text = training.read_text()
+    edited = (text.replace("model_config: yeast_model.yaml", "model_config: yeast_model_tiny.yaml")
+              .replace("  epochs: 30\n", "  epochs: 1\n").replace("  batch_size: 16 ", "  batch_size: 4 "))
+    assert edited.count("yeast_model_tiny.yaml") == 1 and "epochs: 1\n" in edited
+    training.write_text(edited)
+    # A second copy does not overwrite the user's edit: one line, exit 2, the file as edited.
+    assert main(["copy-config", str(configs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and training.read_text() == edited
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(training), "--data", str(tiny_csv), "--output", str(out), "--from-scratch",
+                 "--device", "cpu", "--no-progress", "--set", "task.permutation_repeats=1"]) == 0
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["training"]["training"]["epochs"] == 1 and run["training"]["training"]["batch_size"] == 4
+    assert run["model"]["region_model"]["embed_dim"] == 32  # the tiny model the edited file names
+    assert main(["copy-config", str(configs), "--overwrite"]) == 0
+    assert training.read_text() == text
+
+
+def test_feature_count_error_names_the_key_that_sets_it(tiny_csv, tmp_path, capsys):
+    """The packaged training config names the released model (283 features); a 24-feature table is refused with the
+    key and the ways to set it, not just 'use matching motif columns'."""
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(packaged_config("yeast_training.yaml")), "--data", str(tiny_csv),
+                 "--output", str(out), "--from-scratch", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expects num_features=283" in err[0]
+    for phrase in ("region_model.num_features: 24", "--model-config", "get-yeast copy-config",
+                   "--set model.region_model.num_features=24"):
+        assert phrase in err[0], phrase
+    assert not out.exists()

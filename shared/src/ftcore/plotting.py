@@ -40,26 +40,33 @@ def curve_keys(history: Sequence[dict]) -> list[str]:
             and all(_is_real(h[k]) or h[k] is None for h in history if k in h)]
 
 
+def _quantity(key: str) -> str:
+    """The quantity a history key measures, without its split: val_acc and train_acc -> acc."""
+    for split in ("train_", "val_", "test_"):
+        if key.startswith(split):
+            return key[len(split):]
+    return key
+
+
 def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """One panel for losses, one for the other numeric metrics, against epoch."""
+    """One panel for losses, then one panel per other quantity (train_/val_ of it together), against epoch:
+    one quantity per y axis, named there."""
     plt = _plt()
     if not history:
         return
     x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     keys = curve_keys(history)
-    losses = [k for k in keys if "loss" in k]
-    others = [k for k in keys if "loss" not in k]
-    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
-    for k in losses:
-        axes[0, 0].plot(x, [_value(h.get(k)) for h in history], marker=".", label=k)
-    axes[0, 0].set_xlabel("epoch")
-    axes[0, 0].set_ylabel("loss")
-    axes[0, 0].legend()
-    if others:
-        for k in others:
-            axes[0, 1].plot(x, [_value(h.get(k)) for h in history], marker=".", label=k)
-        axes[0, 1].set_xlabel("epoch")
-        axes[0, 1].legend()
+    panels: dict[str, list[str]] = {}
+    for k in keys:
+        panels.setdefault("loss" if "loss" in k else _quantity(k), []).append(k)
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(1 + 5 * n, 4), squeeze=False)
+    for ax, (quantity, members) in zip(axes[0], panels.items()):
+        for k in members:
+            ax.plot(x, [_value(h.get(k)) for h in history], marker=".", label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"acc": "accuracy"}.get(quantity, quantity.replace("_", " ")))
+        ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -84,6 +91,8 @@ def plot_pred_vs_true(pred, true, path: str | os.PathLike, title: str = "", max_
     axes[0].set_ylabel("predicted")
     axes[1].hist(p - t, bins=60)
     axes[1].set_title("residual (pred - true)")
+    axes[1].set_xlabel("predicted - true")
+    axes[1].set_ylabel("count")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -230,6 +230,9 @@ class RunConfig:
     trust_checkpoint: bool = False
     strategy: str = "cls_encoder"  # cls_encoder (the seed's rule) | cls_only | full
     allow_unloaded_frozen: bool = False  # freeze parameters the checkpoint did not supply (at their init) anyway
+    # The same network (the checkpoint's architecture, strategy and head), its weights NOT loaded: every
+    # parameter starts at its random initialisation. The yardstick for what the checkpoint's weights add.
+    from_scratch: bool = False
     head: str = "tutorial"  # tutorial (the annotation tutorial's head) | mlp (CellFM-torch's cls + reconstruction)
     # --head mlp: weight of the masked-reconstruction term (CellFM-torch: 1)
     recon_weight: float = field(default=1.0, metadata=opt.bounds(ge=0))
@@ -419,9 +422,14 @@ def build_model(p: Prepared, cfg: RunConfig) -> CellFMClassifier:
           + (" (--mask-layers)" if cfg.mask_layers != "auto" else ""))
     if not p.model_cfg.decoders:
         print(f"Pretraining decoders (value_dec, cellwise_dec) and zero_emb: {MISSING_PART_REASON}")
+    spec = resolve_strategy(cfg.strategy, FREEZE_STRATEGIES).with_overrides(cfg.include, cfg.exclude)
+    if cfg.from_scratch:  # random weights on purpose: the frozen ones stay random too, as in the comparison asked for
+        print(f"from scratch: no weights loaded from {Path(cfg.checkpoint).name} (its architecture only); every "
+              f"parameter starts at its random initialisation (seed {cfg.seed}), the same parameters train")
+        apply_freezing(model, spec)
+        return model
     report = load_partial(model, p.state_dict, skip=((r"^extractor\.gene_emb$", "re-initialised for our vocabulary"),),
                           source=Path(cfg.checkpoint).name, target="CellFM classifier")
-    spec = resolve_strategy(cfg.strategy, FREEZE_STRATEGIES).with_overrides(cfg.include, cfg.exclude)
     apply_freezing(model, spec, pretrained=report, fresh=FRESH, allow_unloaded_frozen=cfg.allow_unloaded_frozen)
     model.load_report = report  # kept for training_results.json
     return model
@@ -597,6 +605,7 @@ def finetune(cfg: RunConfig) -> dict:
         "head": p.model_cfg.head,
         "trainable_parameters": int(sum(v.numel() for v in model.parameters() if v.requires_grad)),
         "load_report": model.load_report.to_dict() if hasattr(model, "load_report") else {},
+        "weights": "random initialisation (--from-scratch)" if cfg.from_scratch else f"loaded from {cfg.checkpoint}",
         "steps": result.steps,
     }
     if cfg.baseline:
@@ -619,17 +628,31 @@ def logistic_baseline(p: Prepared, train_rows, test_rows, seed: int) -> float:
     return float((clf.predict(X[test_rows][known]) == y[test_rows][known]).mean())
 
 
-def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], path: Path, split: str = "") -> None:
-    """A copy of the cells with obs[cellfm_pred], obs[cellfm_confidence], obsm[cellfm_proba], obsm[X_cellfm]."""
-    adata = cells.adata[np.asarray(rows)].copy()
-    pred = np.asarray(label_names, dtype=object)[res["proba"].argmax(1)]
+def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], path: Path, split: str = "",
+                      every_cell: bool = False) -> None:
+    """A copy of the cells with obs[cellfm_pred], obs[cellfm_confidence], obsm[cellfm_proba], obsm[X_cellfm].
+
+    rows: the cells `res` scored. every_cell (predict): the copy keeps every cell of the input, in its order,
+    with its obs_names, obs, obsm and X, so `adata.obs["cellfm_pred"] = pred.obs["cellfm_pred"]` lines up;
+    a cell expressing none of the model's genes gets no label (NaN) and NaN probabilities. Otherwise (the
+    train/val/test files) the copy holds the scored rows only.
+    """
     import pandas as pd
 
-    adata.obs[PRED_KEY] = pd.Categorical(pred, categories=label_names)
-    adata.obs["cellfm_confidence"] = res["proba"].max(1).astype(np.float32)
-    adata.obsm[PROBA_KEY] = res["proba"].astype(np.float32)
-    adata.obsm[EMB_KEY] = res["emb"].astype(np.float32)
-    adata.uns["cellfm"] = {"labels": list(label_names), "split": split, "proba_key": PROBA_KEY}
+    rows = np.asarray(rows)
+    adata = (cells.adata if every_cell else cells.adata[rows]).copy()
+    at = rows if every_cell else np.arange(len(rows))
+    proba = np.full((adata.n_obs, len(label_names)), np.nan, dtype=np.float32)
+    emb = np.full((adata.n_obs, res["emb"].shape[1]), np.nan, dtype=np.float32)
+    proba[at], emb[at] = res["proba"], res["emb"]
+    codes = np.full(adata.n_obs, -1)
+    codes[at] = res["proba"].argmax(1)
+    adata.obs[PRED_KEY] = pd.Categorical.from_codes(codes, categories=label_names)
+    adata.obs["cellfm_confidence"] = proba.max(1)  # NaN where not scored
+    adata.obsm[PROBA_KEY] = proba
+    adata.obsm[EMB_KEY] = emb
+    adata.uns["cellfm"] = {"labels": list(label_names), "split": split, "proba_key": PROBA_KEY,
+                           "n_unscored": int(adata.n_obs - len(rows))}
     atomic_write_h5ad(adata, path)
 
 
@@ -712,10 +735,13 @@ def predict(model_path: str, data: str, output: str, **kw) -> Path:
     cells, rows, res, labels = run_inference(model_path, data, **kw)
     claim_outputs(output)
     try:
-        write_predictions(cells, rows, res, labels, output, split="predict")
+        write_predictions(cells, rows, res, labels, output, split="predict", every_cell=True)
     except OSError as err:
         raise _written("the predictions", output, err) from None
-    print(f"predictions for {len(rows)} cells -> {output} (obs[{PRED_KEY!r}], obsm[{PROBA_KEY!r}], obsm[{EMB_KEY!r}])")
+    unscored = cells.n_cells - len(rows)
+    print(f"predictions for {len(rows)} cells -> {output} (obs[{PRED_KEY!r}], obs['cellfm_confidence'], "
+          f"obsm[{PROBA_KEY!r}], obsm[{EMB_KEY!r}]; every input cell and obs_name kept"
+          + (f"; {unscored} cells express none of the model's genes: no label (NaN)" if unscored else "") + ")")
     return output
 
 

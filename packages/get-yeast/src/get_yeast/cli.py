@@ -1,6 +1,7 @@
 """get-yeast: fine-tune GET's region model on yeast expression under experimental conditions.
 
     get-yeast                                   # the embedded demo: train -> evaluate, with a baseline
+    get-yeast copy-config my_configs/             # the packaged YAMLs, to edit
     get-yeast train --config yeast_training.yaml --data my.csv --output out/yeast_lora_finetune --device cuda
     get-yeast evaluate --config yeast_training.yaml --data my.csv --model out/yeast_lora_finetune/best_model.pth \
                        --output out/yeast_lora_eval --device cuda
@@ -13,10 +14,18 @@ import json
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_version
+from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_copy_config, add_version, copy_config
 from ftcore.errors import UserError, cli_main
 
 DEFAULT_OUTPUT = "runs/get-yeast"
+# The packaged YAMLs a user's workflow edits (get_yeast/config/): copied out by `get-yeast copy-config DIR`.
+CONFIG_TEMPLATES = ("yeast_training.yaml", "yeast_model.yaml", "yeast_model_tiny.yaml")
+
+
+def _templates() -> dict[str, Path]:
+    from importlib import resources
+
+    return {name: Path(str(resources.files("get_yeast") / "config" / name)) for name in CONFIG_TEMPLATES}
 
 
 def _expanded(text: str) -> str:
@@ -37,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"output folder (default {DEFAULT_OUTPUT})")
     d.add_argument("--device", default="auto", type=opt.device("--device"), help="auto | cpu | cuda | cuda:N")
     d.add_argument("--epochs", type=opt.positive_int("--epochs"), default=None, help="override training.epochs")
+    d.add_argument("--seed", type=opt.seed("--seed"), default=None,
+                   help="override experiment.seed (split of the conditions, initialisation, batches)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="LoRA fine-tuning of a GET checkpoint on a CSV/Excel table")
@@ -80,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples to evaluate: auto = the model's held-out test samples if the file has them, else all")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training-config key (e.g. task.interpret=false)")
+
+    add_copy_config(sub, _templates(), "edit them, then `get-yeast train --config DIR/yeast_training.yaml` (its "
+                    "model_config: yeast_model.yaml is read from DIR too)")
 
     m = sub.add_parser("make-data", help="write the embedded synthetic yeast table (CSV or .xlsx)")
     m.add_argument("--output", required=True, type=opt.output_file("--output", (".csv", ".xlsx")),
@@ -181,13 +195,18 @@ def main(argv: list[str] | None = None) -> int | None:
         from get_yeast.demo import run_demo
 
         run_demo(getattr(args, "output", None) or opt.check_output_dir("--output", DEFAULT_OUTPUT), device=getattr(args, "device", "auto"),
-                 epochs=getattr(args, "epochs", None), progress=not getattr(args, "no_progress", False))
+                 epochs=getattr(args, "epochs", None), progress=not getattr(args, "no_progress", False),
+                 seed=getattr(args, "seed", None))
     elif args.command == "train":
         _train(args)
     elif args.command == "evaluate":
         _evaluate(args)
     elif args.command == "make-data":
         _make_data(args)
+    elif args.command == "copy-config":
+        copy_config(args)
+        print(f"next: edit {Path(args.dir) / 'yeast_training.yaml'} (and yeast_model.yaml beside it), then "
+              f"get-yeast train --config {Path(args.dir) / 'yeast_training.yaml'} --data my.csv --output out/yeast_run")
     return 0
 
 

@@ -266,6 +266,7 @@ def _plot_importance(imp: dict[str, float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.barh(names, [imp[n] for n in names])
     ax.set_xlabel("MSE increase when shuffled across samples")
+    ax.set_ylabel("condition feature")
     ax.set_title("condition-feature importance (permutation)")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
@@ -299,9 +300,10 @@ def check_table_fits(table: YeastTable, model_cfg: YeastModelConfig) -> None:
     want = model_cfg.region_model.num_features
     if table.num_features != want:
         raise UserError(f"{table.source}: {n_motif} motif columns + accessibility = {table.num_features} region features, "
-                        f"but the model expects num_features={want} (region_model.num_features in the model config, "
-                        f"or --set model.region_model.num_features={table.num_features}; a GET checkpoint fixes it: "
-                        f"then give {want - 1} motif columns)")
+                        f"but the model expects num_features={want}: set region_model.num_features: {table.num_features} "
+                        "in the model YAML (--model-config FILE; `get-yeast copy-config DIR` writes one to edit) or pass "
+                        f"--set model.region_model.num_features={table.num_features}; a GET checkpoint fixes the number: "
+                        f"then give {want - 1} motif columns")
     if len(table.target_columns) != model_cfg.region_model.output_dim:
         raise UserError(f"{len(table.target_columns)} target columns ({', '.join(table.target_columns)}) but "
                         f"region_model.output_dim={model_cfg.region_model.output_dim}; make them equal "
