@@ -27,8 +27,30 @@ def test_plot_training_curve_draws_one_line_per_real_series(tmp_path, monkeypatc
 
     monkeypatch.setattr(plotting, "atomic_savefig", fake_savefig)
     plotting.plot_training_curve(HISTORY, tmp_path / "curve.png")
-    # One quantity per y axis (issue 17): a train_/val_ pair shares its panel, other quantities get their own.
+    # one quantity per panel, each with its y label
     assert drawn == {"loss": ["train_loss", "val_loss"], "pearson": ["val_pearson"], "n skipped": ["n_skipped"]}
+
+
+def test_quantities_group_splits_and_scales_but_not_different_measures():
+    keys = ["train_loss", "val_vq_loss", "perplexity_s1", "perplexity_s200", "utilisation_s8", "utilisation",
+            "val_token_accuracy", "train_token_accuracy", "val_token_accuracy_s32", "val_pearson", "dead_codes_restarted"]
+    assert [plotting.quantity(k) for k in keys] == [
+        "loss", "loss", "perplexity", "perplexity", "utilisation", "utilisation", "token_accuracy", "token_accuracy",
+        "token_accuracy", "pearson", "dead_codes_restarted"]
+
+
+def test_step_based_history_is_drawn_against_steps(tmp_path, monkeypatch):
+    per_epoch = [{"epoch": 1, "step": 10, "val_loss": 1.0}, {"epoch": 2, "step": 20, "val_loss": 0.9}]
+    per_steps = [{"epoch": 0, "step": 100, "val_loss": 1.0}, {"epoch": 0, "step": 200, "val_loss": 0.9},
+                 {"epoch": 1, "step": 300, "val_loss": 0.8}]
+    assert plotting.curve_x(per_epoch) == ([1, 2], "epoch")
+    assert plotting.curve_x(per_steps) == ([100, 200, 300], "optimizer step")
+    seen = {}
+    monkeypatch.setattr(plotting, "atomic_savefig",
+                        lambda fig, path, **kw: seen.update(x=fig.axes[0].get_xlabel(),
+                                                            data=list(fig.axes[0].get_lines()[0].get_xdata())))
+    plotting.plot_training_curve(per_steps, tmp_path / "c.png")
+    assert seen == {"x": "optimizer step", "data": [100, 200, 300]}
 
 
 def test_train_and_val_of_one_quantity_share_a_panel(tmp_path, monkeypatch):

@@ -37,20 +37,29 @@ def test_training_writes_the_guide_layout_and_history(trained_run):
     assert model.get_model_info()["sequence_length"] == 1 + 4 + 8 + 24 and len(model.gene_names) == 24
 
 
-def test_predict_writes_obsm_and_keeps_x(trained_run, tiny_h5ad, tmp_path):
+def test_predict_writes_the_prediction_layout(trained_run, tiny_h5ad, tmp_path):
+    # issue 17: X = predictions with var_names = the model's genes (was obsm['var_st_prediction'] + X untouched)
     out = tmp_path / "pred.h5ad"
     common = ["--checkpoint", str(run_dir(trained_run) / "complete_model.ckpt"), "--dataset", str(tiny_h5ad), "--gpus", "0"]
     assert main(["predict", *common, "--output", str(out)]) == 0
     ad, original = anndata.read_h5ad(out), anndata.read_h5ad(tiny_h5ad)
-    assert ad.obsm["var_st_prediction"].shape == (ad.n_obs, 24)
-    assert np.array_equal(ad.X, original.X)
-    assert len(ad.uns["var_st"]["genes"]) == 24 and ad.uns["var_st"]["decoding"] == "expected"
+    model = TwoStageVARST.load_complete_model(run_dir(trained_run) / "complete_model.ckpt")
+    assert ad.shape == (original.n_obs, 24) and list(ad.var_names) == model.gene_names
+    assert list(ad.obs_names) == list(original.obs_names) and list(ad.obs["slide"]) == list(original.obs["slide"])
+    np.testing.assert_array_equal(ad.obsm["spatial"], original.obsm["spatial"])
+    # the measured values of the same genes, log-normalised as the model sees them
+    cols = [list(original.var_names).index(g) for g in model.gene_names]
+    counts = original.X
+    np.testing.assert_allclose(ad.layers["measured"], np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)[:, cols],
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ad.X, ad.layers["measured"])
+    assert ad.uns["prediction"]["model"] == "var-st" and ad.uns["var_st"]["decoding"] == "expected"
     # sampled predictions are reproducible with the seed and differ from another seed
     outs = []
     for seed, name in ((1, "a"), (1, "b"), (2, "c")):
         path = tmp_path / f"{name}.h5ad"
         assert main(["predict", *common, "--output", str(path), "--decoding", "sample", "--top_k", "5", "--seed", str(seed)]) == 0
-        outs.append(anndata.read_h5ad(path).obsm["var_st_prediction"])
+        outs.append(anndata.read_h5ad(path).X)
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
 
 

@@ -40,33 +40,61 @@ def curve_keys(history: Sequence[dict]) -> list[str]:
             and all(_is_real(h[k]) or h[k] is None for h in history if k in h)]
 
 
-def _quantity(key: str) -> str:
-    """The quantity a history key measures, without its split: val_acc and train_acc -> acc."""
-    for split in ("train_", "val_", "test_"):
-        if key.startswith(split):
-            return key[len(split):]
-    return key
+_SPLITS = ("train_", "val_", "test_")
+
+
+def quantity(key: str) -> str:
+    """What a history key measures, so that one panel holds one quantity: every loss is 'loss'; otherwise
+    the key without its split prefix and per-scale suffix (val_token_accuracy_s8 -> token_accuracy)."""
+    import re
+
+    if "loss" in key:
+        return "loss"
+    for prefix in _SPLITS:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            key = key[len(prefix):]
+            break
+    return re.sub(r"_s\d+$", "", key)
+
+
+def curve_x(history: Sequence[dict]) -> tuple[list, str]:
+    """(x values, axis label): epochs when every record closes an epoch (epochs strictly increase), else
+    optimizer steps (validation every N steps, or a step budget that ends inside an epoch)."""
+    epochs = [h.get("epoch") for h in history]
+    if all(_is_real(e) for e in epochs) and all(b > a for a, b in zip(epochs, epochs[1:])):
+        return epochs, "epoch"
+    if all(_is_real(h.get("step")) for h in history):
+        return [h["step"] for h in history], "optimizer step"
+    return list(range(1, len(history) + 1)), "validation"
 
 
 def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """One panel for losses, then one panel per other quantity (train_/val_ of it together), against epoch:
-    one quantity per y axis, named there."""
+    """One panel per quantity (all losses together; perplexity, accuracy, ... each alone, their
+    train / val / per-scale series as lines), against epoch, or optimizer step when the history is
+    step-based."""
     plt = _plt()
     if not history:
         return
-    x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    keys = curve_keys(history)
-    panels: dict[str, list[str]] = {}
-    for k in keys:
-        panels.setdefault("loss" if "loss" in k else _quantity(k), []).append(k)
-    n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(1 + 5 * n, 4), squeeze=False)
-    for ax, (quantity, members) in zip(axes[0], panels.items()):
-        for k in members:
+    from matplotlib.ticker import MaxNLocator
+
+    x, xlabel = curve_x(history)
+    groups: dict[str, list[str]] = {}
+    for k in curve_keys(history):
+        groups.setdefault(quantity(k), []).append(k)
+    if not groups:
+        return
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, keys) in zip(axes.flat, groups.items()):
+        for k in keys:
             ax.plot(x, [_value(h.get(k)) for h in history], marker=".", label=k)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel({"acc": "accuracy"}.get(quantity, quantity.replace("_", " ")))
-        ax.legend()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel({"acc": "accuracy"}.get(name, name.replace("_", " ")))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -91,8 +119,6 @@ def plot_pred_vs_true(pred, true, path: str | os.PathLike, title: str = "", max_
     axes[0].set_ylabel("predicted")
     axes[1].hist(p - t, bins=60)
     axes[1].set_title("residual (pred - true)")
-    axes[1].set_xlabel("predicted - true")
-    axes[1].set_ylabel("count")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from var_st.data import load_spots, split_record
 from var_st.model import TwoStageVARST
 from var_st.synthetic import make_demo_adata
 
@@ -46,6 +47,12 @@ def stable(path: Path) -> None:
     """Re-save a checkpoint under its own name: the model's atomic save names the zip's records after a random
     temporary file, so the bytes would differ between runs."""
     torch.save(torch.load(path, weights_only=True), path)
+
+
+def anndata_without_x(ad):
+    import anndata
+
+    return anndata.AnnData(obs=ad.obs.copy(), obsm={k: ad.obsm[k] for k in ad.obsm})
 
 
 def write(name: str, adata) -> None:
@@ -107,6 +114,7 @@ def main() -> None:
     write("scaled_expression.h5ad", ad)
     write("empty.h5ad", good()[:0].copy())
     write("no_genes.h5ad", good()[:, :0].copy())
+    ad = good(); write("histology_only.h5ad", anndata_without_x(ad))  # noqa: E702
     ad = good(); ad.obsm["histology"] = ad.obsm["histology"][:, :5].copy(); write("wrong_feature_dim.h5ad", ad)  # noqa: E702
     ad = good(); ad.obsm["histology"] = ad.obsm["histology"][:, 0].copy(); write("histology_1d.h5ad", ad)  # noqa: E702
     ad = good(); ad.var_names = [f"OTHER{i}" for i in range(GENES)]; write("wrong_genes.h5ad", ad)  # noqa: E702
@@ -161,6 +169,14 @@ def main() -> None:
     key = next(k for k, v in obj["model"].items() if v.is_floating_point() and v.ndim == 2)
     obj["model"][key][0, 0] = float("nan")
     torch.save(obj, HERE / "nan_weights_stage1.ckpt")
+    # a stage-1 checkpoint that stores its run's data contract: keys, preset and the split of good.h5ad
+    data = load_spots(good(), source="good.h5ad", genes=list(good().var_names))
+    contract = {"dataset": "good", "source": "good.h5ad", "seed": 0, "preset": "demo", "histology_key": "histology",
+                "spatial_key": "spatial", "slide_key": "slide", "slide_key_found": True, "split": split_record(data)}
+    model = tiny_model()
+    model.vqvae.fit_gene_stats(torch.rand(20, GENES))
+    model.save_stage_checkpoint(HERE / "stage1_with_split.ckpt", stage=1, data=contract)
+    stable(HERE / "stage1_with_split.ckpt")
     other = tiny_model(genes=[f"OTHER{i}" for i in range(GENES)])
     other.save_stage_checkpoint(HERE / "stage1_other_genes.ckpt", stage=1)
     stable(HERE / "stage1_other_genes.ckpt")
@@ -171,7 +187,7 @@ def main() -> None:
     lines = [f" {json.dumps(k)}: {json.dumps({'argv': a, 'phrase': p}, ensure_ascii=False, separators=(',', ':'))}" for k, a, p in cases]
     (HERE / "cases.json").write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")  # one case a line
     sizes = {p.name: p.stat().st_size for p in HERE.iterdir()}
-    too_big = {k: v for k, v in sizes.items() if v > 50_000}
+    too_big = {k: v for k, v in sizes.items() if v > 50_000 and k != "cases.json"}  # data files stay small
     assert not too_big, too_big
     print(f"wrote {len(sizes)} files, {len(cases)} cases to {HERE}")
 
@@ -376,6 +392,12 @@ def make_cases() -> list[tuple[str, list[str], str]]:
          "config sets vqvae.vocab_size = 32, but --stage1_ckpt"),
         ("stage2_other_vocab_override", stage2 + ["--set", "var.vocab_size=32"], "config sets var.vocab_size = 32"),
         ("stage2_lr_nan", stage2 + ["--lr", "nan"], "--lr is nan"),
+        ("stage2_split_contradicts_stage1", swap(stage2, "--stage1_ckpt", f"{c}/stage1_with_split.ckpt")
+         + ["--test_slides", "slide0"], "give a split (by slide: test slide0"),
+        ("stage2_random_split_contradicts_stage1", swap(stage2, "--stage1_ckpt", f"{c}/stage1_with_split.ckpt")
+         + ["--random_split"], "stage 2 would train on spots stage 1 held out"),
+        ("stage2_stored_slide_not_in_file", data(swap(stage2, "--stage1_ckpt", f"{c}/stage1_with_split.ckpt"),
+                                                 "one_slide.h5ad"), "holds out slide 'slide1', which obs['slide']"),
         ("stage2_wrong_feature_dim", data(stage2, "wrong_feature_dim.h5ad") + ["--set", "var.histology_dim=8"],
          "histology features have 5 dims but the model expects 8"),
         # -- predict
@@ -418,8 +440,10 @@ def make_cases() -> list[tuple[str, list[str], str]]:
         ("evaluate_output_is_directory", swap(evaluate, "--output", c), "is a directory"),
         ("evaluate_predictions_missing", evaluate + ["--predictions", f"{c}/pred.h5ad"], "--predictions"),
         ("evaluate_predictions_directory", evaluate + ["--predictions", c], "is a directory"),
-        ("evaluate_predictions_without_obsm", evaluate + ["--predictions", f"{c}/good.h5ad"],
-         "has no obsm['var_st_prediction']"),
+        ("evaluate_predictions_not_predictions", evaluate + ["--predictions", f"{c}/good.h5ad"],
+         "is not a predictions file (no uns['prediction']"),
+        ("evaluate_histology_only", data(evaluate, "histology_only.h5ad"), "X is empty (a histology-only file)"),
+        ("train_histology_only", data(train, "histology_only.h5ad"), "X is empty (a histology-only file)"),
         ("evaluate_split_unknown", evaluate + ["--split", "validation"], "argument --split: invalid choice: 'validation'"),
         # -- make-demo-data, info, demo
         ("demo_data_zero_slides", swap(demo_data, "--slides", "0"), "--slides is 0; it must be >= 1"),
@@ -431,6 +455,10 @@ def make_cases() -> list[tuple[str, list[str], str]]:
         ("demo_data_output_dir", swap(demo_data, "--output", c), "is a directory"),
         ("demo_data_output_csv", swap(demo_data, "--output", "{out}/demo.csv"), "should end in .h5ad"),
         ("demo_data_seed_nan", demo_data + ["--seed", "nan"], "--seed is nan"),
+        ("demo_data_visium_with_sizes", demo_data + ["--dataset", "visium-mouse-brain"],
+         "--slides sets the size of the synthetic data set"),
+        ("demo_data_unknown_dataset", demo_data + ["--dataset", "pbmc"], "argument --dataset: invalid choice: 'pbmc'"),
+        ("demo_unknown_dataset", ["demo", "--dataset", "mouse", "--log_dir", "{out}"], "invalid choice: 'mouse'"),
         ("info_missing", ["info", f"{c}/nowhere.ckpt"], "nowhere.ckpt does not exist"),
         ("info_directory", ["info", c], "is a directory"),
         ("info_stage1", ["info", f"{c}/tiny_stage1.ckpt"], "is a stage-1 (VQ-VAE only) checkpoint"),

@@ -9,8 +9,10 @@
 
 The user's-guide spelling without a subcommand (`var-st --dataset PRAD --model TWO_STAGE_VAR_ST
 --training_stage 1 ...`) means `train`. --dataset is an .h5ad path or a name looked up as
-<data_dir>/<name>.h5ad; the name "demo" (the default) is the embedded generated data set.
-Under torchrun --batch_size is per process.
+<data_dir>/<name>.h5ad; two names are built in: "demo" (the default, the embedded synthetic data set)
+and "visium-mouse-brain" (49 real Visium spots with H&E features, shipped with ftcore).
+The data keys, gene list, model sizes and split of stage 1 are stored in its checkpoint and used by
+stage 2, predict and evaluate unless given again. Under torchrun --batch_size is per process.
 """
 
 from __future__ import annotations
@@ -26,9 +28,19 @@ from ftcore.cli import ArgumentParser, add_compile, add_version
 from ftcore.errors import UserError, cli_main
 
 DEMO = "demo"
+VISIUM = "visium-mouse-brain"
+BUILTIN = (DEMO, VISIUM)  # dataset names that need no file
+# `var-st demo --dataset` / `make-demo-data --dataset`: what each choice is called in train / predict / evaluate
+DEMO_DATASETS = {"synthetic": DEMO, VISIUM: VISIUM}
+# The default model size for a user's data (--preset not given): the guide's 123M-parameter sizes only where
+# they can be trained and fed, on a GPU with at least this many training spots; else the small preset.
+FULL_PRESET_MIN_SPOTS = 10_000
 # The embedded demo's run (documented in the README): small model, a few epochs, CPU minutes.
 DEMO_RUN = {"stage1_epochs": 12, "stage2_epochs": 8, "stage1_batch_size": 64, "stage2_batch_size": 32,
             "stage1_lr": 2e-3, "stage2_lr": 2e-3}
+# 49 real spots, one slide (35 training spots after the 70/15/15 random split): more epochs of few steps
+VISIUM_RUN = {"stage1_epochs": 30, "stage2_epochs": 15, "stage1_batch_size": 16, "stage2_batch_size": 16,
+              "stage1_lr": 2e-3, "stage2_lr": 2e-3}
 SEED_RUN = {"stage1_epochs": 150, "stage2_epochs": 300, "stage1_batch_size": 256, "stage2_batch_size": 64,
             "stage1_lr": 1e-4, "stage2_lr": 1e-4}
 
@@ -71,19 +83,22 @@ def _output_dir(flag: str):
 
 def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
     p.add_argument("--dataset", default=DEMO, type=_text("--dataset", "an .h5ad path or a dataset name"),
-                   help="an .h5ad path, or a name read as <data_dir>/<name>.h5ad ('demo': embedded data)")
+                   help="an .h5ad path, or a name read as <data_dir>/<name>.h5ad; built in: 'demo' (synthetic), "
+                        f"'{VISIUM}' (49 real Visium spots)")
     p.add_argument("--data_dir", default="data", help="where dataset names are looked up")
-    p.add_argument("--histology_key", default="histology", type=_text("--histology_key", "obsm key"),
-                   help="obsm key of the histology features [N, F]")
-    p.add_argument("--spatial_key", default="spatial", type=_text("--spatial_key", "obsm key"),
-                   help="obsm key of the spot coordinates [N, 2]")
+    later = "; default: the one stored in the checkpoint (stage 2, predict, evaluate), else "
+    p.add_argument("--histology_key", default=None, type=_text("--histology_key", "obsm key"),
+                   help=f"obsm key of the histology features [N, F]{later}'histology'")
+    p.add_argument("--spatial_key", default=None, type=_text("--spatial_key", "obsm key"),
+                   help=f"obsm key of the spot coordinates [N, 2]{later}'spatial'")
     p.add_argument("--slide_key", default=None, type=_text("--slide_key", "obs column of slide ids"),
-                   help="obs column of slide ids (held-out slides form val/test; default 'slide')")
+                   help=f"obs column of slide ids (held-out slides form val/test){later}'slide'")
     if split:
         p.add_argument("--val_slides", type=_slide_list("--val_slides"), default=(), metavar="ID[,ID...]",
-                       help="slides held out for validation (default: the rule in the README)")
+                       help="slides held out for validation (default: the stage-1 run's split, else the rule "
+                            "in the README)")
         p.add_argument("--test_slides", type=_slide_list("--test_slides"), default=(), metavar="ID[,ID...]",
-                       help="slides held out for testing (default: the last slide by name)")
+                       help="slides held out for testing (default: the stage-1 run's split, else the last slide)")
         p.add_argument("--random_split", action="store_true",
                        help="split spots at random 70/15/15 instead of by slide (spatially optimistic; "
                             "for data of one slide)")
@@ -135,12 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num_genes", type=opt.number("--num_genes", int, ge=2), default=None,
                    help="stage 1: top highly variable genes modelled (default 200); stage 2 takes stage 1's")
     t.add_argument("--preset", choices=["full", "demo"], default=None,
-                   help="model sizes: full = the user's guide (default), demo = small CPU model (default for --dataset demo)")
+                   help="model sizes: full = the user's guide (123M parameters), demo = small (2.2M). Default: "
+                        f"full on a GPU with >= {FULL_PRESET_MIN_SPOTS:,} training spots, else demo (built-in data "
+                        "sets: demo); stage 2: stage 1's sizes")
     t.add_argument("--config", default=None, help="YAML/TOML with sections vqvae: and var: (keys of the user's guide)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set var.num_layers=6 (repeatable)")
 
-    p = sub.add_parser("predict", help="predict expression from histology + coordinates into an .h5ad (obsm)")
+    p = sub.add_parser("predict", help="predict expression from histology + coordinates (no expression needed) "
+                                       "into an .h5ad: X = predictions, var_names = genes")
     _data_args(p, split=False)
     p.add_argument("--checkpoint", default=None, help="complete_model.ckpt (default: the dataset's run)")
     p.add_argument("--output", default=None, type=opt.output_file("--output", (".h5ad",)),
@@ -152,24 +170,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="complete_model.ckpt (default: the dataset's run)")
     e.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     e.add_argument("--predictions", default=None,
-                   help="an .h5ad written by `var-st predict` (else predicts now)")
+                   help="an .h5ad written by `var-st predict` (X = predictions; else predicts now)")
     e.add_argument("--output", default=None, type=opt.output_file("--output", (".json",)),
                    help="metrics JSON (default <run>/metrics.json; pred_vs_true.png beside it)")
     _sampling_args(e)
 
     d = sub.add_parser("demo", help="stage 1 -> stage 2 -> predict -> evaluate on the embedded data (the default command)")
+    d.add_argument("--dataset", choices=list(DEMO_DATASETS), default="synthetic",
+                   help=f"synthetic: 5 generated slides (default); {VISIUM}: 49 real Visium spots of one slide "
+                        "(split at random, spatially optimistic)")
     d.add_argument("--log_dir", default=Path("logs"), type=_output_dir("--log_dir"))
     d.add_argument("--seed", type=opt.seed("--seed"), default=0)
     d.add_argument("--gpus", type=opt.number("--gpus", int, ge=0), default=None)
     d.add_argument("--debug", action="store_true")
 
-    m = sub.add_parser("make-demo-data", help="write the embedded demo data set as .h5ad")
+    m = sub.add_parser("make-demo-data", help="write an embedded data set (synthetic or the real Visium spots) as .h5ad")
+    m.add_argument("--dataset", choices=list(DEMO_DATASETS), default="synthetic",
+                   help=f"synthetic (default; sizes below) or {VISIUM} (49 real spots x 1999 genes, H&E features)")
     m.add_argument("--output", default=Path("demo.h5ad"), type=opt.output_file("--output", (".h5ad",)))
-    m.add_argument("--seed", type=opt.seed("--seed"), default=0)
-    m.add_argument("--slides", type=opt.number("--slides", int, ge=1, le=1000), default=5)
-    m.add_argument("--grid", type=opt.number("--grid", int, ge=2, le=500), default=18, help="spots per slide = grid^2")
-    m.add_argument("--genes", type=opt.number("--genes", int, ge=2, le=50_000), default=300)
-    m.add_argument("--histology_dim", type=opt.number("--histology_dim", int, ge=1, le=10_000), default=1024)
+    synthetic_only = " (synthetic only)"
+    m.add_argument("--seed", type=opt.seed("--seed"), default=None, help="default 0" + synthetic_only)
+    m.add_argument("--slides", type=opt.number("--slides", int, ge=1, le=1000), default=None,
+                   help="default 5" + synthetic_only)
+    m.add_argument("--grid", type=opt.number("--grid", int, ge=2, le=500), default=None,
+                   help="spots per slide = grid^2, default 18" + synthetic_only)
+    m.add_argument("--genes", type=opt.number("--genes", int, ge=2, le=50_000), default=None,
+                   help="default 300" + synthetic_only)
+    m.add_argument("--histology_dim", type=opt.number("--histology_dim", int, ge=1, le=10_000), default=None,
+                   help="default 1024" + synthetic_only)
 
     i = sub.add_parser("info", help="print get_model_info() of a complete model checkpoint")
     i.add_argument("checkpoint")
@@ -205,52 +233,208 @@ def _resolve_dataset(args) -> tuple[str, Path | None]:
                             "(convert it with anndata, e.g. anndata.read_csv(...).write_h5ad(...))")
         return path.stem, path
     path = Path(args.data_dir).expanduser() / f"{value}.h5ad"
-    if value == DEMO and not path.exists():
-        return DEMO, None
+    if value in BUILTIN and not path.exists():
+        return value, None
     if not path.exists():
         raise UserError(f"dataset {value!r}: {path} does not exist; pass --dataset path/to/file.h5ad or set --data_dir")
     return value, opt.check_input_file("--dataset", path, "data file (.h5ad)")
 
 
-def _read_adata(args, name: str, path: Path | None):
-    from var_st.data import read_h5ad
+def builtin_adata(name: str):
+    """The AnnData of a built-in dataset name (no file): the synthetic demo or the 49 real Visium spots."""
+    if name == VISIUM:
+        from ftcore.datasets import visium_mouse_brain
+
+        return visium_mouse_brain()  # obsm['spatial'], obsm['histology'] (H&E patch features), obs['slide']
     from var_st.synthetic import make_demo_adata
 
+    return make_demo_adata(seed=0)
+
+
+def _read_adata(args, name: str, path: Path | None):
+    from var_st.data import read_h5ad
+
     if path is None:
-        return make_demo_adata(seed=0), f"embedded demo data ({DEMO})"
+        what = "embedded synthetic demo data" if name == DEMO else "real Visium mouse-brain spots shipped with ftcore"
+        return builtin_adata(name), f"{what} ({name})"
     return read_h5ad(path), str(path)
 
 
-def _split_options(args, split: bool = True) -> dict:
-    """The load_spots keywords of the data flags: where the slide ids are and how the split is made."""
-    from var_st.data import DEFAULT_SLIDE_KEY
+# ----------------------------------------------------------------------------- the run's data contract
+# Stage 1 stores where its data lives in the file (obsm / obs keys), its model sizes and its split in every
+# checkpoint (extra['data']); stage 2, predict and evaluate take them from there unless given again.
+KEY_DEFAULTS = {"histology_key": "histology", "spatial_key": "spatial", "slide_key": "slide"}
+SPLIT_FLAGS = ("--val_slides", "--test_slides", "--random_split")
 
-    kw = {"histology_key": args.histology_key, "spatial_key": args.spatial_key,
-          "slide_key": args.slide_key or DEFAULT_SLIDE_KEY, "slide_key_given": args.slide_key is not None,
-          "seed": args.seed, "split": split}
-    if split:
-        kw.update(val_slides=args.val_slides, test_slides=args.test_slides, random_split=args.random_split)
-        if args.random_split and (args.val_slides or args.test_slides):
-            raise UserError("--random_split splits spots at random; it cannot be combined with --val_slides / "
-                            "--test_slides (choose one)")
-        both = sorted(set(args.val_slides) & set(args.test_slides))
-        if both:
-            raise UserError(f"slide {both[0]!r} is in both --val_slides and --test_slides; a slide can be held out "
-                            "for one of them only")
+
+def _stored_contract(extra: dict) -> dict:
+    """extra['data'] of a checkpoint as {keys..., preset, split}; files of older versions stored the split
+    as the flags they were given (no fingerprints), which remake the same split on the same file."""
+    data = dict(extra.get("data") or {}) if isinstance(extra.get("data"), dict) else {}
+    if "split" not in data and any(k in data for k in ("val_slides", "test_slides", "random_split")):
+        names = lambda v: [n for n in str(v or "").split(",") if n]  # noqa: E731
+        data["split"] = {"random_split": bool(data.get("random_split")), "seed": int(data.get("seed") or 0),
+                         "val_slides": names(data.get("val_slides")), "test_slides": names(data.get("test_slides")),
+                         "rule": "as the flags stored by an older version"}
+    return data
+
+
+def _data_keys(args, stored: dict) -> dict:
+    """obsm / obs keys: the command line's, else the checkpoint's, else the defaults (load_spots keywords)."""
+    kw = {k: getattr(args, k) or stored.get(k) or default for k, default in KEY_DEFAULTS.items()}
+    if args.slide_key is None and stored.get("slide_key") and not stored.get("slide_key_found", True):
+        kw["slide_key"] = KEY_DEFAULTS["slide_key"]  # stage 1's file had no slide column (random split)
+    kw["slide_key_given"] = args.slide_key is not None
+    for key in KEY_DEFAULTS:
+        given, kept = getattr(args, key), stored.get(key)
+        if given and kept and given != kept and (key != "slide_key" or stored.get("slide_key_found", True)):
+            print(f"note: --{key} {given} (the stage-1 run read {kept!r})")
     return kw
+
+
+def _split_flags_given(args) -> bool:
+    return bool(args.val_slides or args.test_slides or args.random_split)
+
+
+def _check_split_flags(args) -> None:
+    if args.random_split and (args.val_slides or args.test_slides):
+        raise UserError("--random_split splits spots at random; it cannot be combined with --val_slides / "
+                        "--test_slides (choose one)")
+    both = sorted(set(args.val_slides) & set(args.test_slides))
+    if both:
+        raise UserError(f"slide {both[0]!r} is in both --val_slides and --test_slides; a slide can be held out "
+                        "for one of them only")
+
+
+def _split_options(args, stored: dict | None = None, adata=None, slide_key: str = "slide", where: str = "") -> dict:
+    """The load_spots split keywords: the split flags when given, else the stored split (its own seed),
+    else the default rule. A stored split whose held-out slides this file lacks is an error naming the flags."""
+    _check_split_flags(args)
+    sp = (stored or {}).get("split")
+    if _split_flags_given(args) or not sp:
+        return {"val_slides": args.val_slides, "test_slides": args.test_slides, "random_split": args.random_split,
+                "seed": args.seed, "split": True}
+    kw = {"val_slides": tuple(sp.get("val_slides") or ()), "test_slides": tuple(sp.get("test_slides") or ()),
+          "random_split": bool(sp.get("random_split")), "seed": int(sp.get("seed") or 0), "split": True}
+    held = [*kw["val_slides"], *kw["test_slides"]]
+    if held and adata is not None and slide_key in adata.obs.columns:
+        present = set(adata.obs[slide_key].astype(str).tolist())
+        lacking = [s for s in held if s not in present]
+        if lacking:
+            raise UserError(f"the split stored in {where} holds out slide {lacking[0]!r}, which obs[{slide_key!r}] of "
+                            "this file does not have: use the training data file, or name this file's held-out "
+                            "slides with --val_slides / --test_slides (or --random_split)")
+    return kw
+
+
+def _check_split(data, stored: dict, flags_given: bool, where: str, consequence: str) -> None:
+    """The split made now must hold out the stored split's val / test spots where the file shares the run's
+    slides: otherwise a later stage would learn from, or score, spots on the wrong side. Refused, not warned."""
+    from var_st.data import same_split
+
+    sp = stored.get("split") or {}
+    if "fingerprint" not in sp or same_split(data, sp):
+        return
+    if not sp.get("random_split") and not set(data.slides.tolist()) & set(sp.get("slides") or ()):
+        print(f"note: {data.source} shares no slide with the stage-1 run; its own split is used ({data.split_rule})")
+        return
+    if flags_given:
+        raise UserError(f"{' / '.join(SPLIT_FLAGS)} give a split ({data.split_rule}) other than the one stored in "
+                        f"{where} ({sp.get('rule')}): {consequence}; drop the split flags (the stored split is used) "
+                        "or train stage 1 again with them")
+    raise UserError(f"{data.source}: the split stored in {where} ({sp.get('rule')}) holds out other spots on this "
+                    f"file than in training (were spots added, dropped or reordered?): {consequence}; use the "
+                    "training data file")
+
+
+def _infer_preset(vqvae_config: dict) -> str:
+    """The preset whose VQ-VAE sizes a (stage-1) checkpoint has; 'full' (the old default) otherwise."""
+    from var_st.model import PRESETS
+
+    for name, (vq, _) in PRESETS.items():
+        mine = asdict(vq)
+        if all(_plain_value(mine[k]) == _plain_value(v) for k, v in vqvae_config.items() if k in mine):
+            return name
+    return "full"
+
+
+def _plain_value(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _default_preset(args, n_train: int, builtin: bool) -> tuple[str, str]:
+    """(preset, why) for stage 1 when --preset is not given."""
+    from ftcore.training import resolve_device
+
+    if args.preset:
+        return args.preset, "--preset"
+    if builtin:
+        return "demo", "built-in data set"
+    on_gpu = resolve_device(_device(args.gpus)).type == "cuda"
+    if on_gpu and n_train >= FULL_PRESET_MIN_SPOTS:
+        return "full", f"default: {n_train:,} training spots on a GPU"
+    return "demo", (f"default for {n_train:,} training spots{'' if on_gpu else ' on the CPU'}; "
+                    "--preset full: the guide's 123M sizes")
+
+
+def _contract(name: str, data, keys: dict, preset: str, adata, seed: int) -> dict:
+    """What the checkpoints store of the run's data (extra['data']), plain types only."""
+    from var_st.data import split_record
+
+    return {"dataset": name, "source": data.source, "seed": int(seed), "preset": preset,
+            **{k: keys[k] for k in KEY_DEFAULTS}, "slide_key_found": keys["slide_key"] in adata.obs.columns,
+            "split": split_record(data)}
+
+
+def _stage2_command(args, stage1_ckpt, stored: dict, preset: str, without: str | None = None) -> str:
+    """The complete stage-2 command line of a run (everything stage 1 decided spelt out), to paste;
+    `without`: a config key (e.g. 'vqvae.vocab_size') left out, with the --config file that sets it."""
+    import shlex
+
+    cmd = ["var-st", "train", "--dataset", str(args.dataset)]
+    if args.data_dir != "data" and not (str(args.dataset).endswith(".h5ad") or os.sep in str(args.dataset)):
+        cmd += ["--data_dir", str(args.data_dir)]
+    cmd += ["--training_stage", "2", "--stage1_ckpt", str(stage1_ckpt), "--preset", preset,
+            "--histology_key", stored["histology_key"], "--spatial_key", stored["spatial_key"]]
+    if stored.get("slide_key_found", True):
+        cmd += ["--slide_key", stored["slide_key"]]
+    sp = stored.get("split") or {}
+    if sp.get("random_split"):
+        cmd += ["--random_split"]
+    else:
+        cmd += (["--val_slides", ",".join(sp["val_slides"])] if sp.get("val_slides") else []) \
+            + (["--test_slides", ",".join(sp["test_slides"])] if sp.get("test_slides") else [])
+    if args.seed:
+        cmd += ["--seed", str(args.seed)]
+    if str(args.log_dir) != "logs":
+        cmd += ["--log_dir", str(args.log_dir)]
+    dropped = [o for o in args.overrides if without and o.split("=", 1)[0].strip() == without]
+    if args.config and not (without and not dropped):  # a key not set by --set came from the file
+        cmd += ["--config", str(args.config)]
+    for item in args.overrides:
+        cmd += [] if item in dropped else ["--set", item]
+    if args.gpus is not None:
+        cmd += ["--gpus", str(args.gpus)]
+    return shlex.join(cmd)
 
 
 # training settings belong on the command line: a config section of them is a common first guess
 _RUN_KEYS = {"epochs", "lr", "batch_size", "max_steps", "patience", "seed", "gpus", "learning_rate"}
 
 
-def _load_model_config(args, preset: str):
-    """Preset sizes, then --config file sections, then --set overrides; unknown keys are errors."""
+def _load_model_config(args, preset: str, base: dict | None = None):
+    """Preset sizes (or `base`: stage 1's configs), then --config file sections, then --set overrides;
+    unknown keys are errors."""
+    from dataclasses import fields
+
     from ftcore.config import apply_overrides, from_dict, read_config_file
     from var_st.model import PRESETS, VARConfig, VQVAEConfig
 
     vq, var = PRESETS[preset]
     merged = {"vqvae": asdict(vq), "var": asdict(var)}
+    for section, cls in (("vqvae", VQVAEConfig), ("var", VARConfig)):
+        known = {f.name for f in fields(cls)}
+        merged[section].update({k: v for k, v in ((base or {}).get(section) or {}).items() if k in known})
     given: dict = {}
     source = "config"
     if args.config is not None:
@@ -281,8 +465,8 @@ def _load_model_config(args, preset: str):
     return vq_cfg, var_cfg, given
 
 
-def _run_settings(args, stage: int, demo: bool) -> dict:
-    defaults = DEMO_RUN if demo else SEED_RUN
+def _run_settings(args, stage: int, builtin: str | None) -> dict:
+    defaults = {DEMO: DEMO_RUN, VISIUM: VISIUM_RUN}.get(builtin, SEED_RUN)
     key = f"stage{stage}"
     run = {"epochs": args.epochs if args.epochs is not None else defaults[f"{key}_epochs"],
            "batch_size": args.batch_size if args.batch_size is not None else defaults[f"{key}_batch_size"],
@@ -349,70 +533,89 @@ def cmd_train(args) -> None:
     from ftcore.training import seed_everything
     from var_st.data import load_spots
     from var_st.model import TwoStageVARST
-    from var_st.train import RunPaths, is_main_process, train_stage1, train_stage2, train_settings
+    from var_st.train import RunPaths, is_main_process, train_stage1, train_stage2
 
     # -- validation: everything below may refuse; nothing is written before claim_outputs
     _debug(args)
     seed_everything(args.seed)  # the initial weights too, so a run is reproducible from its command line
     name, path = _resolve_dataset(args)
-    demo = path is None
-    preset = args.preset or ("demo" if demo else "full")
+    builtin = path is None
     stage = args.training_stage
     paths = RunPaths(args.log_dir, name)
     opt.check_output_dir("--log_dir", paths.root)
-    split_kw = _split_options(args)
-    run = _run_settings(args, stage, demo)
-    settings = train_settings({"dataset": name, "histology_key": args.histology_key, "spatial_key": args.spatial_key,
-                               "slide_key": split_kw["slide_key"], "seed": args.seed,
-                               "val_slides": ",".join(args.val_slides), "test_slides": ",".join(args.test_slides),
-                               "random_split": args.random_split})
+    run = _run_settings(args, stage, name if builtin else None)
     if stage == 1:
         if args.stage1_ckpt:
             raise UserError("--stage1_ckpt is for --training_stage 2; stage 1 trains the VQ-VAE from scratch")
-        vq_cfg, var_cfg, _ = _load_model_config(args, preset)
+        keys = _data_keys(args, {})
+        split_kw = _split_options(args)
         adata, source = _read_adata(args, name, path)
-        data = load_spots(adata, source=source, num_genes=args.num_genes or 200, **split_kw)
+        data = load_spots(adata, source=source, num_genes=args.num_genes or 200, **keys, **split_kw)
+        preset, why = _default_preset(args, len(data.split["train"]), builtin)
+        vq_cfg, var_cfg, _ = _load_model_config(args, preset)
         model = TwoStageVARST(len(data.gene_names), vq_cfg, var_cfg, current_stage=1)
-        _announce(args, model, data, f"stage 1 (VQ-VAE) -> {paths.stage1}")
+        contract = _contract(name, data, keys, preset, adata, args.seed)
+        _announce(args, model, data, f"stage 1 (VQ-VAE) -> {paths.stage1}", f"{preset} ({why})")
         demo_copy = paths.root.parent / "demo.h5ad"
-        claim_outputs(paths.stage1, demo_copy if demo else None)
-        if demo and is_main_process():
+        claim_outputs(paths.stage1, demo_copy if name == DEMO and builtin else None)
+        if name == DEMO and builtin and is_main_process():
             from ftcore.io import atomic_write_h5ad
 
             atomic_write_h5ad(adata, demo_copy)  # the data the demo trained on, for inspection
-        result = train_stage1(model, data, paths.stage1, run, {"data": settings})
+        result = train_stage1(model, data, paths.stage1, run, {"data": contract})
         if result.best_path is None or not Path(result.best_path).exists():
             last = next((r["val_loss"] for r in reversed(result.history) if "val_loss" in r), None)
             raise UserError(f"stage 1 finished without a finite val_loss (last: {last}): the run diverged; "
                             f"lower --lr (now {run['lr']:g})")
         if is_main_process():
             print(f"stage 1 done: best val_loss {result.best_metric} -> {result.best_path}\n"
-                  f"next: var-st train --dataset {args.dataset} --training_stage 2 --stage1_ckpt {result.best_path}")
+                  f"next: {_stage2_command(args, result.best_path, contract, preset)}")
         return
     if not args.stage1_ckpt:
         hint = f" (found {paths.stage1_ckpt})" if paths.stage1_ckpt.exists() else ""
         raise UserError(f"stage 2 needs the trained stage-1 VQ-VAE: pass --stage1_ckpt {paths.stage1_ckpt}{hint}; "
                         "train it first with --training_stage 1")
     stage1_ckpt, ckpt_extra = _stage1_checkpoint(args)
-    _, var_cfg, given = _load_model_config(args, preset)
-    _check_against_stage1(args, stage1_ckpt, ckpt_extra, given)
+    stored = _stored_contract(ckpt_extra)
+    preset = args.preset or stored.get("preset") or _infer_preset(ckpt_extra["vqvae_config"])
+    # stage 1's sizes (preset + its config) are the base unless --preset names others
+    base = None if args.preset else {"var": ckpt_extra.get("var_config") or {}}
+    _, var_cfg, given = _load_model_config(args, preset, base)
+    full = {**KEY_DEFAULTS, **stored, **{k: getattr(args, k) for k in KEY_DEFAULTS if getattr(args, k)}}
+    _check_against_stage1(args, stage1_ckpt, ckpt_extra, given,
+                          lambda key: _stage2_command(args, stage1_ckpt, full, preset, without=key))
     if "vocab_size" not in given.get("var", {}) and "vocab_size" not in given.get("vqvae", {}):
         var_cfg.vocab_size = int(ckpt_extra["vqvae_config"]["vocab_size"])  # the codebook decides
     explicit_hist = "histology_dim" in given.get("var", {})
+    keys = _data_keys(args, stored)
     adata, source = _read_adata(args, name, path)
+    split_kw = _split_options(args, stored, adata, keys["slide_key"], str(stage1_ckpt))
     data = load_spots(adata, source=source, genes=ckpt_extra["gene_names"],
-                      histology_dim=var_cfg.histology_dim if explicit_hist else None, **split_kw)
+                      histology_dim=var_cfg.histology_dim if explicit_hist else None, **keys, **split_kw)
+    _check_split(data, stored, _split_flags_given(args), str(stage1_ckpt),
+                 "stage 2 would train on spots stage 1 held out (or hold out spots it trained on)")
     if not explicit_hist:
         var_cfg.histology_dim = int(data.histology.shape[1])  # the data decides unless the config says otherwise
     model = TwoStageVARST.from_stage1(stage1_ckpt, var_cfg, trust_pickle=args.trust_checkpoint)
-    _announce(args, model, data, f"stage 2 (VAR transformer) -> {paths.stage2}")
+    contract = {**_contract(name, data, keys, preset, adata, args.seed), "stage1_ckpt": str(stage1_ckpt)}
+    _announce(args, model, data, f"stage 2 (VAR transformer) -> {paths.stage2}", f"{preset} (stage 1's)"
+              if not args.preset else f"{preset} (--preset)")
     claim_outputs(paths.stage2, paths.complete)
-    result = train_stage2(model, data, paths.stage2, run, {"data": settings})
+    result = train_stage2(model, data, paths.stage2, run, {"data": contract})
     if is_main_process():
-        model.save_complete_model(paths.complete, data=settings)
-        print(f"stage 2 done: best val_pearson {result.best_metric} -> complete model {paths.complete}")
+        model.save_complete_model(paths.complete, data=contract)
+        where = shlex_quote(str(args.dataset))
+        print(f"stage 2 done: best val_pearson {result.best_metric} -> complete model {paths.complete}\n"
+              f"next: var-st predict --dataset {where} --checkpoint {shlex_quote(str(paths.complete))}\n"
+              f"      var-st evaluate --dataset {where} --checkpoint {shlex_quote(str(paths.complete))}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def _stage1_checkpoint(args) -> tuple[Path, dict]:
@@ -435,8 +638,9 @@ def _stage1_checkpoint(args) -> tuple[Path, dict]:
     return path, extra
 
 
-def _check_against_stage1(args, path: Path, extra: dict, given: dict) -> None:
-    """Stage 2 takes the VQ-VAE (genes, codebook) from the stage-1 checkpoint: other values given now are errors."""
+def _check_against_stage1(args, path: Path, extra: dict, given: dict, command) -> None:
+    """Stage 2 takes the VQ-VAE (genes, codebook) from the stage-1 checkpoint: other values given now are
+    errors, each ending with the complete stage-2 command of this run without the key (`command(key)`)."""
     n = int(extra.get("num_genes", len(extra["gene_names"])))
     if args.num_genes is not None and args.num_genes != n:
         raise UserError(f"--num_genes {args.num_genes}, but --stage1_ckpt {path} was trained on {n} genes; stage 2 "
@@ -446,15 +650,16 @@ def _check_against_stage1(args, path: Path, extra: dict, given: dict) -> None:
         want = list(value) if isinstance(value, (list, tuple)) else value
         if key in saved and saved[key] != want:
             raise UserError(f"config sets vqvae.{key} = {value!r}, but --stage1_ckpt {path} was trained with "
-                            f"{saved[key]!r}; stage 2 takes the VQ-VAE from the checkpoint: use stage 1's config "
-                            "or the matching checkpoint")
+                            f"{saved[key]!r}; stage 2 takes the VQ-VAE from the checkpoint: drop the vqvae "
+                            f"settings (stage 1's are used), e.g. {command(f'vqvae.{key}')}")
     var_vocab = given.get("var", {}).get("vocab_size")
     if var_vocab is not None and var_vocab != saved.get("vocab_size"):
         raise UserError(f"config sets var.vocab_size = {var_vocab!r}, but the stage-1 codebook of {path} has "
-                        f"{saved.get('vocab_size')} codes; they must match (drop var.vocab_size)")
+                        f"{saved.get('vocab_size')} codes; they must match: drop var.vocab_size, e.g. "
+                        f"{command('var.vocab_size')}")
 
 
-def _announce(args, model, data, what: str) -> None:
+def _announce(args, model, data, what: str, preset: str) -> None:
     from var_st.train import is_main_process
 
     if not is_main_process():
@@ -463,14 +668,15 @@ def _announce(args, model, data, what: str) -> None:
     print(f"{what}\n  data: {data.source}: {len(data)} spots, {len(data.gene_names)} genes, "
           f"histology {data.histology.shape[1]}-d; split {data.split_rule} "
           f"(train {len(data.split['train'])}, val {len(data.split['val'])}, test {len(data.split['test'])})\n"
-          f"  model: {info['total_parameters']:,} parameters ({info['trainable_parameters']:,} trainable), "
-          f"scales {info['scale_sizes']} -> {info['sequence_length']} tokens, vocab {info['vocab_size']}")
+          f"  model: preset {preset}: {info['total_parameters']:,} parameters ({info['trainable_parameters']:,} "
+          f"trainable), scales {info['scale_sizes']} -> {info['sequence_length']} tokens, vocab {info['vocab_size']}")
     if args.debug:
         print(f"[debug] model info: {info}\n[debug] genes: {data.gene_names[:10]} ...")
 
 
 def _load_for_inference(args, *, need_expression: bool, split: bool, outputs: tuple[Path, ...]):
-    """The shared first half of predict / evaluate: every check, then the model and validated data."""
+    """The shared first half of predict / evaluate: every check, then the model and validated data.
+    Data keys and split come from the checkpoint (the stage-1 run's) unless given on the command line."""
     from var_st.data import load_spots
     from var_st.model import TwoStageVARST
     from ftcore.training import resolve_device
@@ -484,20 +690,26 @@ def _load_for_inference(args, *, need_expression: bool, split: bool, outputs: tu
     if _same_file(ckpt, path):
         raise UserError(f"--checkpoint and --dataset are the same file ({path}); swapped arguments?")
     sampling = _sampling(args)
-    split_kw = _split_options(args, split=split)
+    if split:
+        _check_split_flags(args)
     device = resolve_device(_device(args.gpus))
     model = TwoStageVARST.load_complete_model(ckpt, device="cpu", trust_pickle=args.trust_checkpoint)
+    stored = _stored_contract(getattr(model, "checkpoint_extra", {}) or {})
+    keys = _data_keys(args, stored)
     adata, source = _read_adata(args, name, path)
+    split_kw = _split_options(args, stored, adata, keys["slide_key"], str(ckpt)) if split else {"split": False}
     data = load_spots(adata, source=source, genes=model.gene_names, need_expression=need_expression,
-                      histology_dim=model.var_config.histology_dim, **split_kw)
+                      histology_dim=model.var_config.histology_dim, **keys, **split_kw)
+    if split:
+        _check_split(data, stored, _split_flags_given(args), str(ckpt),
+                     "the evaluation would score spots the model was trained or selected on")
     return name, ckpt, model, adata, data, device, sampling
 
 
 def cmd_predict(args) -> None:
-    import numpy as np
-
+    from ftcore.data import prediction_adata
     from ftcore.io import atomic_write_h5ad, claim_outputs
-    from var_st.train import PREDICTION_KEY, RunPaths, predict_expression
+    from var_st.train import RunPaths, predict_expression
 
     name, _ = _resolve_dataset(args)
     out = args.output if args.output is not None else opt.check_output_file(
@@ -506,21 +718,48 @@ def cmd_predict(args) -> None:
                                                                  outputs=(out,))
     claim_outputs(out)
     pred = predict_expression(model.to(device), data, **s)
-    adata.obsm[PREDICTION_KEY] = pred.astype(np.float32)
-    adata.uns["var_st"] = {"genes": list(model.gene_names), "checkpoint": str(ckpt), "units": "log1p(CP10k)",
-                           **{k: v for k, v in s.items() if k != "batch_size"}}
-    atomic_write_h5ad(adata, out)
-    print(f"predicted {pred.shape[1]} genes for {pred.shape[0]} spots -> {out} (obsm[{PREDICTION_KEY!r}], "
-          f"gene names in uns['var_st']['genes'])")
+    result = prediction_adata(pred, model.gene_names, adata, model="var-st", measured=data.expression)
+    result.uns["var_st"] = {"checkpoint": str(ckpt), "units": "log1p(CP10k)",
+                            **{k: v for k, v in s.items() if k != "batch_size"}}
+    atomic_write_h5ad(result, out)
+    measured = "layers['measured'] = the file's values of the same genes" if data.expression is not None \
+        else f"no layers['measured']: {data.expression_note}"
+    print(f"predicted {pred.shape[1]} genes for {pred.shape[0]} spots -> {out} (X = predictions, var_names = genes; "
+          f"{measured})")
+
+
+def read_predictions(path: Path, genes: list[str], obs_names: list[str]):
+    """Predictions [spots, genes] of a `var-st predict` file, columns in `genes` order: X with var_names = genes
+    (this version), or obsm['var_st_prediction'] with uns['var_st']['genes'] (files of older versions)."""
+    import numpy as np
+
+    from ftcore.data import check_values
+    from var_st.data import read_h5ad
+
+    ad = read_h5ad(path)
+    old = "var_st_prediction" in ad.obsm and "genes" in (ad.uns.get("var_st") or {})
+    if not old and (ad.X is None or "prediction" not in ad.uns):
+        raise UserError(f"{path} is not a predictions file (no uns['prediction']: X holds no predictions); "
+                        "write it with var-st predict")
+    names = [str(g) for g in (ad.uns["var_st"]["genes"] if old else ad.var_names)]
+    index = {g: i for i, g in enumerate(names)}
+    missing = [g for g in genes if g not in index]
+    if missing:
+        raise UserError(f"{path}: {len(missing)} of this model's {len(genes)} genes are not predicted there "
+                        f"(e.g. {missing[0]!r}); write it with var-st predict and this checkpoint")
+    if list(map(str, ad.obs_names)) != list(obs_names):
+        raise UserError(f"{path} holds other spots than the --dataset file; predict on the same file")
+    values = np.asarray(ad.obsm["var_st_prediction"] if old else
+                        (ad.X.toarray() if hasattr(ad.X, "toarray") else ad.X), dtype=np.float32)
+    values = values[:, [index[g] for g in genes]]
+    check_values(values, f"{path}: {'obsm[var_st_prediction]' if old else 'X'} (predictions)")
+    return values
 
 
 def cmd_evaluate(args) -> None:
-    import numpy as np
-
     from ftcore.io import atomic_write_json, claim_outputs
-    from ftcore.plotting import plot_pred_vs_true
-    from var_st.data import read_h5ad
-    from var_st.train import PREDICTION_KEY, RunPaths, _split_indices, evaluate, format_report, predict_expression
+    from var_st.plots import plot_evaluation
+    from var_st.train import RunPaths, _split_indices, evaluate, format_report, predict_expression
 
     name, _ = _resolve_dataset(args)
     out = args.output if args.output is not None else opt.check_output_file(
@@ -531,38 +770,44 @@ def cmd_evaluate(args) -> None:
                                                                  outputs=(out, plot))
     idx = _split_indices(data, args.split)
     if predictions is not None:
-        pred_ad = read_h5ad(predictions)
-        if PREDICTION_KEY not in pred_ad.obsm or list(pred_ad.uns.get("var_st", {}).get("genes", [])) != list(model.gene_names):
-            raise UserError(f"{predictions} has no obsm[{PREDICTION_KEY!r}] for this model's genes; write it with var-st predict")
-        if list(map(str, pred_ad.obs_names)) != data.obs_names:
-            raise UserError(f"{predictions} holds other spots than {data.source}; predict on the same file")
-        pred = np.asarray(pred_ad.obsm[PREDICTION_KEY])[idx]
-        from ftcore.data import check_values
-
-        check_values(pred, f"{predictions}: obsm[{PREDICTION_KEY!r}]")
+        pred = read_predictions(predictions, list(model.gene_names), data.obs_names)[idx]
     else:
         pred = predict_expression(model.to(device), data, idx=idx, **s)
     claim_outputs(out, plot)
-    report = evaluate(model, data, args.split, pred)
+    report, per_gene = evaluate(model, data, args.split, pred, per_gene=True)
     report.update({"checkpoint": str(ckpt), "data": data.source})
     atomic_write_json(out, report)
-    plot_pred_vs_true(pred, data.expression[idx], plot, title=f"VAR-ST, {args.split} split")
-    print(format_report(report) + f"\nmetrics -> {out}")
+    plot_evaluation(pred, data.expression[idx], per_gene, report, plot)
+    print(format_report(report) + f"\nmetrics -> {out}, figure -> {plot}")
 
 
 def cmd_make_demo_data(args) -> None:
     from ftcore.io import atomic_write_h5ad, claim_outputs
     from var_st.synthetic import make_demo_adata
 
-    spots = args.slides * args.grid**2
-    if spots * (args.genes + args.histology_dim) > 1e8:  # ~400 MB of float32
-        raise UserError(f"--slides {args.slides} x --grid {args.grid}^2 = {spots:,} spots with {args.genes} genes and "
-                        f"{args.histology_dim} features is too large for a demo file; make it smaller")
-    adata = make_demo_adata(n_slides=args.slides, grid=args.grid, n_genes=args.genes,
-                            histology_dim=args.histology_dim, seed=args.seed)
+    sizes = {"seed": (args.seed, 0), "slides": (args.slides, 5), "grid": (args.grid, 18), "genes": (args.genes, 300),
+             "histology_dim": (args.histology_dim, 1024)}
+    if args.dataset == VISIUM:
+        given = [k for k, (v, _) in sizes.items() if v is not None]
+        if given:
+            raise UserError(f"--{given[0]} sets the size of the synthetic data set; --dataset {VISIUM} is the 49 real "
+                            "spots as they are: drop it")
+        adata = builtin_adata(VISIUM)
+        claim_outputs(args.output)
+        atomic_write_h5ad(adata, args.output)
+        print(f"wrote {adata.n_obs} spots x {adata.n_vars} genes (one Visium slide, obsm['histology'] = "
+              f"{adata.obsm['histology'].shape[1]} H&E patch features) -> {args.output}")
+        return
+    v = {k: value if value is not None else default for k, (value, default) in sizes.items()}
+    spots = v["slides"] * v["grid"]**2
+    if spots * (v["genes"] + v["histology_dim"]) > 1e8:  # ~400 MB of float32
+        raise UserError(f"--slides {v['slides']} x --grid {v['grid']}^2 = {spots:,} spots with {v['genes']} genes and "
+                        f"{v['histology_dim']} features is too large for a demo file; make it smaller")
+    adata = make_demo_adata(n_slides=v["slides"], grid=v["grid"], n_genes=v["genes"],
+                            histology_dim=v["histology_dim"], seed=v["seed"])
     claim_outputs(args.output)
     atomic_write_h5ad(adata, args.output)
-    print(f"wrote {adata.n_obs} spots x {adata.n_vars} genes ({args.slides} slides) -> {args.output}")
+    print(f"wrote {adata.n_obs} spots x {adata.n_vars} genes ({v['slides']} slides) -> {args.output}")
 
 
 def cmd_info(args) -> None:
@@ -579,10 +824,16 @@ def cmd_demo(args) -> None:
     """The embedded end-to-end run, exactly the four commands a user would type."""
     from var_st.train import RunPaths
 
+    name = DEMO_DATASETS[args.dataset]
     common = ["--log_dir", str(args.log_dir), "--seed", str(args.seed)] \
         + (["--gpus", str(args.gpus)] if args.gpus is not None else []) + (["--debug"] if args.debug else [])
-    paths = RunPaths(args.log_dir, DEMO)
-    steps = [["train", "--training_stage", "1"], ["train", "--training_stage", "2", "--stage1_ckpt", str(paths.stage1_ckpt)],
+    if name != DEMO:
+        common = ["--dataset", name] + common
+    paths = RunPaths(args.log_dir, name)
+    # one slide: no slide can be held out, so the split is random spots, asked for explicitly
+    split = ["--random_split"] if name == VISIUM else []
+    steps = [["train", "--training_stage", "1", *split],
+             ["train", "--training_stage", "2", "--stage1_ckpt", str(paths.stage1_ckpt)],
              ["predict"], ["evaluate", "--predictions", str(paths.predictions)]]
     for step in steps:
         print(f"\n$ var-st {' '.join(step + common)}", flush=True)

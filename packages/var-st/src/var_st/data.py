@@ -41,6 +41,9 @@ class SpotData:
     source: str = ""
     split: dict[str, np.ndarray] = field(default_factory=dict)  # train / val / test spot indices
     split_rule: str = ""
+    split_seed: int = 0
+    random_split: bool = False
+    expression_note: str = ""  # predict: why there are no measured values (histology-only file, other genes, ...)
 
     def __len__(self) -> int:
         return len(self.obs_names)
@@ -74,7 +77,10 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
     slide column means one slide, unless `slide_key_given` (the user named the column).
     """
     n = adata.n_obs
-    if n == 0 or adata.n_vars == 0:
+    if n and need_expression and adata.X is None:
+        raise UserError(f"{source}: X is empty (a histology-only file); training and evaluation need measured "
+                        "expression in X (var-st predict needs only histology and coordinates)")
+    if n == 0 or (need_expression and adata.n_vars == 0):
         raise UserError(f"{source}: the file holds {n} spots x {adata.n_vars} genes; it needs at least one of each")
     obs_names = [str(o) for o in adata.obs_names]
     have = ", ".join(adata.obsm.keys()) or "none"
@@ -102,17 +108,18 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
     if need_expression:
         _refuse_duplicates(var_names, f"{source}: var_names (genes)", "adata.var_names_make_unique()")
         _refuse_duplicates(obs_names, f"{source}: obs_names (spots)", "adata.obs_names_make_unique()")
-    expression = None
+    expression, note = None, ""
     if genes is not None:
         index = {g: i for i, g in enumerate(var_names)}
         missing = [g for g in genes if g not in index]
-        if missing and need_expression:  # predict needs histology + coords only
+        if missing and need_expression:
             raise UserError(f"{source}: {len(missing)} of the model's {len(genes)} genes are not in var_names "
                             f"(e.g. {', '.join(missing[:3])}); use a file with the same gene names as training")
-        cols = [index[g] for g in genes] if not missing else None
         gene_names = list(genes)
-        if cols is not None and need_expression:
-            expression = _log_normalised(adata, source, obs_names, var_names)[:, cols]
+        if need_expression:
+            expression = _log_normalised(adata, source, obs_names, var_names)[:, [index[g] for g in genes]]
+        else:  # predict needs histology + coordinates only; measured values, when the file has them, ride along
+            expression, note = _measured(adata, source, genes, index, missing, var_names, obs_names)
     else:
         if num_genes is not None and adata.n_vars < num_genes:
             raise UserError(f"{source}: the file has {adata.n_vars} genes but the model needs {num_genes}; "
@@ -120,11 +127,60 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
         full = _log_normalised(adata, source, obs_names, var_names)
         cols = np.arange(adata.n_vars) if num_genes in (None, adata.n_vars) else top_variable_genes(full, num_genes)
         expression, gene_names = full[:, cols], [var_names[i] for i in cols]
-    data = SpotData(expression, hist, coords, slides, gene_names, obs_names, source)
+    data = SpotData(expression, hist, coords, slides, gene_names, obs_names, source, expression_note=note)
     if split:
         data.split, data.split_rule = make_split(slides, seed, val_slides=val_slides, test_slides=test_slides,
                                                  random_split=random_split, slide_key=slide_key)
+        data.split_seed, data.random_split = int(seed), bool(random_split)
     return data
+
+
+# ----------------------------------------------------------------------------- the stored split
+def _fingerprint(names: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+
+
+def split_record(data: SpotData) -> dict:
+    """The split as checkpoints store it: how it was made (random or by slide, the seed), which slides
+    it holds out and a fingerprint of each part's spots, so a later command can remake it and check
+    that it got the same spots."""
+    names = np.asarray(data.obs_names, dtype=object)
+    parts = {k: sorted(set(data.slides[v].tolist())) for k, v in data.split.items()}
+    # val drawn as 10% of a training slide is not a held-out slide
+    val_slides = [] if data.random_split or set(parts["val"]) & set(parts["train"]) else parts["val"]
+    return {"random_split": data.random_split, "seed": data.split_seed, "rule": data.split_rule,
+            "val_slides": val_slides, "test_slides": [] if data.random_split else parts["test"],
+            "slides": sorted(set(data.slides.tolist())),
+            "spots": {k: int(len(v)) for k, v in data.split.items()},
+            "fingerprint": {k: _fingerprint(names[v].tolist()) for k, v in data.split.items()}}
+
+
+def same_split(data: SpotData, stored: dict) -> bool:
+    """Whether `data`'s split holds out exactly the val and test spots the stored split held out (more
+    training spots, e.g. a file with an extra slide, are no leak)."""
+    want = stored.get("fingerprint") or {}
+    names = np.asarray(data.obs_names, dtype=object)
+    return all(_fingerprint(names[data.split[k]].tolist()) == want.get(k) for k in ("val", "test"))
+
+
+def _measured(adata, source: str, genes: Sequence[str], index: dict, missing: list, var_names, obs_names):
+    """(log-normalised measured values of the model's genes, "") when X holds them, else (None, why not).
+
+    Never an error: prediction does not need expression, so X that is absent, lacks genes, or fails
+    the expression checks only means there is nothing measured to put beside the predictions."""
+    if adata.X is None or adata.n_vars == 0:
+        return None, "no expression in the file (histology only)"
+    if missing:
+        return None, f"{len(missing)} of the model's {len(genes)} genes are not in var_names"
+    if len(set(var_names)) != len(var_names):
+        return None, "var_names (genes) are not unique"
+    try:
+        x = _log_normalised(adata, source, obs_names, var_names)
+    except UserError as err:
+        return None, f"X is not usable as expression ({str(err).split('; ')[0].removeprefix(source + ': ')})"
+    return x[:, [index[g] for g in genes]], ""
 
 
 def _slides(adata, source: str, slide_key: str, required: bool) -> np.ndarray:

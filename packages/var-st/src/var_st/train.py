@@ -1,7 +1,7 @@
 """Stage 1 and stage 2 training (on ftcore's Trainer), prediction and evaluation.
 
     data -> train_stage1 -> best_vqvae.ckpt -> train_stage2 -> complete_model.ckpt
-         -> predict (obsm['var_st_prediction']) -> evaluate (metrics.json, next to ridge and the stage-1 ceiling)
+         -> predict (predictions.h5ad: X = predictions) -> evaluate (metrics.json, next to ridge and the stage-1 ceiling)
 
 Everything here takes validated SpotData (var_st.data) and plain config objects; the CLI does
 the argument parsing. Files written by rank 0 only; every write is atomic.
@@ -25,7 +25,6 @@ from var_st.data import SpotData, top_variable_genes
 from var_st.model import TwoStageVARST, codebook_stats
 
 MODEL_NAME = "TWO_STAGE_VAR_ST"
-PREDICTION_KEY = "var_st_prediction"  # obsm key of predictions [N, G]; uns['var_st']['genes'] names the columns
 
 
 def is_main_process() -> bool:
@@ -220,21 +219,22 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray, top_genes: np.ndarray
             "mse": mse(pred, true), "mae": mae(pred, true)}
 
 
-def evaluate(model: TwoStageVARST, data: SpotData, split: str, prediction: np.ndarray) -> dict:
-    """Metrics of `prediction` (spots of `split`), the stage-1 ceiling and ridge on the same split."""
+def evaluate(model: TwoStageVARST, data: SpotData, split: str, prediction: np.ndarray, per_gene: bool = False):
+    """Metrics of `prediction` (spots of `split`), the stage-1 ceiling and ridge on the same split.
+    per_gene: also return {method: per-gene Pearson r [G]} (what the figure shows)."""
     test = _split_indices(data, split)
     train = data.split["train"]
     true = data.expression[test]
     top = top_variable_genes(data.expression[train], 50)
+    preds = {"var_st": prediction, "stage1_reconstruction_ceiling": reconstruct_expression(model, true),
+             "ridge_histology": ridge_baseline(data, train, test)}
     report = {
         "split": split, "split_rule": data.split_rule, "n_train_spots": int(len(train)), "n_eval_spots": int(len(test)),
         "num_genes": len(data.gene_names), "top50_hvg": [data.gene_names[i] for i in top],
-        "methods": {
-            "var_st": regression_metrics(prediction, true, top),
-            "stage1_reconstruction_ceiling": regression_metrics(reconstruct_expression(model, true), true, top),
-            "ridge_histology": regression_metrics(ridge_baseline(data, train, test), true, top),
-        },
+        "methods": {name: regression_metrics(p, true, top) for name, p in preds.items()},
     }
+    if per_gene:
+        return report, {name: pearson_per_gene(p, true) for name, p in preds.items()}
     return report
 
 
@@ -268,10 +268,5 @@ def _mean_pearson(pred, true) -> float:
     return float(np.nanmean(r)) if np.isfinite(r).any() else -1.0
 
 
-def train_settings(args_dict: dict) -> dict:
-    """The plain-typed run description stored in checkpoints (extra['data'])."""
-    return {k: v for k, v in args_dict.items() if isinstance(v, (str, int, float, bool, type(None)))}
-
-
 __all__ = ["RunPaths", "train_stage1", "train_stage2", "predict_expression", "evaluate", "format_report",
-           "ridge_baseline", "reconstruct_expression", "PREDICTION_KEY"]
+           "ridge_baseline", "reconstruct_expression"]
