@@ -576,7 +576,7 @@ def finetune(cfg: RunConfig) -> dict:
     val_out = infer(model, _loader(val_set, cfg.batch_size))
     train_out = infer(model, _loader(CellDataset(p.tokens, train_rows, p.label_ids, nonz), cfg.batch_size))
     for rows, res, name in ((train_rows, train_out, "train"), (val_rows, val_out, "val"), (test_rows, test_out, "test")):
-        write_predictions(p.cells, rows, res, p.label_names, out / f"{name}.h5ad", split=name)
+        write_predictions(p.cells, rows, res, p.label_names, out / f"{name}.h5ad", split=name, label_key=cfg.label_key)
     _plot_confusion(test_out, p.label_names, out / "confusion_matrix.png")
     history = result.history
     best_epoch = next((h["epoch"] for h in history if h.get("val_acc") == result.best_metric), None)
@@ -629,7 +629,7 @@ def logistic_baseline(p: Prepared, train_rows, test_rows, seed: int) -> float:
 
 
 def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], path: Path, split: str = "",
-                      every_cell: bool = False) -> None:
+                      every_cell: bool = False, label_key: str | None = None) -> None:
     """A copy of the cells with obs[cellfm_pred], obs[cellfm_confidence], obsm[cellfm_proba], obsm[X_cellfm].
 
     rows: the cells `res` scored. every_cell (predict): the copy keeps every cell of the input, in its order,
@@ -653,7 +653,20 @@ def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], pat
     adata.obsm[EMB_KEY] = emb
     adata.uns["cellfm"] = {"labels": list(label_names), "split": split, "proba_key": PROBA_KEY,
                            "n_unscored": int(adata.n_obs - len(rows))}
+    colours = _label_colours(adata, label_key, label_names)
+    if colours:  # scanpy then draws a predicted label in the colour of the same true label
+        adata.uns[f"{PRED_KEY}_colors"] = colours
     atomic_write_h5ad(adata, path)
+
+
+def _label_colours(adata, label_key: str | None, label_names: list[str]) -> list[str] | None:
+    """The colours scanpy keeps for the label column (uns['<label_key>_colors']), in the model's label order."""
+    column = adata.obs.get(label_key) if label_key else None
+    colours = adata.uns.get(f"{label_key}_colors") if label_key else None
+    if column is None or colours is None or not hasattr(column, "cat") or len(colours) != len(column.cat.categories):
+        return None
+    by_label = dict(zip(column.cat.categories.astype(str), colours))
+    return [str(by_label.get(name, "#bbbbbb")) for name in label_names]
 
 
 def _plot_confusion(res: dict, label_names: list[str], path: Path) -> np.ndarray:
@@ -685,7 +698,7 @@ def load_finetuned(path: str, trust_checkpoint: bool = False, device: str = "cpu
 def run_inference(model_path: str, data: str, *, label_key: str | None = None, gene_key: str | None = None,
                   layer: str | None = None, input_kind: str | None = None, batch_size: int = 64,
                   trust_checkpoint: bool = False, device: str = "auto"):
-    """Shared by predict and evaluate: -> (cells, rows, results, label names, vocab)."""
+    """Shared by predict and evaluate: -> (cells, rows, results, label names, the label_key the model was trained on)."""
     from ftcore.training import resolve_device
 
     opt.check_number("--batch-size", batch_size, int, ge=1)
@@ -713,7 +726,7 @@ def run_inference(model_path: str, data: str, *, label_key: str | None = None, g
         index = {lab: i for i, lab in enumerate(labels)}
         ids = np.array([index.get(lab, -1) for lab in cells.labels], dtype=np.int64)
     res = infer(model, _loader(CellDataset(tokens, rows, ids, model.cfg.nonz_len), batch_size))
-    return cells, rows, res, labels
+    return cells, rows, res, labels, extra.get("label_key") or None
 
 
 def _not_an_input(flag: str, output: Path, *inputs: str) -> None:
@@ -732,10 +745,11 @@ def _written(what: str, path, err: OSError) -> UserError:
 def predict(model_path: str, data: str, output: str, **kw) -> Path:
     output = opt.check_output_file("--output", output, (".h5ad",))
     _not_an_input("--output", output, data, model_path)
-    cells, rows, res, labels = run_inference(model_path, data, **kw)
+    cells, rows, res, labels, trained_key = run_inference(model_path, data, **kw)
     claim_outputs(output)
     try:
-        write_predictions(cells, rows, res, labels, output, split="predict", every_cell=True)
+        write_predictions(cells, rows, res, labels, output, split="predict", every_cell=True,
+                          label_key=kw.get("label_key") or trained_key)
     except OSError as err:
         raise _written("the predictions", output, err) from None
     unscored = cells.n_cells - len(rows)
@@ -750,7 +764,7 @@ def evaluate(model_path: str, data: str, output: str, *, label_key: str, **kw) -
     _not_an_input("--output", output, data, model_path)
     if not str(label_key or "").strip():
         raise UserError("--label-key is empty; name the obs column with the true labels")
-    cells, rows, res, labels = run_inference(model_path, data, label_key=label_key, **kw)
+    cells, rows, res, labels, _ = run_inference(model_path, data, label_key=label_key, **kw)
     known = res["label"] >= 0
     if not known.any():
         raise UserError(f"none of the labels in obs[{label_key!r}] is one the model was trained on ({', '.join(labels)})")
