@@ -54,7 +54,7 @@ def ours_cmd(toml: Path, out: Path, name: str, steps: int) -> list[str]:
             f"model.kwargs.n_layers={s['n_layers']}", f"model.kwargs.n_heads={s['n_heads']}",
             f"model.kwargs.head_dim={s['head_dim']}", f"model.kwargs.intermediate_size={s['intermediate_size']}",
             f"model.kwargs.n_encoder_layers={s['n_encoder_layers']}", f"model.kwargs.n_decoder_layers={s['n_decoder_layers']}",
-            "model.kwargs.dropout=0.0", f"training.batch_size={s['batch_size']}", f"training.lr={s['lr']}",
+            "model.kwargs.dropout=0.0", "model.kwargs.output_bias_init=torch", f"training.batch_size={s['batch_size']}", f"training.lr={s['lr']}",
             "training.weight_decay=0", "training.warmup_steps=0", "training.lr_schedule=constant",
             "training.gradient_clip_val=10", f"training.max_steps={steps}", f"training.val_freq={steps}",
             f"training.ckpt_every_n_steps={steps}", f"training.train_seed={s['seed']}", "training.progress=false",
