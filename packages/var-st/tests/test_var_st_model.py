@@ -345,3 +345,68 @@ def test_straight_through_estimator_passes_the_decoder_gradient_unchanged():
     w = torch.randn_like(out)
     (out * w).sum().backward()
     torch.testing.assert_close(f.grad, w)
+
+
+def test_token_weights_balance_scales():
+    from var_st.train import token_weights
+
+    sizes = (1, 4, 8, G)
+    L = sum(sizes)
+    flat = token_weights(sizes, 0.0)
+    torch.testing.assert_close(flat, torch.ones(L))  # VAR: every token alike
+    per_scale = torch.stack([w.sum() for w in torch.split(token_weights(sizes, 1.0), list(sizes))])
+    torch.testing.assert_close(per_scale, torch.full((4,), L / 4))  # every scale alike
+    half = token_weights(sizes, 0.5)
+    assert half.mean().item() == pytest.approx(1.0) and half[0] > half[1] > half[5] > half[-1]
+
+
+def test_token_loss_weights_and_label_smoothing_known_case():
+    from var_st.train import token_loss, token_weights
+
+    torch.manual_seed(0)
+    logits, tokens = torch.randn(3, 5, 7), torch.randint(0, 7, (3, 5))
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), tokens.flatten(), reduction="none").view(3, 5)
+    torch.testing.assert_close(token_loss(logits, tokens, torch.ones(5)), ce.mean())
+    w = token_weights((1, 4), 1.0)  # the one coarse token weighs as much as the four fine ones together
+    torch.testing.assert_close(token_loss(logits, tokens, w), (ce[:, 0] * 2.5 + ce[:, 1:].sum(1) * 2.5 / 4).mean() / 5)
+    eps = 0.2
+    uniform = -torch.log_softmax(logits, -1).mean(-1)
+    torch.testing.assert_close(token_loss(logits, tokens, torch.ones(5), eps), ((1 - eps) * ce + eps * uniform).mean())
+
+
+def test_histology_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    model = TwoStageVARST(num_genes=G, vqvae_config=VQ, var_config={**VAR, "histology_dropout": 0.5}, current_stage=2)
+    h, c = torch.randn(4, 12), torch.randn(4, 2)
+    model.train()
+    assert not torch.equal(model.var.condition(h, c), model.var.condition(h, c))
+    model.eval()
+    torch.testing.assert_close(model.var.condition(h, c), model.var.condition(h, c))
+    plain = tiny_model(stage=2)  # the default (0) keeps the condition deterministic while training
+    plain.train()
+    torch.testing.assert_close(plain.var.condition(h, c), plain.var.condition(h, c))
+    assert set(plain.state_dict()) == set(model.state_dict())  # no new weights: old checkpoints load
+
+
+def test_histology_pca_projection_keeps_the_top_principal_directions_and_is_frozen():
+    torch.manual_seed(0)
+    model = TwoStageVARST(num_genes=G, vqvae_config=VQ, var_config={**VAR, "histology_projection": "pca"},
+                          current_stage=2)
+    basis = torch.linalg.qr(torch.randn(12, 12))[0]
+    # 200 spots whose features vary strongly along 3 known directions and weakly along the rest
+    h = (torch.randn(200, 3) * 5) @ basis[:, :3].T + torch.randn(200, 9) * 0.1 @ basis[:, 3:].T + 2.0
+    model.var.fit_histology_pca(h)
+    norm, proj = model.var.histology_embed
+    z = norm(h)
+    out = proj(z)
+    assert out.mean(0).abs().max() < 1e-4  # centred on the training spots
+    assert out.var(0)[:12].mean().item() == pytest.approx(1.0, rel=1e-3)
+    # the three strongest components span the layer-normed features' top principal subspace
+    zc = z - z.mean(0)
+    top = torch.linalg.svd(zc, full_matrices=False)[2][:3]
+    w = proj.weight[:3] / proj.weight[:3].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(torch.linalg.svdvals(w @ top.T), torch.ones(3), atol=1e-4, rtol=0)
+    assert not any(p.requires_grad for p in model.var.histology_embed.parameters())
+    assert model.var.blocks[0].attn.qkv.weight.requires_grad
+    with pytest.raises(UserError, match="learned or pca"):
+        VARConfig(histology_projection="ridge")

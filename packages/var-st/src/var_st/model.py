@@ -77,8 +77,23 @@ class VARConfig:
     condition_embed_dim: int = _b(640, ge=1, le=65536)
     histology_dim: int = _b(1024, ge=1, le=1_000_000)  # histology feature vector per spot (e.g. a pathology foundation model)
     coord_dim: int = _b(2, ge=2, le=2)  # x, y
+    # dropout on the histology features entering the condition (training only): a spot's noisy features
+    # otherwise identify it, and the fine tokens are memorised per spot instead of learnt from the programs
+    histology_dropout: float = _b(0.0, ge=0, lt=1)
+    # probability that a training spot's coordinate embedding is left out of its condition (VAR's condition
+    # dropout): coordinates rarely carry over between slides, yet with them a spot can be memorised
+    coord_dropout: float = _b(0.0, ge=0, lt=1)
+    # "pca": the histology projection is set to the principal directions of the training spots' features and
+    # kept fixed (GeneVARTransformer.fit_histology_pca); "learned": trained from random weights
+    histology_projection: str = "learned"
+    label_smoothing: float = _b(0.0, ge=0, lt=1)  # of the training cross-entropy over codes (validation loss: plain)
+    # training weight of a token of scale k ~ n_k^-scale_balance (mean 1): 0 = every token alike (VAR),
+    # 1 = every scale alike (the one global token weighs as much as the G individual ones together)
+    scale_balance: float = _b(0.0, ge=0, le=1)
 
     def __post_init__(self) -> None:
+        if self.histology_projection not in ("learned", "pca"):
+            raise UserError(f"histology_projection {self.histology_projection!r}: choose learned or pca")
         if self.num_heads < 1 or self.embed_dim % self.num_heads:
             raise UserError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
@@ -464,6 +479,7 @@ class GeneVARTransformer(nn.Module):
         L, E, C = sum(scale_sizes), cfg.embed_dim, cfg.condition_embed_dim
         if L > cfg.max_sequence_length:
             raise UserError(f"{L} tokens per spot exceed max_sequence_length {cfg.max_sequence_length}; raise it in var_config")
+        self.histology_drop = nn.Dropout(cfg.histology_dropout)  # no weights: checkpoints keep their keys
         self.histology_embed = nn.Sequential(nn.LayerNorm(cfg.histology_dim), nn.Linear(cfg.histology_dim, C))
         self.coord_embed = nn.Sequential(nn.Linear(cfg.coord_dim, C), nn.GELU(), nn.Linear(C, C))
         self.condition_mlp = nn.Sequential(nn.GELU(), nn.Linear(C, C))
@@ -478,9 +494,32 @@ class GeneVARTransformer(nn.Module):
         levels = torch.repeat_interleave(torch.arange(len(scale_sizes)), torch.tensor(scale_sizes))
         self.register_buffer("levels", levels, persistent=False)
 
+    @torch.no_grad()
+    def fit_histology_pca(self, histology: torch.Tensor) -> None:
+        """Histology projection = the top-C principal directions of the (layer-normed) training features,
+        one scale so the projected features have unit variance on average; frozen with the norm.
+        Like ridge's penalty it keeps the directions the features vary most in and drops the rest,
+        where per-spot noise would let the transformer tell training spots apart."""
+        norm, proj = self.histology_embed
+        norm.reset_parameters()
+        z = norm(histology.float().to(proj.weight.device)).double()
+        mean = z.mean(0)
+        _, s, vh = torch.linalg.svd(z - mean, full_matrices=False)
+        C = proj.out_features
+        k = min(C, len(s))
+        scale = (s[:k].pow(2).mean() / max(len(z) - 1, 1)).sqrt().clamp_min(1e-12)
+        w = torch.zeros(C, z.shape[1], dtype=torch.float64, device=z.device)
+        w[:k] = vh[:k] / scale
+        proj.weight.copy_(w.to(proj.weight.dtype))
+        proj.bias.copy_((-(w @ mean)).to(proj.bias.dtype))
+        self.histology_embed.requires_grad_(False)
+
     def condition(self, histology: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """[B, F] + [B, 2] -> condition embedding [B, C]."""
-        return self.condition_mlp(self.histology_embed(histology) + self.coord_embed(coords))
+        xy = self.coord_embed(coords)
+        if self.training and self.cfg.coord_dropout > 0:
+            xy = xy * (torch.rand(len(xy), 1, device=xy.device) >= self.cfg.coord_dropout).to(xy.dtype)
+        return self.condition_mlp(self.histology_embed(self.histology_drop(histology)) + xy)
 
     def _embed(self, cond, next_inputs, start: int, length: int) -> torch.Tensor:
         """Token embeddings of positions start..start+length ([B, length, E])."""

@@ -116,6 +116,22 @@ def stage1_tokens(model: TwoStageVARST, expression: torch.Tensor, device: str = 
                       for i in range(0, len(expression), batch_size)])
 
 
+def token_weights(scale_sizes, balance: float) -> torch.Tensor:
+    """Training weight of each of the L tokens: n_k^-balance for a token of scale k, scaled to mean 1."""
+    sizes = torch.tensor(scale_sizes, dtype=torch.float64)
+    w = torch.repeat_interleave(sizes.pow(-float(balance)), torch.tensor(scale_sizes))
+    return (w / w.mean()).float()
+
+
+def token_loss(logits: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, label_smoothing: float = 0.0):
+    """Stage-2 training loss: cross-entropy of logits [B, L, V] against tokens [B, L], each position
+    weighted by weight [L] (token_weights), with label smoothing; the mean over B x L."""
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, V).float(), tokens.reshape(-1), label_smoothing=label_smoothing,
+                         reduction="none").view(tokens.shape)
+    return (ce * weight.to(ce.device)).mean()
+
+
 def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict, metadata: dict):
     """Train the VAR transformer with the frozen VQ-VAE; returns the TrainResult (best_var.ckpt)."""
     if model.current_stage != 2 or model.stage1_source is None:
@@ -124,12 +140,15 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
     tr, va = data.split["train"], data.split["val"]
     x, h, c = _tensor(data.expression), _tensor(data.histology), _tensor(data.coords)
     tokens = stage1_tokens(model, x, run.get("device", "auto"))
-    V = model.var_config.vocab_size
+    if model.var_config.histology_projection == "pca":  # data-derived; a resumed run loads its checkpoint over it
+        model.var.fit_histology_pca(h[tr])
+    V, smoothing = model.var_config.vocab_size, model.var_config.label_smoothing
+    weight = token_weights(model.scale_sizes, model.var_config.scale_balance)
 
     def loss_fn(m, batch):
         hb, cb, tb, _ = batch
         logits = m(hb, cb, tb)
-        loss = F.cross_entropy(logits.reshape(-1, V).float(), tb.reshape(-1))
+        loss = token_loss(logits, tb, weight, smoothing)
         return loss, {"token_accuracy": (logits.argmax(-1) == tb).float().mean().detach()}
 
     def eval_fn(m, loader):

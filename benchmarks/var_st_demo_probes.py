@@ -1,0 +1,216 @@
+"""Why VAR-ST trails ridge on the embedded demo, and what closes the gap: probes on the demo's split.
+
+    PYTHONPATH=packages/var-st/src:shared/src OMP_NUM_THREADS=1 \
+        python benchmarks/var_st_demo_probes.py --seeds 0 1 2 --out probes.json [--variant NAME=JSON ...]
+
+Each variant trains stage 1 and stage 2 with the package's own train_stage1 / train_stage2 on the
+demo data (make_demo_adata, top-200 HVGs, the demo's slide split) and reports, on the held-out
+test slide:
+  - teacher-forced token accuracy per scale (true coarser tokens as inputs);
+  - mean per-gene Pearson of decoding with the TRUE tokens of the first p scales and the model's
+    expected codes for the rest (p = 0: the model alone; p = all: the stage-1 ceiling), so each
+    scale's share of the loss is visible;
+  - greedy decoding, and ridge regression (histology -> expression) on the same split.
+A variant is JSON: {"vq": {...VQVAEConfig keys}, "var": {...VARConfig keys}, "s1": {epochs, lr,
+batch_size}, "s2": {...}, "data": {"grid": 18, "seed": 0}}, merged over the demo's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ftcore.metrics import pearson_per_gene
+from var_st import cli
+from var_st.data import SpotData
+from var_st.model import PRESETS, TwoStageVARST, VARConfig, VQVAEConfig
+from var_st.train import predict_expression, ridge_baseline, train_stage1, train_stage2
+
+BASE = {"vq": {}, "var": {}, "data": {"grid": 18, "seed": 0},
+        "s1": {"epochs": cli.DEMO_RUN["stage1_epochs"], "lr": cli.DEMO_RUN["stage1_lr"],
+               "batch_size": cli.DEMO_RUN["stage1_batch_size"]},
+        "s2": {"epochs": cli.DEMO_RUN["stage2_epochs"], "lr": cli.DEMO_RUN["stage2_lr"],
+               "batch_size": cli.DEMO_RUN["stage2_batch_size"]}}
+
+
+def merged(spec: dict) -> dict:
+    out = copy.deepcopy(BASE)
+    for k, v in spec.items():
+        out[k].update(v)
+    return out
+
+
+def pearson(pred, true) -> float:
+    return float(np.nanmean(pearson_per_gene(np.asarray(pred), np.asarray(true))))
+
+
+@torch.no_grad()
+def prefix_decode(model: TwoStageVARST, h, c, true_tokens, p: int) -> torch.Tensor:
+    """True tokens for scales < p, expected codes for the rest -> expression [B, G]."""
+    q, var = model.vqvae.quantizer, model.var
+    cond = var.condition(h, c)
+    from var_st.model import KVCache
+
+    caches = [KVCache() for _ in var.blocks]
+    split = model.vqvae.split_scales(true_tokens)
+    f_hat, inputs = None, None
+    for k in range(len(model.scale_sizes)):
+        logits = var.step(cond, inputs, k, caches)
+        if k < p:
+            contrib = q.embed_scale(split[k], k)
+        else:
+            contrib = q.contribution(logits.float().softmax(-1) @ q.codebook, k)
+        f_hat = contrib if f_hat is None else f_hat + contrib
+        if k + 1 < len(model.scale_sizes):
+            inputs = q.next_scale_input(f_hat, k + 1)
+    return model.vqvae.decode_f_hat(f_hat)
+
+
+def data_name(d: dict) -> str:
+    return f"demo_seed{d['seed']}_grid{d['grid']}_slides{d.get('slides', 5)}.npz"
+
+
+def load_data(d: dict, data_dir: Path | None):
+    """SpotData of the demo data set `d` and the top-50 HVG columns of its training spots. With
+    data_dir: read (or, where anndata/scanpy are installed, first write) an .npz of the arrays, so
+    the probes also run on a machine without them."""
+    path = data_dir / data_name(d) if data_dir else None
+    if path is None or not path.exists():
+        from var_st.data import load_spots, top_variable_genes
+        from var_st.synthetic import make_demo_adata
+
+        adata = make_demo_adata(seed=d["seed"], grid=d["grid"], n_slides=d.get("slides", 5))
+        data = load_spots(adata, source="demo", num_genes=200, seed=0)
+        top = top_variable_genes(data.expression[data.split["train"]], 50)
+        if path is not None:
+            np.savez(path, expression=data.expression, histology=data.histology, coords=data.coords,
+                     slides=data.slides.astype(str), genes=np.array(data.gene_names), obs=np.array(data.obs_names),
+                     top=top, rule=data.split_rule, **{f"split_{k}": v for k, v in data.split.items()})
+        return data, top
+    z = np.load(path)
+    data = SpotData(z["expression"], z["histology"], z["coords"], z["slides"], list(map(str, z["genes"])),
+                    list(map(str, z["obs"])), "demo", {k: z[f"split_{k}"] for k in ("train", "val", "test")},
+                    str(z["rule"]))
+    return data, z["top"]
+
+
+def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None) -> dict:
+    t0 = time.time()
+    spec = merged(spec)
+    key = json.dumps(spec["data"], sort_keys=True)
+    if key not in cache:
+        cache[key] = load_data(spec["data"], data_dir)
+    data, top = cache[key]
+    vq0, var0 = PRESETS["demo"]
+    vq = VQVAEConfig(**{**asdict(vq0), **spec["vq"]})
+    var = VARConfig(**{**asdict(var0), "vocab_size": vq.vocab_size, **spec["var"]})
+    var.histology_dim = data.histology.shape[1]
+    torch.manual_seed(seed)
+    model = TwoStageVARST(len(data.gene_names), vq, var, current_stage=1)
+    common = {"max_steps": None, "patience": None, "seed": seed, "device": device, "progress": False,
+              "compile": "off", "precision": "fp32"}
+    s1_key = hashlib.sha1(json.dumps([spec["vq"], spec["s1"], spec["data"], seed, device], sort_keys=True)
+                          .encode()).hexdigest()[:16]
+    s1_path = (data_dir / "stage1_cache" / f"{s1_key}.ckpt") if data_dir else None
+    with tempfile.TemporaryDirectory() as tmp:
+        if s1_path is None or not s1_path.exists():  # stage 1 of this config, data and seed: once
+            r1 = train_stage1(model, data, Path(tmp) / "s1", {**common, **spec["s1"]}, {})
+            if s1_path is not None:
+                s1_path.parent.mkdir(exist_ok=True)
+                shutil.copy(r1.best_path, s1_path)
+            s1_path = s1_path or r1.best_path
+        t1 = time.time() - t0
+        torch.manual_seed(seed)
+        model = TwoStageVARST.from_stage1(s1_path, var)
+        r2 = train_stage2(model, data, Path(tmp) / "s2", {**common, **spec["s2"]}, {})
+        if data_dir is not None:
+            (data_dir / "models").mkdir(exist_ok=True)
+            model.save_complete_model(data_dir / "models" / f"{s1_key}_{hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]}.ckpt")
+    t2 = time.time() - t0 - t1
+    model.eval().to(device)
+    te, tr = data.split["test"], data.split["train"]
+    x = torch.as_tensor(data.expression[te], device=device)
+    h = torch.as_tensor(data.histology[te], device=device)
+    c = torch.as_tensor(data.coords[te], device=device)
+    true_tok = model.vqvae.encode_tokens(x)
+    logits = model(h, c, true_tok)
+    hit = (logits.argmax(-1) == true_tok).float()
+    acc = {f"s{n}": float(a.mean()) for n, a in zip(model.scale_sizes, torch.split(hit, list(model.scale_sizes), 1))}
+    # the majority token of each position in training: what a condition-blind model would get
+    tr_tok = model.vqvae.encode_tokens(torch.as_tensor(data.expression[tr], device=device))
+    mode = torch.mode(tr_tok, 0).values
+    maj = {f"s{n}": float(a.float().mean()) for n, a in
+           zip(model.scale_sizes, torch.split(true_tok == mode, list(model.scale_sizes), 1))}
+    true = data.expression[te]
+    prefix = {f"true_first_{p}": pearson(prefix_decode(model, h, c, true_tok, p).cpu(), true)
+              for p in range(len(model.scale_sizes) + 1)}
+    ridge = ridge_baseline(data, tr, te)
+    # the condition embedding: how much of the expression a ridge fit on it recovers (train -> test)
+    from sklearn.linear_model import RidgeCV
+
+    @torch.no_grad()
+    def cond_of(idx):
+        return model.var.condition(torch.as_tensor(data.histology[idx], device=device),
+                                   torch.as_tensor(data.coords[idx], device=device)).cpu().numpy()
+    cond_ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(cond_of(tr), data.expression[tr]).predict(cond_of(te))
+    by_temperature = {str(t): pearson(predict_expression(model, data, te, decoding="expected", temperature=t), true)
+                      for t in (0.5, 0.7, 1.5)}
+    exp_pred = predict_expression(model, data, te, decoding="expected")
+    greedy = predict_expression(model, data, te, decoding="greedy")
+    hist = r2.history
+    return {"seed": seed, "spec": spec, "stage1_s": round(t1, 1), "stage2_s": round(t2, 1),
+            "var_st_expected": pearson(exp_pred, true), "var_st_greedy": pearson(greedy, true),
+            "var_st_expected_top50": float(np.nanmean(pearson_per_gene(exp_pred, true)[top])),
+            "ridge": pearson(ridge, true), "ridge_on_condition_embedding": pearson(cond_ridge, true),
+            "expected_by_temperature": by_temperature, "ridge_top50": float(np.nanmean(pearson_per_gene(ridge, true)[top])),
+            "teacher_forced_acc": acc, "majority_acc": maj, "prefix": prefix,
+            "best_epoch_val_pearson": r2.best_metric,
+            "val_pearson_by_epoch": [round(r["val_pearson"], 4) for r in hist if "val_pearson" in r]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--variant", action="append", default=[], help="NAME=JSON (default: the demo as it is)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data_dir", type=Path, default=None, help="npz copies of the data sets (written if missing)")
+    ap.add_argument("--only_data", action="store_true", help="write the npz files of the variants' data and stop")
+    args = ap.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant) or {"demo": "{}"}
+    results, cache = [], {}
+    if args.only_data:
+        for spec in variants.values():
+            load_data(merged(json.loads(spec))["data"], args.data_dir)
+        return
+    for name, spec in variants.items():
+        for seed in args.seeds:
+            r = run_variant(json.loads(spec), seed, cache, args.device, args.data_dir)
+            r["variant"] = name
+            results.append(r)
+            print(json.dumps({k: r[k] for k in ("variant", "seed", "var_st_expected", "var_st_greedy", "ridge",
+                                                "teacher_forced_acc", "prefix",
+                                                "ridge_on_condition_embedding", "expected_by_temperature", "stage1_s", "stage2_s",
+                                                "val_pearson_by_epoch")}), flush=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
+    for name in variants:
+        rs = [r for r in results if r["variant"] == name]
+        v = np.array([r["var_st_expected"] for r in rs])
+        g = np.array([r["ridge"] for r in rs])
+        print(f"{name:30s} VAR-ST {v.mean():.3f} +- {v.std(ddof=1) if len(v) > 1 else 0:.3f}   "
+              f"ridge {g.mean():.3f} +- {g.std(ddof=1) if len(g) > 1 else 0:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
