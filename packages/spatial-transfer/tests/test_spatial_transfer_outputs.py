@@ -108,6 +108,7 @@ def test_visium_dataset_end_to_end(tmp_path, tiny_args, capsys):
     """--dataset visium-mouse-brain: the core's 49 real spots + H&E -> sub-patch graphs and pseudo-bulk -> bulk
     pretraining -> transfer -> CV by row bands -> predict on the same section without its expression."""
     from spatial_transfer import visium
+    from spatial_transfer.cli import DEMO_STRATEGY
     from spatial_transfer.data import read_bulk, read_spatial
 
     out = tmp_path / "run"
@@ -120,11 +121,11 @@ def test_visium_dataset_end_to_end(tmp_path, tiny_args, capsys):
     sp, bk = read_spatial(data, visium.IN_DIM), read_bulk(data, visium.IN_DIM)
     assert sp.expr.shape == (49, 1999) and len(sp.samples) == visium.N_BANDS
     assert bk.expr.shape == (visium.N_PSEUDO_BULK, 1999) and sp.cell_feat.shape == (49 * visium.SUB**2, visium.IN_DIM)
-    final = json.loads((out / "log_normalized_transfer_frozen_backbone" / f"final_{visium.N_BANDS}fold_results.json")
-                       .read_text())
+    log = out / f"log_normalized_transfer_{DEMO_STRATEGY}"
+    final = json.loads((log / f"final_{visium.N_BANDS}fold_results.json").read_text())
     assert sorted(s for f in final["folds"] for s in f["test_samples"]) == sp.samples
-    assert np.isfinite(final["gene_correlation"]["mean"]) and "demo: transfer (frozen_backbone)" in text
-    cv = anndata.read_h5ad(out / "log_normalized_transfer_frozen_backbone" / "predictions.h5ad")
+    assert np.isfinite(final["gene_correlation"]["mean"]) and f"demo: transfer ({DEMO_STRATEGY})" in text
+    cv = anndata.read_h5ad(log / "predictions.h5ad")
     src = anndata.read_h5ad(data / "spatial.h5ad")
     # the section's own pixel coordinates and images travel with the predictions (sc.pl.spatial can draw them)
     np.testing.assert_array_equal(cv.obsm["spatial"], src[cv.obs_names].obsm["spatial"])
