@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
-from conftest import TINY_MODEL
 from state_tx.cli import main
 from state_tx.data import read_experiment_toml
 from state_tx.train import load_run_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from repo_helpers import package_tests  # noqa: E402
+
+# this package's tiny sizes ("from conftest import" finds another package's conftest in a whole-repo run)
+TINY_MODEL = package_tests("state-tx").TINY_MODEL
 
 NAMES = ("example_training_config.toml", "train_config.yaml")
 

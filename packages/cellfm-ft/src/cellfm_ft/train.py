@@ -426,7 +426,8 @@ def build_model(p: Prepared, cfg: RunConfig) -> CellFMClassifier:
     if cfg.from_scratch:  # random weights on purpose: the frozen ones stay random too, as in the comparison asked for
         print(f"from scratch: no weights loaded from {Path(cfg.checkpoint).name} (its architecture only); every "
               f"parameter starts at its random initialisation (seed {cfg.seed}), the same parameters train")
-        apply_freezing(model, spec)
+        # nothing was loaded, on purpose: any frozen tensor stays at its random start, said above
+        apply_freezing(model, spec, pretrained=None, fresh=FRESH, allow_unloaded_frozen=True)
         return model
     report = load_partial(model, p.state_dict, skip=((r"^extractor\.gene_emb$", "re-initialised for our vocabulary"),),
                           source=Path(cfg.checkpoint).name, target="CellFM classifier")

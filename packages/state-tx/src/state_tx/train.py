@@ -479,8 +479,8 @@ class StepCurveTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._loss = loss
 
-    def _write_history(self) -> None:
-        super()._write_history()
+    def _write_history(self, final: bool = False) -> None:
+        super()._write_history(final)
         if self.env.is_main:
             plot_training_curves(self.history, self.out / "training_curve.png", self._loss)
 
