@@ -641,13 +641,13 @@ def measure_train(case: TrainCase, compile_mode: str, device: torch.device, args
         "trainable_params": sum(p.numel() for p in case.model.parameters() if p.requires_grad),
     }
     clock = Clock(trainer.device)
-    if compile_mode == "on" and args.explain:
+    if compile_mode != "off" and args.explain:
         try:
             row["explain"] = graph_breaks(trainer._forward_loss, batch)
         except Exception as err:  # noqa: BLE001 - explain is a diagnostic: the timing goes on without it
             row["explain"] = {"error": _first_line(err)}
     step = lambda: trainer._train_step(batch)  # noqa: E731
-    row.update(first_step(step, clock, compile_mode == "on"))
+    row.update(first_step(step, clock, compile_mode != "off"))
     for _ in range(args.warmup):
         step()
     ms, host = time_steps(step, clock, args.blocks, args.steps_per_block)
@@ -718,7 +718,7 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (few layers, small widths): checks every path fast")
     ap.add_argument("--only", default="", help=f"comma-separated packages ({', '.join(PACKAGES)}) or 'package:what' "
                                                "substrings, e.g. 'state-tx,var-st:stage 2'")
-    ap.add_argument("--modes", default="off,on", help="compile settings to measure: off,on | off | on")
+    ap.add_argument("--modes", default="off,on", help="compile settings to measure, of off, on and graphs (CUDA graphs; training rows only), e.g. off,on")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="rows starting after this many seconds are skipped (default 420; no limit with --tiny)")
     ap.add_argument("--warmup", type=int, default=3, help="steps after the first (compiling) one, untimed")
@@ -768,12 +768,14 @@ def main():
         doc["triton"] = triton.__version__
     except ImportError:
         pass
-    modes = [m for m in args.modes.split(",") if m in ("off", "on")]
+    modes = [m for m in args.modes.split(",") if m in ("off", "on", "graphs")]
     eager_flops: dict = {}
     for item in ITEMS:
         if not selected(item):
             continue
         for mode in modes:
+            if mode == "graphs" and item.kind != "train":
+                continue  # CUDA graphs are a Trainer setting
             elapsed = time.time() - t_start
             if elapsed > args.budget_s:
                 row = {"package": item.package, "what": item.what, "kind": item.kind, "compile": mode,

@@ -94,16 +94,17 @@ def assert_finite_model(path: Path) -> dict:
     return ckpt
 
 
-# the packages whose training step is compiled by default on CUDA (`compile` auto; the others default to off)
+# the packages whose training step is compiled with CUDA graphs by default on CUDA (`compile` graphs; the others
+# default to off)
 COMPILED_BY_DEFAULT = {"get-yeast", "state-tx", "var-st"}
 
 
 def assert_trainer_device(path: Path, device: torch.device, package: str) -> None:
     """The core Trainer's resume checkpoint records the device the CLI asked for, and the package's compile
-    default (auto where it measured faster and its GPU tests pass compiled: on CUDA it compiled)."""
+    default (graphs where it measured faster and its GPU tests pass compiled: on CUDA it compiled)."""
     config = torch.load(path, map_location="cpu", weights_only=True)["config"]
     assert torch.device(config["device"]).type == device.type, f"{path} records device {config['device']!r}"
-    assert config["compile"] == ("auto" if package in COMPILED_BY_DEFAULT else "off"), config["compile"]
+    assert config["compile"] == ("graphs" if package in COMPILED_BY_DEFAULT else "off"), config["compile"]
 
 
 def assert_predictions(values, shape: tuple[int, ...]) -> None:

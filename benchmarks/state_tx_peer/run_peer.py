@@ -18,8 +18,8 @@ same command runs both on the GPU (Lightning picks it; state-tx uses training.de
 
 On the lent GPU machine (no cell-eval there: it needs polars, too large to carry), arc-state comes from carried
 wheels and the predictions travel back for cell-eval here. arc-state's `tx predict` imports cell-eval's
-MetricsEvaluator even with --predict-only, where it is never called; there a placeholder module named cell_eval
-(PYTHONPATH) answers that import:
+MetricsEvaluator and cell_eval.utils even with --predict-only, where neither is called; with --no-cell-eval the
+import placeholder in import_placeholder/ (it raises if called) goes on arc-state's PYTHONPATH for predict:
 
     python benchmarks/state_tx_peer/run_peer.py --steps 1000 --arc-python python3 --no-cell-eval --out $OUT/peer
     python benchmarks/state_tx_peer/run_peer.py --cell-eval-on benchmarks/state_tx_peer/results_NVIDIA_H200.json \
@@ -153,7 +153,11 @@ def main() -> None:
             pcmd = [*arc, "tx", "predict", "--output-dir", str(run_dir), "--checkpoint",
                     "final.ckpt", "--predict-only"]
             ev = run_dir / "eval_final.ckpt"
-        pred_t = timed(pcmd, out / f"{tool}_predict.log", env)
+        penv = env
+        if tool == "arc-state" and args.no_cell_eval:
+            penv = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE / "import_placeholder"),
+                                                                      os.environ.get("PYTHONPATH", "")]))}
+        pred_t = timed(pcmd, out / f"{tool}_predict.log", penv)
         results["runs"][tool] = {"train_full": full, "train_short": short, "steps_per_s": round(steps_per_s, 3),
                                  "predict": pred_t, "train_command": " ".join(make("full", args.steps))}
         if args.no_cell_eval:

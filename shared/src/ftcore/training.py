@@ -42,6 +42,10 @@ EvalFn = Callable[[nn.Module, DataLoader], Mapping[str, float]]
 CURVE_EVERY_S = 30.0  # least seconds between two redraws of the training curve during a run (always at the end)
 
 
+COMPILE_CHOICES = ("auto", "on", "off", "graphs")
+COMPILE_SAID = "auto, on or off, or graphs (auto with CUDA graphs)"
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
@@ -78,7 +82,9 @@ class TrainConfig:
     # torch.compile of the loss computation (model forward + loss): off (default) | on | auto = on CUDA only.
     # 1.5-2.1x faster steps on an H200 (benchmarks/results/README.md), so the packages whose GPU tests pass
     # compiled (state-tx, var-st, get-yeast) default to auto. The library default stays off: a loss function
-    # with Python side effects (a counter) failed inside dynamo on the H200 (torch 2.11)
+    # with Python side effects (a counter) failed inside dynamo on the H200 (torch 2.11).
+    # graphs = auto + CUDA graphs (torch.compile mode "reduce-overhead": the step's kernels replayed as one graph,
+    # which removes the launch gaps of many small kernels); off on CPU like auto
     compile: str = "off"
     # steps between host synchronisations (loss read back, NaN check, progress bar); None: 1 on CPU, 25 on CUDA,
     # where reading the loss every step stalls the GPU queue
@@ -104,8 +110,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{name} must be >= 1 (or left unset), got {value}")
-        if self.compile not in ("auto", "on", "off"):
-            raise UserError(f"unknown compile setting {self.compile!r}; choose auto, on or off")
+        if self.compile not in COMPILE_CHOICES:
+            raise UserError(f"unknown compile setting {self.compile!r}; choose {COMPILE_SAID}")
         if self.sync_every_steps is not None and self.sync_every_steps < 1:
             raise UserError(f"sync_every_steps must be >= 1 (or left unset), got {self.sync_every_steps}")
         if self.epochs == 0 and self.max_steps is None:
@@ -266,9 +272,11 @@ class Trainer:
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         on_cuda = self.device.type == "cuda"
         self.sync_every = config.sync_every_steps or (25 if on_cuda else 1)
-        self.compiled = config.compile == "on" or (config.compile == "auto" and on_cuda)
+        self.compiled = config.compile == "on" or (config.compile in ("auto", "graphs") and on_cuda)
+        self.cuda_graphs = config.compile == "graphs" and on_cuda
         # the loss computation (forward + loss, autocast inside) is what gets compiled; backward follows it
-        self._forward = _compiled_method(self, Trainer._forward_loss) if self.compiled else self._forward_loss
+        self._forward = (_compiled_method(self, Trainer._forward_loss, "reduce-overhead" if self.cuda_graphs else None)
+                         if self.compiled else self._forward_loss)
         params = param_groups or self._default_param_groups()
         if not any(p.requires_grad for g in params for p in g["params"]):
             raise UserError("No trainable parameters! Check the freezing strategy / include patterns")
@@ -557,6 +565,8 @@ class Trainer:
         `fit` reads the losses back every `sync_every` steps and refuses there, naming the first bad step.
         """
         batch = move_to(batch, self.device)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         loss, logs = self._forward(batch)
         if self.sync_every == 1 and not torch.isfinite(loss):
             self._refuse_loss(float(loss.detach()), self.step)
@@ -568,7 +578,9 @@ class Trainer:
         self.scheduler.step()
         # a one-element loss of any shape (e.g. [1]) reads back as a number; logged tensors are copied, since one
         # sharing memory with a buffer updated in place would otherwise be read back with a later step's value
-        return loss.detach().reshape(()), {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+        # (so is the loss under CUDA graphs: the next replay writes its output buffer)
+        loss = loss.detach().reshape(())
+        return loss.clone() if self.cuda_graphs else loss, {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
                                            for k, v in logs.items()}
 
 
@@ -587,7 +599,7 @@ def _plain_cpu(sample: Any) -> bool:
 _FORWARD_CODES: dict[tuple, types.CodeType] = {}
 
 
-def _compiled_method(trainer: "Trainer", fn: Callable) -> Callable:
+def _compiled_method(trainer: "Trainer", fn: Callable, mode: str | None = None) -> Callable:
     """torch.compile(fn bound to trainer), with dynamo's cache shared only by Trainers of the same model
     class and loss function.
 
@@ -600,7 +612,7 @@ def _compiled_method(trainer: "Trainer", fn: Callable) -> Callable:
     key = (type(trainer.model), getattr(loss, "__code__", type(loss)))
     code = _FORWARD_CODES.setdefault(key, fn.__code__.replace())
     fresh = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    return torch.compile(types.MethodType(fresh, trainer))
+    return torch.compile(types.MethodType(fresh, trainer), mode=mode)
 
 
 def _first_line(err: Exception) -> str:

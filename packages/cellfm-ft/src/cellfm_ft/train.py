@@ -32,7 +32,7 @@ from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
 from ftcore.loading import load_partial
-from ftcore.training import TrainConfig, Trainer, seed_everything
+from ftcore.training import COMPILE_CHOICES, COMPILE_SAID, TrainConfig, Trainer, seed_everything
 
 from cellfm_ft.data import (
     INPUT_KINDS,
@@ -279,8 +279,8 @@ def check_settings(cfg: RunConfig) -> RunConfig:
         raise UserError("--epochs is 0 and --max-steps is not set: nothing would train; give --epochs 1 or more, "
                         "or --max-steps N")
     opt.device("--device")(cfg.device)
-    if cfg.compile not in ("auto", "on", "off"):
-        raise UserError(f"unknown --compile {cfg.compile!r}; choose auto, on or off")
+    if cfg.compile not in COMPILE_CHOICES:
+        raise UserError(f"unknown --compile {cfg.compile!r}; choose {COMPILE_SAID}")
     if cfg.input_kind not in INPUT_KINDS:
         raise UserError(f"unknown --input-kind {cfg.input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
     if not cfg.data:

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. training.lr=5e-4 or model.fusion.hidden_dim=128 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_compile(t)
+    add_compile(t, default="graphs")
 
     e = sub.add_parser("evaluate", help="metrics, predictions, plots and condition importance of a trained model")
     e.add_argument("--model", required=True, type=opt.input_file("--model", "trained model (best_model.pth)"),

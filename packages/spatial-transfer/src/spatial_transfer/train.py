@@ -72,7 +72,7 @@ class RunConfig:
     # torch.compile of the training step: off by default (auto = on CUDA | on). Measured on an H200 (torch 2.11):
     # the graph batches change shape every step (graph breaks at to_dense_batch, recompiles), and inductor
     # failed with "CUDA error: misaligned address" (benchmarks/results/README.md)
-    compile: Literal["auto", "on", "off"] = "off"
+    compile: Literal["auto", "on", "off", "graphs"] = "off"
     progress: bool = True
     # transfer: the bulk head's rows of the genes both panels share go into the spatial head (by gene name)
     head_from_bulk: bool = True

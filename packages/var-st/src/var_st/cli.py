@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default 1e-4; demo: 2e-3 (above 1e6 torch's optimizer overflows float32)")
     t.add_argument("--max_steps", type=opt.positive_int("--max_steps"), default=None,
                    help="stop after this many optimizer steps (with --epochs 0: run exactly this many)")
-    add_compile(t)
+    add_compile(t, default="graphs")
     t.add_argument("--patience", type=opt.positive_int("--patience"), default=None,
                    help="early stopping after this many epochs without improvement")
     t.add_argument("--num_genes", type=opt.number("--num_genes", int, ge=2), default=None,
@@ -473,7 +473,7 @@ def _run_settings(args, stage: int, builtin: str | None) -> dict:
            "lr": args.lr if args.lr is not None else defaults[f"{key}_lr"],
            "max_steps": args.max_steps, "patience": args.patience, "seed": args.seed,
            "device": _device(args.gpus), "progress": not os.environ.get("VAR_ST_NO_PROGRESS"),
-           "compile": getattr(args, "compile", None) or "auto"}
+           "compile": getattr(args, "compile", None) or "graphs"}
     if run["epochs"] == 0 and not run["max_steps"]:
         raise UserError("--epochs 0 trains nothing; give --epochs >= 1, or --epochs 0 with --max_steps N "
                         "to run exactly N optimizer steps")
