@@ -28,6 +28,7 @@ import torch
 
 from ftcore import options as opt
 from ftcore.checkpoint import read_checkpoint, read_state_dict, write_checkpoint
+from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
@@ -78,10 +79,6 @@ def layout_of(cfg: CellFMConfig) -> str:
     if cfg.decoders:
         return "CellFM pretraining model (has the decoders): padded keys masked in layers depth//2 .. depth-1"
     return "annotation tutorial Backbone (no zero_emb / decoders): padded keys masked in every layer"
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ------------------------------------------------------------------------------ convert

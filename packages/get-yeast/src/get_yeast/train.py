@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ftcore.config import from_dict
+from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing
 from ftcore.loading import load_partial
@@ -46,10 +46,6 @@ def check_output_names(out: Path, names: tuple[str, ...]) -> None:
         if (out / name).is_dir():
             raise UserError(f"--output {out}: {name} there is a directory, but this command writes a file of that name; "
                             "move it away or choose another --output")
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 # --------------------------------------------------------------------------- model from spec
