@@ -278,7 +278,7 @@ def train_settings(cfg: YeastTrainingConfig, output: str | Path, progress: bool 
                      weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
                      precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
                      val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
-                     last_name=LAST_NAME, progress=progress, compile=t.compile)
+                     last_name=LAST_NAME, restore_best=True, progress=progress, compile=t.compile)
     try:
         resolve_device(t.device)
     except UserError as err:
@@ -365,10 +365,8 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     if not is_main_process():
         return {}
 
-    # 3. test on held-out conditions with the best weights
+    # 3. test on held-out conditions with the best weights (restored by fit)
     model = trainer.model
-    best = torch.load(out / BEST_NAME, map_location="cpu", weights_only=True)
-    model.load_state_dict(best["model"])
     eval_table, label = (test_table, "test split") if test_table.samples else (val_table, "validation split")
     metrics = write_evaluation(model, eval_table, spec, out, interpret=cfg.task.interpret,
                                save_predictions=cfg.task.save_predictions, repeats=cfg.task.permutation_repeats,

@@ -347,16 +347,13 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
     freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES), pretrained=report,
                             allow_unloaded_frozen=plan.allow_unloaded_frozen, verbose=is_main_process())
     tc = _train_config(cfg.spatial, cfg, ckpt_dir, plan.lr, plan.seed + k, bool(val),
-                       best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt",
+                       best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt", restore_best=True,
                        history_name=f"fold_{k}_history.json", curve_name=None)
     trainer = Trainer(model, tc, train_items, spatial_items(spatial, cfg.graph, val),
                       loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate,
                       extra_state={"model_config": asdict(cfg.model), "graph": asdict(cfg.graph), "genes": list(spatial.genes),
                                    "strategy": plan.strategy, "kind": "Cell2Gene SpatialModel"})
-    fit = trainer.fit()
-    if fit.best_path is not None and fit.best_path.exists():  # test the best epoch, as the guide does
-        model.load_state_dict(torch.load(fit.best_path, map_location="cpu", weights_only=True)["model"])
-    model.to(trainer.device)
+    fit = trainer.fit()  # restores the best epoch's weights: tested, as the guide does
     from torch.utils.data import DataLoader
 
     loader = DataLoader(spatial_items(spatial, cfg.graph, test), batch_size=cfg.spatial.batch_size, collate_fn=collate)

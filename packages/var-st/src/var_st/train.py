@@ -169,15 +169,12 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
 
     # Best = highest mean per-gene Pearson of expected-code predictions on the validation slide: what
     # users select models by (token cross-entropy keeps falling while fine-scale noise is fitted).
-    cfg = _train_config(out_dir, run, len(tr), best_name="best_var.ckpt", monitor="val_pearson", mode="max")
+    cfg = _train_config(out_dir, run, len(tr), best_name="best_var.ckpt", monitor="val_pearson", mode="max",
+                        restore_best=True)
     ds = lambda idx: TensorDataset(h[idx], c[idx], tokens[idx], x[idx])  # noqa: E731
     trainer = Trainer(model, cfg, ds(tr), ds(va) if len(va) else None, loss_fn=loss_fn,
                       eval_fn=eval_fn if len(va) else None, extra_state=model.metadata(2, **metadata))
-    result = trainer.fit()
-    if result.best_path is not None and result.best_path.exists():
-        best = torch.load(result.best_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(best["model"])
-    return result
+    return trainer.fit()  # the model holds the best validation's weights (restore_best)
 
 
 # ----------------------------------------------------------------------------- predict / evaluate
