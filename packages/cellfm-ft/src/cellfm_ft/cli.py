@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.distributed import is_main_process
 from ftcore.cli import (ArgumentParser, add_allow_unloaded_frozen, add_compile, add_device, add_seed,
                         add_trust_checkpoint, add_version)
+from ftcore.distributed import is_main_process
 from ftcore.errors import UserError, cli_main, oom_advice
 
 # The seed's two scenarios as named presets pointing at the user's files (relative to the
