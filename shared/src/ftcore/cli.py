@@ -1,4 +1,5 @@
-"""Pieces every package CLI shares: a parser whose errors are one line, `--version`, `--allow-unloaded-frozen`.
+"""Pieces every package CLI shares: a parser whose errors are one line, `--version`, `--allow-unloaded-frozen`,
+`--trust-checkpoint`, `--seed`, `--device` (spelled in the CLI's style: `add_trust_checkpoint(p, SNAKE)`).
 
 Typed option values (finite numbers in range, seeds, devices, paths) live in `ftcore.options`.
 """
@@ -104,3 +105,63 @@ def copy_config(args) -> list:
         atomic_write_text(target, text)
         print(f"wrote {target}")
     return targets
+
+
+# --- shared argument groups ------------------------------------------------------------------------
+# A CLI spells its flags in one style: KEBAB (`--batch-size`, most CLIs) or SNAKE (`--batch_size`, as the
+# user's guide for var-st does). The groups below take the style, so each flag is written once here and
+# reads like its neighbours in every CLI.
+KEBAB, SNAKE = "kebab", "snake"
+
+TRUST_CHECKPOINT_HELP = ("allow torch files that need full unpickling, which can run code: only for files you trust "
+                         "(safetensors, MindSpore files and torch files of tensors, numbers and argparse / omegaconf "
+                         "configs load without it)")
+
+
+def flag_names(words: str, style: str = KEBAB) -> list[str]:
+    """'trust checkpoint' -> ['--trust-checkpoint'] (KEBAB) or ['--trust_checkpoint', '--trust-checkpoint'] (SNAKE).
+
+    A SNAKE CLI accepts the toolkit's kebab spelling too: it is the one every other CLI and README uses."""
+    if style not in (KEBAB, SNAKE):
+        raise ValueError(f"style {style!r}: use ftcore.cli.KEBAB or ftcore.cli.SNAKE")
+    parts = words.split()
+    kebab = "--" + "-".join(parts)
+    return [kebab] if style == KEBAB or len(parts) == 1 else ["--" + "_".join(parts), kebab]
+
+
+def add_trust_checkpoint(parser, style: str = KEBAB, *, default: bool | None = False) -> None:
+    """`--trust-checkpoint`: read checkpoints that need full unpickling (ftcore.checkpoint's trust_pickle).
+
+    `default=None` leaves "not given" distinguishable (a config file may set it; the flag then stores True)."""
+    names = flag_names("trust checkpoint", style)
+    if default is False:
+        parser.add_argument(*names, dest="trust_checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+    else:
+        parser.add_argument(*names, dest="trust_checkpoint", action="store_const", const=True, default=default,
+                            help=TRUST_CHECKPOINT_HELP)
+
+
+def add_seed(parser, what: str, *, default: int | None = None, said: str | None = None, style: str = KEBAB) -> None:
+    """`--seed N` (0 <= N < 2**32, checked by ftcore.options.seed); `what` it seeds, in the help.
+
+    `default` is argparse's (None: not given, so a config file's seed applies); `said` is the default the
+    help states when it is not argparse's (the config's, e.g. "42" or "experiment.seed of the config")."""
+    from ftcore import options as opt
+
+    shown = said if said is not None else default
+    help = f"seed of {what}" + (f" (default {shown}; 0 <= seed < 2**32)" if shown is not None else " (0 <= seed < 2**32)")
+    (name,) = flag_names("seed", style)
+    parser.add_argument(name, dest="seed", type=opt.seed(name), default=default, help=help)
+
+
+def add_device(parser, *, default: str | None = "auto", said: str | None = None, style: str = KEBAB) -> None:
+    """`--device auto|cpu|cuda|cuda:N|mps` (checked by ftcore.options.device, with a did-you-mean).
+
+    `default` / `said` as in add_seed: None leaves the config file's device in force."""
+    from ftcore import options as opt
+
+    shown = said if said is not None else default
+    (name,) = flag_names("device", style)
+    parser.add_argument(name, dest="device", type=opt.device(name), default=default,
+                        help="where to run: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"
+                             + (f" (default {shown})" if shown is not None else ""))

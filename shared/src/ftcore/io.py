@@ -185,7 +185,9 @@ def output_guard(keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[None
         raise
     except BaseException:
         claims = _CLAIMS.pop()
-        if _is_main_rank():
+        from ftcore.distributed import is_main_process
+
+        if is_main_process():
             _discard(claims)
         raise
     else:
@@ -196,10 +198,6 @@ def _merge_claims() -> None:
     claims = _CLAIMS.pop()
     if _CLAIMS:  # a command run inside another (a demo calling train): the outer one answers for it
         _CLAIMS[-1].extend(claims)
-
-
-def _is_main_rank() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _discard(claims: list[tuple[Path, frozenset | None, tuple[Path, ...]]]) -> None:

@@ -74,6 +74,9 @@ class TrainConfig:
     progress: bool = True
     ddp_find_unused: bool = False
     best_name: str | None = "best.pt"
+    # after fit, load best_name's weights into the model (every rank), so it holds the best validation, not
+    # the last step; without a best file (no finite metric yet) the model keeps its last weights
+    restore_best: bool = False
     last_name: str = "last.pt"
     epoch_name: str | None = None  # e.g. "checkpoint_epoch_{epoch}.pth"
     step_name: str | None = None  # e.g. "step={step}.ckpt"
@@ -513,8 +516,10 @@ class Trainer:
             self.save(cfg.step_name)
         self._write_history(final=True)
         barrier(self.env)
-        return TrainResult(self.history, self.best, self.path(cfg.best_name, step=self.step, epoch=self.epoch),
-                           self.path(cfg.last_name), self.step, stopped_early)
+        best_path = self.path(cfg.best_name, step=self.step, epoch=self.epoch)
+        if cfg.restore_best and best_path is not None and best_path.exists():
+            self.model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
+        return TrainResult(self.history, self.best, best_path, self.path(cfg.last_name), self.step, stopped_early)
 
     def _read_back(self, pending: list, bar, loss_sum: float, n_batches: float) -> tuple[float, float]:
         """Add the pending steps' losses (one host sync) and logs to the stretch; refuse a non-finite loss."""

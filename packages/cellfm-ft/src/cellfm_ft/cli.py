@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_version
-from ftcore.errors import UserError, cli_main
+from ftcore.cli import (ArgumentParser, add_allow_unloaded_frozen, add_compile, add_device, add_seed,
+                        add_trust_checkpoint, add_version)
+from ftcore.distributed import is_main_process
+from ftcore.errors import UserError, cli_main, oom_advice
 
 # The seed's two scenarios as named presets pointing at the user's files (relative to the
 # working directory; every value can be overridden by a flag or a --config-file).
@@ -54,9 +56,8 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) ->
                    help=f"epochs (default {d['epochs']}); 0: as many as --max-steps needs")
     g.add_argument("--max-steps", type=opt.positive_int("--max-steps"), help="stop after this many optimizer steps")
     g.add_argument("--lr", type=opt.number("--lr", float, gt=0, le=1), help=f"learning rate (default {d['lr']:g})")
-    g.add_argument("--seed", type=opt.seed("--seed"),
-                   help="seed of the split, the initialisation and the batches (default 0; 0 <= seed < 2**32)")
-    g.add_argument("--device", type=opt.device("--device"), help="auto (default), cpu, cuda, cuda:1, mps")
+    add_seed(g, "the split, the initialisation and the batches", said="0")
+    add_device(g, default=None, said="auto")
     g.add_argument("--ckpt-every-steps", type=opt.positive_int("--ckpt-every-steps"),
                    help="also checkpoint (last.pt) every N steps")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", type=opt.output_file("--report", (".json",)),
                    help="JSON report path (default: next to --output)")
     c.add_argument("--config", default="80m", help="architecture the checkpoint must match: 80m (default) or tiny")
-    c.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a torch file (runs code)")
+    add_trust_checkpoint(c)
 
     t = sub.add_parser("train", help="fine-tune on an .h5ad (the teacher's rule: new gene_emb, train cls. + encoder)")
     pre = t.add_mutually_exclusive_group()
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: every data gene)")
     t.add_argument("--checkpoint", help="CellFM weights: MindSpore .ckpt, converted .safetensors, or .pth")
     t.add_argument("--config", help="architecture the checkpoint must match: 80m (default) or tiny")
-    t.add_argument("--trust-checkpoint", action="store_const", const=True, help="allow full unpickling (runs code)")
+    add_trust_checkpoint(t, default=None)  # None = not given (a --config-file may set it)
     t.add_argument("--strategy", help="trainable set: cls_encoder (default, the seed's), cls_only, full")
     t.add_argument("--from-scratch", action="store_const", const=True,
                    help="the same network (the checkpoint's architecture, --strategy and --head) with random weights: "
@@ -152,9 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_args(s)
         s.add_argument("--batch-size", type=opt.positive_int("--batch-size"), default=64,
                        help="cells per forward pass (default 64; lower it on CUDA OOM)")
-        s.add_argument("--device", type=opt.device("--device"), default="auto",
-                       help="auto (default), cpu, cuda, cuda:1, mps")
-        s.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling (runs code)")
+        add_device(s)
+        add_trust_checkpoint(s)
     return parser
 
 
@@ -190,10 +190,12 @@ DEMO_CHECKPOINT_SEED = 1_000_003
 def run_demo(args: argparse.Namespace) -> dict:
     """Embedded data + a tiny CellFM checkpoint in MindSpore format -> convert -> fine-tune -> predict, and on
     the same held-out cells the same network trained from scratch and a logistic regression."""
+    from ftcore.distributed import wait_for_main
     from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
+    from ftcore.training import resolve_device
 
     from cellfm_ft import demo
-    from cellfm_ft.train import RunConfig, convert, finetune, is_main_process, predict
+    from cellfm_ft.train import RunConfig, convert, finetune, predict
 
     spec = demo.DATASETS[args.dataset]
     adata = demo.load_dataset(args.dataset)  # a missing optional data set stops here, before anything is written
@@ -208,7 +210,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         demo.write_demo_checkpoint(ckpt_path, demo.demo_vocabulary(genes), config=args.config, seed=DEMO_CHECKPOINT_SEED)
         print(f"wrote the demo data {data_path} ({spec['about']}) and a {args.config} CellFM checkpoint in MindSpore "
               f"format with random weights {ckpt_path}")
-    _wait_for(data_path, ckpt_path)
+    wait_for_main(resolve_device(args.device or RunConfig.device).type)  # the other ranks read rank 0's inputs
     if is_main_process():
         convert(str(ckpt_path), str(inputs / f"cellfm_{args.config}_demo.safetensors"), config=args.config)
     train_flags = {k: v for k, v in vars(args).items()
@@ -243,33 +245,14 @@ def run_demo(args: argparse.Namespace) -> dict:
     return results
 
 
-def _wait_for(*paths: Path, timeout: float = 600.0) -> None:
-    """Under torchrun the other ranks wait for rank 0 to write the demo inputs."""
-    import time
-
-    start = time.time()
-    while not all(p.exists() for p in paths):
-        if time.time() - start > timeout:
-            raise UserError(f"rank 0 did not write {', '.join(map(str, paths))} within {timeout:.0f} s")
-        time.sleep(0.5)
-
-
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv or ["demo"])
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (errors still reach stderr)
+    if not is_main_process():  # under torchrun only rank 0 reports (errors still reach stderr)
         sys.stdout = open(os.devnull, "w")
-    try:
+    with oom_advice("--batch-size", getattr(args, "batch_size", None)):
         _run(args)
-    except Exception as err:  # noqa: BLE001 - only CUDA OOM is translated, with this CLI's flag names
-        if type(err).__name__ != "OutOfMemoryError":
-            raise
-        size = getattr(args, "batch_size", None)
-        raise UserError(
-            f"CUDA ran out of memory{f' at batch size {size}' if size else ''}; lower --batch-size (e.g. 16 -> 8), "
-            "or run on a GPU with more memory"
-        ) from None
     return 0
 
 

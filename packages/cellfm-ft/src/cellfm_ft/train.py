@@ -28,6 +28,7 @@ import torch
 
 from ftcore import options as opt
 from ftcore.checkpoint import read_checkpoint, read_state_dict, write_checkpoint
+from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
@@ -78,10 +79,6 @@ def layout_of(cfg: CellFMConfig) -> str:
     if cfg.decoders:
         return "CellFM pretraining model (has the decoders): padded keys masked in layers depth//2 .. depth-1"
     return "annotation tutorial Backbone (no zero_emb / decoders): padded keys masked in every layer"
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ------------------------------------------------------------------------------ convert
@@ -539,7 +536,8 @@ def finetune(cfg: RunConfig) -> dict:
         output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
         monitor="val_acc", mode="max", best_name="best_model.pth", epoch_name="checkpoint_epoch_{epoch}.pth",
-        last_name="last.pt", ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress, compile=cfg.compile,
+        last_name="last.pt", restore_best=True, ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress,
+        compile=cfg.compile,
         # The mlp head's BatchNorm needs batches of 2+; CellFM-torch's loader drops the last partial batch too.
         drop_last=cfg.head == "mlp" and len(train_rows) > cfg.batch_size,
     )
@@ -569,10 +567,7 @@ def finetune(cfg: RunConfig) -> dict:
     result = trainer.fit()
     if not is_main_process():
         return {}
-    # The best model on the validation split (the seed's best_model.pth), scored once on the test split.
-    best = torch.load(out / "best_model.pth", map_location="cpu", weights_only=True)
-    model.load_state_dict(best["model"])
-    model.to(trainer.device)
+    # The best model on the validation split (the seed's best_model.pth, restored by fit), scored once on the test split.
     test_out = infer(model, _loader(test_set, cfg.batch_size))
     val_out = infer(model, _loader(val_set, cfg.batch_size))
     train_out = infer(model, _loader(CellDataset(p.tokens, train_rows, p.label_ids, nonz), cfg.batch_size))

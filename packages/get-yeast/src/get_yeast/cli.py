@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_copy_config, add_version, copy_config
-from ftcore.errors import UserError, cli_main
+from ftcore.cli import (ArgumentParser, add_allow_unloaded_frozen, add_compile, add_copy_config, add_device, add_seed,
+                        add_trust_checkpoint, add_version, copy_config)
+from ftcore.errors import UserError, cli_main, oom_advice
 
 DEFAULT_OUTPUT = "runs/get-yeast"
 # The packaged YAMLs a user's workflow edits (get_yeast/config/): copied out by `get-yeast copy-config DIR`.
@@ -44,10 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="embedded data: train with conditions and condition-blind, evaluate (default)")
     d.add_argument("--output", default=DEFAULT_OUTPUT, type=opt.output_dir("--output"),
                    help=f"output folder (default {DEFAULT_OUTPUT})")
-    d.add_argument("--device", default="auto", type=opt.device("--device"), help="auto | cpu | cuda | cuda:N")
+    add_device(d)
     d.add_argument("--epochs", type=opt.positive_int("--epochs"), default=None, help="override training.epochs")
-    d.add_argument("--seed", type=opt.seed("--seed"), default=None,
-                   help="override experiment.seed (split of the conditions, initialisation, batches)")
+    add_seed(d, "the split of the conditions, the initialisation and the batches", said="experiment.seed of the training config")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="LoRA fine-tuning of a GET checkpoint on a CSV/Excel table")
@@ -59,11 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it: the embedded synthetic yeast data set and a tiny GET checkpoint")
     t.add_argument("--output", default=f"{DEFAULT_OUTPUT}/yeast_lora_finetune", type=opt.output_dir("--output"),
                    help="run folder (re-run to resume)")
-    t.add_argument("--device", type=opt.device("--device"), help="auto | cpu | cuda | cuda:N (default: training.device)")
+    add_device(t, default=None, said="training.device of the config")
     t.add_argument("--checkpoint", type=_expanded, help="GET checkpoint to start from (overrides pretrained.checkpoint)")
-    t.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of the checkpoint, which can run code; only for files you trust (GET's own "
-                   "checkpoints do not need it: their argparse/numpy/omegaconf objects are read as inert stand-ins)")
+    add_trust_checkpoint(t)
     t.add_argument("--from-scratch", action="store_true",
                    help="no checkpoint on purpose: start every weight at its random initialisation (pretrained.from_scratch); "
                    "without a checkpoint, LoRA training is refused unless this is given")
@@ -72,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=opt.positive_int("--max-steps"), help="override training.max_steps")
     t.add_argument("--batch-size", type=opt.positive_int("--batch-size"),
                    help="override training.batch_size (per process under torchrun)")
-    t.add_argument("--seed", type=opt.seed("--seed"), help="override experiment.seed")
+    add_seed(t, "the split of the conditions, the initialisation and the batches", said="experiment.seed of the config")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. training.lr=5e-4 or model.fusion.hidden_dim=128 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -86,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", type=opt.input_file("--data", "data table (.csv/.tsv/.xlsx)"), help="CSV/Excel table (default: the data the model was trained on, from run_config.json)")
     e.add_argument("--output", default=f"{DEFAULT_OUTPUT}/yeast_lora_eval", type=opt.output_dir("--output"),
                    help="output folder")
-    e.add_argument("--device", default="auto", type=opt.device("--device"), help="auto | cpu | cuda | cuda:N")
+    add_device(e)
     e.add_argument("--split", default="auto", choices=("auto", "test", "val", "train", "all"),
                    help="samples to evaluate: auto = the model's held-out test samples if the file has them, else all")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -98,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("make-data", help="write the embedded synthetic yeast table (CSV or .xlsx)")
     m.add_argument("--output", required=True, type=opt.output_file("--output", (".csv", ".xlsx")),
                    help="file to write (.csv or .xlsx)")
-    m.add_argument("--seed", type=opt.seed("--seed"), default=0)
+    add_seed(m, "the generated table", default=0)
     return p
 
 
@@ -188,9 +186,16 @@ def _make_data(args) -> None:
     print(f"wrote {out}: {df['sample'].nunique()} samples, {len(df)} rows")
 
 
-@cli_main(batch_size_hint="--batch-size (training.batch_size in the config)")
+@cli_main
 def main(argv: list[str] | None = None) -> int | None:
     args = build_parser().parse_args(argv)
+    size = getattr(args, "batch_size", None)  # train's flag, when given; else the config's key
+    with oom_advice("--batch-size" if size else "--batch-size (training.batch_size in the config)", size):
+        _run(args)
+    return 0
+
+
+def _run(args) -> None:
     if args.command in (None, "demo"):
         from get_yeast.demo import run_demo
 
@@ -207,7 +212,6 @@ def main(argv: list[str] | None = None) -> int | None:
         copy_config(args)
         print(f"next: edit {Path(args.dir) / 'yeast_training.yaml'} (and yeast_model.yaml beside it), then "
               f"get-yeast train --config {Path(args.dir) / 'yeast_training.yaml'} --data my.csv --output out/yeast_run")
-    return 0
 
 
 if __name__ == "__main__":

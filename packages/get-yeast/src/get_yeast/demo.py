@@ -5,13 +5,13 @@ held-out conditions."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftcore.distributed import is_main_process, wait_for_main
 from ftcore.training import TrainConfig, Trainer
 from get_yeast.config import load_model_config, load_training_config, packaged_config
 from get_yeast.data import DataConfig, YeastDataset, collate, drug_vocabulary, validate_frame
@@ -82,13 +82,10 @@ def pretrain_tiny_get(path: Path, seed: int = 0, progress: bool = True) -> Path:
                       YeastDataset(table, model_cfg.condition, vocab), None, loss_fn=lambda m, b: m.loss(b),
                       collate_fn=collate)
     trainer.fit()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         weights = {rename_by_prefix(k, TO_CHECKPOINT_799): v for k, v in model.state_dict().items()}
         write_get_checkpoint(path, weights)
-    if trainer.env.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()  # other ranks wait for rank 0's file
+    wait_for_main()  # the other ranks read rank 0's file next
     return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ftcore.config import from_dict
+from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing
 from ftcore.loading import load_partial
@@ -46,10 +46,6 @@ def check_output_names(out: Path, names: tuple[str, ...]) -> None:
         if (out / name).is_dir():
             raise UserError(f"--output {out}: {name} there is a directory, but this command writes a file of that name; "
                             "move it away or choose another --output")
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 # --------------------------------------------------------------------------- model from spec
@@ -282,7 +278,7 @@ def train_settings(cfg: YeastTrainingConfig, output: str | Path, progress: bool 
                      weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
                      precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
                      val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
-                     last_name=LAST_NAME, progress=progress, compile=t.compile)
+                     last_name=LAST_NAME, restore_best=True, progress=progress, compile=t.compile)
     try:
         resolve_device(t.device)
     except UserError as err:
@@ -369,10 +365,8 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     if not is_main_process():
         return {}
 
-    # 3. test on held-out conditions with the best weights
+    # 3. test on held-out conditions with the best weights (restored by fit)
     model = trainer.model
-    best = torch.load(out / BEST_NAME, map_location="cpu", weights_only=True)
-    model.load_state_dict(best["model"])
     eval_table, label = (test_table, "test split") if test_table.samples else (val_table, "validation split")
     metrics = write_evaluation(model, eval_table, spec, out, interpret=cfg.task.interpret,
                                save_predictions=cfg.task.save_predictions, repeats=cfg.task.permutation_repeats,

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Mapping
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_allow_unloaded_frozen, add_compile, add_version
-from ftcore.errors import UserError, cli_main
+from ftcore.cli import (ArgumentParser, add_allow_unloaded_frozen, add_compile, add_device, add_seed,
+                        add_trust_checkpoint, add_version)
+from ftcore.errors import UserError, cli_main, oom_advice
 
 DEFAULT_OUTPUT = "runs/spatial-transfer"
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -354,9 +355,10 @@ def _plan(spatial, cfg, strategy, cv_mode, heldout, demo, allow_unloaded_frozen:
 
 
 def cmd_run(args) -> None:
+    from ftcore.distributed import is_main_process
     from ftcore.io import atomic_write_json, atomic_write_text
 
-    from spatial_transfer.train import cross_validate, format_comparison, is_main, log, pretrain_bulk, resumable_folds
+    from spatial_transfer.train import cross_validate, format_comparison, log, pretrain_bulk, resumable_folds
 
     out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True)
     plans = {strategy: _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen)}
@@ -370,7 +372,7 @@ def cmd_run(args) -> None:
         bulk_ckpt = pretrain_bulk(bulk, cfg, out)
     results = {name: cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
                for name, plan in plans.items()}
-    if len(results) > 1 and is_main():
+    if len(results) > 1 and is_main_process():
         table = format_comparison(results)
         log("\n=== Transfer vs from scratch (same folds) ===\n" + table)
         atomic_write_text(out / "comparison.txt", table + "\n")
@@ -408,10 +410,11 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    from ftcore.distributed import is_main_process
     from ftcore.io import atomic_write_json, atomic_write_text
 
     from spatial_transfer.train import (
-        STRATEGIES, cross_validate, format_comparison, is_main, pretrain_bulk, resumable_folds,
+        STRATEGIES, cross_validate, format_comparison, pretrain_bulk, resumable_folds,
     )
 
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -436,7 +439,7 @@ def cmd_compare(args) -> None:
     for name, plan in plans.items():
         results[name] = cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
     table = format_comparison(results)
-    if is_main():
+    if is_main_process():
         print("\n=== Transfer vs from scratch (same folds) ===\n" + table)
         atomic_write_text(out / "comparison.txt", table + "\n")
         atomic_write_json(out / "comparison.json", _comparison_record(results))
@@ -560,10 +563,9 @@ def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
                    help="graphs per batch and per process (guide: 16)")
     p.add_argument("--lr", type=opt.number("--lr", float, gt=0),
                    help="learning rate (default: the strategy's: full 1e-6, frozen 1e-5, scratch 1e-4)")
-    p.add_argument("--seed", type=opt.seed("--seed"), help="seed of splits, initialisation and batches (default 42)")
-    p.add_argument("--device", type=opt.device("--device"), help="auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow checkpoints that need full unpickling (can run code: only files you trust)")
+    add_seed(p, "the splits, the initialisation and the batches", said="42")
+    add_device(p, default=None, said="auto")
+    add_trust_checkpoint(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_compile(p, default="off", why="; off by default here: the graph batches change shape every step and "
                 "inductor failed on an H200 (torch 2.11) with a misaligned-address CUDA error")
@@ -646,13 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", default=DEFAULT_OUTPUT + "/predict", type=run_dir("--output"),
                       help="where predictions.h5ad goes")
     pred.add_argument("--batch-size", type=opt.positive_int("--batch-size"), default=16)
-    pred.add_argument("--device", type=opt.device("--device"), default="auto")
-    pred.add_argument("--trust-checkpoint", action="store_true",
-                      help="allow checkpoints that need full unpickling (can run code: only files you trust)")
+    add_device(pred)
+    add_trust_checkpoint(pred)
     pred.set_defaults(func=cmd_predict)
     demo = sub.add_parser("make-demo-data", help="write the embedded demo data set to DIR")
     demo.add_argument("dir", type=run_dir("DIR"))
-    demo.add_argument("--seed", type=opt.seed("--seed"), default=0)
+    add_seed(demo, "the generated data", default=0)
     demo.add_argument("--dataset", choices=tuple(DATASETS), default="synthetic",
                       help="synthetic (default) or visium-mouse-brain (the core's real 49-spot section)")
     demo.set_defaults(func=cmd_make_demo_data)
@@ -665,7 +666,8 @@ def main(argv: list[str] | None = None) -> int | None:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run"] + argv  # no command: the whole flow (on the demo data unless --data)
     args = build_parser().parse_args(_attach_negative_numbers(argv))
-    args.func(args)
+    with oom_advice("--batch-size", getattr(args, "batch_size", None)):
+        args.func(args)
     return 0
 
 

@@ -12,7 +12,6 @@ Output layout under the run directory (names from the Cell2Gene transfer guide):
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from ftcore.checkpoint import read_checkpoint, extract_state_dict
+from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_json, check_output_dir
@@ -86,13 +86,9 @@ class RunConfig:
             raise UserError(f"device: {err}") from None
 
 
-def is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def log(*args, **kwargs) -> None:
     """print on rank 0 only (under torchrun every rank runs the same code)."""
-    if is_main():
+    if is_main_process():
         print(*args, **{"flush": True, **kwargs})
 
 
@@ -187,7 +183,7 @@ def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = Fals
     except UserError as err:
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
     log(f"Loaded state dict with {len(sd)} keys\n")
-    report = load_partial(model, sd, source="bulk", target="spatial model", verbose=is_main())
+    report = load_partial(model, sd, source="bulk", target="spatial model", verbose=is_main_process())
     if not report.loaded:
         raise UserError(f"Error loading bulkmodel weights: no tensor of {path} matches the spatial model "
                         "(0 loaded); pass a Cell2Gene BulkModel checkpoint with the same model sizes")
@@ -311,7 +307,7 @@ def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path
     done: list[dict] = resumable_folds(out, cfg, plan)
     if done:
         log(f"resuming: {len(done)} of {len(plan.folds)} folds already finished in {temp_path}")
-    if is_main():
+    if is_main_process():
         check_output_dir(log_dir)
         check_output_dir(ckpt_dir)
     n_genes = spatial.expr.shape[1]
@@ -322,11 +318,11 @@ def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path
         result, pred, rows = _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_pickle)
         oof[rows] = pred
         done.append(result)
-        if is_main():
+        if is_main_process():
             atomic_write_json(temp_path, {"plan": plan.key(cfg), "folds": done})
     final = summarise(done)
     final.update({"strategy": plan.strategy, "cv_mode": plan.cv_mode, "lr": plan.lr, "folds": done})
-    if is_main():
+    if is_main_process():
         atomic_write_json(log_dir / f"final_{len(plan.folds)}fold_results.json", final)
         _write_predictions(spatial, oof, final, log_dir / "predictions.h5ad")
     print_summary(final)
@@ -349,18 +345,15 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
     train_items = spatial_items(spatial, cfg.graph, train)
     init_output_bias(model, train_items)  # same start for every strategy: the bias is the spatial training mean
     freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES), pretrained=report,
-                            allow_unloaded_frozen=plan.allow_unloaded_frozen, verbose=is_main())
+                            allow_unloaded_frozen=plan.allow_unloaded_frozen, verbose=is_main_process())
     tc = _train_config(cfg.spatial, cfg, ckpt_dir, plan.lr, plan.seed + k, bool(val),
-                       best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt",
+                       best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt", restore_best=True,
                        history_name=f"fold_{k}_history.json", curve_name=None)
     trainer = Trainer(model, tc, train_items, spatial_items(spatial, cfg.graph, val),
                       loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate,
                       extra_state={"model_config": asdict(cfg.model), "graph": asdict(cfg.graph), "genes": list(spatial.genes),
                                    "strategy": plan.strategy, "kind": "Cell2Gene SpatialModel"})
-    fit = trainer.fit()
-    if fit.best_path is not None and fit.best_path.exists():  # test the best epoch, as the guide does
-        model.load_state_dict(torch.load(fit.best_path, map_location="cpu", weights_only=True)["model"])
-    model.to(trainer.device)
+    fit = trainer.fit()  # restores the best epoch's weights: tested, as the guide does
     from torch.utils.data import DataLoader
 
     loader = DataLoader(spatial_items(spatial, cfg.graph, test), batch_size=cfg.spatial.batch_size, collate_fn=collate)
@@ -379,7 +372,7 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
     }
     log(f"fold {k}: overall correlation {result['overall_correlation']:.4f}, gene correlation "
           f"{result['gene_correlation']:.4f}, test loss {result['test_loss']:.4f}")
-    if is_main():
+    if is_main_process():
         from ftcore.io import atomic_path
         from ftcore.plotting import plot_training_curve
 
@@ -464,7 +457,7 @@ def predict_spatial(spatial: SpatialData, model: SpatialModel, genes: list[str],
         p, t = torch.from_numpy(out[:, cols]), torch.from_numpy(spatial.expr)
         metrics = {"overall_correlation": pearson_overall(p, t), "gene_correlation": mean_pearson(p, t),
                    "test_loss": float(torch.nn.functional.mse_loss(p, t)), "genes_evaluated": len(cols)}
-    if is_main():
+    if is_main_process():
         from ftcore.io import atomic_write_h5ad
 
         measured = spatial.expr if spatial.genes == list(genes) else None

@@ -18,8 +18,8 @@ import typing
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_copy_config, add_version
-from ftcore.errors import UserError, cli_main
+from ftcore.cli import ArgumentParser, add_copy_config, add_device, add_seed, add_trust_checkpoint, add_version
+from ftcore.errors import UserError, cli_main, oom_advice
 
 from state_tx.synthetic import DESIGNS
 
@@ -85,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=1000 model=state_sm")
     p.add_argument("--config", type=opt.input_file("--config", "YAML/TOML run config"),
                    help="a YAML/TOML of the same keys (e.g. a run's config.yaml); overrides win")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow model.kwargs.init_from / perturbation_features_file files that need full unpickling (can run code)")
+    add_trust_checkpoint(p)  # model.kwargs.init_from, data.kwargs.perturbation_features_file
 
     p = sub.add_parser("infer", help="predict perturbed cells for an .h5ad (X of the output holds predictions)")
     p.add_argument("--adata", required=True, type=opt.input_file("--adata", ".h5ad file"),
@@ -129,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=DEMO_DIR, type=opt.output_dir("--output-dir"))
     p.add_argument("--max-steps", type=opt.positive_int("--max-steps"),
                    help="training steps (default: 2000; --design demo: 400)")
-    p.add_argument("--seed", type=opt.seed("--seed"), default=0, help="seed of the data generator and of training")
+    add_seed(p, "the data generator and of training", default=0)
     p.add_argument("--design", choices=DESIGNS, default=DEMO_DESIGN,
                    help="the generated screen: heterogeneous (default: counts, perturbations without effect, "
                    "cell-type-specific effects, gem-group shifts) or demo (the earlier shared-effect screen, where "
@@ -158,15 +157,14 @@ def _run_dir(flag: str):
 
 
 def _common_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=opt.seed("--seed"), default=42, help="seed of the control (basal) sampling")
+    add_seed(p, "the control (basal) sampling", default=42)
     p.add_argument("--batch-size", type=opt.positive_int("--batch-size"), default=16, help="cell sets per forward pass")
-    p.add_argument("--device", type=opt.device("--device"), default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow checkpoints that need full unpickling (can run code)")
+    add_device(p)
+    add_trust_checkpoint(p)
 
 
 def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str], design: str = DEMO_DESIGN) -> dict:
+    from ftcore.distributed import is_main_process
     from state_tx.evaluate import format_summary
     from state_tx.infer import predict
     from state_tx.synthetic import write_demo
@@ -186,9 +184,7 @@ def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str]
     claim_outputs(output_dir)
     write_demo(data_dir, seed=seed, design=design)
     result = train(cfg)
-    import os
-
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return result
     out_dir, summary = predict(str(cfg.run_dir), "final.ckpt", seed=seed, device=cfg.training.device)
     print(f"\ntest split ({summary['n_perturbations']} held-out perturbation x cell type pairs), {out_dir}:")
@@ -196,11 +192,18 @@ def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str]
     return {**result, "summary": summary, "eval_dir": str(out_dir)}
 
 
-@cli_main(batch_size_hint="--batch-size (train: training.batch_size=N)")
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv or ["demo"])
+    # infer / predict set it with --batch-size; train and the demo with the override training.batch_size=N
+    with oom_advice(*(("--batch-size", args.batch_size) if "batch_size" in args else ("training.batch_size=N",))):
+        _run(args)
+    return 0
+
+
+def _run(args) -> None:
     if args.command == "train":
         from state_tx.train import load_run_config, train
 
@@ -228,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
                  design=args.design)
     else:
         raise UserError(f"unknown command {args.command!r}")
-    return 0
 
 
 def _evaluate(args) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from ftcore import options as opt
 from ftcore.config import apply_overrides, from_dict, read_config_file
+from ftcore.distributed import is_main_process, world_size
 from ftcore.errors import UserError
 from ftcore.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_output_dir, claim_outputs
 from ftcore.training import Trainer, TrainConfig, resolve_device, seed_everything
@@ -180,10 +181,6 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 # --------------------------------------------------------------------------------- setup
 @dataclass
 class Setup:
@@ -228,10 +225,9 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
     seed = cfg.training.train_seed
     train_ds = SentenceDataset(metas, plans["train"], pert_table, mcfg.cell_set_len, seed)
     # one Trainer epoch ~ val_freq steps (STATE validates every val_freq steps, not per pass)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     # (no more passes than max_steps needs, and a length a DataLoader can count)
     steps = min(cfg.training.val_freq, cfg.training.max_steps)
-    passes = -(-steps * cfg.training.batch_size * world // max(train_ds.n_sentences, 1))
+    passes = -(-steps * cfg.training.batch_size * world_size() // max(train_ds.n_sentences, 1))
     train_ds.passes = int(max(1, min(passes, 2**31 // max(train_ds.n_sentences, 1))))
     val_ds = SentenceDataset(metas, plans["val"], pert_table, mcfg.cell_set_len, seed + 1) if plans["val"].groups else None
     var_dims = {

@@ -24,8 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import ArgumentParser, add_compile, add_version
-from ftcore.errors import UserError, cli_main
+from ftcore.cli import SNAKE, ArgumentParser, add_compile, add_seed, add_trust_checkpoint, add_version
+from ftcore.errors import UserError, cli_main, oom_advice
 
 DEMO = "demo"
 VISIUM = "visium-mouse-brain"
@@ -104,11 +104,10 @@ def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
                             "for data of one slide)")
     p.add_argument("--log_dir", default=Path("logs"), type=_output_dir("--log_dir"),
                    help="runs go to <log_dir>/<dataset>/TWO_STAGE_VAR_ST/")
-    p.add_argument("--seed", type=opt.seed("--seed"), default=0)
+    add_seed(p, "the initialisation, the batches, --random_split and --decoding sample", default=0, style=SNAKE)
     p.add_argument("--gpus", type=opt.number("--gpus", int, ge=0), default=None,
                    help="0: CPU; 1: one GPU (N > 1: launch with torchrun --nproc_per_node=N); default: GPU if present")
-    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true",
-                   help="allow checkpoints that need full unpickling (can run code; only for files you trust)")
+    add_trust_checkpoint(p, SNAKE)
     p.add_argument("--debug", action="store_true", help="verbose logs, full tracebacks, autograd anomaly detection")
 
 
@@ -180,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"synthetic: 5 generated slides (default); {VISIUM}: 49 real Visium spots of one slide "
                         "(split at random, spatially optimistic)")
     d.add_argument("--log_dir", default=Path("logs"), type=_output_dir("--log_dir"))
-    d.add_argument("--seed", type=opt.seed("--seed"), default=0)
+    add_seed(d, "every stage of the demo", default=0, style=SNAKE)
     d.add_argument("--gpus", type=opt.number("--gpus", int, ge=0), default=None)
     d.add_argument("--debug", action="store_true")
 
@@ -189,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"synthetic (default; sizes below) or {VISIUM} (49 real spots x 1999 genes, H&E features)")
     m.add_argument("--output", default=Path("demo.h5ad"), type=opt.output_file("--output", (".h5ad",)))
     synthetic_only = " (synthetic only)"
-    m.add_argument("--seed", type=opt.seed("--seed"), default=None, help="default 0" + synthetic_only)
+    add_seed(m, "the generated data" + synthetic_only, said="0", style=SNAKE)
     m.add_argument("--slides", type=opt.number("--slides", int, ge=1, le=1000), default=None,
                    help="default 5" + synthetic_only)
     m.add_argument("--grid", type=opt.number("--grid", int, ge=2, le=500), default=None,
@@ -201,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print get_model_info() of a complete model checkpoint")
     i.add_argument("checkpoint")
-    i.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true")
+    add_trust_checkpoint(i, SNAKE)
     return parser
 
 
@@ -209,14 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _device(gpus: int | None) -> str:
     import torch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from ftcore.distributed import world_size
+
     if gpus is None:
         return "auto"
     if gpus == 0:
         return "cpu"
     if not torch.cuda.is_available():
         raise UserError(f"--gpus {gpus} asked for but CUDA is not available here; pass --gpus 0 to run on the CPU")
-    if gpus > 1 and world == 1:
+    if gpus > 1 and world_size() == 1:
         raise UserError(f"--gpus {gpus}: launch multi-GPU training with torchrun --nproc_per_node={gpus} "
                         "-m var_st.cli train ... (the same flags; --batch_size is per GPU)")
     return "cuda"
@@ -527,13 +527,12 @@ def _same_file(a: Path | None, b: Path | None) -> bool:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args) -> None:
-    import torch
-
+    from ftcore.distributed import is_main_process, wait_for_main
     from ftcore.io import claim_outputs
     from ftcore.training import seed_everything
     from var_st.data import load_spots
     from var_st.model import TwoStageVARST
-    from var_st.train import RunPaths, is_main_process, train_stage1, train_stage2
+    from var_st.train import RunPaths, train_stage1, train_stage2
 
     # -- validation: everything below may refuse; nothing is written before claim_outputs
     _debug(args)
@@ -608,8 +607,7 @@ def cmd_train(args) -> None:
         print(f"stage 2 done: best val_pearson {result.best_metric} -> complete model {paths.complete}\n"
               f"next: var-st predict --dataset {where} --checkpoint {shlex_quote(str(paths.complete))}\n"
               f"      var-st evaluate --dataset {where} --checkpoint {shlex_quote(str(paths.complete))}")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    wait_for_main()  # the other ranks return once complete_model.ckpt is written
 
 
 def shlex_quote(text: str) -> str:
@@ -660,7 +658,7 @@ def _check_against_stage1(args, path: Path, extra: dict, given: dict, command) -
 
 
 def _announce(args, model, data, what: str, preset: str) -> None:
-    from var_st.train import is_main_process
+    from ftcore.distributed import is_main_process
 
     if not is_main_process():
         return
@@ -844,13 +842,14 @@ COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate
             "make-demo-data": cmd_make_demo_data, "info": cmd_info}
 
 
-@cli_main(batch_size_hint="--batch_size")
+@cli_main
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
         argv = ["train"] + argv  # the user's-guide spelling: flags only means train
     args = build_parser().parse_args(argv or ["demo"])
-    COMMANDS[args.command or "demo"](args)
+    with oom_advice("--batch_size", getattr(args, "batch_size", None)):
+        COMMANDS[args.command or "demo"](args)
 
 
 if __name__ == "__main__":

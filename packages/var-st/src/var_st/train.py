@@ -9,7 +9,6 @@ the argument parsing. Files written by rank 0 only; every write is atomic.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from ftcore.distributed import is_main_process, local_rank, world_size
 from ftcore.errors import UserError
 from ftcore.io import atomic_write_json
 from ftcore.metrics import mae, mse, pearson_per_gene
@@ -25,10 +25,6 @@ from var_st.data import SpotData, top_variable_genes
 from var_st.model import TwoStageVARST, codebook_stats
 
 MODEL_NAME = "TWO_STAGE_VAR_ST"
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class RunPaths:
@@ -51,8 +47,7 @@ def _tensor(a) -> torch.Tensor:
 def _train_config(out_dir: Path, run: dict, n_train: int, **kw) -> TrainConfig:
     # Warm the learning rate up over about one epoch (at most 100 steps): without it the VQ-VAE's
     # latent scale and the codebook chase each other in the first steps and the loss spikes.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    warmup = min(100, max(1, n_train // (run["batch_size"] * world)))
+    warmup = min(100, max(1, n_train // (run["batch_size"] * world_size())))
     return TrainConfig(output_dir=str(out_dir), last_name="last.ckpt", warmup_steps=warmup, **run, **kw)
 
 
@@ -109,8 +104,8 @@ def stage1_tokens(model: TwoStageVARST, expression: torch.Tensor, device: str = 
     from ftcore.training import resolve_device
 
     dev = resolve_device(device)
-    if dev.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda" and world_size() > 1:
+        dev = torch.device("cuda", local_rank())
     vq = model.vqvae.to(dev).eval()
     return torch.cat([vq.encode_tokens(expression[i:i + batch_size].to(dev)).cpu()
                       for i in range(0, len(expression), batch_size)])
@@ -174,15 +169,12 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
 
     # Best = highest mean per-gene Pearson of expected-code predictions on the validation slide: what
     # users select models by (token cross-entropy keeps falling while fine-scale noise is fitted).
-    cfg = _train_config(out_dir, run, len(tr), best_name="best_var.ckpt", monitor="val_pearson", mode="max")
+    cfg = _train_config(out_dir, run, len(tr), best_name="best_var.ckpt", monitor="val_pearson", mode="max",
+                        restore_best=True)
     ds = lambda idx: TensorDataset(h[idx], c[idx], tokens[idx], x[idx])  # noqa: E731
     trainer = Trainer(model, cfg, ds(tr), ds(va) if len(va) else None, loss_fn=loss_fn,
                       eval_fn=eval_fn if len(va) else None, extra_state=model.metadata(2, **metadata))
-    result = trainer.fit()
-    if result.best_path is not None and result.best_path.exists():
-        best = torch.load(result.best_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(best["model"])
-    return result
+    return trainer.fit()  # the model holds the best validation's weights (restore_best)
 
 
 # ----------------------------------------------------------------------------- predict / evaluate
