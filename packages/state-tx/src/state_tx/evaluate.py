@@ -18,8 +18,9 @@ Two metrics are this package's own, named so they are not mistaken for cell-eval
 (overlap_at_N, de_direction_match, which rank genes by a Wilcoxon test):
     topk_shift_overlap       |top-k genes by |observed shift| & top-k by |predicted shift|| / k
     topk_shift_sign          fraction of the observed top-k genes whose shift has the predicted sign
-Where cell-eval's pearson_delta is undefined (NaN: a constant predicted shift, as every shift of the
-control-mean baseline), it is 0 here, so tables and JSON hold numbers.
+pearson_delta is ftcore.metrics.pearson_delta; where it is undefined (NaN by the core's rule and by
+cell-eval: a constant predicted shift, as every shift of the control-mean baseline), the tables and
+JSON here hold 0, so they hold numbers.
 
 Baselines, scored by the same functions:
     control_mean_baseline  every perturbation = the cell type's control mean (shift 0)
@@ -39,6 +40,7 @@ import numpy as np
 
 from ftcore.errors import UserError
 from ftcore.io import atomic_path, atomic_write_json
+from ftcore.metrics import pearson_delta
 
 # equal to cell-eval 0.8.2's metrics of these names (tested against cell-eval's own output)
 CELL_EVAL_METRICS = ("pearson_delta", "mse", "mae", "mse_delta", "mae_delta", "discrimination_score_l1")
@@ -58,10 +60,9 @@ def _min(x) -> float:
     return float(x.data.min(initial=0) if hasattr(x, "toarray") else np.min(x))
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom > 0 else 0.0
+def _shown(r: float) -> float:
+    """A table's value of an r: 0 where it is undefined (NaN by ftcore.metrics' rule: a constant shift)."""
+    return r if np.isfinite(r) else 0.0
 
 
 def celltype_metrics(pred_pert: np.ndarray, pred_ctrl: np.ndarray, real_pert: np.ndarray, real_ctrl: np.ndarray,
@@ -78,7 +79,7 @@ def celltype_metrics(pred_pert: np.ndarray, pred_ctrl: np.ndarray, real_pert: np
         dist = np.abs(real_eff[:, keep] - pd_[keep]).sum(1)
         rank = int(np.flatnonzero(np.argsort(dist) == i)[0])
         rows.append({
-            "pearson_delta": _pearson(pd_, rd),
+            "pearson_delta": _shown(pearson_delta(pred_pert[i], real_pert[i], pred_ctrl, real_ctrl)),
             "mse": float(np.mean((pred_pert[i] - real_pert[i]) ** 2)),
             "mae": float(np.mean(np.abs(pred_pert[i] - real_pert[i]))),
             "mse_delta": float(np.mean((pd_ - rd) ** 2)),
