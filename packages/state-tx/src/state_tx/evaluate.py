@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftcore.data import dense, require_key
 from ftcore.errors import UserError
 from ftcore.io import atomic_path, atomic_write_json
 from ftcore.metrics import pearson_delta
@@ -50,10 +51,6 @@ PREDICTORS = ("model", "control_mean_baseline", "mean_shift_baseline")
 LABELS = {"model": "state-tx", "control_mean_baseline": "control mean", "mean_shift_baseline": "mean shift"}
 HIGHER_IS_BETTER = {"pearson_delta": True, "mse": False, "mae": False, "mse_delta": False, "mae_delta": False,
                     "discrimination_score_l1": True, "topk_shift_overlap": True, "topk_shift_sign": True}
-
-
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
 
 
 def _min(x) -> float:
@@ -92,7 +89,7 @@ def celltype_metrics(pred_pert: np.ndarray, pred_ctrl: np.ndarray, real_pert: np
 
 
 def _group_means(X, labels: np.ndarray, names: list[str]) -> np.ndarray:
-    return np.stack([_dense(X[np.flatnonzero(labels == n)]).mean(0) for n in names])
+    return np.stack([dense(X[np.flatnonzero(labels == n)], np.float64).mean(0) for n in names])
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -112,7 +109,7 @@ def mean_shifts(sources, control_pert: str, chunk: int = 8192) -> dict[str, dict
         local = None
         for start in range(0, len(inv), chunk):
             rows = np.arange(start, min(start + chunk, len(inv)))
-            block = _dense(read(rows))
+            block = dense(read(rows), np.float64)
             local = np.zeros((len(uniq), block.shape[1])) if local is None else local
             np.add.at(local, inv[rows], block)
         n = np.bincount(inv, minlength=len(uniq))
@@ -139,8 +136,7 @@ def carried_shift(shifts: dict[str, dict[str, np.ndarray]], celltype: str, pert:
 # ------------------------------------------------------------------------------ evaluate
 def check_columns(adata, cols: dict[str, str], which: str) -> None:
     for role, col in cols.items():
-        if col not in adata.obs:
-            raise UserError(f"{which}: obs has no column {col!r} ({role}); it has [{', '.join(map(str, adata.obs.columns))}]")
+        require_key(col, adata.obs.columns, which, what=role, fix=f"pass {role} with one of them")
 
 
 def evaluate(pred, real, pert_col: str, control_pert: str, celltype_col: str, outdir: str | Path | None = None,
