@@ -308,7 +308,9 @@ class H5Source:
     # ------------------------------------------------------------------ obs
     def obs_column(self, column: str, role: str) -> np.ndarray:
         """obs[column] as str, or an error listing the columns the file has."""
-        require_key(column, self.obs_columns, str(self.path), what=role, fix=f"set {role}=<one of these>")
+        if column not in self.obs_columns:  # its own listing ([a, b]): asserted by test_state_tx_data
+            raise UserError(f"{self.path}: obs has no column {column!r} ({role}); the file has "
+                            f"[{', '.join(self.obs_columns)}]; set {role}=<one of these>")
         import h5py
         from anndata.io import read_elem
 
