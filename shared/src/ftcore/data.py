@@ -11,13 +11,28 @@ THE RULE for what X holds (`expression_kind`), used by every package:
 Up to 1,000,000 stored values are examined (the first ones, and for dense data the non-zero ones).
 A package says which kinds it takes; the others are refused or warned about with the fix.
 
+What each package does with each kind (the same rule, the package's own data contract):
+    spatial-transfer: takes "log" only (its models are trained on log-normalised expression);
+    var-st, cellfm-ft: take "counts" (log-normalised here: `log_normalise`) and "log";
+    state-tx: takes the kind it was trained on (recorded in the run) and warns otherwise;
+    get-yeast: per target column: "log" taken, "counts" warned about, the others refused.
+Log-normalisation is ONE function, `log_normalise`: log1p(count / cell total * 1e4), scanpy's
+sc.pp.normalize_total(target_sum=1e4) + sc.pp.log1p (a cell with no counts stays all zero).
+
 `check_values` refuses NaN/inf and absurd magnitudes (> 1e9 in absolute value: float32 squares of
 such values overflow in a variance) naming the first bad row and column; `coordinates` turns
 spot coordinates into numbers or says which row is not one.
+
+The AnnData edge: `read_h5ad` (one line naming the file, the flag that gave it and the fix),
+`require_key` (a missing obs/var column or obsm/layers key, listing what exists and the flag to
+set), `dense` (any matrix as a numpy array), `prediction_adata` (THE output layout) and
+`write_predictions` (results written into an AnnData under `key_added`, as scanpy does).
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -37,6 +52,103 @@ KIND_ADVICE = {
     "unlogged": "its values are not whole numbers but reach above 30: normalised and never log-transformed "
                 "(CP10k/TPM?); apply sc.pp.log1p(adata) first",
 }
+
+
+TARGET_SUM = 1e4
+
+
+def read_h5ad(path, what: str = "data file", *, flag: str | None = None, fix: str = "check the path",
+              suffix: bool = False, names_checked: bool = False):
+    """The AnnData of an .h5ad file read whole, or ONE line (UserError) naming it and the fix.
+
+    what: what the file is for the user ("data file", "bulk expression file"); flag: the option that
+    named it ("--adata"), said first when given; fix: said after "does not exist". suffix: refuse a
+    path not ending in .h5ad before reading it. names_checked: the caller checks duplicate obs/var
+    names itself (naming them), so anndata's warning about them is silenced.
+    """
+    path = Path(path)
+    who = f"{flag} {path}" if flag else f"{what} {path}"
+    if not path.exists():
+        raise UserError(f"{who} does not exist; {fix}")
+    if path.is_dir():
+        raise UserError(f"{who} is a directory; pass the .h5ad file inside it")
+    if suffix and path.suffix != ".h5ad":
+        raise UserError(f"{who} is not an .h5ad file (it ends in {path.suffix or 'nothing'!r}); pass an AnnData "
+                        ".h5ad file (convert with anndata, e.g. anndata.read_csv(...).write_h5ad(...))")
+    import anndata
+
+    try:
+        with warnings.catch_warnings():
+            if names_checked:
+                warnings.filterwarnings("ignore", message=r".* names are not unique", category=UserWarning)
+            return anndata.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise UserError(f"{who} cannot be read as .h5ad ({detail}): not a readable .h5ad file; write it with "
+                        "adata.write_h5ad and copy it completely") from None
+
+
+COLUMN_AXES = ("obs", "var")  # keys are column names (free text, listed quoted: 'Donor ID')
+
+
+def require_key(key: str, available: Iterable, where: str, *, axis: str = "obs", what: str = "",
+                fix: str = "") -> None:
+    """Refuse a missing obs/var column or obsm/layers key in ONE line: where, what it is for, what the
+    file has, a near-miss spelling ("rename 'Sample' to 'sample'") and the fix (the flag to set).
+
+    available: the columns / keys the file has (adata.obs.columns, adata.obsm.keys(), an h5 group).
+    """
+    have = [str(k) for k in available]
+    if key in have:
+        return
+    role = f" ({what})" if what else ""
+    near = [k for k in have if k.strip().lower() == str(key).strip().lower()]
+    tips = [f"rename {near[0]!r} to {key!r}"] if near else []
+    tips += [fix] if fix else []
+    tail = "".join(f"; {t}" for t in tips)
+    if axis in COLUMN_AXES:
+        listing = ", ".join(repr(k) for k in have) or "none"
+        raise UserError(f"{where}: {axis} has no column {key!r}{role}; {axis} columns: {listing}{tail}")
+    listing = ", ".join(have) or "none"
+    raise UserError(f"{where}: {axis}[{key!r}]{role} is missing; {axis} has: {listing}{tail}")
+
+
+def dense(X, dtype=None) -> np.ndarray:
+    """Any matrix as a numpy array: scipy sparse (.toarray()), pandas (.to_numpy()), views, arrays."""
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    elif hasattr(X, "to_numpy"):
+        X = X.to_numpy()
+    return np.asarray(X, dtype=dtype)
+
+
+def log_normalise(X, target_sum: float = TARGET_SUM):
+    """Counts [cells, genes] -> log1p(count / cell total * target_sum), float32; CSR stays CSR.
+
+    scanpy's sc.pp.normalize_total(target_sum=1e4) then sc.pp.log1p; a cell without counts stays zero.
+    """
+    if hasattr(X, "tocsr"):
+        from scipy import sparse
+
+        X = sparse.csr_matrix(X, dtype=np.float64, copy=True)
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        X.data *= np.repeat(scale, np.diff(X.indptr))
+        np.log1p(X.data, out=X.data)
+        return X.astype(np.float32)
+    x = np.asarray(X, dtype=np.float64)
+    total = x.sum(-1, keepdims=True)
+    return np.log1p(x / np.maximum(total, np.finfo(np.float64).tiny) * target_sum).astype(np.float32)
+
+
+def as_log_normalised(X, where: str, *, accept: Iterable[str] = ("counts", "log"), row_names=None,
+                      col_names=None) -> tuple[np.ndarray, str]:
+    """X checked (check_values, then THE rule) and returned dense float32 log-normalised, with its kind:
+    counts are log-normalised here, log values kept as they are; other kinds refused with the fix."""
+    check_values(X, where, row_names=row_names, col_names=col_names)
+    kind = check_expression(X, accept=accept, where=where)
+    return (log_normalise(dense(X)) if kind == "counts" else dense(X, np.float32)), kind
 
 
 def _stored_values(X) -> np.ndarray:
@@ -160,6 +272,30 @@ def prediction_adata(values, genes: Sequence[str], source=None, *, model: str = 
         measured = np.asarray(measured, dtype=np.float32)
         if measured.shape != X.shape:
             raise ValueError(f"measured values of shape {measured.shape} for predictions of shape {X.shape}")
-        out.layers[MEASURED_LAYER] = measured
+        write_predictions(out, measured, MEASURED_LAYER, where="layers")
     out.uns["prediction"] = {"model": str(model), "measured_layer": MEASURED_LAYER if measured is not None else ""}
     return out
+
+
+WHERE = ("obsm", "obs", "layers")
+
+
+def write_predictions(adata, values, key_added: str, *, where: str = "obsm", uns: dict | None = None) -> None:
+    """Write results into `adata` in place under `key_added`, scanpy's way (sc.tl.* key_added); X is
+    never replaced.
+
+    where="obsm": adata.obsm[key_added] = values [n_obs, k] (probabilities, embeddings, predictions);
+    where="obs": adata.obs[key_added] = values [n_obs] (a predicted label or a score per observation);
+    where="layers": adata.layers[key_added] = values [n_obs, n_vars] (predicted expression per gene).
+    uns: what produced them, kept in adata.uns[key_added] (scanpy keeps a tool's parameters there).
+    """
+    if where not in WHERE:
+        raise ValueError(f"where={where!r}; choose one of {', '.join(WHERE)}")
+    shape = getattr(values, "shape", (len(values),))
+    want = {"obsm": (adata.n_obs,), "obs": (adata.n_obs,), "layers": (adata.n_obs, adata.n_vars)}[where]
+    if tuple(shape[: len(want)]) != want or (where == "obs" and len(shape) != 1):
+        raise ValueError(f"{where}[{key_added!r}]: values of shape {tuple(shape)} for an AnnData of shape "
+                         f"{adata.shape}")
+    getattr(adata, where)[key_added] = values
+    if uns is not None:
+        adata.uns[key_added] = uns

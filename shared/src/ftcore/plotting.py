@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ftcore.io import atomic_savefig
+from ftcore.metrics import pearson_overall
 
 
 def _plt():
@@ -113,7 +114,7 @@ def plot_pred_vs_true(pred, true, path: str | os.PathLike, title: str = "", max_
     axes[0].scatter(t, p, s=3, alpha=0.3)
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
     axes[0].plot([lo, hi], [lo, hi], "k--", lw=1)
-    r = np.corrcoef(p, t)[0, 1] if p.std() > 0 and t.std() > 0 else float("nan")
+    r = pearson_overall(p, t)
     axes[0].set_title(f"predicted vs true (r = {r:.3f})")
     axes[0].set_xlabel("true")
     axes[0].set_ylabel("predicted")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,11 +31,10 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from ftcore.data import KIND_ADVICE, check_values, expression_kind
+from ftcore.data import KIND_ADVICE, check_values, expression_kind, log_normalise, read_h5ad
 from ftcore.errors import UserError
 
 INPUT_KINDS = ("auto", "counts", "log")
-TARGET_SUM = 1e4
 
 
 @dataclass
@@ -54,23 +52,6 @@ class Cells:
     @property
     def n_cells(self) -> int:
         return self.X.shape[0]
-
-
-def _read_adata(path: str | os.PathLike):
-    import anndata as ad
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"data file {path} does not exist; check the path (an .h5ad file is expected)")
-    if path.is_dir():
-        raise UserError(f"data file {path} is a directory; pass the .h5ad file inside it")
-    try:
-        with warnings.catch_warnings():  # duplicated names are checked (and named) here, in one line
-            warnings.filterwarnings("ignore", message=r".* names are not unique", category=UserWarning)
-            return ad.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a readable .h5ad file ({first}); re-write it with anndata's write_h5ad") from None
 
 
 def _column(frame, key: str, where: str, path) -> np.ndarray:
@@ -96,7 +77,8 @@ def read_cells(
     """Read and check an .h5ad. layer: a key of .layers, or "raw" for .raw.X; default X."""
     if input_kind not in INPUT_KINDS:
         raise UserError(f"unknown input kind {input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
-    adata = _read_adata(path)
+    # duplicated gene names are checked (and named) below, in one line
+    adata = read_h5ad(path, fix="check the path (an .h5ad file is expected)", names_checked=True)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise UserError(f"{path}: the data set is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     labels = _column(adata.obs, label_key, "obs", path) if label_key else None
@@ -163,16 +145,6 @@ def input_kind_of(X: sparse.csr_matrix, input_kind: str, where: str) -> str:
         print(f"warning: {where}: --input-kind counts, but {KIND_ADVICE['log']}; normalised and log-transformed "
               "again as asked")
     return input_kind
-
-
-def log_normalise(X: sparse.csr_matrix) -> sparse.csr_matrix:
-    """Counts -> log1p(count / total * 1e4) per cell (zero-count cells stay zero)."""
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
-    X = sparse.diags(scale.astype(np.float32)) @ X
-    X = sparse.csr_matrix(X, dtype=np.float32)
-    np.log1p(X.data, out=X.data)
-    return X
 
 
 def read_gene_list(path: str | os.PathLike) -> list[str]:

@@ -635,6 +635,8 @@ def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], pat
     """
     import pandas as pd
 
+    from ftcore.data import write_predictions as write_into
+
     rows = np.asarray(rows)
     adata = (cells.adata if every_cell else cells.adata[rows]).copy()
     at = rows if every_cell else np.arange(len(rows))
@@ -643,10 +645,11 @@ def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], pat
     proba[at], emb[at] = res["proba"], res["emb"]
     codes = np.full(adata.n_obs, -1)
     codes[at] = res["proba"].argmax(1)
-    adata.obs[PRED_KEY] = pd.Categorical.from_codes(codes, categories=label_names)
-    adata.obs["cellfm_confidence"] = proba.max(1)  # NaN where not scored
-    adata.obsm[PROBA_KEY] = proba
-    adata.obsm[EMB_KEY] = emb
+    # the core's writer, scanpy's way (key_added; X never replaced)
+    write_into(adata, pd.Categorical.from_codes(codes, categories=label_names), PRED_KEY, where="obs")
+    write_into(adata, proba.max(1), "cellfm_confidence", where="obs")  # NaN where not scored
+    write_into(adata, proba, PROBA_KEY)
+    write_into(adata, emb, EMB_KEY)
     adata.uns["cellfm"] = {"labels": list(label_names), "split": split, "proba_key": PROBA_KEY,
                            "n_unscored": int(adata.n_obs - len(rows))}
     colours = _label_colours(adata, label_key, label_names)

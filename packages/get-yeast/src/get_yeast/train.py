@@ -24,7 +24,7 @@ from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing
 from ftcore.loading import load_partial
 from ftcore.io import atomic_path, atomic_write_json, check_output_dir, claim_outputs
-from ftcore.metrics import regression_report
+from ftcore.metrics import pearson_overall, regression_report
 from ftcore.training import TrainConfig, Trainer, move_to, resolve_device, seed_everything
 from get_yeast.adapt import apply_lora, export_merged, trainable_spec
 from get_yeast.config import LoraConfig, YeastTrainingConfig
@@ -133,17 +133,16 @@ def predict(model: nn.Module, dataset: YeastDataset, batch_size: int = 32,
 
 
 def condition_response_pearson(pred: np.ndarray, true: np.ndarray, regions: list[str]) -> float:
-    """Pearson r of each region's deviation from its own mean across samples: how well the model
-    tracks condition-driven changes (a condition-blind model only gets what accessibility tells it)."""
+    """Pearson r (ftcore.metrics.pearson_overall) of each region's deviation from its own mean across
+    samples: how well the model tracks condition-driven changes (a condition-blind model only gets what
+    accessibility tells it). NaN (the core's rule) when no variation across conditions is predicted at all."""
     keys = np.asarray(regions)
     p, t = pred[:, 0].astype(float).copy(), true[:, 0].astype(float).copy()
     for k in np.unique(keys):
         m = keys == k
         p[m] -= p[m].mean()
         t[m] -= t[m].mean()
-    if p.std() == 0 or t.std() == 0:
-        return 0.0  # no variation predicted across conditions at all
-    return float(np.corrcoef(p, t)[0, 1])
+    return pearson_overall(p, t)
 
 
 def metrics_for(pred: np.ndarray, true: np.ndarray, regions: list[str]) -> dict[str, float]:
@@ -159,7 +158,9 @@ def make_eval_fn(val_set: YeastDataset, batch_size: int):
     def eval_fn(model: nn.Module, loader: DataLoader) -> dict[str, float]:
         pred, true = predict(model, val_set, batch_size)
         m = metrics_for(pred, true, regions)
-        return {"val_loss": m["mse"], "val_pearson": m["pearson"], "val_condition_response_pearson": m["condition_response_pearson"]}
+        # val_pearson_overall: pearson_overall of the validation regions (metrics.json's "pearson")
+        return {"val_loss": m["mse"], "val_pearson_overall": m["pearson"],
+                "val_condition_response_pearson": m["condition_response_pearson"]}
 
     return eval_fn
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
 
+from ftcore.data import dense, read_h5ad, require_key
 from ftcore.errors import UserError
 from ftcore.options import bounds
 
@@ -119,34 +120,16 @@ def collate(items: list[CellGraph]) -> Batch:
 
 # ------------------------------------------------------------------------------- reading
 def _read_h5ad(path: Path, what: str):
-    if not path.exists():
-        raise UserError(f"{what} file {path} does not exist; see the data format in the README "
-                        "(or run `spatial-transfer make-demo-data DIR` for an example)")
-    import anndata
-
-    try:
-        return anndata.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable file
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a readable .h5ad file ({first}); re-export it with anndata") from None
-
-
-def _dense(X) -> np.ndarray:
-    if hasattr(X, "toarray"):
-        X = X.toarray()
-    return np.asarray(X, dtype=np.float32)
+    return read_h5ad(path, f"{what} file", fix="see the data format in the README (or run `spatial-transfer "
+                     "make-demo-data DIR` for an example)")
 
 
 def _require_obs(adata, path: Path, columns: tuple[str, ...]) -> None:
     for col in columns:
-        if col not in adata.obs.columns:
-            have = ", ".join(map(str, adata.obs.columns)) or "none"
-            near = [c for c in map(str, adata.obs.columns) if c.strip().lower() == col.lower()]
-            hint = f"; rename {near[0]!r} to {col!r}" if near else ""
-            if not hint and col in ("array_row", "array_col", "x", "y") and "spatial" in adata.obsm:
-                hint = f"; coordinates in obsm['spatial'] are not read: copy them into obs['{col}']"
-            raise UserError(f"{path}: obs has no column {col!r} (columns: {have}){hint or '; add it'} "
-                            "(see the data format in the README)")
+        obsm_hint = col in ("array_row", "array_col", "x", "y") and "spatial" in adata.obsm
+        fix = (f"coordinates in obsm['spatial'] are not read: copy them into obs['{col}']" if obsm_hint
+               else "add it") + " (see the data format in the README)"
+        require_key(col, adata.obs.columns, str(path), fix=fix)
 
 
 def _require_finite(X: np.ndarray, path: Path, what: str, rows=None, cols=None) -> None:
@@ -270,7 +253,7 @@ def read_spatial(data_dir: str | os.PathLike, in_dim: int, model_genes: list[str
     spot_names = list(map(str, spots.obs_names))
     _require_unique(spot_names, spots_path, "spot names (obs_names)", "make them unique (e.g. sample_barcode)")
     expr, genes = _spot_expression(spots, spots_path, spot_names, model_genes)
-    feat = _dense(cells.X)
+    feat = dense(cells.X, np.float32)
     _check_feature_dim(feat, cells_path, in_dim)
     _require_finite(feat, cells_path, "nuclear features", list(map(str, cells.obs_names)))
     rc = _require_numeric(spots, spots_path, ("array_row", "array_col"), whole=True)
@@ -304,7 +287,7 @@ def _spot_expression(spots, path: Path, spot_names: list[str], model_genes: list
     """-> (expression [spots, genes] or None, genes). Training: all of X; prediction: the model's genes found."""
     if model_genes is None:
         genes = _check_genes(spots, path)
-        expr = _dense(spots.X)
+        expr = dense(spots.X, np.float32)
     else:
         if spots.X is None or spots.n_vars == 0:
             return None, []
@@ -318,7 +301,7 @@ def _spot_expression(spots, path: Path, spot_names: list[str], model_genes: list
         genes = [g for g in model_genes if g in col]
         if not genes:
             return None, []
-        expr = _dense(spots.X[:, [col[g] for g in genes]])
+        expr = dense(spots.X[:, [col[g] for g in genes]], np.float32)
     _require_finite(expr, path, "expression values", spot_names, genes)
     _check_log_expression(expr, path)
     return expr, genes
@@ -351,10 +334,10 @@ def read_bulk(data_dir: str | os.PathLike, in_dim: int) -> BulkData:
     names = list(map(str, bulk.obs_names))
     _require_unique(names, bulk_path, "bulk sample names (obs_names)", "make them unique: nuclei are matched to samples by name")
     genes = _check_genes(bulk, bulk_path)
-    expr = _dense(bulk.X)
+    expr = dense(bulk.X, np.float32)
     _require_finite(expr, bulk_path, "expression values", names, genes)
     _check_log_expression(expr, bulk_path)
-    feat = _dense(cells.X)
+    feat = dense(cells.X, np.float32)
     _check_feature_dim(feat, cells_path, in_dim)
     _require_finite(feat, cells_path, "nuclear features", list(map(str, cells.obs_names)))
     xy = _require_numeric(cells, cells_path, ("x", "y"))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ftcore.data import log_normalise
 from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE, SPATIAL_CELLS_FILE, SPATIAL_FILE
 
 
@@ -63,10 +64,6 @@ def _features(rng, types: np.ndarray, profiles: np.ndarray, spec: DemoSpec) -> n
     shift = rng.normal(0, spec.stain_shift, size=spec.in_dim)
     noise = rng.normal(0, spec.feature_noise, size=(len(types), spec.in_dim))
     return (profiles[types] + shift + noise).astype(np.float32)
-
-
-def _log_normalise(counts: np.ndarray) -> np.ndarray:
-    return np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)
 
 
 def generate(spec: DemoSpec = DemoSpec()):
@@ -116,7 +113,7 @@ def generate(spec: DemoSpec = DemoSpec()):
         np.add.at(lam, spot_of[spot_of >= 0], programs[types[spot_of >= 0]])
         library = rng.lognormal(0, 0.2, size=(len(centres), 1))
         counts = rng.poisson(lam * library)[:, spatial_panel]
-        spot_expr.append(_log_normalise(counts))
+        spot_expr.append(log_normalise(counts))
         spot_obs.append(pd.DataFrame({"sample": sample, "array_row": rows.ravel(), "array_col": cols.ravel()}, index=names))
         cell_obs.append(pd.DataFrame({
             "sample": sample, "spot": [names[i] if i >= 0 else "" for i in spot_of],
@@ -137,7 +134,7 @@ def generate(spec: DemoSpec = DemoSpec()):
         xy = rng.uniform(0, spec.bulk_region, size=(spec.bulk_cells, 2))
         types = _sample_types(rng, xy, field)
         lam = programs[types].sum(0, keepdims=True) * 10  # bulk RNA: far more reads than a spot
-        b_expr.append(_log_normalise(rng.poisson(lam)[:, bulk_panel]))
+        b_expr.append(log_normalise(rng.poisson(lam)[:, bulk_panel]))
         b_feat.append(_features(rng, types, profiles, spec))
         b_cells.append(pd.DataFrame({"sample": sample, "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32),
                                      "cell_type": types.astype(str)}, index=[f"{sample}_n{i}" for i in range(len(xy))]))

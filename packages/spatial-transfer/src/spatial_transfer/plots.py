@@ -27,7 +27,7 @@ def plot_fold_predictions(pred: np.ndarray, true: np.ndarray, path: str | os.Pat
     overall = pearson_overall(pred, true)  # on the values as the tables' metrics get them (same dtype)
     per_gene = pearson_per_gene(pred, true)
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
-    per_gene = per_gene[np.isfinite(per_gene)]  # constant genes have no correlation (as in mean_pearson)
+    per_gene = per_gene[np.isfinite(per_gene)]  # constant genes have no correlation (THE rule of ftcore.metrics)
     p, t = pred.ravel(), true.ravel()
     if p.size > max_points:  # a sample of the points; r is computed on all of them
         idx = np.random.default_rng(0).choice(p.size, max_points, replace=False)

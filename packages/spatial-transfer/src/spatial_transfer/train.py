@@ -25,7 +25,7 @@ from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_json, check_output_dir
 from ftcore.loading import LoadReport, load_partial
-from ftcore.metrics import mean_pearson, pearson_overall
+from ftcore.metrics import pearson_mean_gene, pearson_overall
 from ftcore.options import SEED_LIMIT, bounds
 from ftcore.training import TrainConfig, Trainer, move_to
 
@@ -123,7 +123,7 @@ def predict(model, loader) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tenso
 def evaluate(model, loader) -> dict[str, float]:
     pred, true, _ = predict(model, loader)
     return {"val_loss": float(torch.nn.functional.mse_loss(pred, true)),
-            "val_overall_corr": pearson_overall(pred, true), "val_gene_corr": mean_pearson(pred, true)}
+            "val_overall_corr": pearson_overall(pred, true), "val_gene_corr": pearson_mean_gene(pred, true)}
 
 
 def init_output_bias(model, items) -> None:
@@ -364,7 +364,7 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
     rows = torch.cat(ids).numpy()
     result = {
         "fold": k, "test_samples": test, "validation_samples": val, "n_test_spots": int(len(rows)),
-        "overall_correlation": pearson_overall(pred, true), "gene_correlation": mean_pearson(pred, true),
+        "overall_correlation": pearson_overall(pred, true), "gene_correlation": pearson_mean_gene(pred, true),
         "test_loss": float(torch.nn.functional.mse_loss(pred, true)),
         "best_val_loss": fit.best_metric, "epochs_trained": fit.history[-1]["epoch"] if fit.history else 0,
         "trainable_parameters": freeze.trainable, "total_parameters": freeze.total,
@@ -455,7 +455,7 @@ def predict_spatial(spatial: SpatialData, model: SpatialModel, genes: list[str],
     if spatial.expr is not None:
         cols = [genes.index(g) for g in spatial.genes]
         p, t = torch.from_numpy(out[:, cols]), torch.from_numpy(spatial.expr)
-        metrics = {"overall_correlation": pearson_overall(p, t), "gene_correlation": mean_pearson(p, t),
+        metrics = {"overall_correlation": pearson_overall(p, t), "gene_correlation": pearson_mean_gene(p, t),
                    "test_loss": float(torch.nn.functional.mse_loss(p, t)), "genes_evaluated": len(cols)}
     if is_main_process():
         from ftcore.io import atomic_write_h5ad

@@ -61,8 +61,8 @@ def build(seed: int = 0):
     """-> (spatial, spatial_cells, bulk, bulk_cells) AnnData objects in the package's format (data.py)."""
     import anndata
     import pandas as pd
-    import scipy.sparse
 
+    from ftcore.data import dense, log_normalise
     from ftcore.datasets import he_patch_features, visium_mouse_brain, visium_mouse_brain_image
 
     adata = visium_mouse_brain()
@@ -70,8 +70,7 @@ def build(seed: int = 0):
     library = next(iter(adata.uns["spatial"]))
     diameter = float(adata.uns["spatial"][library]["scalefactors"]["spot_diameter_fullres"])
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    X = adata.X.toarray() if scipy.sparse.issparse(adata.X) else np.asarray(adata.X)
-    X = X.astype(np.float32)
+    X = dense(adata.X, np.float32)
     row, col, _ = _grid(xy)
 
     # nodes: SUB x SUB sub-patches per spot, features at the sub-patch and the spot scale
@@ -109,7 +108,7 @@ def build(seed: int = 0):
     for b, centre in enumerate(rng.choice(len(xy), N_PSEUDO_BULK, replace=len(xy) < N_PSEUDO_BULK)):
         spots = np.argsort(d[centre])[:BULK_SPOTS]
         total = norm[spots].sum(0)
-        b_expr.append(np.log1p(total / total.sum() * 1e4))
+        b_expr.append(log_normalise(total))  # the summed spots, normalised as one sample
         nodes = np.nonzero(np.isin(node_spot, spots))[0]
         name = f"pseudobulk{b:02d}"
         b_feat.append(feat[nodes])

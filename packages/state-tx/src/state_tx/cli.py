@@ -236,15 +236,15 @@ def _run(args) -> None:
 def _evaluate(args) -> None:
     from state_tx.evaluate import evaluate, format_summary
 
-    from state_tx.infer import read_h5ad
+    from ftcore.data import read_h5ad
 
-    pred = read_h5ad(args.adata_pred, "-ap/--adata-pred")
-    real = read_h5ad(args.adata_real, "-ar/--adata-real")
+    pred = read_h5ad(args.adata_pred, flag="-ap/--adata-pred")
+    real = read_h5ad(args.adata_real, flag="-ar/--adata-real")
     shifts = None
     if args.adata_train:
         from state_tx.infer import shifts_from_adata
 
-        shifts = shifts_from_adata(read_h5ad(args.adata_train, "--adata-train"), list(map(str, pred.var_names)),
+        shifts = shifts_from_adata(read_h5ad(args.adata_train, flag="--adata-train"), list(map(str, pred.var_names)),
                                    args.pert_col, args.celltype_col, args.control_pert)
     summary = evaluate(pred, real, args.pert_col, args.control_pert, args.celltype_col, args.outdir,
                        train_shifts=shifts)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from ftcore import options as opt
 from ftcore.config import read_config_file
+from ftcore.data import dense, require_key
 from ftcore.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -265,11 +266,9 @@ class H5Source:
         var_names = _decode(read_elem(var[var_index])) if var_index in var else None
         self.obsm_keys = list(f["obsm"]) if "obsm" in f else []
         if self.output_space == "gene":
-            if "X_hvg" not in self.obsm_keys:
-                raise UserError(
-                    f"{self.path}: output_space=gene reads obsm['X_hvg'] but the file has obsm keys "
-                    f"[{', '.join(self.obsm_keys) or 'none'}]; add it (sc.pp.highly_variable_genes; "
-                    "adata.obsm['X_hvg'] = adata[:, adata.var.highly_variable].X) or set data.kwargs.output_space=all")
+            require_key("X_hvg", self.obsm_keys, str(self.path), axis="obsm", what="the HVG matrix output_space=gene reads",
+                        fix="add it (sc.pp.highly_variable_genes; adata.obsm['X_hvg'] = "
+                            "adata[:, adata.var.highly_variable].X) or set data.kwargs.output_space=all")
             self.matrix_key = "obsm/X_hvg"
         else:
             self.matrix_key = "X"
@@ -309,7 +308,7 @@ class H5Source:
     # ------------------------------------------------------------------ obs
     def obs_column(self, column: str, role: str) -> np.ndarray:
         """obs[column] as str, or an error listing the columns the file has."""
-        if column not in self.obs_columns:
+        if column not in self.obs_columns:  # its own listing ([a, b]): asserted by test_state_tx_data
             raise UserError(f"{self.path}: obs has no column {column!r} ({role}); the file has "
                             f"[{', '.join(self.obs_columns)}]; set {role}=<one of these>")
         import h5py
@@ -340,7 +339,7 @@ class H5Source:
             self._cache = self._read_all()
         if self._cache is not None:
             block = self._cache[rows]
-            return np.asarray(block.toarray() if self.sparse else block, dtype=np.float32)
+            return dense(block, np.float32)
         uniq, inverse = np.unique(rows, return_inverse=True)
         node = self._file()[self.matrix_key]
         if not self.sparse:

@@ -18,8 +18,9 @@ Two metrics are this package's own, named so they are not mistaken for cell-eval
 (overlap_at_N, de_direction_match, which rank genes by a Wilcoxon test):
     topk_shift_overlap       |top-k genes by |observed shift| & top-k by |predicted shift|| / k
     topk_shift_sign          fraction of the observed top-k genes whose shift has the predicted sign
-Where cell-eval's pearson_delta is undefined (NaN: a constant predicted shift, as every shift of the
-control-mean baseline), it is 0 here, so tables and JSON hold numbers.
+pearson_delta is ftcore.metrics.pearson_delta; where it is undefined (NaN by the core's rule and by
+cell-eval: a constant predicted shift, as every shift of the control-mean baseline), the tables and
+JSON here hold 0, so they hold numbers.
 
 Baselines, scored by the same functions:
     control_mean_baseline  every perturbation = the cell type's control mean (shift 0)
@@ -37,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ftcore.data import dense, require_key
 from ftcore.errors import UserError
 from ftcore.io import atomic_path, atomic_write_json
+from ftcore.metrics import pearson_delta
 
 # equal to cell-eval 0.8.2's metrics of these names (tested against cell-eval's own output)
 CELL_EVAL_METRICS = ("pearson_delta", "mse", "mae", "mse_delta", "mae_delta", "discrimination_score_l1")
@@ -50,18 +53,13 @@ HIGHER_IS_BETTER = {"pearson_delta": True, "mse": False, "mae": False, "mse_delt
                     "discrimination_score_l1": True, "topk_shift_overlap": True, "topk_shift_sign": True}
 
 
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-
-
 def _min(x) -> float:
     return float(x.data.min(initial=0) if hasattr(x, "toarray") else np.min(x))
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom > 0 else 0.0
+def _shown(r: float) -> float:
+    """A table's value of an r: 0 where it is undefined (NaN by ftcore.metrics' rule: a constant shift)."""
+    return r if np.isfinite(r) else 0.0
 
 
 def celltype_metrics(pred_pert: np.ndarray, pred_ctrl: np.ndarray, real_pert: np.ndarray, real_ctrl: np.ndarray,
@@ -78,7 +76,7 @@ def celltype_metrics(pred_pert: np.ndarray, pred_ctrl: np.ndarray, real_pert: np
         dist = np.abs(real_eff[:, keep] - pd_[keep]).sum(1)
         rank = int(np.flatnonzero(np.argsort(dist) == i)[0])
         rows.append({
-            "pearson_delta": _pearson(pd_, rd),
+            "pearson_delta": _shown(pearson_delta(pred_pert[i], real_pert[i], pred_ctrl, real_ctrl)),
             "mse": float(np.mean((pred_pert[i] - real_pert[i]) ** 2)),
             "mae": float(np.mean(np.abs(pred_pert[i] - real_pert[i]))),
             "mse_delta": float(np.mean((pd_ - rd) ** 2)),
@@ -91,7 +89,7 @@ def celltype_metrics(pred_pert: np.ndarray, pred_ctrl: np.ndarray, real_pert: np
 
 
 def _group_means(X, labels: np.ndarray, names: list[str]) -> np.ndarray:
-    return np.stack([_dense(X[np.flatnonzero(labels == n)]).mean(0) for n in names])
+    return np.stack([dense(X[np.flatnonzero(labels == n)], np.float64).mean(0) for n in names])
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -111,7 +109,7 @@ def mean_shifts(sources, control_pert: str, chunk: int = 8192) -> dict[str, dict
         local = None
         for start in range(0, len(inv), chunk):
             rows = np.arange(start, min(start + chunk, len(inv)))
-            block = _dense(read(rows))
+            block = dense(read(rows), np.float64)
             local = np.zeros((len(uniq), block.shape[1])) if local is None else local
             np.add.at(local, inv[rows], block)
         n = np.bincount(inv, minlength=len(uniq))
@@ -138,8 +136,7 @@ def carried_shift(shifts: dict[str, dict[str, np.ndarray]], celltype: str, pert:
 # ------------------------------------------------------------------------------ evaluate
 def check_columns(adata, cols: dict[str, str], which: str) -> None:
     for role, col in cols.items():
-        if col not in adata.obs:
-            raise UserError(f"{which}: obs has no column {col!r} ({role}); it has [{', '.join(map(str, adata.obs.columns))}]")
+        require_key(col, adata.obs.columns, which, what=role, fix=f"pass {role} with one of them")
 
 
 def evaluate(pred, real, pert_col: str, control_pert: str, celltype_col: str, outdir: str | Path | None = None,

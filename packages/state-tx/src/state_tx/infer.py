@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ftcore.config import from_dict
+from ftcore.data import dense, read_h5ad, require_key
 from ftcore.errors import UserError
 from ftcore.io import atomic_write_h5ad, check_output_dir, claim_outputs
 from ftcore.training import resolve_device
@@ -69,18 +70,6 @@ def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
         raise UserError(f"{path} lacks {', '.join(missing) or 'its mapping'}; the run directory is damaged or of "
                         "another program: copy it again or retrain")
     return data
-
-
-def read_h5ad(path: str | Path, flag: str):
-    """An .h5ad read whole, or one line naming the flag (a .csv renamed .h5ad, a cut-short copy)."""
-    import anndata as ad
-
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise UserError(f"{flag} {path} cannot be read as .h5ad ({type(err).__name__}: {first}); is it an AnnData "
-                        "file written with adata.write_h5ad, copied completely?") from None
 
 
 def load_run(model_dir: str | Path | None, checkpoint: str | None = None, trust_checkpoint: bool = False,
@@ -261,7 +250,7 @@ def _feature_matrix(adata, run: TrainedRun) -> tuple[np.ndarray, str]:
             f"var_dims.json['gene_names'] in {run.model_dir} (or restrict X to those {want} genes)")
     from ftcore.data import check_values
 
-    M = M.toarray() if hasattr(M, "toarray") else np.asarray(M)
+    M = dense(M)
     if M.ndim != 2 or M.shape[1] != want:
         raise UserError(f"feature mismatch: expected {want} input features, got {M.shape[1:]} in {where}; "
                         f"use the genes listed in {run.model_dir}/var_dims.json ('gene_names')")
@@ -306,11 +295,9 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
     pert_col = pert_col or vd["pert_col"]
     celltype_col = celltype_col or vd["cell_type_key"]
     control_pert = control_pert or vd["control_pert"]
-    adata = read_h5ad(adata_path, "--adata")
-    cols = list(map(str, adata.obs.columns))
+    adata = read_h5ad(adata_path, flag="--adata")
     for flag, col in (("--pert-col", pert_col), ("--celltype-col", celltype_col)) + ((("--batch-col", batch_col),) if batch_col else ()):
-        if col not in adata.obs:
-            raise UserError(f"{adata_path}: obs has no column {col!r} ({flag}); the file has [{', '.join(cols)}]")
+        require_key(col, adata.obs.columns, str(adata_path), what=flag, fix=f"pass {flag} with one of them")
     if adata.n_obs == 0:
         raise UserError(f"{adata_path} has no cells")
     M, where = _feature_matrix(adata, run)

@@ -107,6 +107,8 @@ def make_heterogeneous_adata(n_genes: int = 256, n_hvg: int = 128, n_perts: int 
     import anndata as ad
     import pandas as pd
 
+    from ftcore.data import log_normalise
+
     rng = np.random.default_rng(seed)
     genes = np.array([f"GENE{i:04d}" for i in range(n_genes)])
     hvg = np.sort(rng.choice(n_genes, n_hvg, replace=False))
@@ -160,8 +162,7 @@ def make_heterogeneous_adata(n_genes: int = 256, n_hvg: int = 128, n_perts: int 
             size = depth * np.array([batch_depth[b] for b in cell_batch]) * np.exp(rng.normal(0, 0.35, n))
             mean = prop * size[:, None]
             counts = rng.poisson(rng.gamma(8.0, mean / 8.0))  # negative binomial, dispersion 1/8
-            norm = counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4
-            blocks.append(np.log1p(norm).astype(np.float32))
+            blocks.append(log_normalise(counts))  # log1p(CP10k), ftcore.data's one log-normalisation
             counts_blocks.append(counts.astype(np.float32))
             obs += [(label, ct, b) for b in cell_batch]
     X = np.concatenate(blocks)

@@ -309,16 +309,9 @@ def make_loss_fn(mcfg: StateTxConfig):
     return loss_fn
 
 
-def pearson_delta(pred_mean: torch.Tensor, real_mean: torch.Tensor, basal_mean: torch.Tensor) -> torch.Tensor:
-    """Pearson r [B] between predicted and observed mean shifts from the basal mean; inputs [B, G]."""
-    a = pred_mean - basal_mean
-    b = real_mean - basal_mean
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
-
-
 def make_eval_fn(mcfg: StateTxConfig, control_idx: int = 0):
+    from ftcore.metrics import nanmean, pearson_delta
+
     def eval_fn(model, loader) -> dict[str, float]:
         losses, rs, n = [], [], 0
         for batch in loader:
@@ -326,12 +319,13 @@ def make_eval_fn(mcfg: StateTxConfig, control_idx: int = 0):
             batch = {k: v.to(device) for k, v in batch.items()}
             pred = model(batch["basal"], batch["pert"], batch["batch"])
             losses.append(float(set_loss(pred, batch["target"], mcfg.loss, mcfg.blur)) * len(pred))
-            keep = batch["pert_idx"] != control_idx  # a control sentence has no shift to correlate
-            if keep.any():
+            keep = (batch["pert_idx"] != control_idx).cpu().numpy()  # a control sentence has no shift to correlate
+            if keep.any():  # [B, G] sentence means; r of each sentence's shift from its basal cells
                 r = pearson_delta(pred.float().mean(1), batch["target"].mean(1), batch["basal"].mean(1))[keep]
                 rs += r.tolist()
             n += len(pred)
-        return {"val_loss": sum(losses) / max(n, 1), "val_pearson_delta": float(np.mean(rs)) if rs else float("nan")}
+        # ftcore.metrics' rule: sentences whose shift is constant (r undefined) are skipped; NaN if all are
+        return {"val_loss": sum(losses) / max(n, 1), "val_pearson_delta": nanmean(rs)}
 
     return eval_fn
 

@@ -731,7 +731,7 @@ def read_predictions(path: Path, genes: list[str], obs_names: list[str]):
     (this version), or obsm['var_st_prediction'] with uns['var_st']['genes'] (files of older versions)."""
     import numpy as np
 
-    from ftcore.data import check_values
+    from ftcore.data import check_values, dense
     from var_st.data import read_h5ad
 
     ad = read_h5ad(path)
@@ -747,8 +747,7 @@ def read_predictions(path: Path, genes: list[str], obs_names: list[str]):
                         f"(e.g. {missing[0]!r}); write it with var-st predict and this checkpoint")
     if list(map(str, ad.obs_names)) != list(obs_names):
         raise UserError(f"{path} holds other spots than the --dataset file; predict on the same file")
-    values = np.asarray(ad.obsm["var_st_prediction"] if old else
-                        (ad.X.toarray() if hasattr(ad.X, "toarray") else ad.X), dtype=np.float32)
+    values = dense(ad.obsm["var_st_prediction"] if old else ad.X, np.float32)
     values = values[:, [index[g] for g in genes]]
     check_values(values, f"{path}: {'obsm[var_st_prediction]' if old else 'X'} (predictions)")
     return values

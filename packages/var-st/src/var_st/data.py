@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ftcore.data import check_expression, check_values, coordinates
+from ftcore.data import as_log_normalised, check_values, coordinates, dense, require_key
+from ftcore.data import read_h5ad as core_read_h5ad
 from ftcore.errors import UserError
 
 DEFAULT_SLIDE_KEY = "slide"
@@ -50,18 +51,9 @@ class SpotData:
 
 
 def read_h5ad(path: str | Path):
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"data file {path} does not exist; check the path (or omit --dataset to run the embedded demo)")
-    if path.is_dir() or path.suffix != ".h5ad":
-        raise UserError(f"{path} is not an .h5ad file; var-st reads AnnData .h5ad files")
-    import anndata
-
-    try:
-        return anndata.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
-        msg = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a readable .h5ad file ({msg}); re-write it with anndata") from None
+    """The --dataset file (ftcore.data.read_h5ad: one line naming the file and the fix)."""
+    return core_read_h5ad(path, "data file", fix="check the path (or omit --dataset to run the embedded demo)",
+                          suffix=True)
 
 
 def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_key: str = "spatial",
@@ -83,14 +75,11 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
     if n == 0 or (need_expression and adata.n_vars == 0):
         raise UserError(f"{source}: the file holds {n} spots x {adata.n_vars} genes; it needs at least one of each")
     obs_names = [str(o) for o in adata.obs_names]
-    have = ", ".join(adata.obsm.keys()) or "none"
-    if spatial_key not in adata.obsm:
-        raise UserError(f"{source}: obsm[{spatial_key!r}] (spot coordinates) is missing; obsm has: {have}; "
-                        "pass --spatial_key with the right key")
-    if histology_key not in adata.obsm:
-        raise UserError(f"{source}: obsm[{histology_key!r}] (histology features) is missing; obsm has: {have}; "
-                        "pass --histology_key with the right key")
-    hist = _dense(adata.obsm[histology_key])
+    require_key(spatial_key, adata.obsm.keys(), source, axis="obsm", what="spot coordinates",
+                fix="pass --spatial_key with the right key")
+    require_key(histology_key, adata.obsm.keys(), source, axis="obsm", what="histology features",
+                fix="pass --histology_key with the right key")
+    hist = dense(adata.obsm[histology_key])
     if hist.ndim != 2:
         raise UserError(f"{source}: obsm[{histology_key!r}] has shape {hist.shape}; expected [spots, features]")
     if histology_dim is not None and hist.shape[1] != histology_dim:
@@ -98,7 +87,7 @@ def load_spots(adata, *, source: str, histology_key: str = "histology", spatial_
                         "extract features with the same encoder as the training data (wrong feature dim)")
     check_values(hist, f"{source}: obsm[{histology_key!r}]", row_names=obs_names)
     hist = hist.astype(np.float32)
-    xy = coordinates(_dense(adata.obsm[spatial_key]), f"{source}: obsm[{spatial_key!r}]", row_names=obs_names)
+    xy = coordinates(dense(adata.obsm[spatial_key]), f"{source}: obsm[{spatial_key!r}]", row_names=obs_names)
     xy = xy[:, :2].astype(np.float32)
     slides = _slides(adata, source, slide_key, required=slide_key_given or (split and not random_split)
                      or bool(val_slides) or bool(test_slides))
@@ -189,10 +178,8 @@ def _slides(adata, source: str, slide_key: str, required: bool) -> np.ndarray:
     if slide_key not in adata.obs.columns:
         if not required:
             return np.full(n, "slide0", dtype=object)
-        cols = ", ".join(repr(str(c)) for c in adata.obs.columns) or "none"
-        raise UserError(f"{source}: obs has no column {slide_key!r} (slide ids for the held-out split); obs columns: "
-                        f"{cols}; pass --slide_key <column>, or --random_split to split spots at random "
-                        "(spatially optimistic)")
+        require_key(slide_key, adata.obs.columns, source, what="slide ids for the held-out split",
+                    fix="pass --slide_key <column>, or --random_split to split spots at random (spatially optimistic)")
     column = adata.obs[slide_key]
     missing = np.flatnonzero(column.isna().to_numpy())
     if len(missing):
@@ -216,14 +203,6 @@ def _refuse_duplicates(names: Sequence[str], what: str, fix: str) -> None:
         seen.add(name)
 
 
-def _dense(a) -> np.ndarray:
-    if hasattr(a, "toarray"):
-        a = a.toarray()
-    elif hasattr(a, "to_numpy"):
-        a = a.to_numpy()
-    return np.asarray(a)
-
-
 def _log_normalised(adata, source: str, obs_names: Sequence[str] | None = None,
                     var_names: Sequence[str] | None = None) -> np.ndarray:
     """X as log1p(CP10k) when it holds counts, as is when it is log-normalised (THE rule: ftcore.data).
@@ -231,14 +210,8 @@ def _log_normalised(adata, source: str, obs_names: Sequence[str] | None = None,
     Scaled data (negative values) and normalised-but-unlogged values (CP10k, TPM) are refused with the fix:
     the model's targets are log-normalised expression.
     """
-    where = f"{source}: X"
-    check_values(adata.X, where, row_names=obs_names, col_names=var_names)
-    kind = check_expression(adata.X, accept=("counts", "log"), where=where)
-    x = _dense(adata.X).astype(np.float64)
-    if kind == "counts":
-        total = x.sum(1, keepdims=True)
-        x = np.log1p(x / np.maximum(total, 1.0) * 1e4)
-    return x.astype(np.float32)
+    return as_log_normalised(adata.X, f"{source}: X", accept=("counts", "log"), row_names=obs_names,
+                             col_names=var_names)[0]
 
 
 def top_variable_genes(expression: np.ndarray, n: int) -> np.ndarray:

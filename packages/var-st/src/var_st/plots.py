@@ -14,14 +14,12 @@ import os
 import numpy as np
 
 from ftcore.io import atomic_savefig
+from ftcore.metrics import pearson_overall
 
 LABELS = {"var_st": "VAR-ST", "stage1_reconstruction_ceiling": "stage-1 ceiling", "ridge_histology": "ridge"}
 
 
-def pooled_r(pred: np.ndarray, true: np.ndarray) -> float:
-    """Pearson r of all (spot, gene) values pooled."""
-    p, t = np.asarray(pred, dtype=float).ravel(), np.asarray(true, dtype=float).ravel()
-    return float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
+pooled_r = pearson_overall  # Pearson r of all (spot, gene) values pooled (ftcore.metrics)
 
 
 def plot_evaluation(pred: np.ndarray, true: np.ndarray, per_gene: dict[str, np.ndarray], report: dict,

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from ftcore.distributed import is_main_process, local_rank, world_size
 from ftcore.errors import UserError
 from ftcore.io import atomic_write_json
-from ftcore.metrics import mae, mse, pearson_per_gene
+from ftcore.metrics import mae, mse, nanmean, pearson_mean_gene, pearson_per_gene
 from ftcore.training import Trainer, TrainConfig
 from var_st.data import SpotData, top_variable_genes
 from var_st.model import TwoStageVARST, codebook_stats
@@ -83,7 +83,7 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
             true.append(xb.cpu())
         metrics = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
         metrics.update(codebook_stats(torch.cat(tokens), m.scale_sizes, m.cfg.vocab_size))
-        metrics["val_recon_pearson"] = _mean_pearson(torch.cat(recon), torch.cat(true))
+        metrics["val_recon_pearson"] = val_pearson(torch.cat(recon), torch.cat(true))
         metrics["dead_codes_restarted"] = float(restarted)
         return metrics
 
@@ -164,7 +164,7 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
         metrics = {"val_loss": ce / max(n * L, 1), "val_token_accuracy": correct / max(n * L, 1)}
         for size, acc in zip(m.scale_sizes, per_scale.tolist()):
             metrics[f"val_token_accuracy_s{size}"] = acc / max(n, 1)
-        metrics["val_pearson"] = _mean_pearson(torch.cat(preds), torch.cat(true))
+        metrics["val_pearson"] = val_pearson(torch.cat(preds), torch.cat(true))
         return metrics
 
     # Best = highest mean per-gene Pearson of expected-code predictions on the validation slide: what
@@ -224,9 +224,8 @@ def ridge_baseline(data: SpotData, train_idx: np.ndarray, test_idx: np.ndarray) 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, top_genes: np.ndarray) -> dict[str, float]:
     """Per-gene Pearson (mean over all genes and over the top-50 HVGs, as HEST reports), MSE, MAE."""
-    r = pearson_per_gene(pred, true)
-    mean = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
-    return {"pearson_mean_all_genes": mean(r), "pearson_mean_top50_hvg": mean(r[top_genes]),
+    r = pearson_per_gene(pred, true)  # ftcore.metrics: NaN for a constant gene, skipped by the means
+    return {"pearson_mean_all_genes": nanmean(r), "pearson_mean_top50_hvg": nanmean(r[top_genes]),
             "mse": mse(pred, true), "mae": mae(pred, true)}
 
 
@@ -273,10 +272,13 @@ def _split_record(data: SpotData) -> dict:
             **{k: [data.obs_names[i] for i in v] for k, v in data.split.items()}}
 
 
-def _mean_pearson(pred, true) -> float:
-    """Mean per-gene Pearson; -1 when no gene has a defined r (so 'best' logic never sees NaN)."""
-    r = pearson_per_gene(pred, true)
-    return float(np.nanmean(r)) if np.isfinite(r).any() else -1.0
+def val_pearson(pred, true) -> float:
+    """THE definition of var-st's `val_pearson` / `val_recon_pearson` (history.json, the stage-2 monitor):
+    ftcore.metrics.pearson_mean_gene, the mean over genes of the per-gene Pearson r across the validation
+    spots. Where no gene has a defined r (every gene constant) it is -1, below any r, so the checkpoint
+    monitor still ranks the epoch (a NaN would never be taken as a best value)."""
+    r = pearson_mean_gene(pred, true)
+    return r if np.isfinite(r) else -1.0
 
 
 __all__ = ["RunPaths", "train_stage1", "train_stage2", "predict_expression", "evaluate", "format_report",
