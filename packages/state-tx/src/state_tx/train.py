@@ -190,8 +190,10 @@ DATA_FILES_KEY = "data_files"
 # the same run); under the cosine schedule it sets the decay, so a changed max_steps is another run.
 RESUME_IGNORES = ("output_dir", "name", "training.device", "training.precision", "training.compile",
                   "training.progress", "training.ckpt_every_n_steps", "data.kwargs.num_workers")
-# what a state-tx run writes in output_dir/name (all of it: the directory is the run's own)
-RUN_FILES = ("*",)
+# what a state-tx run (and `predict` after it) writes in output_dir/name: --overwrite removes these, never
+# anything else (the demo keeps its generated data in output_dir/name/data)
+RUN_FILES = ("checkpoints", "var_dims.json", "*_onehot_map.json", "data_module.json", "pert_features.safetensors",
+             "init_from.json", "history.json", "history.csv", "training_curve.png", "tensorboard", "eval_*")
 
 
 def run_record(s: "Setup") -> dict:
