@@ -174,14 +174,15 @@ def read_saved_config(path: Path) -> dict:
 def open_run_dir(path: str | os.PathLike, config: Mapping, *, config_name: str = CONFIG_NAME,
                  ignore: Iterable[str] = (), run_files: Iterable[str] = ("*",), overwrite: bool = False,
                  output_flag: str = "--output", overwrite_flag: str = "--overwrite",
-                 saved: Mapping | None = None) -> RunDir:
+                 saved: Mapping | None = None, label: str | None = None) -> RunDir:
     """Decide whether `path` starts a new run, resumes the same one, or is refused; writes nothing.
 
     `config`: the effective config of this command (nested mapping / dataclasses; dumped as YAML by
     `RunDir.start`). `ignore`: fnmatch patterns of dotted keys that do not shape the result. `run_files`:
     globs (relative to `path`) of what a run writes there: their presence without a saved config is a run
     that cannot be compared (refused), and `--overwrite` removes exactly them. `saved`: the earlier
-    config when the caller read it from another file (otherwise `path / config_name`)."""
+    config when the caller read it from another file (otherwise `path / config_name`). `label`: what the
+    refusal names as holding the run (default `path`; e.g. the folder of a config_name with a folder in it)."""
     path = Path(path)
     current = plain(config)
     run_files = tuple(run_files)
@@ -195,7 +196,7 @@ def open_run_dir(path: str | os.PathLike, config: Mapping, *, config_name: str =
             return RunDir(path, current, "new", config_name, run_files)
         if overwrite:
             return RunDir(path, current, "overwrite", config_name, run_files)
-        raise UserError(f"{path} holds a run ({entries[0].name}) without {config_name}, so its settings cannot be "
+        raise UserError(f"{label or path} holds a run ({entries[0].name}) without {config_name}, so its settings cannot be "
                         f"compared with this command's (written by an older version?); {ways_out}")
     changes = changed_keys(saved, current, ignore)
     if not changes:
@@ -205,5 +206,5 @@ def open_run_dir(path: str | os.PathLike, config: Mapping, *, config_name: str =
     names = ", ".join(k for k, _, _ in changes)
     shown = ", ".join(f"{k} {_short(a)} -> {_short(b)}" for k, a, b in changes[:SHOWN_CHANGES])
     more = f" and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
-    raise UserError(f"{path} holds results of a run with other settings (changed: {names}; {shown}{more}); "
+    raise UserError(f"{label or path} holds results of a run with other settings (changed: {names}; {shown}{more}); "
                     f"{ways_out}")
