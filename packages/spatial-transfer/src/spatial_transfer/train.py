@@ -319,8 +319,12 @@ def open_strategy_run(out: Path, cfg: RunConfig, plan: CVPlan, data_dir: Path, b
     log_dir, ckpt_dir = strategy_dirs(out, plan.strategy)
     record = {**plan.key(cfg), "data_files": [file_identity(Path(data_dir) / n) for n in (SPATIAL_FILE, SPATIAL_CELLS_FILE)],
               "bulk": bulk}
+    saved = None
+    if not overwrite and not (log_dir / RUN_CONFIG).is_file() and (log_dir / "temp_fold_results.json").is_file():
+        resumable_folds(out, cfg, plan)  # a CV of an earlier version: its fold record says whether the plan is the same
+        saved = record  # it is: resumed fold by fold, as before
     return open_run_dir(out, record, config_name=f"{log_dir.name}/{RUN_CONFIG}", ignore=RESUME_IGNORES,
-                        run_files=(log_dir.name, ckpt_dir.name), overwrite=overwrite, label=str(log_dir))
+                        run_files=(log_dir.name, ckpt_dir.name), overwrite=overwrite, label=str(log_dir), saved=saved)
 
 
 def resumable_folds(out: Path, cfg: RunConfig, plan: CVPlan) -> list[dict]:
