@@ -105,3 +105,43 @@ def fuzz_settings(default_examples: int):
                     derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                            HealthCheck.data_too_large])
+
+
+# --- the run directory contract every package's train command keeps (ftcore.rundir) -----------------
+# A run directory is resumed only by the same result-shaping settings; other settings are refused (ONE
+# `error:` line naming the changed keys old -> new and the two ways out) before anything is written, and
+# `--overwrite` starts fresh there.
+
+def snapshot(directory: Path) -> dict[Path, bytes]:
+    """Every file below `directory` with its bytes (a refusal must leave them all as they were)."""
+    directory = Path(directory)
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def check_changed_config_refused(main, argv: list[str], run_dir: Path, capsys, changes: list[str]) -> str:
+    """`argv` (other settings into `run_dir`): exit 2, one line naming each of `changes` ('key old -> new')
+    and both ways out, and not a byte changed under `run_dir`."""
+    before = snapshot(run_dir)
+    assert before, f"{run_dir} holds no run to protect"
+    code, err = run_cli(main, argv, capsys)
+    assert_one_line_error(code, err, "holds results of a run with other settings (changed: ")
+    for change in changes:
+        assert change in err, f"{change!r} not in: {err}"
+    assert "--overwrite to start fresh" in err and "choose another" in err, err
+    assert snapshot(run_dir) == before, "the refused command changed the run directory"
+    return err
+
+
+def run_ok(main, argv: list[str], capsys) -> str:
+    """`main(argv)` succeeds; its stdout."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    return out
+
+
+def read_run_config(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())

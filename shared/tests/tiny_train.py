@@ -77,7 +77,7 @@ def main() -> None:
     train, val = make_data()
     cfg = TrainConfig(output_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=5e-2,
                       warmup_steps=2, seed=3, ckpt_every_steps=args.ckpt_every, progress=False,
-                      curve_name=None)
+                      curve_name=None, csv_name=None, tensorboard_dir=None)  # the DDP test counts checkpoints + JSON
     trainer = Trainer(make_model(args.dropout), cfg, train, val, loss_fn=loss_fn)
     result = trainer.fit()
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -489,17 +489,43 @@ def _loader(dataset, batch_size: int):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def finetune(cfg: RunConfig) -> dict:
+# --- the run directory (ftcore.rundir) ------------------------------------------------------------------
+RUN_CONFIG = "run_config.yaml"  # every RunConfig key + the data, checkpoint and vocabulary files by path, size, sha256
+# What does not shape the trained model: where and how it runs, how often it checkpoints, the opt-in to unpickling,
+# the logistic-regression yardstick (fitted after training, on every run) and the file paths, whose files are
+# compared by identity instead (data_file.*, checkpoint_file.*, vocab_file.*: a moved file still counts by path).
+RESUME_IGNORES = ("output", "device", "compile", "progress", "ckpt_every_steps", "trust_checkpoint", "baseline",
+                  "data", "checkpoint", "vocab")
+# what `cellfm-ft train` writes in --output: --overwrite removes these and nothing else
+RUN_FILES = (RUN_CONFIG, "best_model.pth", "checkpoint_epoch_*.pth", "last.pt", "history.json", "history.csv",
+             "training_curve.png", "tensorboard", "split.json", "train.h5ad", "val.h5ad", "test.h5ad",
+             "confusion_matrix.png", "training_results.json")
+
+
+def open_run(cfg: RunConfig, overwrite: bool = False):
+    """--output: a new run, the same run (resumed), or refused naming the changed keys; writes nothing."""
+    from ftcore.rundir import file_identity, open_run_dir
+
+    record = {**dataclasses.asdict(cfg), "data_file": file_identity(cfg.data),
+              "checkpoint_file": file_identity(cfg.checkpoint), "vocab_file": file_identity(cfg.vocab)}
+    return open_run_dir(cfg.output, record, config_name=RUN_CONFIG, ignore=RESUME_IGNORES, run_files=RUN_FILES,
+                        overwrite=overwrite)
+
+
+def finetune(cfg: RunConfig, overwrite: bool = False) -> dict:
     """Fine-tune on cfg.data; write the seed's outputs into cfg.output; return training_results.
 
     Three splits: test (held-out donors or cells: scored ONCE, at the end, by the chosen model),
     validation (carved out of the training donors or cells: picks the best epoch), training.
+    An --output holding a run resumes it only when run_config.yaml shapes the same result (ftcore.rundir);
+    `overwrite` removes that run's files and starts fresh.
     """
     cfg = check_settings(cfg)
+    run = open_run(cfg, overwrite)  # before the data is read: a refusal costs nothing
     p = prepare(cfg)
     out = Path(cfg.output)
     split_path = out / "split.json"
-    if split_path.exists():  # a resumed run keeps its split even if the rule would now choose another
+    if split_path.exists() and run.state != "overwrite":  # a resumed run keeps its split
         split = Split.from_file(split_path, p.cells)
         print(f"split: reusing {split_path} ({split.how})")
         if split.val is None:
@@ -545,6 +571,7 @@ def finetune(cfg: RunConfig) -> dict:
     # fails from here on (a NaN loss, a crash) takes back what it wrote (a resumed run's files are kept).
     claim_outputs(out)
     check_output_dir(out)
+    run.start()  # --overwrite: the earlier run's files go (split.json too, so the split is made anew below)
     if is_main_process() and not split_path.exists():
         atomic_write_json(split_path, split.to_dict(p.cells))
     nonz = p.model_cfg.nonz_len

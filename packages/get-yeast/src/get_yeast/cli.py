@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=opt.positive_int("--epochs"), default=None, help="override training.epochs")
     add_seed(d, "the split of the conditions, the initialisation and the batches", said="experiment.seed of the training config")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_overwrite(d)
 
     t = sub.add_parser("train", help="LoRA fine-tuning of a GET checkpoint on a CSV/Excel table")
     t.add_argument("--config", type=opt.input_file("--config", "training config (yeast_training.yaml)"),
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. training.lr=5e-4 or model.fusion.hidden_dim=128 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_compile(t, default="graphs")
+    _add_overwrite(t)
 
     e = sub.add_parser("evaluate", help="metrics, predictions, plots and condition importance of a trained model")
     e.add_argument("--model", required=True, type=opt.input_file("--model", "trained model (best_model.pth)"),
@@ -98,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file to write (.csv or .xlsx)")
     add_seed(m, "the generated table", default=0)
     return p
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="--output holds a run of other settings: delete that run's files and start fresh there (without "
+                        "it such a run is refused, naming the changed keys; the same settings resume)")
 
 
 def _train(args) -> None:
@@ -149,7 +157,7 @@ def _train(args) -> None:
     else:
         data = Path(args.data)
     train(cfg, model_cfg, data, args.output, trust_checkpoint=args.trust_checkpoint, allow_unloaded_frozen=args.allow_unloaded_frozen,
-          progress=not args.no_progress)
+          progress=not args.no_progress, overwrite=args.overwrite)
 
 
 def _evaluate(args) -> None:
@@ -201,7 +209,7 @@ def _run(args) -> None:
 
         run_demo(getattr(args, "output", None) or opt.check_output_dir("--output", DEFAULT_OUTPUT), device=getattr(args, "device", "auto"),
                  epochs=getattr(args, "epochs", None), progress=not getattr(args, "no_progress", False),
-                 seed=getattr(args, "seed", None))
+                 seed=getattr(args, "seed", None), overwrite=getattr(args, "overwrite", False))
     elif args.command == "train":
         _train(args)
     elif args.command == "evaluate":

@@ -90,7 +90,7 @@ def pretrain_tiny_get(path: Path, seed: int = 0, progress: bool = True) -> Path:
 
 
 def run_demo(output: str | Path = "runs/get-yeast", device: str = "auto", epochs: int | None = None,
-             progress: bool = True, seed: int | None = None) -> dict:
+             progress: bool = True, seed: int | None = None, overwrite: bool = False) -> dict:
     """Train with conditions and condition-blind on the embedded data, evaluate both on held-out conditions.
 
     seed: experiment.seed (the split of conditions, the initialisation, the batches; default: the packaged
@@ -112,10 +112,10 @@ def run_demo(output: str | Path = "runs/get-yeast", device: str = "auto", epochs
     data, ckpt = ensure_demo_assets(out / "embedded", progress=progress)
     print(f"== GET-yeast demo: {data} (embedded synthetic yeast data), pretrained {ckpt} (generated here)")
     print("== 1/3 LoRA fine-tuning with the condition encoder")
-    cond = train(cfg, model_cfg, data, out / "yeast_lora_finetune", progress=progress)
+    cond = train(cfg, model_cfg, data, out / "yeast_lora_finetune", progress=progress, overwrite=overwrite)
     print("== 2/3 condition-blind baseline (same model and training, conditions not used)")
     blind_cfg = dataclasses.replace(model_cfg, condition=dataclasses.replace(model_cfg.condition, enabled=False))
-    blind = train(cfg, blind_cfg, data, out / "condition_blind", progress=progress)
+    blind = train(cfg, blind_cfg, data, out / "condition_blind", progress=progress, overwrite=overwrite)
     print("== 3/3 evaluate the fine-tuned model on the held-out conditions")
     evaluate(cfg, data, out / "yeast_lora_finetune" / "best_model.pth", out / "yeast_lora_eval", device=device)
     keys = ("pearson", "spearman", "r2", "mse", "condition_response_pearson")

@@ -40,6 +40,34 @@ TRAINING_FILES = (BEST_NAME, LAST_NAME, "history.json", "training_curve.png", "s
                   "freeze_report.json", "load_report.json", "merged_model.safetensors", *EVALUATION_FILES)
 
 
+# --- the run directory (ftcore.rundir): run_config.yaml, resumed only by the same result-shaping settings
+RUN_CONFIG = "run_config.yaml"  # every key of both configs + the data file and checkpoint by path, size, sha256
+# what does not shape the trained model: where it runs, how often it checkpoints, the run's name, the paths of
+# the model YAML and the checkpoint (their contents are compared: model.*, pretrained_file.*) and the
+# evaluation afterwards (task.*: redone on every run, resumed or not). training.epochs / max_steps too under
+# the constant schedule (more epochs continue the same run); under cosine they set the decay: another run.
+RESUME_IGNORES = ("experiment.name", "model_config", "pretrained.checkpoint", "training.device", "training.precision",
+                  "training.compile", "training.ckpt_every_steps", "task.*")
+# what a training run writes in --output (--overwrite removes these and nothing else: the data may live there)
+RUN_FILES = (RUN_CONFIG, "history.csv", "tensorboard")  # + TRAINING_FILES (above)
+
+
+def run_record(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str | Path) -> dict:
+    from ftcore.rundir import file_identity
+
+    return {**dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg), "data_file": file_identity(data_path),
+            "pretrained_file": file_identity(cfg.pretrained.checkpoint) if cfg.pretrained.checkpoint else None}
+
+
+def open_run(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str | Path, out: Path,
+             overwrite: bool = False):
+    from ftcore.rundir import open_run_dir
+
+    ignore = RESUME_IGNORES + (("training.epochs", "training.max_steps") if cfg.training.schedule == "constant" else ())
+    return open_run_dir(out, run_record(cfg, model_cfg, data_path), config_name=RUN_CONFIG, ignore=ignore,
+                        run_files=RUN_FILES + TRAINING_FILES, overwrite=overwrite)
+
+
 def check_output_names(out: Path, names: tuple[str, ...]) -> None:
     """A file this command writes inside `out` must not exist there as a directory (the rename onto it fails)."""
     for name in names:
@@ -308,8 +336,12 @@ def check_table_fits(table: YeastTable, model_cfg: YeastModelConfig) -> None:
 
 
 def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str | Path, output: str | Path, *,
-          trust_checkpoint: bool = False, allow_unloaded_frozen: bool = False, progress: bool = True) -> dict:
-    """Validate everything, then fine-tune; returns the test metrics (rank 0) or {} (other ranks)."""
+          trust_checkpoint: bool = False, allow_unloaded_frozen: bool = False, progress: bool = True,
+          overwrite: bool = False) -> dict:
+    """Validate everything, then fine-tune; returns the test metrics (rank 0) or {} (other ranks).
+
+    An --output holding a run resumes it only when run_config.yaml shapes the same result (ftcore.rundir);
+    `overwrite` removes that run's files and starts fresh."""
     out = Path(output)
     # 1. inputs, checked before anything is written
     t = cfg.training
@@ -344,8 +376,10 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
                             allow_unloaded_frozen=allow_unloaded_frozen, verbose=is_main_process())
     spec = make_spec(model_cfg, vocab, cfg.lora, table, splits)
     check_output_names(out, TRAINING_FILES)
+    run = open_run(cfg, model_cfg, data_path, out, overwrite)  # other settings in --output: refused here
     claim_outputs(out)  # from here on a failure (a NaN loss too) removes what this run created
     check_output_dir(out, flag="--output")
+    run.start()  # --overwrite: the earlier run's files go; run_config.yaml = this command's effective config
 
     # 2. this package's own artefacts (rank 0; deterministic, so a resumed run rewrites the same)
     if is_main_process():

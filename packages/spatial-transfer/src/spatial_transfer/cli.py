@@ -364,8 +364,9 @@ def cmd_run(args) -> None:
     plans = {strategy: _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen)}
     if demo and strategy != "scratch":  # the demo shows the transfer beside its baseline: the same model from scratch
         plans["scratch"] = _plan(spatial, cfg, "scratch", cv_mode, heldout, demo)
+    _open_runs(out, cfg, plans, spatial, bulk, bulk_ckpt, args.overwrite)  # other settings: refused before any training
     for plan in plans.values():
-        resumable_folds(out, cfg, plan)  # a run dir of other settings: said before the bulk pretraining
+        resumable_folds(out, cfg, plan)
     log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else "")
         + ("; then the scratch baseline on the same folds" if len(plans) > 1 else ""))
     if strategy != "scratch" and bulk_ckpt is None:
@@ -382,6 +383,23 @@ def cmd_run(args) -> None:
             f"{b['gene_correlation']['mean']:.4f}; overall correlation {t['overall_correlation']['mean']:.4f} vs "
             f"{b['overall_correlation']['mean']:.4f}")
     _print_next(args, out, strategy, len(plans[strategy].folds))
+
+
+def _open_runs(out: Path, cfg, plans: dict, spatial, bulk, bulk_ckpt: Path | None, overwrite: bool) -> None:
+    """The run directory contract (ftcore.rundir) for each strategy's CV and the bulk pretraining of this run:
+    every part is checked first (a part of other settings is refused, naming the changed keys), then started."""
+    from ftcore.rundir import file_identity
+
+    from spatial_transfer.train import bulk_record, open_bulk_run, open_strategy_run
+
+    pretrain_here = bulk_ckpt is None and any(name != "scratch" for name in plans)
+    source = bulk_record(cfg, bulk.path) if pretrain_here else {"checkpoint": file_identity(bulk_ckpt)} if bulk_ckpt else None
+    runs = [open_strategy_run(out, cfg, plan, spatial.path, None if name == "scratch" else source, overwrite)
+            for name, plan in plans.items()]
+    if pretrain_here:
+        runs.append(open_bulk_run(out, cfg, bulk.path, overwrite))
+    for run in runs:
+        run.start()
 
 
 def _comparison_record(results: dict) -> dict:
@@ -406,6 +424,9 @@ def cmd_pretrain(args) -> None:
     from spatial_transfer.train import pretrain_bulk
 
     out, cfg, *_, bulk, _, _ = _prepare(args, need_spatial=False, need_bulk=True)
+    from spatial_transfer.train import open_bulk_run
+
+    open_bulk_run(out, cfg, bulk.path, args.overwrite).start()
     pretrain_bulk(bulk, cfg, out)
 
 
@@ -431,6 +452,7 @@ def cmd_compare(args) -> None:
     out, cfg, _, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(
         args, need_spatial=True, need_bulk=any(s != "scratch" for s in names), strategies=names)
     plans = {name: _plan(spatial, cfg, name, cv_mode, heldout, demo, args.allow_unloaded_frozen) for name in names}
+    _open_runs(out, cfg, plans, spatial, bulk, bulk_ckpt, args.overwrite)
     for plan in plans.values():
         resumable_folds(out, cfg, plan)
     if bulk_ckpt is None and any(s != "scratch" for s in names):
@@ -567,6 +589,10 @@ def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
     add_device(p, default=None, said="auto")
     add_trust_checkpoint(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--output holds a run of other settings (bulk pretraining or a strategy's CV): delete that "
+                        "part and start it fresh (without it such a run is refused, naming the changed keys; the "
+                        "same settings resume)")
     add_compile(p, default="off", why="; off by default here: the graph batches change shape every step and "
                 "inductor failed on an H200 (torch 2.11) with a misaligned-address CUDA error")
     if spatial:

@@ -277,6 +277,52 @@ class CVPlan:
         return key
 
 
+# --- the run directory (ftcore.rundir) --------------------------------------------------------------------
+# bulk_pretrain/ and each strategy's log_normalized*/ hold run_config.yaml: what shapes that part's result (the
+# CV plan, model and graph sizes, training settings, the data files by path, size and sha256, the bulk model it
+# transfers from). A rerun resumes a part only when its record is the same; --overwrite starts that part fresh.
+RUN_CONFIG = "run_config.yaml"
+# what does not shape a result: how often resume points are written (where it runs is not in the records)
+RESUME_IGNORES = ("train.ckpt_every_steps",)
+
+
+def bulk_record(cfg: RunConfig, data_dir: Path) -> dict:
+    """What shapes the BulkModel: its sizes (not the spatial head's), graph, training settings, seed, the bulk files."""
+    from ftcore.rundir import file_identity
+
+    from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE
+
+    model = {k: v for k, v in asdict(cfg.model).items() if k != "spatial_genes"}
+    return {"model": model, "graph": asdict(cfg.graph), "train": asdict(cfg.bulk), "seed": cfg.seed,
+            "data_files": [file_identity(Path(data_dir) / n) for n in (BULK_FILE, BULK_CELLS_FILE)]}
+
+
+def open_bulk_run(out: Path, cfg: RunConfig, data_dir: Path, overwrite: bool = False):
+    from ftcore.rundir import open_run_dir
+
+    return open_run_dir(out / Path(BULK_CHECKPOINT).parent, bulk_record(cfg, data_dir), config_name=RUN_CONFIG,
+                        ignore=RESUME_IGNORES, overwrite=overwrite)
+
+
+def open_strategy_run(out: Path, cfg: RunConfig, plan: CVPlan, data_dir: Path, bulk: dict | None,
+                      overwrite: bool = False):
+    """A strategy's CV (its log and checkpoint folders): new, the same (resumed fold by fold) or refused.
+    `bulk`: the BulkModel it transfers from (bulk_record, or a given checkpoint's file identity); None from scratch."""
+    from ftcore.rundir import file_identity, open_run_dir
+
+    from spatial_transfer.data import SPATIAL_CELLS_FILE, SPATIAL_FILE
+
+    log_dir, ckpt_dir = strategy_dirs(out, plan.strategy)
+    record = {**plan.key(cfg), "data_files": [file_identity(Path(data_dir) / n) for n in (SPATIAL_FILE, SPATIAL_CELLS_FILE)],
+              "bulk": bulk}
+    saved = None
+    if not overwrite and not (log_dir / RUN_CONFIG).is_file() and (log_dir / "temp_fold_results.json").is_file():
+        resumable_folds(out, cfg, plan)  # a CV of an earlier version: its fold record says whether the plan is the same
+        saved = record  # it is: resumed fold by fold, as before
+    return open_run_dir(out, record, config_name=f"{log_dir.name}/{RUN_CONFIG}", ignore=RESUME_IGNORES,
+                        run_files=(log_dir.name, ckpt_dir.name), overwrite=overwrite, label=str(log_dir), saved=saved)
+
+
 def resumable_folds(out: Path, cfg: RunConfig, plan: CVPlan) -> list[dict]:
     """Finished folds of an earlier run of the same plan in `out` ([] if none); other settings are an error."""
     import json
@@ -348,7 +394,7 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
                             allow_unloaded_frozen=plan.allow_unloaded_frozen, verbose=is_main_process())
     tc = _train_config(cfg.spatial, cfg, ckpt_dir, plan.lr, plan.seed + k, bool(val),
                        best_name=f"best_hest_graph_model_fold_{k}.pt", last_name=f"last_fold_{k}.pt", restore_best=True,
-                       history_name=f"fold_{k}_history.json", curve_name=None)
+                       history_name=f"fold_{k}_history.json", curve_name=None, tensorboard_dir=f"tensorboard/fold_{k}")
     trainer = Trainer(model, tc, train_items, spatial_items(spatial, cfg.graph, val),
                       loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate,
                       extra_state={"model_config": asdict(cfg.model), "graph": asdict(cfg.graph), "genes": list(spatial.genes),

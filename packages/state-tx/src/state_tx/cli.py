@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=opt.input_file("--config", "YAML/TOML run config"),
                    help="a YAML/TOML of the same keys (e.g. a run's config.yaml); overrides win")
     add_trust_checkpoint(p)  # model.kwargs.init_from, data.kwargs.perturbation_features_file
+    _add_overwrite(p)
 
     p = sub.add_parser("infer", help="predict perturbed cells for an .h5ad (X of the output holds predictions)")
     p.add_argument("--adata", required=True, type=opt.input_file("--adata", ".h5ad file"),
@@ -134,7 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "cell-type-specific effects, gem-group shifts) or demo (the earlier shared-effect screen, where "
                    "the mean-shift baseline is close to the best possible predictor); see the README")
     p.add_argument("overrides", nargs="*", help="extra train overrides, e.g. training.device=cpu")
+    _add_overwrite(p)
     return parser
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="output_dir/name holds a run of other settings: delete it and start fresh there (without it "
+                        "such a run is refused, naming the changed keys; the same settings resume)")
 
 
 def _run_dir(flag: str):
@@ -163,12 +171,13 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
     add_trust_checkpoint(p)
 
 
-def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str], design: str = DEMO_DESIGN) -> dict:
+def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str], design: str = DEMO_DESIGN,
+             overwrite: bool = False) -> dict:
     from ftcore.distributed import is_main_process
     from state_tx.evaluate import format_summary
     from state_tx.infer import predict
     from state_tx.synthetic import write_demo
-    from state_tx.train import load_run_config, train
+    from state_tx.train import load_run_config, open_run, train
 
     from ftcore.io import claim_outputs
 
@@ -181,9 +190,10 @@ def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str]
         f"data.kwargs.toml_config_path={data_dir / f'{design}.toml'}", f"training.max_steps={steps}",
         f"training.val_freq={every}", f"training.ckpt_every_n_steps={every}", f"training.train_seed={seed}",
         f"output_dir={output_dir}", f"name={name}"] + list(extra))
+    open_run(cfg, overwrite)  # a demo run of other settings there: refused before the data is written again
     claim_outputs(output_dir)
     write_demo(data_dir, seed=seed, design=design)
-    result = train(cfg)
+    result = train(cfg, overwrite=overwrite)
     if not is_main_process():
         return result
     out_dir, summary = predict(str(cfg.run_dir), "final.ckpt", seed=seed, device=cfg.training.device)
@@ -207,7 +217,8 @@ def _run(args) -> None:
     if args.command == "train":
         from state_tx.train import load_run_config, train
 
-        train(load_run_config(args.overrides, args.config), trust_checkpoint=args.trust_checkpoint)
+        train(load_run_config(args.overrides, args.config), trust_checkpoint=args.trust_checkpoint,
+              overwrite=args.overwrite)
     elif args.command == "infer":
         from state_tx.infer import infer
 
@@ -228,7 +239,7 @@ def _run(args) -> None:
         copy_config(args)
     elif args.command == "demo":
         run_demo(args.output_dir, args.max_steps or DESIGN_STEPS[args.design], args.seed, args.overrides,
-                 design=args.design)
+                 design=args.design, overwrite=args.overwrite)
     else:
         raise UserError(f"unknown command {args.command!r}")
 

@@ -27,7 +27,8 @@ from ftcore import options as opt
 from ftcore.config import apply_overrides, from_dict, read_config_file
 from ftcore.distributed import is_main_process, world_size
 from ftcore.errors import UserError
-from ftcore.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_output_dir, claim_outputs
+from ftcore.io import atomic_torch_save, atomic_write_json, check_output_dir, claim_outputs
+from ftcore.rundir import file_identity, open_run_dir
 from ftcore.training import Trainer, TrainConfig, resolve_device, seed_everything
 
 from state_tx.data import DataKwargs, SentenceDataset, Vocab, load_perturbation_features, plan_splits, read_experiment_toml
@@ -129,6 +130,7 @@ def normalise_overrides(overrides: list[str]) -> list[str]:
 
 def load_run_config(overrides: list[str] = (), config_file: str | None = None) -> RunConfig:
     base = read_config_file(config_file) if config_file else {}
+    base.pop(DATA_FILES_KEY, None)  # a run's config.yaml read back: its record of the data files is not a setting
     data = apply_overrides(base, normalise_overrides(list(overrides)))
     cfg = from_dict(RunConfig, data, source=config_file or "command line")
     preset_kwargs(cfg.model.name)  # unknown preset -> error now
@@ -179,6 +181,38 @@ def to_yaml(cfg: RunConfig) -> str:
     import yaml
 
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------- the run directory
+# config.yaml is the run config (every key; reusable with --config) plus `data_files`: the path, size and
+# sha256 of the TOML and the .h5ad files the run read (ftcore.rundir.file_identity), dropped when read back.
+DATA_FILES_KEY = "data_files"
+# Keys that do not shape the result (ftcore.rundir): where and how fast it runs, how often it checkpoints,
+# where the run directory is. training.max_steps too when the learning rate is constant (more steps continue
+# the same run); under the cosine schedule it sets the decay, so a changed max_steps is another run.
+RESUME_IGNORES = ("output_dir", "name", "training.device", "training.precision", "training.compile",
+                  "training.progress", "training.ckpt_every_n_steps", "data.kwargs.num_workers")
+# what a state-tx run (and `predict` after it) writes in output_dir/name: --overwrite removes these, never
+# anything else (the demo keeps its generated data in output_dir/name/data)
+RUN_FILES = ("checkpoints", "var_dims.json", "*_onehot_map.json", "data_module.json", "pert_features.safetensors",
+             "init_from.json", "history.json", "history.csv", "training_curve.png", "tensorboard", "eval_*")
+
+
+def run_record(s: "Setup") -> dict:
+    """The effective config as config.yaml holds it, with the identity of the data files read."""
+    files = [s.cfg.data.kwargs.toml_config_path] + sorted({str(m.source.path) for m in s.metas})
+    return {**dataclasses.asdict(s.cfg), DATA_FILES_KEY: [file_identity(f) for f in files]}
+
+
+def open_run(cfg: RunConfig, overwrite: bool = False, s: "Setup | None" = None):
+    """output_dir/name: new, the same run (resumed), or refused naming the changed keys (ftcore.rundir).
+    Without the Setup `s` (the demo, before it writes its data) the data files are not compared yet."""
+    ignore = RESUME_IGNORES + (("training.max_steps",) if cfg.training.lr_schedule == "constant" else ())
+    record = run_record(s) if s is not None else dataclasses.asdict(cfg)
+    if s is None:
+        ignore += (DATA_FILES_KEY,)
+    return open_run_dir(cfg.run_dir, record, config_name="config.yaml", ignore=ignore, run_files=RUN_FILES,
+                        overwrite=overwrite, output_flag="name=... or output_dir=...", overwrite_flag="--overwrite")
 
 
 # --------------------------------------------------------------------------------- setup
@@ -280,7 +314,6 @@ def _input_path(key: str, value, what: str) -> str:
 def write_artefacts(s: Setup) -> None:
     """The maps and dims inference needs, in safe formats (rank 0 only, before training)."""
     out = s.cfg.run_dir
-    atomic_write_text(out / "config.yaml", to_yaml(s.cfg))
     atomic_write_json(out / "var_dims.json", s.var_dims)
     atomic_write_json(out / "pert_onehot_map.json", {p: i for i, p in enumerate(s.vocab.perts)})
     atomic_write_json(out / "cell_type_onehot_map.json", {c: i for i, c in enumerate(s.vocab.cell_types)})
@@ -476,11 +509,11 @@ class StepCurveTrainer(Trainer):
             plot_training_curves(self.history, self.out / "training_curve.png", self._loss)
 
 
-def check_run_dir(s: Setup) -> Path:
+def check_run_dir(s: Setup, overwrite: bool = False) -> Path:
     """output_dir/name can be created (or is a run on the same data, to resume); nothing is created."""
     out = opt.check_output_dir("output_dir/name", s.cfg.run_dir)
     old = out / "var_dims.json"
-    if old.is_file():
+    if old.is_file() and not overwrite:
         try:
             prev = json.loads(old.read_text())
         except (OSError, ValueError):
@@ -505,11 +538,13 @@ def training_mean(s: Setup, n: int = 4096) -> torch.Tensor:
     return torch.as_tensor(total / max(count, 1), dtype=torch.float32)
 
 
-def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
+def train(cfg: RunConfig, trust_checkpoint: bool = False, overwrite: bool = False) -> dict:
     """Validate everything, then write the maps, train with the core Trainer, write final.ckpt.
 
     Nothing is created before every check has passed; what is created is claimed (ftcore.io.claim_outputs),
     so a run that fails later (a NaN loss, a crash) leaves no new files behind (a resumed run's are kept).
+    An existing output_dir/name is resumed only when its config.yaml shapes the same result (ftcore.rundir);
+    `overwrite` starts fresh there instead.
     """
     resolve_device(cfg.training.device)  # 'gpu', or cuda on a machine without it: now, not after the maps
     s = setup(cfg, trust_checkpoint=trust_checkpoint)
@@ -523,10 +558,12 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> dict:
         columns = str(cfg.model.kwargs.get("init_from_columns", "name"))
         init_report = init_from(model, str(cfg.model.kwargs["init_from"]), trust_checkpoint, s.vocab,
                                 s.var_dims["pert_rep"], columns)
-    check_run_dir(s)
+    check_run_dir(s, overwrite)
+    run = open_run(cfg, overwrite, s)  # a run of other settings there is refused now, naming the changed keys
     claim_outputs(cfg.run_dir)  # inputs are valid: only now touch the output directory
     if is_main_process():
         check_output_dir(cfg.run_dir)  # creates it (claimed) and tries a write: a read-only place fails here
+        run.start()  # --overwrite: the earlier run's files go; config.yaml = this command's effective config
         write_artefacts(s)
         if init_report is not None:
             atomic_write_json(cfg.run_dir / "init_from.json", {k: v for k, v in init_report.items() if k != "report"})

@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, help="YAML/TOML with sections vqvae: and var: (keys of the user's guide)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set var.num_layers=6 (repeatable)")
+    _add_overwrite(t, "the stage's directory (stage1_vqvae/ or stage2_var/)")
 
     p = sub.add_parser("predict", help="predict expression from histology + coordinates (no expression needed) "
                                        "into an .h5ad: X = predictions, var_names = genes")
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_seed(d, "every stage of the demo", default=0, style=SNAKE)
     d.add_argument("--gpus", type=opt.number("--gpus", int, ge=0), default=None)
     d.add_argument("--debug", action="store_true")
+    _add_overwrite(d, "a stage's directory")
 
     m = sub.add_parser("make-demo-data", help="write an embedded data set (synthetic or the real Visium spots) as .h5ad")
     m.add_argument("--dataset", choices=list(DEMO_DATASETS), default="synthetic",
@@ -202,6 +204,32 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint")
     add_trust_checkpoint(i, SNAKE)
     return parser
+
+
+def _add_overwrite(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"{where} holds a run of other settings: delete it and start fresh there (without it such a "
+                        "run is refused, naming the changed keys; the same settings resume)")
+
+
+# ----------------------------------------------------------------------------- the run directory (ftcore.rundir)
+# Each stage's directory holds run_config.yaml: the data (file by path, size and sha256), keys, split, model
+# sizes and run settings. A rerun resumes only when they are the same; what does not shape the result:
+RESUME_IGNORES = ("run.device", "run.progress", "run.compile", "data.source")
+
+
+def _open_stage(stage_dir: Path, record: dict, overwrite: bool):
+    from ftcore.rundir import open_run_dir
+
+    return open_run_dir(stage_dir, record, ignore=RESUME_IGNORES, overwrite=overwrite,
+                        output_flag="--log_dir (or --dataset)")
+
+
+def _stage_record(contract: dict, path: Path | None, run: dict, **sections) -> dict:
+    from ftcore.rundir import file_identity
+
+    return {"data": contract, "data_file": file_identity(path) if path is not None else {"builtin": contract["dataset"]},
+            **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in sections.items()}, "run": run}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -556,7 +584,10 @@ def cmd_train(args) -> None:
         contract = _contract(name, data, keys, preset, adata, args.seed)
         _announce(args, model, data, f"stage 1 (VQ-VAE) -> {paths.stage1}", f"{preset} ({why})")
         demo_copy = paths.root.parent / "demo.h5ad"
+        stage_run = _open_stage(paths.stage1, _stage_record(contract, path, run, num_genes=len(data.gene_names),
+                                                            vqvae=vq_cfg, var=var_cfg), args.overwrite)
         claim_outputs(paths.stage1, demo_copy if name == DEMO and builtin else None)
+        stage_run.start()
         if name == DEMO and builtin and is_main_process():
             from ftcore.io import atomic_write_h5ad
 
@@ -599,7 +630,12 @@ def cmd_train(args) -> None:
     contract = {**_contract(name, data, keys, preset, adata, args.seed), "stage1_ckpt": str(stage1_ckpt)}
     _announce(args, model, data, f"stage 2 (VAR transformer) -> {paths.stage2}", f"{preset} (stage 1's)"
               if not args.preset else f"{preset} (--preset)")
+    from ftcore.rundir import file_identity
+
+    stage_run = _open_stage(paths.stage2, _stage_record(contract, path, run, stage1_file=file_identity(stage1_ckpt),
+                                                        var=var_cfg), args.overwrite)
     claim_outputs(paths.stage2, paths.complete)
+    stage_run.start()
     result = train_stage2(model, data, paths.stage2, run, {"data": contract})
     if is_main_process():
         model.save_complete_model(paths.complete, data=contract)
@@ -832,6 +868,8 @@ def cmd_demo(args) -> None:
     steps = [["train", "--training_stage", "1", *split],
              ["train", "--training_stage", "2", "--stage1_ckpt", str(paths.stage1_ckpt)],
              ["predict"], ["evaluate", "--predictions", str(paths.predictions)]]
+    if args.overwrite:
+        steps = [step + ["--overwrite"] if step[0] == "train" else step for step in steps]
     for step in steps:
         print(f"\n$ var-st {' '.join(step + common)}", flush=True)
         COMMANDS[step[0]](build_parser().parse_args(step + common))
