@@ -129,9 +129,11 @@ class RunDir:
     def start(self) -> None:
         """Rank 0: remove the old run's files (--overwrite), then dump the effective config. Call it after
         every check has passed and `claim_outputs` (the first write of the command)."""
-        if os.environ.get("RANK", "0") != "0":
-            return
+        from ftcore.distributed import is_main_process
         from ftcore.io import atomic_write_text
+
+        if not is_main_process():
+            return
 
         if self.state == "overwrite":
             for entry in _run_entries(self.path, self.run_files + (self.config_name,)):
