@@ -10,7 +10,11 @@ test slide:
   - mean per-gene Pearson of decoding with the TRUE tokens of the first p scales and the model's
     expected codes for the rest (p = 0: the model alone; p = all: the stage-1 ceiling), so each
     scale's share of the loss is visible;
-  - greedy decoding, and ridge regression (histology -> expression) on the same split.
+  - greedy decoding, and ridge regression (histology -> expression) on the same split;
+  - on the validation slide too (where settings are chosen): the best epoch's Pearson and ridge's;
+  - the model with its coordinate embedding's output zeroed (how much the coordinates cost across slides);
+  - regression bounds from the features alone (`--bounds` prints only these): ridge on 16 / 32 principal
+    components and RBF kernel ridge on 32 (how much a nonlinear map could add over ridge).
 A variant is JSON: {"vq": {...VQVAEConfig keys}, "var": {...VARConfig keys}, "s1": {epochs, lr,
 batch_size}, "s2": {...}, "data": {"grid": 18, "seed": 0}}, merged over the demo's settings.
 """
@@ -105,6 +109,32 @@ def load_data(d: dict, data_dir: Path | None):
     return data, z["top"]
 
 
+def regression_bounds(data) -> dict:
+    """What regressors on the histology features alone reach on the val and test slides (no seed): ridge
+    on the top 16 / 32 principal components of the per-spot standardised features (the information a
+    32-d PCA condition keeps) and RBF kernel ridge on the 32 components (headroom of a nonlinear map;
+    gamma and alpha picked on the validation slide from a 3 x 2 grid)."""
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.linear_model import RidgeCV
+
+    tr, y = data.split["train"], data.expression
+    z = data.histology - data.histology.mean(1, keepdims=True)
+    z = z / z.std(1, keepdims=True)
+    mu = z[tr].mean(0)
+    vt = np.linalg.svd(z[tr] - mu, full_matrices=False)[2]
+    out = {}
+    for k in (16, 32):
+        pc = (z - mu) @ vt[:k].T
+        fit = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(pc[tr], y[tr])
+        out[f"pcr{k}"] = {s: pearson(fit.predict(pc[data.split[s]]), y[data.split[s]]) for s in ("val", "test")}
+    pc = (z - mu) @ vt[:32].T
+    pc = pc / pc[tr].std()
+    ym = y[tr].mean(0)
+    fit = KernelRidge(kernel="rbf", gamma=0.015, alpha=1.0).fit(pc[tr], y[tr] - ym)
+    out["kernel_ridge_pc32"] = {s: pearson(fit.predict(pc[data.split[s]]), y[data.split[s]]) for s in ("val", "test")}
+    return out
+
+
 def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None) -> dict:
     t0 = time.time()
     spec = merged(spec)
@@ -156,6 +186,8 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
     prefix = {f"true_first_{p}": pearson(prefix_decode(model, h, c, true_tok, p).cpu(), true)
               for p in range(len(model.scale_sizes) + 1)}
     ridge = ridge_baseline(data, tr, te)
+    va = data.split["val"]  # settings are chosen on the validation slide: ridge's number there
+    ridge_val = pearson(ridge_baseline(data, tr, va), data.expression[va])
     # the condition embedding: how much of the expression a ridge fit on it recovers (train -> test)
     from sklearn.linear_model import RidgeCV
 
@@ -167,13 +199,25 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
     by_temperature = {str(t): pearson(predict_expression(model, data, te, decoding="expected", temperature=t), true)
                       for t in (0.5, 0.7, 1.5)}
     exp_pred = predict_expression(model, data, te, decoding="expected")
+    # the coordinates' share: the same model with its coordinate embedding's output set to zero
+    lin = model.var.coord_embed[-1]
+    saved = lin.weight.detach().clone(), lin.bias.detach().clone()
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+    no_coords = {s: pearson(predict_expression(model, data, data.split[s], decoding="expected"),
+                            data.expression[data.split[s]]) for s in ("val", "test")}
+    with torch.no_grad():
+        lin.weight.copy_(saved[0])
+        lin.bias.copy_(saved[1])
     greedy = predict_expression(model, data, te, decoding="greedy")
     hist = r2.history
     return {"seed": seed, "spec": spec, "stage1_s": round(t1, 1), "stage2_s": round(t2, 1),
             "var_st_expected": pearson(exp_pred, true), "var_st_greedy": pearson(greedy, true),
             "var_st_expected_top50": float(np.nanmean(pearson_per_gene(exp_pred, true)[top])),
-            "ridge": pearson(ridge, true), "ridge_on_condition_embedding": pearson(cond_ridge, true),
+            "ridge": pearson(ridge, true), "ridge_val": ridge_val, "ridge_on_condition_embedding": pearson(cond_ridge, true),
             "expected_by_temperature": by_temperature, "ridge_top50": float(np.nanmean(pearson_per_gene(ridge, true)[top])),
+            "expected_coord_embedding_zeroed": no_coords, "bounds": regression_bounds(data),
             "teacher_forced_acc": acc, "majority_acc": maj, "prefix": prefix,
             "best_epoch_val_pearson": r2.best_metric,
             "val_pearson_by_epoch": [round(r["val_pearson"], 4) for r in hist if "val_pearson" in r]}
@@ -187,9 +231,19 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data_dir", type=Path, default=None, help="npz copies of the data sets (written if missing)")
     ap.add_argument("--only_data", action="store_true", help="write the npz files of the variants' data and stop")
+    ap.add_argument("--bounds", action="store_true", help="print the regression bounds of the variants' data and stop")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"demo": "{}"}
     results, cache = [], {}
+    if args.bounds:
+        for name, spec in variants.items():
+            d = merged(json.loads(spec))["data"]
+            data, _ = load_data(d, args.data_dir)
+            tr, va, te = (data.split[k] for k in ("train", "val", "test"))
+            ridge = {s: pearson(ridge_baseline(data, tr, i), data.expression[i]) for s, i in (("val", va), ("test", te))}
+            print(json.dumps({"variant": name, "data": d, "n_train": int(len(tr)), "ridge": ridge,
+                              **regression_bounds(data)}), flush=True)
+        return
     if args.only_data:
         for spec in variants.values():
             load_data(merged(json.loads(spec))["data"], args.data_dir)
@@ -200,6 +254,8 @@ def main():
             r["variant"] = name
             results.append(r)
             print(json.dumps({k: r[k] for k in ("variant", "seed", "var_st_expected", "var_st_greedy", "ridge",
+                                                "best_epoch_val_pearson", "ridge_val", "expected_coord_embedding_zeroed",
+                                                "bounds",
                                                 "teacher_forced_acc", "prefix",
                                                 "ridge_on_condition_embedding", "expected_by_temperature", "stage1_s", "stage2_s",
                                                 "val_pearson_by_epoch")}), flush=True)

@@ -374,6 +374,35 @@ def test_token_loss_weights_and_label_smoothing_known_case():
     torch.testing.assert_close(token_loss(logits, tokens, torch.ones(5), eps), ((1 - eps) * ce + eps * uniform).mean())
 
 
+def test_soft_targets_peak_at_the_stage1_token_and_follow_the_code_distances():
+    from var_st.train import token_loss
+
+    model = tiny_model()
+    vq = model.vqvae
+    torch.manual_seed(1)
+    vq.init_codebook(torch.rand(64, G) * 3)
+    x = torch.rand(6, G) * 3
+    hard = vq.encode_tokens(x)
+    soft = vq.soft_tokens(x, 1.0)
+    assert soft.shape == (6, sum(vq.scale_sizes), VQ["vocab_size"])
+    torch.testing.assert_close(soft.sum(-1), torch.ones(6, sum(vq.scale_sizes)))
+    assert torch.equal(soft.argmax(-1), hard)  # the nearest code keeps the most mass
+    # a known case at scale 1: the target is softmax(-(d - d_min) / tau), tau = t x (d_2nd - d_min) averaged
+    f, _ = vq._encode(x)
+    r = vq.quantizer(f)[4][0]  # [6, 1, D] residual of the global scale
+    d = torch.cdist(r.flatten(0, 1), vq.quantizer.codebook).pow(2)  # [6, V]
+    two = d.topk(2, dim=-1, largest=False).values
+    tau = 2.0 * (two[:, 1] - two[:, 0]).mean()
+    torch.testing.assert_close(vq.soft_tokens(x, 2.0)[:, 0], (-(d - two[:, :1]) / tau).softmax(-1), atol=1e-4, rtol=1e-4)
+    sharp = vq.soft_tokens(x, 1e-4)  # a small temperature: the hard tokens, and the hard loss
+    assert (sharp.gather(-1, hard[..., None]) > 0.99).float().mean() > 0.95
+    logits = torch.randn(6, sum(vq.scale_sizes), VQ["vocab_size"])
+    w = torch.ones(sum(vq.scale_sizes))
+    onehot = torch.nn.functional.one_hot(hard, VQ["vocab_size"]).float()
+    torch.testing.assert_close(token_loss(logits, hard, w, soft=onehot), token_loss(logits, hard, w))
+    assert token_loss(logits, hard, w, soft=soft) != token_loss(logits, hard, w)
+
+
 def test_histology_dropout_acts_in_training_only():
     torch.manual_seed(0)
     model = TwoStageVARST(num_genes=G, vqvae_config=VQ, var_config={**VAR, "histology_dropout": 0.5}, current_stage=2)

@@ -90,6 +90,11 @@ class VARConfig:
     # training weight of a token of scale k ~ n_k^-scale_balance (mean 1): 0 = every token alike (VAR),
     # 1 = every scale alike (the one global token weighs as much as the G individual ones together)
     scale_balance: float = _b(0.0, ge=0, le=1)
+    # stage-2 training targets: 0 = the stage-1 token alone (VAR); t > 0 = a distribution over codes,
+    # softmax(-||r - c||^2 / tau) of the residual r the quantiser snapped, tau = t x the mean gap between the
+    # nearest and second-nearest code (per scale and batch): codes near the residual share the target, so
+    # the expected code the decoding feeds on is trained towards the residual itself (MultiScaleGeneVQVAE.soft_tokens)
+    soft_target_temperature: float = _b(0.0, ge=0, le=1000)
 
     def __post_init__(self) -> None:
         if self.histology_projection not in ("learned", "pca"):
@@ -357,6 +362,26 @@ class MultiScaleGeneVQVAE(nn.Module):
         """Expression [B, G] -> tokens [B, L] (deterministic)."""
         f, _ = self._encode(x)
         return torch.cat(self.quantizer(f)[1], 1)
+
+    @torch.no_grad()
+    def soft_tokens(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Expression [B, G] -> a distribution over codes per token [B, L, V] (stage-2 soft targets).
+
+        At each scale, softmax(-(d - d_min) / tau) over the squared distances d of the pooled residual
+        to every code; tau = temperature x the mean gap between the nearest and the second-nearest code
+        at that scale. The residuals are those of the hard tokens (the teacher-forcing path), so the
+        argmax is the stage-1 token."""
+        f, _ = self._encode(x)
+        pooled = self.quantizer(f)[4]
+        cb = self.quantizer.codebook.float()
+        out = []
+        for r in pooled:
+            r = r.float()
+            d = r.pow(2).sum(-1, keepdim=True) - 2 * r @ cb.T + cb.pow(2).sum(-1)
+            two = d.topk(2, dim=-1, largest=False).values
+            tau = (temperature * (two[..., 1] - two[..., 0]).mean()).clamp_min(1e-12)
+            out.append((-(d - two[..., :1]) / tau).softmax(-1))
+        return torch.cat(out, 1)
 
     @torch.no_grad()
     def decode_f_hat(self, f_hat: torch.Tensor) -> torch.Tensor:

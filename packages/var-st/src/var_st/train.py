@@ -118,11 +118,14 @@ def token_weights(scale_sizes, balance: float) -> torch.Tensor:
     return (w / w.mean()).float()
 
 
-def token_loss(logits: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, label_smoothing: float = 0.0):
-    """Stage-2 training loss: cross-entropy of logits [B, L, V] against tokens [B, L], each position
-    weighted by weight [L] (token_weights), with label smoothing; the mean over B x L."""
+def token_loss(logits: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, label_smoothing: float = 0.0,
+               soft: torch.Tensor | None = None):
+    """Stage-2 training loss: cross-entropy of logits [B, L, V] against tokens [B, L] (or, given, the
+    soft targets [B, L, V] of MultiScaleGeneVQVAE.soft_tokens), each position weighted by weight [L]
+    (token_weights), with label smoothing; the mean over B x L."""
     V = logits.shape[-1]
-    ce = F.cross_entropy(logits.reshape(-1, V).float(), tokens.reshape(-1), label_smoothing=label_smoothing,
+    target = tokens.reshape(-1) if soft is None else soft.reshape(-1, V)
+    ce = F.cross_entropy(logits.reshape(-1, V).float(), target, label_smoothing=label_smoothing,
                          reduction="none").view(tokens.shape)
     return (ce * weight.to(ce.device)).mean()
 
@@ -140,10 +143,13 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
     V, smoothing = model.var_config.vocab_size, model.var_config.label_smoothing
     weight = token_weights(model.scale_sizes, model.var_config.scale_balance)
 
+    soft_t = model.var_config.soft_target_temperature
+
     def loss_fn(m, batch):
-        hb, cb, tb, _ = batch
+        hb, cb, tb, xb = batch
         logits = m(hb, cb, tb)
-        loss = token_loss(logits, tb, weight, smoothing)
+        soft = model.vqvae.soft_tokens(xb, soft_t) if soft_t > 0 else None  # the frozen VQ-VAE (m may be DDP)
+        loss = token_loss(logits, tb, weight, smoothing, soft)
         return loss, {"token_accuracy": (logits.argmax(-1) == tb).float().mean().detach()}
 
     def eval_fn(m, loader):
