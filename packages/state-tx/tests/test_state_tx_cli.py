@@ -191,7 +191,7 @@ def test_the_no_argument_demo_is_the_heterogeneous_screen(argv, design, steps, m
     import state_tx.cli as cli
 
     seen = {}
-    monkeypatch.setattr(cli, "run_demo", lambda output_dir, max_steps, seed, extra, design="?": seen.update(
+    monkeypatch.setattr(cli, "run_demo", lambda output_dir, max_steps, seed, extra, design="?", overwrite=False: seen.update(
         design=design, steps=max_steps, seed=seed))
     assert main(argv) == 0
     assert seen == {"design": design, "steps": steps, "seed": 0}
