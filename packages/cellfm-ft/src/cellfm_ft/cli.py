@@ -61,7 +61,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) ->
     g.add_argument("--ckpt-every-steps", type=opt.positive_int("--ckpt-every-steps"),
                    help="also checkpoint (last.pt) every N steps")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
-    g.add_argument("--overwrite", action="store_true",
+    g.add_argument("--overwrite", action="store_const", const=True,
                    help="--output holds a run of other settings: delete that run's files and start fresh there "
                         "(without it such a run is refused, naming the changed keys; the same settings resume)")
     add_compile(g, default="off", why="; off by default here: inductor failed on a small config on an H200 (torch 2.11)")
@@ -217,18 +217,18 @@ def run_demo(args: argparse.Namespace) -> dict:
     if is_main_process():
         convert(str(ckpt_path), str(inputs / f"cellfm_{args.config}_demo.safetensors"), config=args.config)
     train_flags = {k: v for k, v in vars(args).items()
-                   if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress")
+                   if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress",
+                             "overwrite")
                    and v is not None}
     cfg = RunConfig(data=str(data_path), checkpoint=str(ckpt_path), vocab=str(ckpt_path) + ".genes.txt",
                     config=args.config, output=str(out / "finetune"), baseline=True,
                     allow_unloaded_frozen=args.allow_unloaded_frozen, **DEMO_TRAIN, **run)
     cfg = dataclasses.replace(cfg, **train_flags)
     print("== 1/2 fine-tuning from the demo checkpoint")
-    results = finetune(cfg, overwrite=args.overwrite)
+    results = finetune(cfg)
     # The yardstick: the same network, trainable set, split, seed, steps and learning rate; no weights loaded.
     print("== 2/2 the same network from scratch (same split, seed and steps; no checkpoint weights)")
-    scratch = finetune(dataclasses.replace(cfg, output=str(out / "scratch"), from_scratch=True, baseline=False),
-                       overwrite=args.overwrite)
+    scratch = finetune(dataclasses.replace(cfg, output=str(out / "scratch"), from_scratch=True, baseline=False))
     if not is_main_process():
         return results
     predict(str(out / "finetune" / "best_model.pth"), str(data_path), str(out / "predictions.h5ad"), layer=run["layer"])
@@ -269,7 +269,7 @@ def _run(args: argparse.Namespace) -> None:
         train.convert(str(args.checkpoint), str(args.output), config=args.config, report_path=args.report,
                       trust_checkpoint=args.trust_checkpoint)
     elif args.command == "train":
-        train.finetune(run_config(args), overwrite=args.overwrite)
+        train.finetune(run_config(args))
     elif args.command == "predict":
         train.predict(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
                       layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,

@@ -252,6 +252,8 @@ class RunConfig:
     ckpt_every_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
     baseline: bool = False  # also fit a logistic regression on the same split
     progress: bool = True
+    # --output holds a run of other settings: delete its files and start fresh (ftcore.rundir; else refused)
+    overwrite: bool = False
 
 
 CONFIG_ONLY = ("weight_decay", "warmup_steps", "nonz_len")  # RunConfig keys `cellfm-ft train` has no flag for
@@ -495,7 +497,7 @@ RUN_CONFIG = "run_config.yaml"  # every RunConfig key + the data, checkpoint and
 # the logistic-regression yardstick (fitted after training, on every run) and the file paths, whose files are
 # compared by identity instead (data_file.*, checkpoint_file.*, vocab_file.*: a moved file still counts by path).
 RESUME_IGNORES = ("output", "device", "compile", "progress", "ckpt_every_steps", "trust_checkpoint", "baseline",
-                  "data", "checkpoint", "vocab")
+                  "data", "checkpoint", "vocab", "overwrite")
 # what `cellfm-ft train` writes in --output: --overwrite removes these and nothing else
 RUN_FILES = (RUN_CONFIG, "best_model.pth", "checkpoint_epoch_*.pth", "last.pt", "history.json", "history.csv",
              "training_curve.png", "tensorboard", "split.json", "train.h5ad", "val.h5ad", "test.h5ad",
@@ -512,16 +514,16 @@ def open_run(cfg: RunConfig, overwrite: bool = False):
                         overwrite=overwrite)
 
 
-def finetune(cfg: RunConfig, overwrite: bool = False) -> dict:
+def finetune(cfg: RunConfig) -> dict:
     """Fine-tune on cfg.data; write the seed's outputs into cfg.output; return training_results.
 
     Three splits: test (held-out donors or cells: scored ONCE, at the end, by the chosen model),
     validation (carved out of the training donors or cells: picks the best epoch), training.
     An --output holding a run resumes it only when run_config.yaml shapes the same result (ftcore.rundir);
-    `overwrite` removes that run's files and starts fresh.
+    cfg.overwrite removes that run's files and starts fresh.
     """
     cfg = check_settings(cfg)
-    run = open_run(cfg, overwrite)  # before the data is read: a refusal costs nothing
+    run = open_run(cfg, cfg.overwrite)  # before the data is read: a refusal costs nothing
     p = prepare(cfg)
     out = Path(cfg.output)
     split_path = out / "split.json"
