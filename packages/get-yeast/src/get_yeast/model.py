@@ -86,7 +86,7 @@ class ConditionConfig:
     log10_molar_center: float = -4.0  # drug concentration enters as (log10 M - center) / scale
     log10_molar_scale: float = field(default=2.0, metadata=bounds(gt=0))
     # dropout on the condition embedding [B, C] in training: a few dozen training conditions are easily memorised
-    dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1) | {"optional": True})
+    dropout: float = field(default=0.2, metadata=bounds(ge=0, lt=1) | {"optional": True})
 
     def __post_init__(self) -> None:
         if len(self.temperature_range) != 2 or not self.temperature_range[0] < self.temperature_range[1]:
