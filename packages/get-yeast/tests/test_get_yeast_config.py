@@ -74,3 +74,16 @@ def test_overrides_and_bad_values():
         load_training_config(None, ["data.split_by=gene"])
     with pytest.raises(UserError, match="not divisible"):
         load_model_config(packaged_config("yeast_model_tiny.yaml"), ["region_model.num_heads=5"])
+
+
+def test_model_files_without_the_dropout_keys_still_load(tmp_path):
+    """condition.dropout and fusion.dropout came later: an older copy of yeast_model.yaml without them loads,
+    with the documented defaults (those of the packaged file)."""
+    data = yaml.safe_load(packaged_config("yeast_model.yaml").read_text())
+    packaged = (data["condition"].pop("dropout"), data["fusion"].pop("dropout"))
+    path = tmp_path / "old_model.yaml"
+    path.write_text(yaml.safe_dump(data))
+    model = load_model_config(path)
+    assert (model.condition.dropout, model.fusion.dropout) == packaged
+    with pytest.raises(UserError, match="condition.dropout"):
+        load_model_config(path, ["condition.dropout=1.0"])

@@ -218,3 +218,19 @@ def test_merged_weights_give_the_same_predictions(tiny_frame, tiny_model_cfg):
 def test_unknown_lora_target_is_an_error(tiny_model_cfg):
     with pytest.raises(UserError, match="attn.qvk"):
         apply_lora(GETYeast(tiny_model_cfg, 3), LoraConfig(target_modules=["attn.qvk"]))
+
+
+def test_condition_dropout_acts_in_training_only(tiny_frame, tiny_model_cfg):
+    """condition.dropout / fusion.dropout: random in training, none at evaluation (the demo's regularisation)."""
+    cfg = dataclasses.replace(tiny_model_cfg, condition=dataclasses.replace(tiny_model_cfg.condition, dropout=0.5),
+                              fusion=dataclasses.replace(tiny_model_cfg.fusion, dropout=0.5))
+    batch, vocab = batch_of(tiny_frame, cfg)
+    torch.manual_seed(0)
+    model = GETYeast(cfg, len(vocab))
+    args = (batch["region_motif"], batch["conditions"], batch["padding"])
+    assert not torch.equal(model.train()(*args), model(*args))
+    torch.testing.assert_close(model.eval()(*args), model(*args), rtol=0, atol=0)
+    torch.manual_seed(0)
+    plain = GETYeast(dataclasses.replace(cfg, condition=tiny_model_cfg.condition, fusion=tiny_model_cfg.fusion), len(vocab))
+    plain.load_state_dict(model.state_dict())  # dropout adds no parameter: the same names and weights
+    torch.testing.assert_close(plain.eval()(*args), model(*args))

@@ -85,6 +85,8 @@ class ConditionConfig:
     drug_hours_scale: float = field(default=4.0, metadata=bounds(gt=0))
     log10_molar_center: float = -4.0  # drug concentration enters as (log10 M - center) / scale
     log10_molar_scale: float = field(default=2.0, metadata=bounds(gt=0))
+    # dropout on the condition embedding [B, C] in training: a few dozen training conditions are easily memorised
+    dropout: float = field(default=0.2, metadata=bounds(ge=0, lt=1) | {"optional": True})
 
     def __post_init__(self) -> None:
         if len(self.temperature_range) != 2 or not self.temperature_range[0] < self.temperature_range[1]:
@@ -102,6 +104,7 @@ class ConditionConfig:
 @dataclass
 class FusionConfig:
     hidden_dim: int = field(default=256, metadata=bounds(ge=1))
+    dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1) | {"optional": True})  # on the added condition term, in training
 
 
 @dataclass
@@ -251,27 +254,29 @@ class ConditionEncoder(nn.Module):
         self.numeric_proj = nn.Linear(len(NUMERIC_FEATURES), C)
         self.numeric_unknown = nn.Parameter(torch.randn(len(NUMERIC_FEATURES), C) * 0.02)
         self.mlp = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, C), nn.GELU(), nn.Linear(C, C))
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         present = cond["numeric_present"].to(self.numeric_proj.weight.dtype)  # [B, 5]
         numeric = self.numeric_proj(cond["numeric"] * present) + (1 - present) @ self.numeric_unknown
         e = (self.medium_emb(cond["medium"]) + self.drug_emb(cond["drug"]) + self.carbon_emb(cond["carbon"])
              + self.nitrogen_emb(cond["nitrogen"]) + numeric)
-        return self.mlp(e)
+        return self.dropout(self.mlp(e))
 
 
 class ConditionFusion(nn.Module):
     """Concatenate the condition embedding to every region embedding; a two-layer MLP of the pair is
     added back to the region embedding (residual, so a pretrained encoder still sees its inputs)."""
 
-    def __init__(self, embed_dim: int, cond_dim: int, hidden_dim: int):
+    def __init__(self, embed_dim: int, cond_dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(embed_dim + cond_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embed_dim))
+        self.dropout = nn.Dropout(dropout)  # on the added condition term, in training
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x [B, R, D], cond [B, C] -> [B, R, D]"""
         c = cond[:, None, :].expand(-1, x.shape[1], -1)
-        return x + self.net(torch.cat([x, c], dim=-1))
+        return x + self.dropout(self.net(torch.cat([x, c], dim=-1)))
 
 
 class GETYeast(nn.Module):
@@ -287,7 +292,7 @@ class GETYeast(nn.Module):
         self.head_exp = ExpressionHead(rm)
         if cfg.condition.enabled:
             self.condition_encoder = ConditionEncoder(cfg.condition, n_drugs)
-            self.fusion = ConditionFusion(rm.embed_dim, cfg.condition.embed_dim, cfg.fusion.hidden_dim)
+            self.fusion = ConditionFusion(rm.embed_dim, cfg.condition.embed_dim, cfg.fusion.hidden_dim, cfg.fusion.dropout)
         self.apply(init_weights)
         if cfg.condition.enabled:
             # Start the fusion branch small: the pretrained encoder first sees nearly its own inputs.
