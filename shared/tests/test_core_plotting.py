@@ -60,3 +60,14 @@ def test_train_and_val_of_one_quantity_share_a_panel(tmp_path, monkeypatch):
     plotting.plot_training_curve([{"epoch": 1, "train_loss": 1.0, "val_acc": 0.5, "train_acc": 0.6}],
                                  tmp_path / "c.png")
     assert drawn == [("loss", ["train_loss"]), ("accuracy", ["train_acc", "val_acc"])]
+
+
+def test_pred_vs_true_labels_both_axes_of_both_panels(tmp_path, monkeypatch):
+    """Issue 17: axis labels on every panel (the residual histogram had none)."""
+    seen = []
+    monkeypatch.setattr(plotting, "atomic_savefig",
+                        lambda fig, path, **kw: seen.extend((ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes))
+    rng = np.random.default_rng()
+    true = rng.normal(size=200)
+    plotting.plot_pred_vs_true(true + rng.normal(scale=0.3, size=200), true, tmp_path / "p.png")
+    assert len(seen) == 2 and all(x and y for x, y in seen), seen

@@ -120,6 +120,8 @@ def plot_pred_vs_true(pred, true, path: str | os.PathLike, title: str = "", max_
     axes[0].set_ylabel("predicted")
     axes[1].hist(p - t, bins=60)
     axes[1].set_title("residual (pred - true)")
+    axes[1].set_xlabel("predicted - true")
+    axes[1].set_ylabel("number of values")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
