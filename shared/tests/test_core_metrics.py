@@ -81,3 +81,69 @@ def test_perfect_and_anti_correlation_stay_in_range(rng):
     assert np.all(metrics.pearson_per_gene(3 * true + 1, true) <= 1.0)
     assert metrics.pearson_overall(-true, true) == pytest.approx(-1.0, abs=1e-12)
     assert metrics.mean_pearson is metrics.pearson_mean_gene  # one metric, the older name kept
+
+
+# -------------------------------------------------- the other metrics, against numpy / scipy / sklearn
+def test_pearson_per_gene_matches_scipy(rng):
+    true = rng.normal(size=(50, 7))
+    pred = true + rng.normal(scale=rng.uniform(0.1, 2), size=(50, 7))
+    r = metrics.pearson_per_gene(pred, true)
+    ref = [stats.pearsonr(pred[:, g], true[:, g])[0] for g in range(7)]
+    np.testing.assert_allclose(r, ref, rtol=1e-10, atol=1e-12)
+    assert metrics.mean_pearson(pred, true) == pytest.approx(np.mean(ref), rel=1e-10)
+
+
+def test_constant_columns_are_nan_and_ignored(rng):
+    true = rng.normal(size=(30, 5))
+    pred = true + rng.normal(size=(30, 5))
+    true[:, 1] = 3.0   # constant in truth
+    pred[:, 3] = -1.0  # constant in prediction
+    r = metrics.pearson_per_gene(pred, true)
+    assert np.isnan(r[1]) and np.isnan(r[3]) and np.isfinite(r[[0, 2, 4]]).all()
+    sp = metrics.spearman_per_gene(pred, true)
+    assert np.isnan(sp[1]) and np.isnan(sp[3]) and np.isfinite(sp[[0, 2, 4]]).all()
+    ref = [stats.pearsonr(pred[:, g], true[:, g])[0] for g in (0, 2, 4)]
+    assert metrics.mean_pearson(pred, true) == pytest.approx(np.mean(ref), rel=1e-10)
+    assert np.isnan(metrics.mean_pearson(np.ones((4, 2)), rng.normal(size=(4, 2))))
+    assert np.isnan(metrics.pearson_overall(np.ones((4, 2)), rng.normal(size=(4, 2))))
+
+
+def test_pearson_overall_and_spearman_match_references(rng):
+    true = rng.normal(size=(40, 6))
+    pred = np.round(true * 2 + rng.normal(size=(40, 6)))  # rounding makes ties for spearman
+    assert metrics.pearson_overall(pred, true) == pytest.approx(np.corrcoef(pred.ravel(), true.ravel())[0, 1], rel=1e-10)
+    sp = metrics.spearman_per_gene(pred, true)
+    ref = [stats.spearmanr(pred[:, g], true[:, g])[0] for g in range(6)]
+    np.testing.assert_allclose(sp, ref, rtol=1e-10)
+
+
+def test_r2_matches_sklearn(rng):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    true = rng.normal(size=(25, 3))
+    pred = true + rng.normal(scale=0.5, size=(25, 3))
+    assert metrics.r2_score(pred, true) == pytest.approx(sklearn_metrics.r2_score(true.ravel(), pred.ravel()))
+
+
+def test_error_metrics_match_numpy_and_torch_input(rng):
+    true = rng.normal(size=(25, 3))
+    pred = true + rng.normal(scale=0.5, size=(25, 3))
+    assert metrics.mse(pred, true) == pytest.approx(np.mean((pred - true) ** 2))
+    assert metrics.mae(pred, true) == pytest.approx(np.mean(np.abs(pred - true)))
+    assert np.isnan(metrics.r2_score(pred, np.ones_like(true)))
+    tp, tt = torch.tensor(pred, dtype=torch.float32, requires_grad=True), torch.tensor(true)
+    assert metrics.mse(tp, tt) == pytest.approx(np.mean((pred - true) ** 2), rel=1e-5)
+    report = metrics.regression_report(pred, true)
+    assert set(report) == {"pearson_overall", "pearson_mean_gene", "spearman_overall", "r2", "mse", "mae"}
+    assert report["spearman_overall"] == pytest.approx(stats.spearmanr(pred.ravel(), true.ravel())[0], rel=1e-10)
+    one_d = metrics.regression_report(pred[:, 0], true[:, 0])
+    assert one_d["pearson_overall"] == pytest.approx(stats.pearsonr(pred[:, 0], true[:, 0])[0], rel=1e-10)
+
+
+def test_accuracy(rng):
+    labels = rng.integers(0, 4, size=100)
+    pred = labels.copy()
+    flip = rng.choice(100, size=17, replace=False)
+    pred[flip] = (pred[flip] + 1) % 4
+    assert metrics.accuracy(pred, labels) == pytest.approx(0.83)
+    assert metrics.accuracy(np.array(["a", "b"]), np.array(["a", "c"])) == 0.5
+    assert np.isnan(metrics.accuracy([], []))
