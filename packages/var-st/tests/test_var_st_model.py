@@ -439,3 +439,21 @@ def test_histology_pca_projection_keeps_the_top_principal_directions_and_is_froz
     assert model.var.blocks[0].attn.qkv.weight.requires_grad
     with pytest.raises(UserError, match="learned or pca"):
         VARConfig(histology_projection="ridge")
+
+
+def test_model_split_keeps_every_old_import_path():
+    # issue 14: model.py split into config / vqvae / transformer; `from var_st.model import X` must keep
+    # working for every name that lived there, as the very object of its new module
+    import var_st.config as config
+    import var_st.model as model
+    import var_st.transformer as transformer
+    import var_st.vqvae as vqvae
+
+    homes = {config: ["_b", "VQVAEConfig", "VARConfig", "PRESETS", "_as_config"],
+             vqvae: ["MultiScaleResidualQuantizer", "MultiScaleGeneVQVAE", "_coexpression_order", "codebook_stats"],
+             transformer: ["KVCache", "ScaleCausalSelfAttention", "AdaLNBlock", "GeneVARTransformer", "sample_tokens"]}
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(model, name) is getattr(module, name), name
+    for name in ["TwoStageVARST", "CHECKPOINT_KEYMAP", "_plain", "_load_strict", *model.__all__]:
+        assert hasattr(model, name), name

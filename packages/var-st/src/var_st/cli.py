@@ -377,7 +377,7 @@ def _check_split(data, stored: dict, flags_given: bool, where: str, consequence:
 
 def _infer_preset(vqvae_config: dict) -> str:
     """The preset whose VQ-VAE sizes a (stage-1) checkpoint has; 'full' (the old default) otherwise."""
-    from var_st.model import PRESETS
+    from var_st.config import PRESETS
 
     for name, (vq, _) in PRESETS.items():
         mine = asdict(vq)
@@ -456,7 +456,7 @@ def _load_model_config(args, preset: str, base: dict | None = None):
     from dataclasses import fields
 
     from ftcore.config import apply_overrides, from_dict, read_config_file
-    from var_st.model import PRESETS, VARConfig, VQVAEConfig
+    from var_st.config import PRESETS, VARConfig, VQVAEConfig
 
     vq, var = PRESETS[preset]
     merged = {"vqvae": asdict(vq), "var": asdict(var)}
