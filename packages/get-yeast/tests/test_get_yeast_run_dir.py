@@ -23,7 +23,7 @@ def test_changed_settings_refused_same_resumed_overwrite_starts_fresh(tiny_csv, 
     assert saved["data_file"]["path"] == str(tiny_csv.resolve()) and len(saved["data_file"]["sha256"]) == 64
     assert json.loads((out / "run_config.json").read_text())["data"] == str(tiny_csv.resolve())  # kept for evaluate
     rows = list(csv.DictReader(open(out / "history.csv")))
-    assert len(rows) == len(json.loads((out / "history.json").read_text())) == 2 and "val_pearson" in rows[0]
+    assert len(rows) == len(json.loads((out / "history.json").read_text())) == 2 and "val_pearson_overall" in rows[0]
 
     # the seed's bug: a changed lr / seed / split resumed the old run; now refused, nothing touched
     changed = args + ["--set", "training.lr=5e-3", "--seed", "7", "--set", "data.val_fraction=0.3"]
