@@ -93,7 +93,7 @@ class TrainConfig:
     # compiled (state-tx, var-st, get-yeast) default to auto. The library default stays off: a loss function
     # with Python side effects (a counter) failed inside dynamo on the H200 (torch 2.11).
     # graphs = auto + CUDA graphs (torch.compile mode "reduce-overhead": the step's kernels replayed as one graph,
-    # which removes the launch gaps of many small kernels); off on CPU like auto
+    # which removes the launch gaps of many small kernels); off on CPU like auto; plain compile under DDP
     compile: str = "off"
     # steps between host synchronisations (loss read back, NaN check, progress bar); None: 1 on CPU, 25 on CUDA,
     # where reading the loss every step stalls the GPU queue
@@ -282,7 +282,8 @@ class Trainer:
         on_cuda = self.device.type == "cuda"
         self.sync_every = config.sync_every_steps or (25 if on_cuda else 1)
         self.compiled = config.compile == "on" or (config.compile in ("auto", "graphs") and on_cuda)
-        self.cuda_graphs = config.compile == "graphs" and on_cuda
+        # CUDA graphs in one process only; under DDP the gradient all-reduce runs outside the graph (graphs = on)
+        self.cuda_graphs = config.compile == "graphs" and on_cuda and self.env.world_size == 1
         # the loss computation (forward + loss, autocast inside) is what gets compiled; backward follows it
         self._forward = (_compiled_method(self, Trainer._forward_loss, "reduce-overhead" if self.cuda_graphs else None)
                          if self.compiled else self._forward_loss)
