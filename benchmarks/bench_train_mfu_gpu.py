@@ -732,7 +732,14 @@ def main():
     ap.add_argument("--explain", action="store_true",
                     help="also run torch._dynamo.explain on each compiled training step (break reasons with "
                          "file:line; costs one more trace per row; on by default with --tiny)")
+    ap.add_argument("--keep-coalesce-analysis", action="store_true",
+                    help="compile with inductor's coalesce tiling analysis on (torch's default), which the Trainer "
+                         "turns off (ftcore.training.inductor_options): the A/B of that choice")
     args = ap.parse_args()
+    if args.keep_coalesce_analysis:
+        import ftcore.training
+
+        ftcore.training.INDUCTOR_SKIP_COALESCE_ANALYSIS = False
     if args.tiny:
         args.warmup, args.blocks, args.steps_per_block, args.profile_steps = 1, 2, 2, 1
         args.explain = True
@@ -755,6 +762,7 @@ def main():
            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "python": platform.python_version(), "tiny": args.tiny,
            "compile_backend": args.compile_backend,
+           "inductor_coalesce_tiling_analysis": args.keep_coalesce_analysis,
            "peak_tflops": args.peak_tflops, "mfu_goal": MFU_GOAL, "precision": "bf16 autocast (training)",
            "schema": list(SCHEMA),
            "timing": f"median over {args.blocks} blocks of {args.steps_per_block} steps "

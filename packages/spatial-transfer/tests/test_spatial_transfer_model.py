@@ -111,3 +111,57 @@ def test_mapping_table_covers_every_tensor(tiny_config):
     for name in names:
         hits = [p for p in BULK_TO_SPATIAL if re.search(p, name)]
         assert len(hits) == 1, (name, hits)
+
+
+def _reference_forward(model, batch):
+    """The models' forward as first written, with torch_geometric's own pieces: GATConv adding its self loops,
+    pooling by a boolean mask, to_dense_batch and a masked readout (each reads device values or shapes by value)."""
+    from torch_geometric.nn import GATConv
+    from torch_geometric.utils import scatter, to_dense_batch
+
+    x = batch.x
+    for conv, norm in zip(model.gnn.convs, model.gnn.norms):
+        ref = GATConv(conv.in_channels, conv.out_channels, heads=conv.heads, dropout=conv.dropout)  # add_self_loops
+        ref.load_state_dict(conv.state_dict())
+        h = torch.nn.functional.elu(ref.train(conv.training)(x, batch.edge_index))
+        x = norm(h + x if h.shape == x.shape else h)
+    h = model.feature_projection(x)
+    inside = batch.cell_in_spot
+    tokens = scatter(h[inside], batch.cell_spot[inside], dim=0, dim_size=batch.spot_pos.shape[0], reduce="mean")
+    if isinstance(model, SpatialModel):
+        tokens = tokens + model.pos_encoding(batch.spot_pos)
+    dense, mask = to_dense_batch(tokens, batch.spot_pos_batch)
+    dense = model.transformer(dense, src_key_padding_mask=~mask)
+    if isinstance(model, SpatialModel):
+        return model.output_projection(dense[mask])
+    return model.output_projection((dense * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compile_friendly_forward_equals_the_reference(tiny_config, tiny_data, seed):
+    # fresh random weights and inputs; windows of unequal size (padding) and nuclei outside every spot
+    g = GraphConfig(window=3, k=3)
+    sp, bk = read_spatial(tiny_data, 16), read_bulk(tiny_data, 16)
+    torch.manual_seed(seed)
+    exercised = set()
+    for model, batch in ((SpatialModel(tiny_config), collate(spatial_items(sp, g, sp.samples[:2]))),
+                         (BulkModel(tiny_config), collate(bulk_items(bk, g, [0, 1, 2])))):
+        batch.x = torch.randn_like(batch.x)
+        sizes = torch.bincount(batch.spot_pos_batch).tolist()
+        assert batch.max_tokens == max(sizes)
+        exercised |= {"padding"} if len(set(sizes)) > 1 else set()
+        exercised |= {"outside"} if (~batch.cell_in_spot).any() else set()
+        model.eval()
+        with torch.no_grad():
+            got, want = model(batch), _reference_forward(model, batch)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # fp32: summation order only
+    assert exercised == {"padding", "outside"}
+
+
+def test_forward_has_no_graph_break(tiny_config, batches):
+    # torch.compile sees one graph: no device value read on the host, no shape that depends on values
+    import torch._dynamo
+
+    for model, batch in zip((SpatialModel(tiny_config), BulkModel(tiny_config)), batches):
+        explained = torch._dynamo.explain(model)(batch)
+        assert explained.graph_break_count == 0, [str(r.reason)[:200] for r in explained.break_reasons]

@@ -650,7 +650,27 @@ def _compiled_method(trainer: "Trainer", fn: Callable, mode: str | None = None) 
     key = (type(trainer.model), getattr(loss, "__code__", type(loss)))
     code = _FORWARD_CODES.setdefault(key, fn.__code__.replace())
     fresh = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    return torch.compile(types.MethodType(fresh, trainer), mode=mode)
+    return torch.compile(types.MethodType(fresh, trainer), options=inductor_options(mode))
+
+
+def inductor_options(mode: str | None = None) -> dict:
+    """The inductor settings every Trainer compiles with: mode "reduce-overhead" spelled as its option
+    (triton.cudagraphs; torch.compile takes a mode or options, not both), and inductor's coalesce tiling
+    analysis off where this torch has it. That analysis does not handle dynamic shapes (torch's own config
+    says so) yet runs on them, and in torch 2.11 it fails the whole compile with an AssertionError in
+    tiling_utils.get_pw_red_splits once a batch of another size (an epoch's last) makes dynamo recompile
+    with symbolic sizes (pytorch/pytorch#181563; cellfm-ft, benchmarks/results/test_gpu_h200_compile_auto.log).
+    Its speed cost is measured in benchmarks/results/README.md."""
+    import torch._inductor.config as inductor_config
+
+    options = {"triton.cudagraphs": True} if mode == "reduce-overhead" else {}
+    if INDUCTOR_SKIP_COALESCE_ANALYSIS and hasattr(inductor_config.triton, "coalesce_tiling_analysis"):
+        options["triton.coalesce_tiling_analysis"] = False
+    return options
+
+
+# False only in benchmarks/bench_train_mfu_gpu.py's A/B of the analysis
+INDUCTOR_SKIP_COALESCE_ANALYSIS = True
 
 
 def _first_line(err: Exception) -> str:

@@ -248,7 +248,7 @@ class RunConfig:
     nonz_len: int | None = field(default=None, metadata=opt.bounds(ge=1))  # default: the config's
     seed: int = field(default=0, metadata=opt.bounds(ge=0, lt=opt.SEED_LIMIT))
     device: str = "auto"
-    compile: str = "off"  # torch.compile of the training step: off (default: inductor failed on the tiny config, H200, torch 2.11) | on | auto (on CUDA)
+    compile: str = "auto"  # torch.compile of the training step: auto (default: on CUDA, off on CPU) | on | off | graphs
     ckpt_every_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
     baseline: bool = False  # also fit a logistic regression on the same split
     progress: bool = True

@@ -593,8 +593,8 @@ def _common(p: argparse.ArgumentParser, spatial: bool) -> None:
                    help="--output holds a run of other settings (bulk pretraining or a strategy's CV): delete that "
                         "part and start it fresh (without it such a run is refused, naming the changed keys; the "
                         "same settings resume)")
-    add_compile(p, default="off", why="; off by default here: the graph batches change shape every step and "
-                "inductor failed on an H200 (torch 2.11) with a misaligned-address CUDA error")
+    add_compile(p, default="off", why="; off by default here: the graph batches change shape every step, so a short "
+                "run spends longer recompiling than it saves (try on for long runs)")
     if spatial:
         p.add_argument("--bulk-checkpoint", type=checkpoint_file("--bulk-checkpoint", "BulkModel checkpoint"),
                        help="use this BulkModel checkpoint instead of pretraining one")

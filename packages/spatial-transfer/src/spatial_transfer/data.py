@@ -114,8 +114,11 @@ class CellGraph(Data):
 
 
 def collate(items: list[CellGraph]) -> Batch:
-    """Batch graphs; spot_pos_batch [S_total] says which graph each token belongs to."""
-    return Batch.from_data_list(items, follow_batch=["spot_pos"])
+    """Batch graphs; spot_pos_batch [S_total] says which graph each token belongs to, and max_tokens (a
+    host-side int) the most tokens of one graph, the padded length the model's transformer runs at."""
+    batch = Batch.from_data_list(items, follow_batch=["spot_pos"])
+    batch.max_tokens = max(item.spot_pos.shape[0] for item in items)
+    return batch
 
 
 # ------------------------------------------------------------------------------- reading

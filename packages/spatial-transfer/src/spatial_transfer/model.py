@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch_geometric.nn import GATConv
-from torch_geometric.utils import scatter, to_dense_batch
+from torch_geometric.utils import scatter
 
 from ftcore.freezing import FreezeSpec
 from ftcore.options import bounds
@@ -68,13 +68,18 @@ class CellGNN(nn.Module):
     def __init__(self, cfg: Cell2GeneConfig):
         super().__init__()
         dims = [cfg.in_dim] + [cfg.gnn_dim] * cfg.gnn_layers
+        # Self loops are added here once (the data's graphs have none: data.py builds them with loop=False)
+        # instead of by each GATConv, whose remove-then-add step masks edges by value: a data-dependent
+        # shape that breaks torch.compile's graph. The edge order is GATConv's own (loops appended last).
         self.convs = nn.ModuleList(
-            GATConv(d_in, cfg.gnn_dim // cfg.gnn_heads, heads=cfg.gnn_heads, dropout=cfg.dropout)
+            GATConv(d_in, cfg.gnn_dim // cfg.gnn_heads, heads=cfg.gnn_heads, dropout=cfg.dropout, add_self_loops=False)
             for d_in in dims[:-1]
         )
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.gnn_dim) for _ in self.convs)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        loops = torch.arange(x.shape[0], device=edge_index.device)
+        edge_index = torch.cat([edge_index, torch.stack([loops, loops])], dim=1)
         for conv, norm in zip(self.convs, self.norms):
             h = nn.functional.elu(conv(x, edge_index))
             # residual once the width is gnn_dim: neighbourhood context is added to the cell's own features
@@ -102,6 +107,20 @@ class SpotPositionalEncoding(nn.Module):
         return self.proj(feats)
 
 
+def pad_tokens(tokens: torch.Tensor, token_batch: torch.Tensor, n_graphs: int, max_tokens: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens sorted by graph [N, D] -> zero-padded [n_graphs, max_tokens, D], the mask of real tokens and
+    each token's row in the flattened padded tensor (torch_geometric's to_dense_batch with both sizes given,
+    plus the rows, so that the readout gathers instead of masking by value)."""
+    counts = torch.zeros(n_graphs, dtype=torch.long, device=tokens.device).index_add_(
+        0, token_batch, torch.ones_like(token_batch))
+    starts = torch.cumsum(counts, 0) - counts
+    flat = token_batch * max_tokens + torch.arange(tokens.shape[0], device=tokens.device) - starts[token_batch]
+    dense = tokens.new_zeros(n_graphs * max_tokens, tokens.shape[1]).index_copy(0, flat, tokens)
+    mask = torch.zeros(n_graphs * max_tokens, dtype=torch.bool, device=tokens.device).index_fill(0, flat, True)
+    return dense.view(n_graphs, max_tokens, -1), mask.view(n_graphs, max_tokens), flat
+
+
 class _Cell2Gene(nn.Module):
     """The part both models share; subclasses decide tokens' position encoding and the readout."""
 
@@ -121,13 +140,17 @@ class _Cell2Gene(nn.Module):
     def spot_tokens(self, batch) -> torch.Tensor:
         """Cell features pooled per token: [N_tokens_total, embed_dim] in batch order."""
         h = self.feature_projection(self.gnn(batch.x, batch.edge_index))
-        inside = batch.cell_in_spot  # cells outside every spot give context to the GAT only
-        return scatter(h[inside], batch.cell_spot[inside], dim=0, dim_size=batch.spot_pos.shape[0], reduce="mean")
+        # cells outside every spot give context to the GAT only: they are pooled into one extra slot that is
+        # dropped (a mask would index by value, a data-dependent shape that breaks torch.compile's graph)
+        n_tokens = batch.spot_pos.shape[0]
+        slot = torch.where(batch.cell_in_spot, batch.cell_spot, n_tokens)
+        return scatter(h, slot, dim=0, dim_size=n_tokens + 1, reduce="mean")[:n_tokens]
 
-    def encode(self, tokens: torch.Tensor, token_batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Transformer over the tokens of each graph; -> dense [B, S_max, D] and mask [B, S_max]."""
-        dense, mask = to_dense_batch(tokens, token_batch)
-        return self.transformer(dense, src_key_padding_mask=~mask), mask
+    def encode(self, tokens: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Transformer over the tokens of each graph; -> dense [B, S_max, D], mask [B, S_max] and each token's row
+        in dense.flatten(0, 1). B and S_max are the batch's host-side numbers (collate), so no device value is read."""
+        dense, mask, flat = pad_tokens(tokens, batch.spot_pos_batch, batch.num_graphs, batch.max_tokens)
+        return self.transformer(dense, src_key_padding_mask=~mask), mask, flat
 
 
 class BulkModel(_Cell2Gene):
@@ -138,7 +161,7 @@ class BulkModel(_Cell2Gene):
 
     def forward(self, batch) -> torch.Tensor:
         tokens = self.spot_tokens(batch)
-        dense, mask = self.encode(tokens, batch.spot_pos_batch)
+        dense, mask, _ = self.encode(tokens, batch)
         pooled = (dense * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return self.output_projection(pooled)
 
@@ -152,8 +175,8 @@ class SpatialModel(_Cell2Gene):
 
     def forward(self, batch) -> torch.Tensor:
         tokens = self.spot_tokens(batch) + self.pos_encoding(batch.spot_pos)
-        dense, mask = self.encode(tokens, batch.spot_pos_batch)
-        return self.output_projection(dense[mask])
+        dense, _, flat = self.encode(tokens, batch)
+        return self.output_projection(dense.flatten(0, 1)[flat])  # the tokens in batch order
 
 
 # ---------------------------------------------------------------------------------------------

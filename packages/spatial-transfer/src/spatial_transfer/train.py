@@ -69,9 +69,9 @@ class RunConfig:
     folds: int = field(default=10, metadata=bounds(ge=2))  # k-fold needs a test and a training part
     seed: int = field(default=42, metadata=bounds(ge=0, lt=SEED_LIMIT))
     device: str = "auto"
-    # torch.compile of the training step: off by default (auto = on CUDA | on). Measured on an H200 (torch 2.11):
-    # the graph batches change shape every step (graph breaks at to_dense_batch, recompiles), and inductor
-    # failed with "CUDA error: misaligned address" (benchmarks/results/README.md)
+    # torch.compile of the training step: off by default (auto = on CUDA | on | graphs). The forward is one graph
+    # (4.5x per step with graphs on a fixed batch, H200), but the batches change shape every step and a short run
+    # spends longer recompiling than it saves (benchmarks/results/README.md)
     compile: Literal["auto", "on", "off", "graphs"] = "off"
     progress: bool = True
     # transfer: the bulk head's rows of the genes both panels share go into the spatial head (by gene name)
