@@ -103,23 +103,36 @@ def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title:
     plt.close(fig)
 
 
-def plot_pred_vs_true(pred, true, path: str | os.PathLike, title: str = "", max_points: int = 20000) -> None:
-    """Scatter of predicted against true values with the identity line, and a residual histogram."""
-    plt = _plt()
+def scatter_pred_vs_true(ax, pred, true, *, xlabel: str = "true", ylabel: str = "predicted",
+                         title: str = "predicted vs true (r = {r:.3f})", identity_label: str | None = None,
+                         max_points: int = 20000) -> float:
+    """One panel: every value of `pred` against the same value of `true` (any shape, pooled), the identity
+    line, axis labels, and `title` formatted with r = ftcore.metrics.pearson_overall of ALL the values (as the
+    tables compute it; only the points drawn are a sample of `max_points`). -> r."""
+    r = pearson_overall(pred, true)  # on the values as given (the tables' dtype), before the sample
     p, t = np.asarray(pred, dtype=float).ravel(), np.asarray(true, dtype=float).ravel()
     if p.size > max_points:
         idx = np.random.default_rng(0).choice(p.size, max_points, replace=False)
         p, t = p[idx], t[idx]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].scatter(t, p, s=3, alpha=0.3)
+    ax.scatter(t, p, s=3, alpha=0.3)
     lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-    axes[0].plot([lo, hi], [lo, hi], "k--", lw=1)
-    r = pearson_overall(p, t)
-    axes[0].set_title(f"predicted vs true (r = {r:.3f})")
-    axes[0].set_xlabel("true")
-    axes[0].set_ylabel("predicted")
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label=identity_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title.format(r=r), fontsize=10)
+    if identity_label:
+        ax.legend(fontsize=8, loc="upper left")
+    return r
+
+
+def plot_pred_vs_true(pred, true, path: str | os.PathLike, title: str = "", max_points: int = 20000) -> None:
+    """Scatter of predicted against true values with the identity line, and a residual histogram."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    scatter_pred_vs_true(axes[0], pred, true, max_points=max_points)
+    p, t = np.asarray(pred, dtype=float).ravel(), np.asarray(true, dtype=float).ravel()
     axes[1].hist(p - t, bins=60)
-    axes[1].set_title("residual (pred - true)")
+    axes[1].set_title("residual (pred - true)", fontsize=10)
     axes[1].set_xlabel("predicted - true")
     axes[1].set_ylabel("number of values")
     if title:

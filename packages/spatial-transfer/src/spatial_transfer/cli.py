@@ -19,9 +19,10 @@ FREEZE_BACKBONE, CV_MODE, LOO_HELDOUT. A command-line flag beats its variable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -190,16 +191,18 @@ def fit_genes(cfg, explicit: set[str], spatial=None, bulk=None) -> None:
 
 
 # ------------------------------------------------------------------- commands
-def _data_dir(args, out: Path) -> tuple[Path, bool]:
-    if args.data is not None:
-        return Path(args.data), False
-    from ftcore.io import check_output_dir, claim_outputs
+def _demo_data(dataset: str, where: Path) -> Path | None:
+    """The demo's data set for a run without --data: None when `where` holds it already (read there), else
+    the temporary directory it is generated into now. It goes to `where` only after every check of the run,
+    the run directory's too, has passed (Prepared.place_demo_data): a refused run writes nothing."""
+    import tempfile
 
-    claim_outputs(out)  # the demo data are written before the rest is validated: a failure removes them
-    check_output_dir(out)
-    where = out / DATASETS[args.dataset]
-    print(f"no --data given: running on the {args.dataset} demo data set (written to {where})")
-    return write_dataset(args.dataset, where), True
+    from spatial_transfer import data as d
+
+    if all((where / name).is_file() for name in (d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE, d.BULK_FILE, d.BULK_CELLS_FILE)):
+        return None
+    staged = Path(tempfile.mkdtemp(prefix="spatial-transfer-demo-"))
+    return write_dataset(dataset, staged)
 
 
 def write_dataset(name: str, where: Path, seed: int = 0) -> Path:
@@ -213,23 +216,18 @@ def write_dataset(name: str, where: Path, seed: int = 0) -> Path:
     return demo.write_demo_data(where, demo.DemoSpec() if seed == 0 else demo.DemoSpec(seed=seed))
 
 
-def _read_bulk_checkpoint(path: str | None, trust: bool) -> tuple[dict | None, list | None]:
-    """A user's bulk checkpoint -> (state dict, its genes if recorded), read before any output exists."""
+def _read_bulk_checkpoint(path: str | None, trust: bool):
+    """A user's bulk checkpoint (train.BulkWeights), read once, before any output exists; None without one."""
     if path is None:
-        return None, None
-    from ftcore.checkpoint import extract_state_dict, read_checkpoint
+        return None
+    from spatial_transfer.train import read_bulk_checkpoint
 
-    try:
-        ckpt = read_checkpoint(path, trust_pickle=trust)
-        sd = extract_state_dict(ckpt, source=str(path))
-    except UserError as err:
-        raise UserError(f"Error loading bulkmodel weights: {err}") from None
-    extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
-    if isinstance(extra, dict) and extra.get("kind") == "Cell2Gene SpatialModel":
+    weights = read_bulk_checkpoint(path, trust)
+    if weights.kind == "Cell2Gene SpatialModel":
         raise UserError(f"Error loading bulkmodel weights: {path} is a Cell2Gene SpatialModel checkpoint (a CV fold's); "
                         "--bulk-checkpoint takes the BulkModel of `spatial-transfer pretrain` "
                         "(bulk_pretrain/best_bulk_model.pt)")
-    return sd, (extra.get("genes") if isinstance(extra, dict) else None)
+    return weights
 
 
 def _check_transferable(sd: dict, path: str, cfg, strategies: list[str], allow_unloaded_frozen: bool) -> None:
@@ -287,10 +285,53 @@ def _output_paths(out: Path, strategies: list[str], need_bulk_pretrain: bool, n_
     return dirs
 
 
-def _prepare(args, need_spatial: bool, need_bulk: bool | None = None, strategies: list[str] | None = None):
-    """Everything validated before anything is written: env/flags, config, data, checkpoint, outputs."""
-    from ftcore.io import check_output_dir, claim_outputs
+@dataclass
+class Prepared:
+    """What a run / pretrain / compare command trains on, every check passed (prepare): validated data and
+    config, the CV plan of each strategy (folds made once), the --bulk-checkpoint read once. Nothing is
+    written yet; the demo's data, when generated now, wait in `staged` (place_demo_data)."""
 
+    out: Path
+    cfg: object  # train.RunConfig
+    strategy: str | None  # `run`'s strategy (None for pretrain)
+    cv_mode: str
+    heldout: list[str] | None
+    spatial: object  # data.SpatialData, or None (pretrain)
+    bulk: object  # data.BulkData, or None (bulk weights not needed, or given as a checkpoint)
+    bulk_weights: object  # train.BulkWeights of --bulk-checkpoint, or None
+    demo: bool
+    dataset: str  # the demo's data set (--dataset), when demo
+    data_dir: Path  # where the data are (the demo's: where they go)
+    folds: list  # the test samples of each fold (train.make_folds), [] for pretrain
+    plans: dict = field(default_factory=dict)  # strategy -> train.CVPlan, all on `folds`
+    staged: Path | None = None  # the demo's data, generated now: moved to data_dir by place_demo_data
+
+    def place_demo_data(self) -> None:
+        """After the run directory's checks: the generated demo data go to data_dir (rank 0; atomically)."""
+        import shutil
+
+        from ftcore.distributed import is_main_process
+
+        if self.staged is None:
+            return
+        if is_main_process():
+            from ftcore.io import claim_outputs
+
+            claim_outputs(self.data_dir)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            for src in sorted(self.staged.iterdir()):
+                part = self.data_dir / f".{src.name}.part"
+                shutil.move(str(src), part)
+                os.replace(part, self.data_dir / src.name)
+            print(f"wrote the {self.dataset} demo data set to {self.data_dir}")
+        shutil.rmtree(self.staged, ignore_errors=True)
+        self.staged = None
+
+
+def prepare(args, need_spatial: bool, need_bulk: bool | None = None, strategies: list[str] | None = None,
+            allow_unloaded_frozen: bool = False) -> Prepared:
+    """Everything validated once, before anything is written: env/flags, config, data (each file read once),
+    gene counts, the CV folds, the bulk checkpoint (read once), the output paths."""
     from spatial_transfer import data as d
 
     out = Path(args.output)
@@ -305,11 +346,10 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None, strategies
         need_bulk = strategy != "scratch"
     cfg, explicit = build_config(args, demo)
     bulk_path = getattr(args, "bulk_checkpoint", None) if need_bulk else None
-    bulk_sd, bulk_ckpt_genes = _read_bulk_checkpoint(bulk_path, args.trust_checkpoint)
-    bulk_ckpt = Path(bulk_path) if bulk_path else None
+    bulk_weights = _read_bulk_checkpoint(bulk_path, args.trust_checkpoint)
     if not demo:
         for name in ((d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE) if need_spatial else ()) + (
-                (d.BULK_FILE, d.BULK_CELLS_FILE) if need_bulk and bulk_ckpt is None else ()):
+                (d.BULK_FILE, d.BULK_CELLS_FILE) if need_bulk and bulk_weights is None else ()):
             if not (Path(args.data) / name).exists():
                 stem = Path(name).stem
                 other = sorted(p.name for p in Path(args.data).glob(f"{stem}.*") if p.name != name)
@@ -318,88 +358,144 @@ def _prepare(args, need_spatial: bool, need_bulk: bool | None = None, strategies
                 raise UserError(f"{Path(args.data) / name} does not exist{found}; a data directory holds "
                                 f"{', '.join((d.SPATIAL_FILE, d.SPATIAL_CELLS_FILE, d.BULK_FILE, d.BULK_CELLS_FILE))} "
                                 "(see README; `spatial-transfer make-demo-data DIR` writes an example)")
-    folds: list = []
-    data_dir, _ = _data_dir(args, out)
-    spatial = d.read_spatial(data_dir, cfg.model.in_dim) if need_spatial else None
-    bulk = d.read_bulk(data_dir, cfg.model.in_dim) if need_bulk and bulk_ckpt is None else None
+    data_dir = Path(args.data) if not demo else out / DATASETS[args.dataset]
+    staged = _demo_data(args.dataset, data_dir) if demo else None
+    if demo:
+        print(f"no --data given: running on the {args.dataset} demo data set ({data_dir})")
+    prep = Prepared(out, cfg, strategy, cv_mode, heldout, None, None, bulk_weights, demo, args.dataset, data_dir,
+                    [], {}, staged)
+    with _drop_on_error(staged):
+        _read_and_check(prep, args, explicit, strategies, need_spatial, need_bulk, allow_unloaded_frozen)
+    return prep
+
+
+@contextlib.contextmanager
+def _drop_on_error(staged: Path | None):
+    """The demo data generated into `staged` go with the command when it fails before they are placed."""
+    try:
+        yield
+    except BaseException:
+        if staged is not None:
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def _read_and_check(prep: Prepared, args, explicit: set[str], strategies: list[str], need_spatial: bool,
+                    need_bulk: bool, allow_unloaded_frozen: bool) -> None:
+    """prepare's second half: each data file read once, gene counts, folds, bulk weights, output paths."""
+    from ftcore.io import check_output_dir, claim_outputs
+
+    from spatial_transfer import data as d
+
+    cfg, bulk_weights = prep.cfg, prep.bulk_weights
+    read_from = prep.staged or prep.data_dir
+    spatial = d.read_spatial(read_from, cfg.model.in_dim) if need_spatial else None
+    bulk = d.read_bulk(read_from, cfg.model.in_dim) if need_bulk and bulk_weights is None else None
+    for part in (spatial, bulk):  # named where they are (or go), not where they were generated
+        if part is not None:
+            part.path = prep.data_dir
+    prep.spatial, prep.bulk = spatial, bulk
     fit_genes(cfg, explicit, spatial, bulk)
     if spatial is not None:
-        from spatial_transfer.data import check_gene_count
-        from spatial_transfer.train import make_folds
-
-        check_gene_count(spatial.expr.shape[1], cfg.model.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
-        folds = make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed)  # errors before any output
+        d.check_gene_count(spatial.expr.shape[1], cfg.model.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
+        folds = None  # made once, by the first plan; every strategy of the command is tested on the same folds
+        for name in strategies:
+            prep.plans[name] = _plan(spatial, cfg, name, prep.cv_mode, prep.heldout, prep.demo, allow_unloaded_frozen,
+                                     folds)
+            folds = prep.folds = prep.plans[name].folds
     if bulk is not None:
-        from spatial_transfer.data import check_gene_count
-
-        check_gene_count(bulk.expr.shape[1], cfg.model.bulk_genes, bulk.path, "bulk.h5ad", "bulk_genes")
+        d.check_gene_count(bulk.expr.shape[1], cfg.model.bulk_genes, bulk.path, "bulk.h5ad", "bulk_genes")
         if spatial is not None:
             _check_gene_overlap(spatial.genes, bulk.genes, str(bulk.path / d.BULK_FILE))
-    if bulk_sd is not None:
+    if bulk_weights is not None:
         if spatial is not None:
-            _check_gene_overlap(spatial.genes, bulk_ckpt_genes, str(bulk_path))
-        _check_transferable(bulk_sd, bulk_path, cfg, strategies, args.allow_unloaded_frozen)
-    _output_paths(out, strategies, bulk is not None, len(folds))
-    claim_outputs(out)  # from here a failure (a NaN loss too) removes what this run created
-    check_output_dir(out, flag="--output")  # full disk: said now, not after the bulk pretraining
-    return out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo
+            _check_gene_overlap(spatial.genes, bulk_weights.genes, str(bulk_weights.path))
+        _check_transferable(bulk_weights.state_dict, str(bulk_weights.path), cfg, strategies, args.allow_unloaded_frozen)
+    _output_paths(prep.out, strategies, bulk is not None, len(prep.folds))
+    claim_outputs(prep.out)  # from here a failure (a NaN loss too) removes what this run created
+    check_output_dir(prep.out, flag="--output")  # full disk: said now, not after the bulk pretraining
 
 
-def _plan(spatial, cfg, strategy, cv_mode, heldout, demo, allow_unloaded_frozen: bool = False):
+def _plan(spatial, cfg, strategy: str, cv_mode: str, heldout, demo: bool, allow_unloaded_frozen: bool = False,
+          folds: list | None = None):
+    """A strategy's CV plan. `folds`: the command's folds when made already (its strategies share them);
+    otherwise made here (train.make_folds: a plan that cannot be made is refused before any output)."""
     from spatial_transfer.model import STRATEGY_LR
     from spatial_transfer.train import CVPlan, make_folds
 
     lr = cfg.spatial.lr or (DEMO_STRATEGY_LR if demo else STRATEGY_LR)[strategy]
-    return CVPlan(strategy, cv_mode, make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed), lr, cfg.seed,
-                  allow_unloaded_frozen=allow_unloaded_frozen)
+    if folds is None:
+        folds = make_folds(spatial.samples, cv_mode, cfg.folds, heldout, cfg.seed)
+    return CVPlan(strategy, cv_mode, [list(f) for f in folds], lr, cfg.seed, allow_unloaded_frozen=allow_unloaded_frozen)
 
 
 def cmd_run(args) -> None:
     from ftcore.distributed import is_main_process
     from ftcore.io import atomic_write_json, atomic_write_text
 
-    from spatial_transfer.train import cross_validate, format_comparison, log, pretrain_bulk, resumable_folds
+    from spatial_transfer.train import cross_validate, format_comparison, log
 
-    out, cfg, strategy, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(args, need_spatial=True)
-    plans = {strategy: _plan(spatial, cfg, strategy, cv_mode, heldout, demo, args.allow_unloaded_frozen)}
-    if demo and strategy != "scratch":  # the demo shows the transfer beside its baseline: the same model from scratch
-        plans["scratch"] = _plan(spatial, cfg, "scratch", cv_mode, heldout, demo)
-    _open_runs(out, cfg, plans, spatial, bulk, bulk_ckpt, args.overwrite)  # other settings: refused before any training
-    for plan in plans.values():
-        resumable_folds(out, cfg, plan)
-    log(f"strategy: {strategy}; CV: {cv_mode}" + (f" ({', '.join(heldout)})" if heldout else "")
+    prep = prepare(args, need_spatial=True, allow_unloaded_frozen=args.allow_unloaded_frozen)
+    strategy, plans = prep.strategy, prep.plans
+    if prep.demo and strategy != "scratch":  # the demo shows the transfer beside its baseline: the same model from scratch
+        plans["scratch"] = _plan(prep.spatial, prep.cfg, "scratch", prep.cv_mode, prep.heldout, True, folds=prep.folds)
+    _open_runs(prep, args.overwrite)  # other settings: refused before anything is written
+    log(f"strategy: {strategy}; CV: {prep.cv_mode}" + (f" ({', '.join(prep.heldout)})" if prep.heldout else "")
         + ("; then the scratch baseline on the same folds" if len(plans) > 1 else ""))
-    if strategy != "scratch" and bulk_ckpt is None:
-        bulk_ckpt = pretrain_bulk(bulk, cfg, out)
-    results = {name: cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
+    bulk = _bulk_weights(prep, args) if strategy != "scratch" else None
+    results = {name: cross_validate(prep.spatial, prep.cfg, plan, prep.out, None if name == "scratch" else bulk)
                for name, plan in plans.items()}
     if len(results) > 1 and is_main_process():
         table = format_comparison(results)
         log("\n=== Transfer vs from scratch (same folds) ===\n" + table)
-        atomic_write_text(out / "comparison.txt", table + "\n")
-        atomic_write_json(out / "comparison.json", _comparison_record(results))
+        atomic_write_text(prep.out / "comparison.txt", table + "\n")
+        atomic_write_json(prep.out / "comparison.json", _comparison_record(results))
         t, b = results[strategy], results["scratch"]
         log(f"\ndemo: transfer ({strategy}) gene correlation {t['gene_correlation']['mean']:.4f} vs from scratch "
             f"{b['gene_correlation']['mean']:.4f}; overall correlation {t['overall_correlation']['mean']:.4f} vs "
             f"{b['overall_correlation']['mean']:.4f}")
-    _print_next(args, out, strategy, len(plans[strategy].folds))
+    _print_next(args, prep.out, strategy, len(plans[strategy].folds))
 
 
-def _open_runs(out: Path, cfg, plans: dict, spatial, bulk, bulk_ckpt: Path | None, overwrite: bool) -> None:
+def _bulk_weights(prep: Prepared, args):
+    """The BulkModel every fold transfers: --bulk-checkpoint (read by prepare), else pretrained now and read
+    once (train.read_bulk_checkpoint): one read per command, not one per fold."""
+    from spatial_transfer.train import pretrain_bulk, read_bulk_checkpoint
+
+    if prep.bulk_weights is not None:
+        return prep.bulk_weights
+    return read_bulk_checkpoint(pretrain_bulk(prep.bulk, prep.cfg, prep.out), args.trust_checkpoint)
+
+
+def _open_runs(prep: Prepared, overwrite: bool) -> None:
     """The run directory contract (ftcore.rundir) for each strategy's CV and the bulk pretraining of this run:
-    every part is checked first (a part of other settings is refused, naming the changed keys), then started."""
+    every part is checked first (a part of other settings is refused, naming the changed keys, with nothing
+    written: the demo's data neither), then the demo data are put in place and the parts started."""
+    with _drop_on_error(prep.staged):
+        _check_and_start(prep, overwrite)
+
+
+def _check_and_start(prep: Prepared, overwrite: bool) -> None:
     from ftcore.rundir import file_identity
 
-    from spatial_transfer.train import bulk_record, open_bulk_run, open_strategy_run
+    from spatial_transfer.train import bulk_record, open_bulk_run, open_strategy_run, resumable_folds
 
-    pretrain_here = bulk_ckpt is None and any(name != "scratch" for name in plans)
-    source = bulk_record(cfg, bulk.path) if pretrain_here else {"checkpoint": file_identity(bulk_ckpt)} if bulk_ckpt else None
-    runs = [open_strategy_run(out, cfg, plan, spatial.path, None if name == "scratch" else source, overwrite)
-            for name, plan in plans.items()]
-    if pretrain_here:
-        runs.append(open_bulk_run(out, cfg, bulk.path, overwrite))
+    out, cfg, staged = prep.out, prep.cfg, prep.staged
+    given = prep.bulk_weights.path if prep.bulk_weights is not None else None
+    pretrain_here = prep.bulk is not None and given is None and any(name != "scratch" for name in prep.plans)
+    source = (bulk_record(cfg, prep.data_dir, staged) if pretrain_here
+              else {"checkpoint": file_identity(given)} if given else None)
+    runs = [open_strategy_run(out, cfg, plan, prep.data_dir, None if name == "scratch" else source, overwrite, staged)
+            for name, plan in prep.plans.items()] if prep.spatial is not None else []
+    if pretrain_here or prep.spatial is None:
+        runs.append(open_bulk_run(out, cfg, prep.data_dir, overwrite, staged))
+    prep.place_demo_data()
     for run in runs:
         run.start()
+    for plan in prep.plans.values():
+        resumable_folds(out, cfg, plan)
 
 
 def _comparison_record(results: dict) -> dict:
@@ -423,20 +519,16 @@ def _print_next(args, out: Path, strategy: str, n_folds: int) -> None:
 def cmd_pretrain(args) -> None:
     from spatial_transfer.train import pretrain_bulk
 
-    out, cfg, *_, bulk, _, _ = _prepare(args, need_spatial=False, need_bulk=True)
-    from spatial_transfer.train import open_bulk_run
-
-    open_bulk_run(out, cfg, bulk.path, args.overwrite).start()
-    pretrain_bulk(bulk, cfg, out)
+    prep = prepare(args, need_spatial=False, need_bulk=True)
+    _open_runs(prep, args.overwrite)
+    pretrain_bulk(prep.bulk, prep.cfg, prep.out)
 
 
 def cmd_compare(args) -> None:
     from ftcore.distributed import is_main_process
     from ftcore.io import atomic_write_json, atomic_write_text
 
-    from spatial_transfer.train import (
-        STRATEGIES, cross_validate, format_comparison, pretrain_bulk, resumable_folds,
-    )
+    from spatial_transfer.train import STRATEGIES, cross_validate, format_comparison
 
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not names:
@@ -449,22 +541,18 @@ def cmd_compare(args) -> None:
     if twice:
         raise UserError(f"--strategies names {twice[0]!r} twice; each strategy is compared once")
     args.strategy = names[0]  # validated env/flags; the CV plan is shared by all strategies
-    out, cfg, _, cv_mode, heldout, spatial, bulk, bulk_ckpt, demo = _prepare(
-        args, need_spatial=True, need_bulk=any(s != "scratch" for s in names), strategies=names)
-    plans = {name: _plan(spatial, cfg, name, cv_mode, heldout, demo, args.allow_unloaded_frozen) for name in names}
-    _open_runs(out, cfg, plans, spatial, bulk, bulk_ckpt, args.overwrite)
-    for plan in plans.values():
-        resumable_folds(out, cfg, plan)
-    if bulk_ckpt is None and any(s != "scratch" for s in names):
-        bulk_ckpt = pretrain_bulk(bulk, cfg, out)
+    prep = prepare(args, need_spatial=True, need_bulk=any(s != "scratch" for s in names), strategies=names,
+                   allow_unloaded_frozen=args.allow_unloaded_frozen)
+    _open_runs(prep, args.overwrite)
+    bulk = _bulk_weights(prep, args) if any(s != "scratch" for s in names) else None
     results = {}
-    for name, plan in plans.items():
-        results[name] = cross_validate(spatial, cfg, plan, out, bulk_ckpt, args.trust_checkpoint)
+    for name, plan in prep.plans.items():
+        results[name] = cross_validate(prep.spatial, prep.cfg, plan, prep.out, None if name == "scratch" else bulk)
     table = format_comparison(results)
     if is_main_process():
         print("\n=== Transfer vs from scratch (same folds) ===\n" + table)
-        atomic_write_text(out / "comparison.txt", table + "\n")
-        atomic_write_json(out / "comparison.json", _comparison_record(results))
+        atomic_write_text(prep.out / "comparison.txt", table + "\n")
+        atomic_write_json(prep.out / "comparison.json", _comparison_record(results))
 
 
 def cmd_predict(args) -> None:

@@ -22,24 +22,16 @@ def plot_fold_predictions(pred: np.ndarray, true: np.ndarray, path: str | os.Pat
     import matplotlib.pyplot as plt
 
     from ftcore.io import atomic_savefig
-    from ftcore.metrics import pearson_overall, pearson_per_gene
+    from ftcore.metrics import pearson_per_gene
+    from ftcore.plotting import scatter_pred_vs_true
 
-    overall = pearson_overall(pred, true)  # on the values as the tables' metrics get them (same dtype)
     per_gene = pearson_per_gene(pred, true)
-    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     per_gene = per_gene[np.isfinite(per_gene)]  # constant genes have no correlation (THE rule of ftcore.metrics)
-    p, t = pred.ravel(), true.ravel()
-    if p.size > max_points:  # a sample of the points; r is computed on all of them
-        idx = np.random.default_rng(0).choice(p.size, max_points, replace=False)
-        p, t = p[idx], t[idx]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
-    ax0.scatter(t, p, s=3, alpha=0.3)
-    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-    ax0.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = measured")
-    ax0.set_xlabel("measured expression (log-normalised)")
-    ax0.set_ylabel("predicted expression (log-normalised)")
-    ax0.set_title(f"spot x gene values: overall correlation {overall:.4f}", fontsize=10)
-    ax0.legend(fontsize=8, loc="upper left")
+    scatter_pred_vs_true(ax0, pred, true, xlabel="measured expression (log-normalised)",
+                         ylabel="predicted expression (log-normalised)",
+                         title="spot x gene values: overall correlation {r:.4f}", identity_label="predicted = measured",
+                         max_points=max_points)
     if per_gene.size:
         mean = float(per_gene.mean())
         ax1.hist(per_gene, bins=40, range=(-1, 1))

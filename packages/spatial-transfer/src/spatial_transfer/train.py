@@ -29,9 +29,7 @@ from ftcore.metrics import pearson_mean_gene, pearson_overall
 from ftcore.options import SEED_LIMIT, bounds
 from ftcore.training import TrainConfig, Trainer, move_to
 
-from spatial_transfer.data import (
-    BulkData, GraphConfig, SpatialData, bulk_items, check_gene_count, collate, spatial_items,
-)
+from spatial_transfer.data import BulkData, GraphConfig, SpatialData, bulk_items, collate, spatial_items
 from spatial_transfer.model import (
     FREEZE_STRATEGIES, STRATEGY_LR, BulkModel, Cell2GeneConfig, SpatialModel,
 )
@@ -145,8 +143,8 @@ def _train_config(settings: TrainSettings, cfg: RunConfig, out: Path, lr: float,
 
 # ------------------------------------------------------------------------------ bulk
 def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
-    """Train the BulkModel (10% of samples validate); -> its best checkpoint. Resumes if killed."""
-    check_gene_count(bulk.expr.shape[1], cfg.model.bulk_genes, bulk.path, "bulk.h5ad", "bulk_genes")
+    """Train the BulkModel (10% of samples validate); -> its best checkpoint. Resumes if killed.
+    `bulk` and `cfg` are validated (cli.prepare: the gene count too)."""
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(bulk.sample_names))
     n_val = max(1, round(0.1 * len(order))) if len(order) >= 2 else 0
@@ -168,28 +166,44 @@ def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
     return best
 
 
-def load_bulk_weights(model: SpatialModel, path: Path, trust_pickle: bool = False,
-                      spatial_genes: list[str] | None = None) -> LoadReport:
-    """Partial load of a BulkModel checkpoint into the SpatialModel, with the guide's report.
+@dataclass
+class BulkWeights:
+    """A BulkModel checkpoint read once (read_bulk_checkpoint): what every fold of every strategy transfers."""
 
-    With `spatial_genes`, the bulk head's rows of the genes both panels share are copied into the spatial
-    head by gene name (the head as a whole differs in shape and is skipped by load_partial): what the bulk
-    model learnt about each shared gene is kept; genes only the spatial panel has start at random."""
-    log("=== Loading Pretrained Weights from Bulk Model ===")
-    log(f"Bulk model path: {path}")
+    path: Path
+    state_dict: dict
+    genes: list | None  # the bulk panel's gene names, when the checkpoint records them
+    kind: str | None  # extra['kind'] ("Cell2Gene BulkModel"; a fold's "Cell2Gene SpatialModel" is refused)
+
+
+def read_bulk_checkpoint(path: str | Path, trust_pickle: bool = False) -> BulkWeights:
+    """Read a BulkModel checkpoint (the one read of that file in a command)."""
     try:
         ckpt = read_checkpoint(path, trust_pickle=trust_pickle)
         sd = extract_state_dict(ckpt, source=str(path))
     except UserError as err:
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
+    extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
+    extra = extra if isinstance(extra, dict) else {}
+    return BulkWeights(Path(path), sd, extra.get("genes"), extra.get("kind"))
+
+
+def load_bulk_weights(model: SpatialModel, bulk: BulkWeights, spatial_genes: list[str] | None = None) -> LoadReport:
+    """Partial load of a BulkModel checkpoint (read_bulk_checkpoint) into the SpatialModel, with the guide's report.
+
+    With `spatial_genes`, the bulk head's rows of the genes both panels share are copied into the spatial
+    head by gene name (the head as a whole differs in shape and is skipped by load_partial): what the bulk
+    model learnt about each shared gene is kept; genes only the spatial panel has start at random."""
+    sd = bulk.state_dict
+    log("=== Loading Pretrained Weights from Bulk Model ===")
+    log(f"Bulk model path: {bulk.path}")
     log(f"Loaded state dict with {len(sd)} keys\n")
     report = load_partial(model, sd, source="bulk", target="spatial model", verbose=is_main_process())
     if not report.loaded:
-        raise UserError(f"Error loading bulkmodel weights: no tensor of {path} matches the spatial model "
+        raise UserError(f"Error loading bulkmodel weights: no tensor of {bulk.path} matches the spatial model "
                         "(0 loaded); pass a Cell2Gene BulkModel checkpoint with the same model sizes")
     if spatial_genes is not None:
-        extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
-        bulk_genes = extra.get("genes") if isinstance(extra, dict) else None
+        bulk_genes = bulk.genes
         n = transfer_gene_rows(model, sd, bulk_genes, spatial_genes) if bulk_genes else 0
         if bulk_genes and n:
             log(f"✓ output_projection.1: the rows of {n} of {len(spatial_genes)} genes (those the bulk panel shares) "
@@ -286,34 +300,47 @@ RUN_CONFIG = "run_config.yaml"
 RESUME_IGNORES = ("train.ckpt_every_steps",)
 
 
-def bulk_record(cfg: RunConfig, data_dir: Path) -> dict:
-    """What shapes the BulkModel: its sizes (not the spatial head's), graph, training settings, seed, the bulk files."""
+def data_files(data_dir: Path, names: tuple[str, ...], staged: Path | None = None) -> list[dict]:
+    """The run record's identity (ftcore.rundir.file_identity) of data_dir/<name>. `staged`: the directory
+    the files are in until the run-directory checks pass (the demo's, generated now): hashed there, named
+    where they go."""
     from ftcore.rundir import file_identity
 
+    found = []
+    for name in names:
+        ident = file_identity(Path(staged or data_dir) / name)
+        if staged is not None:
+            ident["path"] = str((Path(data_dir) / name).expanduser().absolute())
+        found.append(ident)
+    return found
+
+
+def bulk_record(cfg: RunConfig, data_dir: Path, staged: Path | None = None) -> dict:
+    """What shapes the BulkModel: its sizes (not the spatial head's), graph, training settings, seed, the bulk files."""
     from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE
 
     model = {k: v for k, v in asdict(cfg.model).items() if k != "spatial_genes"}
     return {"model": model, "graph": asdict(cfg.graph), "train": asdict(cfg.bulk), "seed": cfg.seed,
-            "data_files": [file_identity(Path(data_dir) / n) for n in (BULK_FILE, BULK_CELLS_FILE)]}
+            "data_files": data_files(data_dir, (BULK_FILE, BULK_CELLS_FILE), staged)}
 
 
-def open_bulk_run(out: Path, cfg: RunConfig, data_dir: Path, overwrite: bool = False):
+def open_bulk_run(out: Path, cfg: RunConfig, data_dir: Path, overwrite: bool = False, staged: Path | None = None):
     from ftcore.rundir import open_run_dir
 
-    return open_run_dir(out / Path(BULK_CHECKPOINT).parent, bulk_record(cfg, data_dir), config_name=RUN_CONFIG,
+    return open_run_dir(out / Path(BULK_CHECKPOINT).parent, bulk_record(cfg, data_dir, staged), config_name=RUN_CONFIG,
                         ignore=RESUME_IGNORES, overwrite=overwrite)
 
 
 def open_strategy_run(out: Path, cfg: RunConfig, plan: CVPlan, data_dir: Path, bulk: dict | None,
-                      overwrite: bool = False):
+                      overwrite: bool = False, staged: Path | None = None):
     """A strategy's CV (its log and checkpoint folders): new, the same (resumed fold by fold) or refused.
     `bulk`: the BulkModel it transfers from (bulk_record, or a given checkpoint's file identity); None from scratch."""
-    from ftcore.rundir import file_identity, open_run_dir
+    from ftcore.rundir import open_run_dir
 
     from spatial_transfer.data import SPATIAL_CELLS_FILE, SPATIAL_FILE
 
     log_dir, ckpt_dir = strategy_dirs(out, plan.strategy)
-    record = {**plan.key(cfg), "data_files": [file_identity(Path(data_dir) / n) for n in (SPATIAL_FILE, SPATIAL_CELLS_FILE)],
+    record = {**plan.key(cfg), "data_files": data_files(data_dir, (SPATIAL_FILE, SPATIAL_CELLS_FILE), staged),
               "bulk": bulk}
     saved = None
     if not overwrite and not (log_dir / RUN_CONFIG).is_file() and (log_dir / "temp_fold_results.json").is_file():
@@ -344,10 +371,9 @@ def resumable_folds(out: Path, cfg: RunConfig, plan: CVPlan) -> list[dict]:
     return folds
 
 
-def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path,
-                   bulk_checkpoint: Path | None, trust_pickle: bool = False) -> dict:
-    """Train and test one strategy on every fold; resumable fold by fold. -> final results dict."""
-    check_gene_count(spatial.expr.shape[1], cfg.model.spatial_genes, spatial.path, "spatial.h5ad", "spatial_genes")
+def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path, bulk: BulkWeights | None) -> dict:
+    """Train and test one strategy on every fold; resumable fold by fold. -> final results dict.
+    Inputs are validated (cli.prepare); `bulk`: the BulkModel weights every fold transfers (None from scratch)."""
     log_dir, ckpt_dir = strategy_dirs(out, plan.strategy)
     temp_path = log_dir / "temp_fold_results.json"
     done: list[dict] = resumable_folds(out, cfg, plan)
@@ -361,7 +387,7 @@ def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path
     for r in done:  # out-of-fold predictions of finished folds come back from their files
         oof[r["spot_rows"]] = np.load(log_dir / f"fold_{r['fold']}_predictions.npy")
     for k in range(len(done), len(plan.folds)):
-        result, pred, rows = _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_pickle)
+        result, pred, rows = _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk)
         oof[rows] = pred
         done.append(result)
         if is_main_process():
@@ -375,7 +401,7 @@ def cross_validate(spatial: SpatialData, cfg: RunConfig, plan: CVPlan, out: Path
     return final
 
 
-def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_pickle):
+def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk: BulkWeights | None):
     test = plan.folds[k]
     rest = [s for s in spatial.samples if s not in test]
     val = _validation_samples(rest, plan.seed + k)
@@ -386,8 +412,7 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk_checkpoint, trust_p
     model = SpatialModel(cfg.model)
     report = None
     if plan.strategy != "scratch":
-        report = load_bulk_weights(model, bulk_checkpoint, trust_pickle,
-                                   spatial_genes=list(spatial.genes) if cfg.head_from_bulk else None)
+        report = load_bulk_weights(model, bulk, spatial_genes=list(spatial.genes) if cfg.head_from_bulk else None)
     train_items = spatial_items(spatial, cfg.graph, train)
     init_output_bias(model, train_items)  # same start for every strategy: the bias is the spatial training mean
     freeze = apply_freezing(model, resolve_strategy(plan.strategy, FREEZE_STRATEGIES), pretrained=report,

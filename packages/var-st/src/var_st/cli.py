@@ -20,12 +20,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftcore import options as opt
 from ftcore.cli import SNAKE, ArgumentParser, add_compile, add_seed, add_trust_checkpoint, add_version
 from ftcore.errors import UserError, cli_main, oom_advice
+
+if TYPE_CHECKING:  # the CLI imports torch and the model lazily (fast --help)
+    from ftcore.rundir import RunDir
+    from var_st.config import RunSettings
+    from var_st.data import SpotData
+    from var_st.model import TwoStageVARST
+    from var_st.train import RunPaths
 
 DEMO = "demo"
 VISIUM = "visium-mouse-brain"
@@ -493,16 +501,18 @@ def _load_model_config(args, preset: str, base: dict | None = None):
     return vq_cfg, var_cfg, given
 
 
-def _run_settings(args, stage: int, builtin: str | None) -> dict:
+def _run_settings(args, stage: int, builtin: str | None):
+    from var_st.config import RunSettings
+
     defaults = {DEMO: DEMO_RUN, VISIUM: VISIUM_RUN}.get(builtin, SEED_RUN)
     key = f"stage{stage}"
-    run = {"epochs": args.epochs if args.epochs is not None else defaults[f"{key}_epochs"],
-           "batch_size": args.batch_size if args.batch_size is not None else defaults[f"{key}_batch_size"],
-           "lr": args.lr if args.lr is not None else defaults[f"{key}_lr"],
-           "max_steps": args.max_steps, "patience": args.patience, "seed": args.seed,
-           "device": _device(args.gpus), "progress": not os.environ.get("VAR_ST_NO_PROGRESS"),
-           "compile": getattr(args, "compile", None) or "graphs"}
-    if run["epochs"] == 0 and not run["max_steps"]:
+    run = RunSettings(epochs=args.epochs if args.epochs is not None else defaults[f"{key}_epochs"],
+                      batch_size=args.batch_size if args.batch_size is not None else defaults[f"{key}_batch_size"],
+                      lr=args.lr if args.lr is not None else defaults[f"{key}_lr"],
+                      max_steps=args.max_steps, patience=args.patience, seed=args.seed,
+                      device=_device(args.gpus), progress=not os.environ.get("VAR_ST_NO_PROGRESS"),
+                      compile=getattr(args, "compile", None) or "graphs")
+    if run.epochs == 0 and not run.max_steps:
         raise UserError("--epochs 0 trains nothing; give --epochs >= 1, or --epochs 0 with --max_steps N "
                         "to run exactly N optimizer steps")
     return run
@@ -554,58 +564,74 @@ def _same_file(a: Path | None, b: Path | None) -> bool:
 
 
 # ----------------------------------------------------------------------------- commands
-def cmd_train(args) -> None:
-    from ftcore.distributed import is_main_process, wait_for_main
-    from ftcore.io import claim_outputs
-    from ftcore.training import seed_everything
-    from var_st.data import load_spots
-    from var_st.model import TwoStageVARST
-    from var_st.train import RunPaths, train_stage1, train_stage2
+@dataclass
+class TrainJob:
+    """What `var-st train` runs, every check passed (prepare_train); nothing is written yet."""
 
-    # -- validation: everything below may refuse; nothing is written before claim_outputs
+    stage: int
+    name: str  # the dataset's name (logs/<name>/...)
+    paths: RunPaths
+    run: RunSettings
+    data: SpotData
+    model: TwoStageVARST
+    contract: dict  # extra['data'] of the checkpoints: keys, preset, split
+    preset: str
+    stage_run: RunDir  # the stage directory's contract (ftcore.rundir): decided, not started
+    outputs: tuple  # what the command creates (claim_outputs)
+    demo_copy: Path | None = None  # stage 1 on the built-in demo: its data, written beside the run
+    adata: object = None
+
+
+def prepare_train(args) -> TrainJob:
+    """Every check of `var-st train`, once, before anything is written: flags, data file, keys, split, model
+    config, the stage-1 checkpoint (stage 2: read once, here) and the stage directory's run contract."""
+    from ftcore.training import seed_everything
+    from var_st.train import RunPaths
+
     _debug(args)
     seed_everything(args.seed)  # the initial weights too, so a run is reproducible from its command line
     name, path = _resolve_dataset(args)
-    builtin = path is None
-    stage = args.training_stage
     paths = RunPaths(args.log_dir, name)
     opt.check_output_dir("--log_dir", paths.root)
-    run = _run_settings(args, stage, name if builtin else None)
-    if stage == 1:
-        if args.stage1_ckpt:
-            raise UserError("--stage1_ckpt is for --training_stage 2; stage 1 trains the VQ-VAE from scratch")
-        keys = _data_keys(args, {})
-        split_kw = _split_options(args)
-        adata, source = _read_adata(args, name, path)
-        data = load_spots(adata, source=source, num_genes=args.num_genes or 200, **keys, **split_kw)
-        preset, why = _default_preset(args, len(data.split["train"]), builtin)
-        vq_cfg, var_cfg, _ = _load_model_config(args, preset)
-        model = TwoStageVARST(len(data.gene_names), vq_cfg, var_cfg, current_stage=1)
-        contract = _contract(name, data, keys, preset, adata, args.seed)
-        _announce(args, model, data, f"stage 1 (VQ-VAE) -> {paths.stage1}", f"{preset} ({why})")
-        demo_copy = paths.root.parent / "demo.h5ad"
-        stage_run = _open_stage(paths.stage1, _stage_record(contract, path, run, num_genes=len(data.gene_names),
-                                                            vqvae=vq_cfg, var=var_cfg), args.overwrite)
-        claim_outputs(paths.stage1, demo_copy if name == DEMO and builtin else None)
-        stage_run.start()
-        if name == DEMO and builtin and is_main_process():
-            from ftcore.io import atomic_write_h5ad
+    run = _run_settings(args, args.training_stage, name if path is None else None)
+    if args.training_stage == 1:
+        return _prepare_stage1(args, name, path, paths, run)
+    return _prepare_stage2(args, name, path, paths, run)
 
-            atomic_write_h5ad(adata, demo_copy)  # the data the demo trained on, for inspection
-        result = train_stage1(model, data, paths.stage1, run, {"data": contract})
-        if result.best_path is None or not Path(result.best_path).exists():
-            last = next((r["val_loss"] for r in reversed(result.history) if "val_loss" in r), None)
-            raise UserError(f"stage 1 finished without a finite val_loss (last: {last}): the run diverged; "
-                            f"lower --lr (now {run['lr']:g})")
-        if is_main_process():
-            print(f"stage 1 done: best val_loss {result.best_metric} -> {result.best_path}\n"
-                  f"next: {_stage2_command(args, result.best_path, contract, preset)}")
-        return
+
+def _prepare_stage1(args, name: str, path: Path | None, paths, run) -> TrainJob:
+    from var_st.data import load_spots
+    from var_st.model import TwoStageVARST
+
+    if args.stage1_ckpt:
+        raise UserError("--stage1_ckpt is for --training_stage 2; stage 1 trains the VQ-VAE from scratch")
+    builtin = path is None
+    keys = _data_keys(args, {})
+    split_kw = _split_options(args)
+    adata, source = _read_adata(args, name, path)
+    data = load_spots(adata, source=source, num_genes=args.num_genes or 200, **keys, **split_kw)
+    preset, why = _default_preset(args, len(data.split["train"]), builtin)
+    vq_cfg, var_cfg, _ = _load_model_config(args, preset)
+    model = TwoStageVARST(len(data.gene_names), vq_cfg, var_cfg, current_stage=1)
+    contract = _contract(name, data, keys, preset, adata, args.seed)
+    _announce(args, model, data, f"stage 1 (VQ-VAE) -> {paths.stage1}", f"{preset} ({why})")
+    demo_copy = paths.root.parent / "demo.h5ad" if name == DEMO and builtin else None
+    stage_run = _open_stage(paths.stage1, _stage_record(contract, path, run, num_genes=len(data.gene_names),
+                                                        vqvae=vq_cfg, var=var_cfg), args.overwrite)
+    return TrainJob(1, name, paths, run, data, model, contract, preset, stage_run, (paths.stage1, demo_copy),
+                    demo_copy=demo_copy, adata=adata)
+
+
+def _prepare_stage2(args, name: str, path: Path | None, paths, run) -> TrainJob:
+    from ftcore.rundir import file_identity
+    from var_st.data import load_spots
+    from var_st.model import TwoStageVARST
+
     if not args.stage1_ckpt:
         hint = f" (found {paths.stage1_ckpt})" if paths.stage1_ckpt.exists() else ""
         raise UserError(f"stage 2 needs the trained stage-1 VQ-VAE: pass --stage1_ckpt {paths.stage1_ckpt}{hint}; "
                         "train it first with --training_stage 1")
-    stage1_ckpt, ckpt_extra = _stage1_checkpoint(args)
+    stage1_ckpt, ckpt, ckpt_extra = _stage1_checkpoint(args)  # the one read of the stage-1 file
     stored = _stored_contract(ckpt_extra)
     preset = args.preset or stored.get("preset") or _infer_preset(ckpt_extra["vqvae_config"])
     # stage 1's sizes (preset + its config) are the base unless --preset names others
@@ -626,23 +652,44 @@ def cmd_train(args) -> None:
                  "stage 2 would train on spots stage 1 held out (or hold out spots it trained on)")
     if not explicit_hist:
         var_cfg.histology_dim = int(data.histology.shape[1])  # the data decides unless the config says otherwise
-    model = TwoStageVARST.from_stage1(stage1_ckpt, var_cfg, trust_pickle=args.trust_checkpoint)
+    model = TwoStageVARST.from_stage1(stage1_ckpt, var_cfg, checkpoint=ckpt)
     contract = {**_contract(name, data, keys, preset, adata, args.seed), "stage1_ckpt": str(stage1_ckpt)}
     _announce(args, model, data, f"stage 2 (VAR transformer) -> {paths.stage2}", f"{preset} (stage 1's)"
               if not args.preset else f"{preset} (--preset)")
-    from ftcore.rundir import file_identity
-
     stage_run = _open_stage(paths.stage2, _stage_record(contract, path, run, stage1_file=file_identity(stage1_ckpt),
                                                         var=var_cfg), args.overwrite)
-    claim_outputs(paths.stage2, paths.complete)
-    stage_run.start()
-    result = train_stage2(model, data, paths.stage2, run, {"data": contract})
+    return TrainJob(2, name, paths, run, data, model, contract, preset, stage_run, (paths.stage2, paths.complete))
+
+
+def cmd_train(args) -> None:
+    from ftcore.distributed import is_main_process, wait_for_main
+    from ftcore.io import claim_outputs
+    from var_st.train import train_stage1, train_stage2
+
+    job = prepare_train(args)  # may refuse; nothing is written before claim_outputs
+    claim_outputs(*job.outputs)
+    job.stage_run.start()
+    if job.stage == 1:
+        if job.demo_copy is not None and is_main_process():
+            from ftcore.io import atomic_write_h5ad
+
+            atomic_write_h5ad(job.adata, job.demo_copy)  # the data the demo trained on, for inspection
+        result = train_stage1(job.model, job.data, job.paths.stage1, job.run, {"data": job.contract})
+        if result.best_path is None or not Path(result.best_path).exists():
+            last = next((r["val_loss"] for r in reversed(result.history) if "val_loss" in r), None)
+            raise UserError(f"stage 1 finished without a finite val_loss (last: {last}): the run diverged; "
+                            f"lower --lr (now {job.run.lr:g})")
+        if is_main_process():
+            print(f"stage 1 done: best val_loss {result.best_metric} -> {result.best_path}\n"
+                  f"next: {_stage2_command(args, result.best_path, job.contract, job.preset)}")
+        return
+    result = train_stage2(job.model, job.data, job.paths.stage2, job.run, {"data": job.contract})
     if is_main_process():
-        model.save_complete_model(paths.complete, data=contract)
-        where = shlex_quote(str(args.dataset))
-        print(f"stage 2 done: best val_pearson {result.best_metric} -> complete model {paths.complete}\n"
-              f"next: var-st predict --dataset {where} --checkpoint {shlex_quote(str(paths.complete))}\n"
-              f"      var-st evaluate --dataset {where} --checkpoint {shlex_quote(str(paths.complete))}")
+        job.model.save_complete_model(job.paths.complete, data=job.contract)
+        where, complete = shlex_quote(str(args.dataset)), shlex_quote(str(job.paths.complete))
+        print(f"stage 2 done: best val_pearson {result.best_metric} -> complete model {job.paths.complete}\n"
+              f"next: var-st predict --dataset {where} --checkpoint {complete}\n"
+              f"      var-st evaluate --dataset {where} --checkpoint {complete}")
     wait_for_main()  # the other ranks return once complete_model.ckpt is written
 
 
@@ -652,8 +699,8 @@ def shlex_quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def _stage1_checkpoint(args) -> tuple[Path, dict]:
-    """--stage1_ckpt read and recognised: (path, its metadata)."""
+def _stage1_checkpoint(args) -> tuple[Path, dict, dict]:
+    """--stage1_ckpt read (the one read of that file) and recognised: (path, its content, its metadata)."""
     from ftcore.checkpoint import read_checkpoint
 
     path = Path(os.path.expandvars(str(args.stage1_ckpt).strip())).expanduser()
@@ -667,9 +714,12 @@ def _stage1_checkpoint(args) -> tuple[Path, dict]:
     if extra.get("stage") == 2 or extra.get("complete"):
         raise UserError(f"{path} is a stage-2 / complete var-st checkpoint, not a stage-1 one; --stage1_ckpt takes "
                         "the best_vqvae.ckpt written by --training_stage 1 (a complete model goes to predict / evaluate)")
-    if extra.get("stage") != 1 or not extra.get("gene_names") or "vqvae_config" not in extra:
+    if extra.get("stage") != 1 or not extra.get("gene_names") or not {"vqvae_config", "num_genes"} <= set(extra):
         raise UserError(f"{path} is not a var-st stage-1 checkpoint; pass the best_vqvae.ckpt written by --training_stage 1")
-    return path, extra
+    if "model" not in obj:
+        raise UserError(f"{path} is not a var-st stage-1 checkpoint (no 'model' weights); pass the best_vqvae.ckpt "
+                        "written by --training_stage 1")
+    return path, obj, extra
 
 
 def _check_against_stage1(args, path: Path, extra: dict, given: dict, command) -> None:
@@ -708,11 +758,36 @@ def _announce(args, model, data, what: str, preset: str) -> None:
         print(f"[debug] model info: {info}\n[debug] genes: {data.gene_names[:10]} ...")
 
 
-def _load_for_inference(args, *, need_expression: bool, split: bool, outputs: tuple[Path, ...]):
+def _complete_model(path: Path, trust: bool, device="cpu"):
+    """A complete model from its checkpoint, read once; a stage-1 file is named with the flag that takes it."""
+    from ftcore.checkpoint import read_checkpoint
+    from var_st.model import TwoStageVARST
+
+    obj = read_checkpoint(path, trust_pickle=trust)
+    extra = obj.get("extra") if isinstance(obj, dict) else None
+    if isinstance(extra, dict) and extra.get("stage") == 1:
+        raise UserError(f"{path} is a stage-1 (VQ-VAE only) checkpoint; train stage 2 with --stage1_ckpt {path} "
+                        "and load its complete_model.ckpt")
+    return TwoStageVARST.load_complete_model(path, device=device, checkpoint=obj)
+
+
+@dataclass
+class InferenceJob:
+    """What predict / evaluate run on, every check passed (prepare_inference); nothing is written yet."""
+
+    name: str
+    checkpoint: Path
+    model: TwoStageVARST
+    adata: object
+    data: SpotData
+    device: object  # torch.device
+    sampling: dict  # predict_expression keywords
+
+
+def prepare_inference(args, *, need_expression: bool, split: bool, outputs: tuple[Path, ...]) -> InferenceJob:
     """The shared first half of predict / evaluate: every check, then the model and validated data.
     Data keys and split come from the checkpoint (the stage-1 run's) unless given on the command line."""
     from var_st.data import load_spots
-    from var_st.model import TwoStageVARST
     from ftcore.training import resolve_device
 
     _debug(args)
@@ -727,7 +802,7 @@ def _load_for_inference(args, *, need_expression: bool, split: bool, outputs: tu
     if split:
         _check_split_flags(args)
     device = resolve_device(_device(args.gpus))
-    model = TwoStageVARST.load_complete_model(ckpt, device="cpu", trust_pickle=args.trust_checkpoint)
+    model = _complete_model(ckpt, args.trust_checkpoint)
     stored = _stored_contract(getattr(model, "checkpoint_extra", {}) or {})
     keys = _data_keys(args, stored)
     adata, source = _read_adata(args, name, path)
@@ -737,7 +812,7 @@ def _load_for_inference(args, *, need_expression: bool, split: bool, outputs: tu
     if split:
         _check_split(data, stored, _split_flags_given(args), str(ckpt),
                      "the evaluation would score spots the model was trained or selected on")
-    return name, ckpt, model, adata, data, device, sampling
+    return InferenceJob(name, ckpt, model, adata, data, device, sampling)
 
 
 def cmd_predict(args) -> None:
@@ -748,8 +823,8 @@ def cmd_predict(args) -> None:
     name, _ = _resolve_dataset(args)
     out = args.output if args.output is not None else opt.check_output_file(
         "--output", RunPaths(args.log_dir, name).predictions, (".h5ad",))
-    _, ckpt, model, adata, data, device, s = _load_for_inference(args, need_expression=False, split=False,
-                                                                 outputs=(out,))
+    job = prepare_inference(args, need_expression=False, split=False, outputs=(out,))
+    ckpt, model, adata, data, device, s = job.checkpoint, job.model, job.adata, job.data, job.device, job.sampling
     claim_outputs(out)
     pred = predict_expression(model.to(device), data, **s)
     result = prediction_adata(pred, model.gene_names, adata, model="var-st", measured=data.expression)
@@ -799,8 +874,8 @@ def cmd_evaluate(args) -> None:
         "--output", RunPaths(args.log_dir, name).metrics, (".json",))
     plot = out.with_name("pred_vs_true.png")
     predictions = opt.check_input_file("--predictions", args.predictions, "predictions .h5ad") if args.predictions else None
-    _, ckpt, model, adata, data, device, s = _load_for_inference(args, need_expression=True, split=True,
-                                                                 outputs=(out, plot))
+    job = prepare_inference(args, need_expression=True, split=True, outputs=(out, plot))
+    ckpt, model, data, device, s = job.checkpoint, job.model, job.data, job.device, job.sampling
     idx = _split_indices(data, args.split)
     if predictions is not None:
         pred = read_predictions(predictions, list(model.gene_names), data.obs_names)[idx]
@@ -844,11 +919,9 @@ def cmd_make_demo_data(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from var_st.model import TwoStageVARST
-
     if Path(args.checkpoint).is_dir():
         raise UserError(f"{args.checkpoint} is a directory; pass the checkpoint file (complete_model.ckpt)")
-    model = TwoStageVARST.load_complete_model(args.checkpoint, trust_pickle=args.trust_checkpoint)
+    model = _complete_model(args.checkpoint, args.trust_checkpoint)
     for k, v in model.get_model_info().items():
         print(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}")
 

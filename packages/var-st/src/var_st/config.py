@@ -3,6 +3,7 @@
     VQVAEConfig     stage 1 (the seed's sizes are the defaults)
     VARConfig       stage 2
     PRESETS         "full" (the user's guide) and "demo" (the CPU demo)
+    RunSettings     one stage's run (epochs, batch size, lr, ...: the command line's; `run` in run_config.yaml)
 
 Bounds on the fields are checked by `ftcore.config.from_dict` (files, --set overrides).
 """
@@ -99,6 +100,27 @@ PRESETS: dict[str, tuple[VQVAEConfig, VARConfig]] = {
 }
 
 
+@dataclass
+class RunSettings:
+    """How one stage is trained: the keyword arguments of ftcore's TrainConfig that the command line sets
+    (checked there, once: `var-st train --epochs/--batch_size/--lr/--max_steps/--patience/--seed/--gpus`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    max_steps: int | None = None
+    patience: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    compile: str = "graphs"
+
+    @classmethod
+    def of(cls, run: "RunSettings | Mapping") -> "RunSettings":
+        """A RunSettings as it is, or one from a mapping of its fields (the API before the dataclass)."""
+        return run if isinstance(run, cls) else cls(**dict(run))
+
+
 def _as_config(cls, value, name: str):
     if value is None:
         return cls()
@@ -109,4 +131,4 @@ def _as_config(cls, value, name: str):
     raise UserError(f"{name} must be a dict or {cls.__name__}, got {type(value).__name__}")
 
 
-__all__ = ["VQVAEConfig", "VARConfig", "PRESETS"]
+__all__ = ["VQVAEConfig", "VARConfig", "PRESETS", "RunSettings"]

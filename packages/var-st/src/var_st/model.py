@@ -74,29 +74,30 @@ class TwoStageVARST(nn.Module):
         return self.vqvae.scale_sizes
 
     # -- stages ---------------------------------------------------------------------------------
-    def set_training_stage(self, stage: int, stage1_ckpt_path: str | Path | None = None, trust_pickle: bool = False) -> None:
-        """Stage 1 trains the VQ-VAE; stage 2 freezes it (loaded from stage1_ckpt_path) and trains the VAR."""
+    def set_training_stage(self, stage: int, stage1_ckpt_path: str | Path | None = None, trust_pickle: bool = False,
+                           *, checkpoint: Mapping | None = None) -> None:
+        """Stage 1 trains the VQ-VAE; stage 2 freezes it (loaded from stage1_ckpt_path) and trains the VAR.
+        `checkpoint`: the file's content when the caller has read it already (it is not read again)."""
         if stage not in (1, 2):
             raise UserError(f"training stage must be 1 or 2, got {stage}")
         if stage1_ckpt_path is not None:
-            self.load_stage1(stage1_ckpt_path, trust_pickle=trust_pickle)
+            self.load_stage1(stage1_ckpt_path, trust_pickle=trust_pickle, checkpoint=checkpoint)
         self.current_stage = stage
         self.vqvae.requires_grad_(stage == 1)
         self.var.requires_grad_(stage == 2)
         if stage == 2:
             self.vqvae.eval()
 
-    def load_stage1(self, path: str | Path, trust_pickle: bool = False) -> None:
-        from ftcore.checkpoint import read_checkpoint
-
-        obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    def load_stage1(self, path: str | Path, trust_pickle: bool = False, *, checkpoint: Mapping | None = None) -> None:
+        """The VQ-VAE weights of a stage-1 checkpoint (`checkpoint`: its content, when already read)."""
+        obj = checkpoint if checkpoint is not None else _read(path, trust_pickle)
         extra = obj.get("extra", {}) if isinstance(obj, Mapping) else {}
         if not isinstance(obj, Mapping) or "model" not in obj or extra.get("stage") not in (1, 2):
             raise UserError(f"{path} is not a var-st stage-1 checkpoint (no 'model' weights with stage metadata); "
-                            "pass the best_vqvae.ckpt written by --training_stage 1")
+                            "pass the best_vqvae.ckpt written by stage-1 training")
         if int(extra["num_genes"]) != self.num_genes:
             raise UserError(f"{path} was trained on {extra['num_genes']} genes but this model has {self.num_genes}; "
-                            "use the same --num_genes as stage 1")
+                            "build the model with stage 1's number of genes (or use from_stage1)")
         if dict(extra["vqvae_config"]) != _plain(asdict(self.vqvae_config)):
             raise UserError(f"{path} has vqvae_config {extra['vqvae_config']} which differs from this model's; "
                             "build the model with the stage-1 config (or use from_stage1)")
@@ -107,17 +108,17 @@ class TwoStageVARST(nn.Module):
         self.stage1_source = str(path)
 
     @classmethod
-    def from_stage1(cls, path: str | Path, var_config: Mapping | VARConfig | None = None, trust_pickle: bool = False):
-        """A stage-2-ready model whose VQ-VAE (config and weights) comes from a stage-1 checkpoint."""
-        from ftcore.checkpoint import read_checkpoint
-
-        obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    def from_stage1(cls, path: str | Path, var_config: Mapping | VARConfig | None = None, trust_pickle: bool = False,
+                    *, checkpoint: Mapping | None = None):
+        """A stage-2-ready model whose VQ-VAE (config and weights) comes from a stage-1 checkpoint; the file is
+        read once (`checkpoint`: its content, when the caller has read it already: then not at all)."""
+        obj = checkpoint if checkpoint is not None else _read(path, trust_pickle)
         extra = obj.get("extra", {}) if isinstance(obj, Mapping) else {}
         if "vqvae_config" not in extra or "num_genes" not in extra:
             raise UserError(f"{path} is not a var-st stage-1 checkpoint (no vqvae_config / num_genes); "
-                            "pass the best_vqvae.ckpt written by --training_stage 1")
+                            "pass the best_vqvae.ckpt written by stage-1 training")
         model = cls(int(extra["num_genes"]), dict(extra["vqvae_config"]), var_config, current_stage=1)
-        model.set_training_stage(2, stage1_ckpt_path=path, trust_pickle=trust_pickle)
+        model.set_training_stage(2, stage1_ckpt_path=path, checkpoint=obj)
         return model
 
     # -- training forward (stage 2) --------------------------------------------------------------
@@ -206,15 +207,15 @@ class TwoStageVARST(nn.Module):
         atomic_torch_save({"model": self.state_dict(), "extra": self.metadata(2, complete=True, **extra)}, path)
 
     @classmethod
-    def load_complete_model(cls, path: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False):
-        """A complete model (save_complete_model, or the stage-2 best checkpoint) on `device`, in eval mode."""
-        from ftcore.checkpoint import read_checkpoint
-
-        obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    def load_complete_model(cls, path: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False,
+                            *, checkpoint: Mapping | None = None):
+        """A complete model (save_complete_model, or the stage-2 best checkpoint) on `device`, in eval mode
+        (`checkpoint`: the file's content, when the caller has read it already)."""
+        obj = checkpoint if checkpoint is not None else _read(path, trust_pickle)
         extra = obj.get("extra", {}) if isinstance(obj, Mapping) else {}
         if extra.get("stage") == 1:
-            raise UserError(f"{path} is a stage-1 (VQ-VAE only) checkpoint; train stage 2 with --stage1_ckpt {path} "
-                            "and load its complete_model.ckpt")
+            raise UserError(f"{path} is a stage-1 (VQ-VAE only) checkpoint; train stage 2 on it and load the "
+                            "complete_model.ckpt that writes")
         if not {"num_genes", "vqvae_config", "var_config"} <= set(extra) or "model" not in obj:
             raise UserError(f"{path} is not a complete var-st model (missing configs or weights); "
                             "pass complete_model.ckpt written by training stage 2")
@@ -234,6 +235,12 @@ class TwoStageVARST(nn.Module):
                 "current_stage": self.current_stage, "num_genes": self.num_genes,
                 "scale_sizes": list(self.scale_sizes), "sequence_length": sum(self.scale_sizes),
                 "vocab_size": self.vqvae_config.vocab_size}
+
+
+def _read(path: str | Path, trust_pickle: bool) -> Any:
+    from ftcore.checkpoint import read_checkpoint
+
+    return read_checkpoint(path, trust_pickle=trust_pickle)
 
 
 def _plain(d: Any) -> Any:

@@ -30,18 +30,13 @@ def plot_evaluation(pred: np.ndarray, true: np.ndarray, per_gene: dict[str, np.n
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p, t = np.asarray(pred, dtype=float).ravel(), np.asarray(true, dtype=float).ravel()
-    if p.size > max_points:
-        keep = np.random.default_rng(0).choice(p.size, max_points, replace=False)
-        p, t = p[keep], t[keep]
+    from ftcore.plotting import scatter_pred_vs_true
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.3))
-    left.scatter(t, p, s=3, alpha=0.3)
-    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-    left.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = measured")
-    left.set_xlabel("measured expression, log1p(CP10k)")
-    left.set_ylabel("VAR-ST predicted, log1p(CP10k)")
-    left.set_title(f"VAR-ST, all spot x gene values pooled: r = {pooled_r(pred, true):.3f}", fontsize=10)
-    left.legend(loc="upper left", fontsize=8)
+    scatter_pred_vs_true(left, pred, true, xlabel="measured expression, log1p(CP10k)",
+                         ylabel="VAR-ST predicted, log1p(CP10k)",
+                         title="VAR-ST, all spot x gene values pooled: r = {r:.3f}", identity_label="predicted = measured",
+                         max_points=max_points)
 
     finite = [r[np.isfinite(r)] for r in per_gene.values()]
     both = np.concatenate(finite) if finite and any(len(f) for f in finite) else np.zeros(1)

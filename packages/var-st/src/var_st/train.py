@@ -9,6 +9,7 @@ the argument parsing. Files written by rank 0 only; every write is atomic.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from ftcore.errors import UserError
 from ftcore.io import atomic_write_json
 from ftcore.metrics import mae, mse, nanmean, pearson_mean_gene, pearson_per_gene
 from ftcore.training import Trainer, TrainConfig
+from var_st.config import RunSettings
 from var_st.data import SpotData, top_variable_genes
 from var_st.model import TwoStageVARST, codebook_stats
 
@@ -44,16 +46,17 @@ def _tensor(a) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=torch.float32)
 
 
-def _train_config(out_dir: Path, run: dict, n_train: int, **kw) -> TrainConfig:
+def _train_config(out_dir: Path, run: RunSettings, n_train: int, **kw) -> TrainConfig:
     # Warm the learning rate up over about one epoch (at most 100 steps): without it the VQ-VAE's
     # latent scale and the codebook chase each other in the first steps and the loss spikes.
-    warmup = min(100, max(1, n_train // (run["batch_size"] * world_size())))
-    return TrainConfig(output_dir=str(out_dir), last_name="last.ckpt", warmup_steps=warmup, **run, **kw)
+    warmup = min(100, max(1, n_train // (run.batch_size * world_size())))
+    return TrainConfig(output_dir=str(out_dir), last_name="last.ckpt", warmup_steps=warmup, **asdict(run), **kw)
 
 
 # ----------------------------------------------------------------------------- stage 1
-def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict, metadata: dict):
+def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: RunSettings, metadata: dict):
     """Train the VQ-VAE on the training spots' expression; returns the TrainResult (best_vqvae.ckpt)."""
+    run = RunSettings.of(run)
     tr, va = data.split["train"], data.split["val"]
     x = _tensor(data.expression)
     model.set_training_stage(1)
@@ -61,8 +64,8 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict,
     vqvae = model.vqvae
     # data-derived starting point (buffers and codebook); a resumed run replaces it with its checkpoint
     vqvae.fit_gene_stats(x[tr])
-    vqvae.init_codebook(x[tr][torch.randperm(len(tr), generator=torch.Generator().manual_seed(run["seed"]))[:2048]],
-                        seed=run["seed"])
+    vqvae.init_codebook(x[tr][torch.randperm(len(tr), generator=torch.Generator().manual_seed(run.seed))[:2048]],
+                        seed=run.seed)
 
     def loss_fn(m, batch):
         out = m(batch[0])
@@ -130,14 +133,15 @@ def token_loss(logits: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor,
     return (ce * weight.to(ce.device)).mean()
 
 
-def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: dict, metadata: dict):
+def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: RunSettings, metadata: dict):
     """Train the VAR transformer with the frozen VQ-VAE; returns the TrainResult (best_var.ckpt)."""
+    run = RunSettings.of(run)
     if model.current_stage != 2 or model.stage1_source is None:
         raise UserError("stage 2 needs the stage-1 VQ-VAE: call set_training_stage(2, stage1_ckpt_path=...) "
                         "(CLI: --stage1_ckpt logs/<dataset>/TWO_STAGE_VAR_ST/stage1_vqvae/best_vqvae.ckpt)")
     tr, va = data.split["train"], data.split["val"]
     x, h, c = _tensor(data.expression), _tensor(data.histology), _tensor(data.coords)
-    tokens = stage1_tokens(model, x, run.get("device", "auto"))
+    tokens = stage1_tokens(model, x, run.device)
     if model.var_config.histology_projection == "pca":  # data-derived; a resumed run loads its checkpoint over it
         model.var.fit_histology_pca(h[tr])
     V, smoothing = model.var_config.vocab_size, model.var_config.label_smoothing
