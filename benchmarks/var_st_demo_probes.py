@@ -162,7 +162,34 @@ def regression_bounds(data) -> dict:
     return out
 
 
-def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None) -> dict:
+def ridge_round_trip(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None) -> dict:
+    """Stage 1 alone (trained as run_variant does, or its cached checkpoint): ridge's prediction of the val
+    and test slides encoded into tokens and decoded with the first 1 .. K scales; and the measured
+    expression's round trip (the ceiling)."""
+    spec = merged(spec)
+    key = json.dumps(spec["data"], sort_keys=True)
+    if key not in cache:
+        cache[key] = load_data(spec["data"], data_dir)
+    data, _ = cache[key]
+    model = run_variant(spec, seed, cache, device, data_dir, stage1_only=True)
+    q, out = model.vqvae.quantizer, {"seed": seed}
+    for s in ("val", "test"):
+        idx = data.split[s]
+        true = data.expression[idx]
+        ridge = ridge_baseline(data, data.split["train"], idx)
+        tokens = model.vqvae.split_scales(model.vqvae.encode_tokens(torch.as_tensor(ridge, device=device)))
+        f_hat, prefix = None, []
+        for k, t in enumerate(tokens):
+            h = q.embed_scale(t, k)
+            f_hat = h if f_hat is None else f_hat + h
+            prefix.append(pearson(model.vqvae.decode_f_hat(f_hat).cpu(), true))
+        out[s] = {"ridge": pearson(ridge, true), "ridge_tokens_first_k_scales": prefix,
+                  "measured_round_trip": pearson(model.vqvae.reconstruct(torch.as_tensor(true, device=device)).cpu(), true)}
+    return out
+
+
+def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None,
+                stage1_only: bool = False):
     t0 = time.time()
     spec = merged(spec)
     key = json.dumps(spec["data"], sort_keys=True)
@@ -187,6 +214,8 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
                 s1_path.parent.mkdir(exist_ok=True)
                 shutil.copy(r1.best_path, s1_path)
             s1_path = s1_path or r1.best_path
+        if stage1_only:
+            return TwoStageVARST.from_stage1(s1_path, var).eval().to(device)
         t1 = time.time() - t0
         torch.manual_seed(seed)
         model = TwoStageVARST.from_stage1(s1_path, var)
@@ -262,6 +291,8 @@ def main():
     ap.add_argument("--data_dir", type=Path, default=None, help="npz copies of the data sets (written if missing)")
     ap.add_argument("--only_data", action="store_true", help="write the npz files of the variants' data and stop")
     ap.add_argument("--bounds", action="store_true", help="print the regression bounds of the variants' data and stop")
+    ap.add_argument("--round_trip", action="store_true",
+                    help="stage 1 only: ridge's prediction through the VQ-VAE, per seed (prints JSON lines)")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"demo": "{}"}
     results, cache = [], {}
@@ -273,6 +304,12 @@ def main():
             ridge = {s: pearson(ridge_baseline(data, tr, i), data.expression[i]) for s, i in (("val", va), ("test", te))}
             print(json.dumps({"variant": name, "data": d, "n_train": int(len(tr)), "ridge": ridge,
                               **regression_bounds(data)}), flush=True)
+        return
+    if args.round_trip:
+        for name, spec in variants.items():
+            for seed in args.seeds:
+                print(json.dumps({"variant": name, **ridge_round_trip(json.loads(spec), seed, cache, args.device,
+                                                                       args.data_dir)}), flush=True)
         return
     if args.only_data:
         for spec in variants.values():
