@@ -14,7 +14,9 @@ test slide:
   - on the validation slide too (where settings are chosen): the best epoch's Pearson and ridge's;
   - the model with its coordinate embedding's output zeroed (how much the coordinates cost across slides);
   - regression bounds from the features alone (`--bounds` prints only these): ridge on 16 / 32 principal
-    components and RBF kernel ridge on 32 (how much a nonlinear map could add over ridge).
+    components, RBF kernel ridge on 32 (how much a nonlinear map could add over ridge) and a one-layer
+    network on 32 (with and without the coordinates) trained for the demo's stage-2 steps;
+  - ridge's own prediction encoded into stage-1 tokens and decoded again (do tokens that reach ridge exist?).
 A variant is JSON: {"vq": {...VQVAEConfig keys}, "var": {...VARConfig keys}, "s1": {epochs, lr,
 batch_size}, "s2": {...}, "data": {"grid": 18, "seed": 0}}, merged over the demo's settings.
 """
@@ -89,6 +91,16 @@ def load_data(d: dict, data_dir: Path | None):
     """SpotData of the demo data set `d` and the top-50 HVG columns of its training spots. With
     data_dir: read (or, where anndata/scanpy are installed, first write) an .npz of the arrays, so
     the probes also run on a machine without them."""
+    data, top = _load_data(d, data_dir)
+    if d.get("slide_centred"):  # each slide's mean feature vector removed (a per-slide stain offset)
+        h = data.histology.copy()
+        for s in np.unique(data.slides):
+            h[data.slides == s] -= h[data.slides == s].mean(0)
+        data.histology = h
+    return data, top
+
+
+def _load_data(d: dict, data_dir: Path | None):
     path = data_dir / data_name(d) if data_dir else None
     if path is None or not path.exists():
         from var_st.data import load_spots, top_variable_genes
@@ -132,10 +144,52 @@ def regression_bounds(data) -> dict:
     ym = y[tr].mean(0)
     fit = KernelRidge(kernel="rbf", gamma=0.015, alpha=1.0).fit(pc[tr], y[tr] - ym)
     out["kernel_ridge_pc32"] = {s: pearson(fit.predict(pc[data.split[s]]), y[data.split[s]]) for s in ("val", "test")}
+    # a small neural regressor on the same 32 components, trained for as many steps as the demo's stage 2
+    # (8 epochs of batch 32, Adam 2e-3): what a network, rather than 241 token classifications, gets from
+    # them; and the same with the per-slide coordinates appended (the condition VAR-ST sees)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+
+    ys = (y[tr] - ym) / (y[tr].std(0) + 1e-3)
+    for name, feats in (("mlp_pc32", pc), ("mlp_pc32_coords", np.c_[pc, data.coords * 3])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            net = MLPRegressor(hidden_layer_sizes=(64,), alpha=10.0, max_iter=8, batch_size=32,
+                               learning_rate_init=2e-3, random_state=0).fit(feats[tr], ys)
+        out[name] = {s: pearson(net.predict(feats[data.split[s]]), y[data.split[s]]) for s in ("val", "test")}
     return out
 
 
-def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None) -> dict:
+def ridge_round_trip(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None) -> dict:
+    """Stage 1 alone (trained as run_variant does, or its cached checkpoint): ridge's prediction of the val
+    and test slides encoded into tokens and decoded with the first 1 .. K scales; and the measured
+    expression's round trip (the ceiling)."""
+    spec = merged(spec)
+    key = json.dumps(spec["data"], sort_keys=True)
+    if key not in cache:
+        cache[key] = load_data(spec["data"], data_dir)
+    data, _ = cache[key]
+    model = run_variant(spec, seed, cache, device, data_dir, stage1_only=True)
+    q, out = model.vqvae.quantizer, {"seed": seed}
+    for s in ("val", "test"):
+        idx = data.split[s]
+        true = data.expression[idx]
+        ridge = ridge_baseline(data, data.split["train"], idx)
+        tokens = model.vqvae.split_scales(model.vqvae.encode_tokens(torch.as_tensor(ridge, device=device)))
+        f_hat, prefix = None, []
+        for k, t in enumerate(tokens):
+            h = q.embed_scale(t, k)
+            f_hat = h if f_hat is None else f_hat + h
+            prefix.append(pearson(model.vqvae.decode_f_hat(f_hat).cpu(), true))
+        out[s] = {"ridge": pearson(ridge, true), "ridge_tokens_first_k_scales": prefix,
+                  "measured_round_trip": pearson(model.vqvae.reconstruct(torch.as_tensor(true, device=device)).cpu(), true)}
+    return out
+
+
+def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_dir: Path | None = None,
+                stage1_only: bool = False):
     t0 = time.time()
     spec = merged(spec)
     key = json.dumps(spec["data"], sort_keys=True)
@@ -160,6 +214,8 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
                 s1_path.parent.mkdir(exist_ok=True)
                 shutil.copy(r1.best_path, s1_path)
             s1_path = s1_path or r1.best_path
+        if stage1_only:
+            return TwoStageVARST.from_stage1(s1_path, var).eval().to(device)
         t1 = time.time() - t0
         torch.manual_seed(seed)
         model = TwoStageVARST.from_stage1(s1_path, var)
@@ -186,6 +242,9 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
     prefix = {f"true_first_{p}": pearson(prefix_decode(model, h, c, true_tok, p).cpu(), true)
               for p in range(len(model.scale_sizes) + 1)}
     ridge = ridge_baseline(data, tr, te)
+    # stage 1's share: ridge's prediction encoded into tokens and decoded again (hard tokens, no stage 2);
+    # if this kept ridge's number, tokens that reach ridge exist and the gap is stage 2's
+    ridge_tokens_decoded = pearson(model.vqvae.reconstruct(torch.as_tensor(ridge, device=device)).cpu(), true)
     va = data.split["val"]  # settings are chosen on the validation slide: ridge's number there
     ridge_val = pearson(ridge_baseline(data, tr, va), data.expression[va])
     # the condition embedding: how much of the expression a ridge fit on it recovers (train -> test)
@@ -215,7 +274,7 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
     return {"seed": seed, "spec": spec, "stage1_s": round(t1, 1), "stage2_s": round(t2, 1),
             "var_st_expected": pearson(exp_pred, true), "var_st_greedy": pearson(greedy, true),
             "var_st_expected_top50": float(np.nanmean(pearson_per_gene(exp_pred, true)[top])),
-            "ridge": pearson(ridge, true), "ridge_val": ridge_val, "ridge_on_condition_embedding": pearson(cond_ridge, true),
+            "ridge": pearson(ridge, true), "ridge_val": ridge_val, "ridge_tokens_decoded": ridge_tokens_decoded, "ridge_on_condition_embedding": pearson(cond_ridge, true),
             "expected_by_temperature": by_temperature, "ridge_top50": float(np.nanmean(pearson_per_gene(ridge, true)[top])),
             "expected_coord_embedding_zeroed": no_coords, "bounds": regression_bounds(data),
             "teacher_forced_acc": acc, "majority_acc": maj, "prefix": prefix,
@@ -232,6 +291,8 @@ def main():
     ap.add_argument("--data_dir", type=Path, default=None, help="npz copies of the data sets (written if missing)")
     ap.add_argument("--only_data", action="store_true", help="write the npz files of the variants' data and stop")
     ap.add_argument("--bounds", action="store_true", help="print the regression bounds of the variants' data and stop")
+    ap.add_argument("--round_trip", action="store_true",
+                    help="stage 1 only: ridge's prediction through the VQ-VAE, per seed (prints JSON lines)")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"demo": "{}"}
     results, cache = [], {}
@@ -244,6 +305,12 @@ def main():
             print(json.dumps({"variant": name, "data": d, "n_train": int(len(tr)), "ridge": ridge,
                               **regression_bounds(data)}), flush=True)
         return
+    if args.round_trip:
+        for name, spec in variants.items():
+            for seed in args.seeds:
+                print(json.dumps({"variant": name, **ridge_round_trip(json.loads(spec), seed, cache, args.device,
+                                                                       args.data_dir)}), flush=True)
+        return
     if args.only_data:
         for spec in variants.values():
             load_data(merged(json.loads(spec))["data"], args.data_dir)
@@ -254,7 +321,8 @@ def main():
             r["variant"] = name
             results.append(r)
             print(json.dumps({k: r[k] for k in ("variant", "seed", "var_st_expected", "var_st_greedy", "ridge",
-                                                "best_epoch_val_pearson", "ridge_val", "expected_coord_embedding_zeroed",
+                                                "best_epoch_val_pearson", "ridge_val", "ridge_tokens_decoded",
+                                                "expected_coord_embedding_zeroed",
                                                 "bounds",
                                                 "teacher_forced_acc", "prefix",
                                                 "ridge_on_condition_embedding", "expected_by_temperature", "stage1_s", "stage2_s",

@@ -457,3 +457,49 @@ def test_model_split_keeps_every_old_import_path():
             assert getattr(model, name) is getattr(module, name), name
     for name in ["TwoStageVARST", "CHECKPOINT_KEYMAP", "_plain", "_load_strict", *model.__all__]:
         assert hasattr(model, name), name
+
+
+def test_expected_decoding_forward_matches_inference_and_carries_gradients():
+    # var.expected_loss_weight trains on this prediction: it must be exactly what predict writes by default
+    model = tiny_model(stage=2)
+    randomise_ada(model)
+    model.vqvae.fit_gene_stats(torch.rand(40, G) * 3)
+    x, h, c = torch.rand(5, G) * 3, torch.randn(5, 12), torch.randn(5, 2)
+    tokens = model.vqvae.encode_tokens(x)
+    model.eval()
+    logits, z = model(h, c, tokens, expected_decoding=True)
+    torch.testing.assert_close(logits, model(h, c, tokens))
+    expected = model.inference(h, c, expected=True)["predicted_gene_expression"]
+    torch.testing.assert_close(model.vqvae._unstandardise(z), expected, atol=1e-5, rtol=1e-5)
+    model.train()
+    _, z = model(h, c, tokens, expected_decoding=True)
+    (z - model.vqvae.standardise(x)).pow(2).mean().backward()
+    head, hist = model.var.head.weight.grad, model.var.histology_embed[1].weight.grad
+    assert head is not None and head.abs().sum() > 0 and hist is not None and hist.abs().sum() > 0
+    assert all(p.grad is None for p in model.vqvae.parameters())  # the VQ-VAE stays frozen
+
+
+def test_coord_dropout_one_leaves_the_coordinates_out_of_the_condition():
+    model = TwoStageVARST(num_genes=G, vqvae_config=VQ, var_config={**VAR, "coord_dropout": 1.0}, current_stage=2)
+    h = torch.randn(4, 12)
+    for training in (True, False):  # training and prediction alike
+        model.train(training)
+        torch.testing.assert_close(model.var.condition(h, torch.randn(4, 2)), model.var.condition(h, torch.randn(4, 2) * 10))
+    with_coords = tiny_model(stage=2).eval()
+    assert not torch.allclose(with_coords.var.condition(h, torch.zeros(4, 2)), with_coords.var.condition(h, torch.ones(4, 2)))
+    assert set(with_coords.state_dict()) == set(model.state_dict())  # same weights: checkpoints keep their keys
+    with pytest.raises(UserError, match="coord_dropout"):
+        from ftcore.config import from_dict
+        from_dict(VARConfig, {"coord_dropout": 1.5}, "test")
+
+
+def test_spatial_average_known_case_stays_within_each_slide():
+    from var_st.train import spatial_average
+
+    x = torch.arange(10, dtype=torch.float32).reshape(5, 2).numpy()
+    xy = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [0.0, 0.0], [0.1, 0.0]]).numpy()
+    slides = torch.tensor([0, 0, 0, 1, 1]).numpy().astype(str)
+    out = spatial_average(x, xy, slides, 2)
+    # spot 0's nearest pair is {0, 1}; spot 2's is {2, 1}; slide 1's two spots average each other only
+    torch.testing.assert_close(torch.as_tensor(out), torch.tensor([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0], [7.0, 8.0], [7.0, 8.0]]))
+    torch.testing.assert_close(torch.as_tensor(spatial_average(x, xy, slides, 1)), torch.as_tensor(x))

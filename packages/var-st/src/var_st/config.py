@@ -67,8 +67,9 @@ class VARConfig:
     # otherwise identify it, and the fine tokens are memorised per spot instead of learnt from the programs
     histology_dropout: float = _b(0.0, ge=0, lt=1)
     # probability that a training spot's coordinate embedding is left out of its condition (VAR's condition
-    # dropout): coordinates rarely carry over between slides, yet with them a spot can be memorised
-    coord_dropout: float = _b(0.0, ge=0, lt=1)
+    # dropout): coordinates rarely carry over between slides, yet with them a spot can be memorised.
+    # 1 = the coordinates never enter the condition (training and prediction): histology alone
+    coord_dropout: float = _b(0.0, ge=0, le=1)
     # "pca": the histology projection is set to the principal directions of the training spots' features and
     # kept fixed (GeneVARTransformer.fit_histology_pca); "learned": trained from random weights
     histology_projection: str = "learned"
@@ -81,6 +82,15 @@ class VARConfig:
     # nearest and second-nearest code (per scale and batch): codes near the residual share the target, so
     # the expected code the decoding feeds on is trained towards the residual itself (MultiScaleGeneVQVAE.soft_tokens)
     soft_target_temperature: float = _b(0.0, ge=0, le=1000)
+    # stage-2 training: weight of the mean squared error between the expected-code decoding (the default
+    # prediction, rolled out scale by scale, gradients through every scale's code probabilities and the
+    # frozen decoder) and the spot's standardised expression, added to the token cross-entropy. 0 = tokens
+    # alone (VAR); > 0 trains the token distributions for the point prediction predict writes
+    expected_loss_weight: float = _b(0.0, ge=0, le=1000)
+    # stage-2 training targets: the stage-1 tokens of each training spot's expression averaged over its k
+    # nearest spots of the same slide (itself included; 1 = its own): counting noise is independent per spot
+    # while the programs vary smoothly in space, so the averaged profile's tokens are what histology predicts
+    target_smoothing_spots: int = _b(1, ge=1, le=1000)
 
     def __post_init__(self) -> None:
         if self.histology_projection not in ("learned", "pca"):

@@ -122,10 +122,42 @@ class TwoStageVARST(nn.Module):
         return model
 
     # -- training forward (stage 2) --------------------------------------------------------------
-    def forward(self, histology: torch.Tensor, coords: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Stage-2 teacher forcing: histology [B, F], coords [B, 2], stage-1 tokens [B, L] -> logits [B, L, V]."""
+    def forward(self, histology: torch.Tensor, coords: torch.Tensor, tokens: torch.Tensor,
+                expected_decoding: bool = False):
+        """Stage-2 teacher forcing: histology [B, F], coords [B, 2], stage-1 tokens [B, L] -> logits [B, L, V].
+
+        expected_decoding=True also returns the expected-code decoding (what predict writes by default),
+        rolled out scale by scale with gradients through every scale's code probabilities, as
+        standardised expression in the VQ-VAE's gene order [B, G]: (logits, prediction)."""
         next_inputs = self.vqvae.quantizer.teacher_forcing_inputs(self.vqvae.split_scales(tokens))
-        return self.var(histology, coords, next_inputs)
+        logits = self.var(histology, coords, next_inputs)
+        if not expected_decoding:
+            return logits
+        f_hat, _ = self._generate(self.var.condition(histology, coords), expected=True)
+        return logits, self.vqvae._decode_std(f_hat)
+
+    def _generate(self, cond: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, greedy: bool = False, generator: torch.Generator | None = None,
+                  expected: bool = False):
+        """Condition [B, C] -> (f_hat [B, G, D], tokens [B, L]): scale by scale with the KV cache. Expected
+        decoding keeps gradients through each scale's code probabilities (the next scale's input, like
+        teacher forcing's, is a constant)."""
+        q = self.vqvae.quantizer
+        caches = [KVCache() for _ in self.var.blocks]
+        f_hat, inputs, tokens = None, None, []
+        for k in range(len(self.scale_sizes)):
+            logits = self.var.step(cond, inputs, k, caches)
+            if expected:
+                probs = (logits.float() / temperature).softmax(-1)
+                idx, h = probs.argmax(-1), q.contribution(probs @ q.codebook, k)
+            else:
+                idx = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
+                h = q.embed_scale(idx, k)
+            tokens.append(idx)
+            f_hat = h if f_hat is None else f_hat + h
+            if k + 1 < len(self.scale_sizes):
+                inputs = q.next_scale_input(f_hat, k + 1)
+        return f_hat, torch.cat(tokens, 1)
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -163,26 +195,12 @@ class TwoStageVARST(nn.Module):
                                 "remove or impute those spots first")
         if generator is None and seed is not None:
             generator = torch.Generator(device=dev).manual_seed(int(seed))
-        q = self.vqvae.quantizer
+        if expected and temperature <= 0:
+            raise UserError(f"temperature must be > 0 (got {temperature})")
         cond = self.var.condition(histology_features, spatial_coords)
-        caches = [KVCache() for _ in self.var.blocks]
-        f_hat, inputs, tokens = None, None, []
-        for k in range(len(self.scale_sizes)):
-            logits = self.var.step(cond, inputs, k, caches)
-            if expected:
-                if temperature <= 0:
-                    raise UserError(f"temperature must be > 0 (got {temperature})")
-                probs = (logits.float() / temperature).softmax(-1)
-                idx, h = probs.argmax(-1), q.contribution(probs @ q.codebook, k)
-            else:
-                idx = sample_tokens(logits, temperature, top_k, top_p, greedy, generator)
-                h = q.embed_scale(idx, k)
-            tokens.append(idx)
-            f_hat = h if f_hat is None else f_hat + h
-            if k + 1 < len(self.scale_sizes):
-                inputs = q.next_scale_input(f_hat, k + 1)
+        f_hat, tokens = self._generate(cond, temperature, top_k, top_p, greedy, generator, expected)
         self.train(was_training)
-        return {"predicted_gene_expression": self.vqvae.decode_f_hat(f_hat), "tokens": torch.cat(tokens, 1)}
+        return {"predicted_gene_expression": self.vqvae.decode_f_hat(f_hat), "tokens": tokens}
 
     # -- checkpoints and info ------------------------------------------------------------------------
     def metadata(self, stage: int, **more) -> dict:

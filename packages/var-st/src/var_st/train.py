@@ -114,6 +114,17 @@ def stage1_tokens(model: TwoStageVARST, expression: torch.Tensor, device: str = 
                       for i in range(0, len(expression), batch_size)])
 
 
+def spatial_average(expression: np.ndarray, coords: np.ndarray, slides: np.ndarray, k: int) -> np.ndarray:
+    """Each spot's expression [N, G] averaged over its k nearest spots of the same slide (itself included)."""
+    out = np.empty_like(expression)
+    for s in np.unique(slides):
+        idx = np.nonzero(slides == s)[0]
+        xy = torch.as_tensor(coords[idx], dtype=torch.float64)
+        near = torch.cdist(xy, xy).topk(min(k, len(idx)), largest=False).indices.numpy()
+        out[idx] = expression[idx][near].mean(1)
+    return out
+
+
 def token_weights(scale_sizes, balance: float) -> torch.Tensor:
     """Training weight of each of the L tokens: n_k^-balance for a token of scale k, scaled to mean 1."""
     sizes = torch.tensor(scale_sizes, dtype=torch.float64)
@@ -141,20 +152,31 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: RunSe
                         "(CLI: --stage1_ckpt logs/<dataset>/TWO_STAGE_VAR_ST/stage1_vqvae/best_vqvae.ckpt)")
     tr, va = data.split["train"], data.split["val"]
     x, h, c = _tensor(data.expression), _tensor(data.histology), _tensor(data.coords)
-    tokens = stage1_tokens(model, x, run.device)
+    k_smooth = model.var_config.target_smoothing_spots
+    targets = x if k_smooth <= 1 else x.clone()
+    if k_smooth > 1:  # training spots only: validation keeps the measured tokens
+        targets[tr] = _tensor(spatial_average(data.expression[tr], data.coords[tr], data.slides[tr], k_smooth))
+    tokens = stage1_tokens(model, targets, run.device)
     if model.var_config.histology_projection == "pca":  # data-derived; a resumed run loads its checkpoint over it
         model.var.fit_histology_pca(h[tr])
     V, smoothing = model.var_config.vocab_size, model.var_config.label_smoothing
     weight = token_weights(model.scale_sizes, model.var_config.scale_balance)
 
-    soft_t = model.var_config.soft_target_temperature
+    soft_t, expected_w = model.var_config.soft_target_temperature, model.var_config.expected_loss_weight
 
     def loss_fn(m, batch):
         hb, cb, tb, xb = batch
-        logits = m(hb, cb, tb)
-        soft = model.vqvae.soft_tokens(xb, soft_t) if soft_t > 0 else None  # the frozen VQ-VAE (m may be DDP)
+        logits = m(hb, cb, tb, expected_decoding=True) if expected_w > 0 else m(hb, cb, tb)
+        logs = {}
+        if expected_w > 0:
+            logits, pred = logits
+            expected_mse = F.mse_loss(pred.float(), model.vqvae.standardise(xb))  # the frozen VQ-VAE (m may be DDP)
+            logs["expected_mse"] = expected_mse.detach()
+        soft = model.vqvae.soft_tokens(xb, soft_t) if soft_t > 0 else None
         loss = token_loss(logits, tb, weight, smoothing, soft)
-        return loss, {"token_accuracy": (logits.argmax(-1) == tb).float().mean().detach()}
+        if expected_w > 0:
+            loss = loss + expected_w * expected_mse
+        return loss, {"token_accuracy": (logits.argmax(-1) == tb).float().mean().detach(), **logs}
 
     def eval_fn(m, loader):
         ce, correct, per_scale, n, preds, true = 0.0, 0.0, None, 0, [], []

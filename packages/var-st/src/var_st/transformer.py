@@ -126,7 +126,9 @@ class GeneVARTransformer(nn.Module):
     def condition(self, histology: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """[B, F] + [B, 2] -> condition embedding [B, C]."""
         xy = self.coord_embed(coords)
-        if self.training and self.cfg.coord_dropout > 0:
+        if self.cfg.coord_dropout >= 1:  # histology alone; kept in the graph (DDP expects every weight's gradient)
+            xy = xy * 0
+        elif self.training and self.cfg.coord_dropout > 0:
             xy = xy * (torch.rand(len(xy), 1, device=xy.device) >= self.cfg.coord_dropout).to(xy.dtype)
         return self.condition_mlp(self.histology_embed(self.histology_drop(histology)) + xy)
 

@@ -152,9 +152,13 @@ class MultiScaleGeneVQVAE(nn.Module):
         self.gene_std.copy_(x.std(0).clamp_min(0.1).float())
         self.gene_order.copy_(_coexpression_order(x))
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, G] (gene order of the data) -> z [B, G], standardised genes in gene_order positions."""
+        return ((x - self.gene_mean) / self.gene_std)[:, self.gene_order]
+
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, G] (gene order of the data) -> f [B, G, D] (positions in gene_order)."""
-        z = ((x - self.gene_mean) / self.gene_std)[:, self.gene_order]
+        z = self.standardise(x)
         f = self.encoder(z).view(len(x), self.num_genes, -1)
         return f + z[..., None] * self.value_embed, z
 
