@@ -102,7 +102,7 @@ def test_newer_format_is_refused(tmp_path):
     obj = torch.load(_save(tmp_path / "m.pth"), weights_only=True)
     obj["artefact"]["format"] = 99
     torch.save(obj, tmp_path / "new.pth")
-    with pytest.raises(UserError, match="format 99 is newer"):
+    with pytest.raises(UserError, match="format 99 is not one this ftcore reads"):
         load_model(tmp_path / "new.pth", kind="toy/linear")
 
 

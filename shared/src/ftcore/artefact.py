@@ -2,6 +2,8 @@
 
     save_model(path, model_state, *, kind, config, data_keys=..., extra=..., package=...)
     load_model(path, *, kind, trust=False, ...) -> ModelFile(state, kind, config, data_keys, versions, extra)
+    model_file(obj, path, *, kind, ...)          the same checks on an object already read
+    kind_of(obj)                                 the kind of any checkpoint object, None for a foreign one
 
 The file is a torch zip holding one dict. Its keys are those the toolkit's files always had, so
 earlier readers (and any `torch.load(...)["model"]`) still work, plus one header:
@@ -115,11 +117,19 @@ def load_model(path: str | os.PathLike, *, kind: str | tuple[str, ...], trust: b
     """
     from ftcore.checkpoint import read_checkpoint
 
+    return model_file(read_checkpoint(path, trust_pickle=trust), path, kind=kind, other_kinds=other_kinds,
+                      legacy=legacy, require=require, what=what, hint=hint)
+
+
+def model_file(obj: Any, path: str | os.PathLike, *, kind: str | tuple[str, ...],
+               other_kinds: Mapping[str, str] | None = None, legacy: Callable[[dict], Mapping | None] | None = None,
+               require: tuple[str, ...] = (), what: str | None = None, hint: str = "") -> ModelFile:
+    """load_model's checks on an object already read from `path` (read_checkpoint), for a caller that looks at
+    the object first (a foreign layout it handles itself)."""
     path = Path(path)
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     what = what or f"a {kinds[0]} model file"
     tail = f"; {hint}" if hint else ""
-    obj = read_checkpoint(path, trust_pickle=trust)
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping):
         raise UserError(f"{path} is not {what} (no 'model' weights inside){tail}")
     header = obj.get(HEADER_KEY)
@@ -145,13 +155,25 @@ def load_model(path: str | os.PathLike, *, kind: str | tuple[str, ...], trust: b
     absent = [k for k in require if k not in header["data_keys"] and k not in header["config"]]
     if absent:
         raise UserError(f"{path}: a {found} file without {absent[0]!r} (written by another version, or edited?){tail}")
-    if int(header["format"]) > FORMAT:
-        raise UserError(f"{path}: model file format {header['format']} is newer than this ftcore reads ({FORMAT}); "
+    if not isinstance(header["format"], int) or header["format"] > FORMAT:
+        raise UserError(f"{path}: model file format {header['format']!r} is not one this ftcore reads (<= {FORMAT}); "
                         f"update ftcore (the file names its versions: {header.get('versions')})")
     extra = obj.get("extra")
     return ModelFile(path=path, state=dict(obj["model"]), kind=found, config=dict(header["config"]),
                      data_keys=dict(header["data_keys"]), versions=dict(header["versions"] or {}),
                      extra=dict(extra) if isinstance(extra, Mapping) else {}, raw=dict(obj))
+
+
+def kind_of(obj: Any, legacy: Callable[[dict], Mapping | None] | None = None) -> str | None:
+    """The kind of an object read from any checkpoint (read_checkpoint's result): its header's, else what
+    `legacy` recognises, else None (a foreign checkpoint, which a caller may still accept)."""
+    if not isinstance(obj, Mapping):
+        return None
+    header = obj.get(HEADER_KEY)
+    if header is None and legacy is not None:
+        header = legacy(dict(obj))
+    kind = header.get("kind") if isinstance(header, Mapping) else None
+    return kind if isinstance(kind, str) else None
 
 
 def plain_data(obj: Any, where: str = "value") -> Any:
@@ -175,4 +197,4 @@ def plain_data(obj: Any, where: str = "value") -> Any:
                     "numbers, bool and None (so it loads without pickle trust)")
 
 
-__all__ = ["ModelFile", "model_header", "save_model", "load_model", "plain_data", "versions", "FORMAT"]
+__all__ = ["ModelFile", "model_header", "save_model", "load_model", "model_file", "kind_of", "plain_data", "versions", "FORMAT"]
