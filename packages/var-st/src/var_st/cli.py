@@ -654,22 +654,20 @@ def shlex_quote(text: str) -> str:
 
 def _stage1_checkpoint(args) -> tuple[Path, dict]:
     """--stage1_ckpt read and recognised: (path, its metadata)."""
-    from ftcore.checkpoint import read_checkpoint
+    from var_st.model import COMPLETE_KIND, STAGE1_KIND, read_stage_file
 
     path = Path(os.path.expandvars(str(args.stage1_ckpt).strip())).expanduser()
     if path.is_dir():
         inside = path / "best_vqvae.ckpt"
         raise UserError(f"--stage1_ckpt {path} is a directory; pass the checkpoint file"
                         + (f", e.g. {inside}" if inside.is_file() else " (best_vqvae.ckpt)"))
-    obj = read_checkpoint(path, trust_pickle=args.trust_checkpoint)
-    extra = obj.get("extra", {}) if isinstance(obj, dict) else {}
-    extra = extra if isinstance(extra, dict) else {}
-    if extra.get("stage") == 2 or extra.get("complete"):
-        raise UserError(f"{path} is a stage-2 / complete var-st checkpoint, not a stage-1 one; --stage1_ckpt takes "
-                        "the best_vqvae.ckpt written by --training_stage 1 (a complete model goes to predict / evaluate)")
-    if extra.get("stage") != 1 or not extra.get("gene_names") or "vqvae_config" not in extra:
-        raise UserError(f"{path} is not a var-st stage-1 checkpoint; pass the best_vqvae.ckpt written by --training_stage 1")
-    return path, extra
+    stage1 = "the best_vqvae.ckpt written by --training_stage 1"
+    mf = read_stage_file(path, STAGE1_KIND, args.trust_checkpoint, what="a var-st stage-1 checkpoint", hint=f"pass {stage1}",
+                         other_kinds={COMPLETE_KIND: "{path} is a stage-2 / complete var-st checkpoint, not a stage-1 one; "
+                                      f"--stage1_ckpt takes {stage1} (a complete model goes to predict / evaluate)"})
+    if not mf.data_keys.get("gene_names"):
+        raise UserError(f"{path} is not a var-st stage-1 checkpoint (no gene names inside); pass {stage1}")
+    return path, {**mf.extra, **mf.config, **mf.data_keys}
 
 
 def _check_against_stage1(args, path: Path, extra: dict, given: dict, command) -> None:
