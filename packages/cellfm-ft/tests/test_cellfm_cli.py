@@ -310,3 +310,27 @@ def test_demo_without_scanpy_stops_naming_the_extra(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "packages/cellfm-ft[demo]" in err[0] and "--dataset synthetic" in err[0]
     assert not out.exists()
+
+
+def test_best_model_is_a_self_describing_model_file(trained, tmp_path):
+    """best_model.pth carries the ftcore.artefact header (kind, config, data keys, versions); a file of an earlier
+    version (no header) loads the same; a file of another kind is refused in one line."""
+    from ftcore.artefact import load_model
+    from ftcore.errors import UserError
+
+    from cellfm_ft.train import KIND, load_finetuned
+
+    mf = load_model(trained / "best_model.pth", kind=KIND)
+    assert mf.data_keys["genes"] == mf.extra["genes"] and mf.data_keys["labels"] == mf.extra["labels"]
+    assert mf.config == mf.extra["model_config"] and set(mf.versions) == {"cellfm-ft", "ftcore", "torch"}
+    old = torch.load(trained / "best_model.pth", weights_only=True)
+    del old["artefact"]
+    torch.save(old, tmp_path / "old.pth")
+    new_model, new_keys = load_finetuned(str(trained / "best_model.pth"))
+    old_model, old_keys = load_finetuned(str(tmp_path / "old.pth"))
+    assert new_keys == old_keys
+    assert all(torch.equal(a, b) for a, b in zip(new_model.state_dict().values(), old_model.state_dict().values()))
+    old["artefact"] = {**mf.raw["artefact"], "kind": "var-st/complete"}
+    torch.save(old, tmp_path / "other.pth")
+    with pytest.raises(UserError, match=r"other.pth is a var-st/complete model file, not a cellfm-ft fine-tuned model; pass"):
+        load_finetuned(str(tmp_path / "other.pth"))

@@ -234,3 +234,31 @@ def test_condition_dropout_acts_in_training_only(tiny_frame, tiny_model_cfg):
     plain = GETYeast(dataclasses.replace(cfg, condition=tiny_model_cfg.condition, fusion=tiny_model_cfg.fusion), len(vocab))
     plain.load_state_dict(model.state_dict())  # dropout adds no parameter: the same names and weights
     torch.testing.assert_close(plain.eval()(*args), model(*args))
+
+
+def test_trained_model_file_is_self_describing_and_earlier_files_load(tmp_path):
+    """best_model.pth as get-yeast train writes it (the spec in the ftcore.artefact header: config = model_config +
+    lora, data keys = drugs, features, targets, splits) and an earlier version's file (spec in extra only) load to the
+    same model and spec; a file of another kind is refused in one line."""
+    from pathlib import Path
+
+    from ftcore.artefact import load_model, save_model
+    from get_yeast.train import KIND, SPEC_CONFIG, load_trained, spec_header
+
+    old_file = Path(__file__).parents[3] / "tests" / "bad_inputs" / "get-yeast" / "trained_model.pth"
+    old = torch.load(old_file, weights_only=True)
+    assert "artefact" not in old  # written by the earlier layout: {"model", "extra": {"spec"}}
+    spec = old["extra"]["spec"]
+    header = spec_header(spec)
+    new_file = save_model(tmp_path / "best_model.pth", old["model"], kind=header["kind"], config=header["config"],
+                          data_keys=header["data_keys"], extra={"spec": spec}, package="get-yeast")
+    mf = load_model(new_file, kind=KIND)
+    assert set(mf.config) == set(SPEC_CONFIG) and mf.data_keys["drug_vocab"] == spec["drug_vocab"]
+    assert set(mf.versions) == {"get-yeast", "ftcore", "torch"}
+    m_old, s_old = load_trained(old_file, torch.device("cpu"))
+    m_new, s_new = load_trained(new_file, torch.device("cpu"))
+    assert s_old == s_new == spec
+    assert all(torch.equal(a, b) for a, b in zip(m_old.state_dict().values(), m_new.state_dict().values()))
+    save_model(tmp_path / "other.pth", old["model"], kind="state-tx/model", config={})
+    with pytest.raises(UserError, match="other.pth is a state-tx/model model file, not a get-yeast training checkpoint"):
+        load_trained(tmp_path / "other.pth", torch.device("cpu"))

@@ -275,3 +275,26 @@ def test_freezing_layers_the_bulk_checkpoint_lacks_is_refused(tiny_data, tmp_pat
     assert main([*argv[:-len(tiny_args()) - 4], "--strategy", "full", "--folds", "2", *tiny_args()]) == 0
     assert main([*argv, "--allow-unloaded-frozen", "--output", str(tmp_path / "run2")]) == 0
     assert "⚠" in capsys.readouterr().out
+
+
+def test_model_files_earlier_and_current_layout_read_alike(tmp_path, capsys):
+    """A fold model of an earlier version (extra["kind"] marker, no header) and the same weights written as a model
+    file now (ftcore.artefact header) read alike; each kind is told apart in one line, old marker or new header."""
+    from ftcore.artefact import kind_of, load_model, save_model
+    from spatial_transfer.train import BULK_KIND, SPATIAL_KIND, legacy_header
+
+    corpus = Path(__file__).parents[3] / "tests" / "bad_inputs" / "spatial-transfer" / "checkpoints"
+    old = torch.load(corpus / "spatial_good.pt", weights_only=True)
+    assert "artefact" not in old and kind_of(old, legacy_header) == SPATIAL_KIND
+    assert kind_of(torch.load(corpus / "bulk_good.pt", weights_only=True), legacy_header) == BULK_KIND
+    new = save_model(tmp_path / "fold.pt", old["model"], kind=SPATIAL_KIND, config=old["extra"]["model_config"],
+                     data_keys={"genes": old["extra"]["genes"]}, extra=old["extra"], package="spatial-transfer")
+    a = load_model(corpus / "spatial_good.pt", kind=SPATIAL_KIND, legacy=legacy_header)
+    b = load_model(new, kind=SPATIAL_KIND, legacy=legacy_header)
+    assert (a.config, a.data_keys, a.extra) == (b.config, b.data_keys, b.extra) and a.state.keys() == b.state.keys()
+    assert b.versions["spatial-transfer"] and not a.versions
+    bulk = save_model(tmp_path / "bulk.pt", old["model"], kind=BULK_KIND, config={}, package="spatial-transfer")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(bulk), "--data", str(tmp_path), "--output", str(tmp_path / "p")]) == 2
+    assert "bulk.pt is a Cell2Gene BulkModel checkpoint; pass a" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

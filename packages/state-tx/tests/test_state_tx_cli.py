@@ -369,3 +369,26 @@ def test_infer_output_is_the_core_layout_and_the_readme_scanpy_example_runs(trai
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own lines
     assert namespace["pred"].n_vars == pred.n_vars and plt.get_fignums()
     plt.close("all")
+
+
+def test_checkpoints_are_self_describing_model_files(trained_run, tmp_path):
+    """final.ckpt and the Trainer's checkpoints carry the ftcore.artefact header: kind, model config, the data keys
+    of var_dims.json and the one-hot maps, versions; a final.ckpt of an earlier version (no header) still loads."""
+    from ftcore.artefact import load_model
+    from state_tx.infer import load_run
+    from state_tx.train import KIND
+
+    vd = json.loads((trained_run / "var_dims.json").read_text())
+    pmap = json.loads((trained_run / "pert_onehot_map.json").read_text())
+    for ckpt in (trained_run / "checkpoints").glob("*.ckpt"):
+        mf = load_model(ckpt, kind=KIND)
+        assert mf.data_keys["gene_names"] == vd["gene_names"] and mf.data_keys["perts"] == sorted(pmap, key=pmap.get)
+        assert mf.config == json.loads((trained_run / "data_module.json").read_text())["model_config"]
+        assert set(mf.versions) == {"state-tx", "ftcore", "torch"}
+    old = torch.load(trained_run / "checkpoints" / "final.ckpt", weights_only=True)
+    del old["artefact"]
+    copy = tmp_path / "old_run"
+    shutil.copytree(trained_run, copy)
+    torch.save(old, copy / "checkpoints" / "final.ckpt")
+    new_model, old_model = load_run(trained_run, device="cpu").model, load_run(copy, device="cpu").model
+    assert all(torch.equal(a, b) for a, b in zip(new_model.state_dict().values(), old_model.state_dict().values()))

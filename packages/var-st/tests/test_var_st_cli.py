@@ -144,3 +144,21 @@ def test_no_arguments_runs_the_demo_as_the_four_guide_commands(monkeypatch):
     assert s1.training_stage == 1 and s1.dataset == "demo" and s1.stage1_ckpt is None
     assert s2.training_stage == 2 and s2.stage1_ckpt == str(Path("logs/demo/TWO_STAGE_VAR_ST/stage1_vqvae/best_vqvae.ckpt"))
     assert pred.dataset == "demo" and ev.predictions == str(Path("logs/demo/TWO_STAGE_VAR_ST/predictions.h5ad"))
+
+
+def test_stage_files_are_self_describing_model_files(trained_run):
+    """best_vqvae.ckpt, best_var.ckpt and complete_model.ckpt carry the ftcore.artefact header: the kind, the
+    configs, the genes and the versions that wrote them, the same as the metadata beside the weights."""
+    from ftcore.artefact import load_model
+    from var_st.model import COMPLETE_KIND, STAGE1_KIND
+
+    root = run_dir(trained_run)
+    stage1 = load_model(root / "stage1_vqvae" / "best_vqvae.ckpt", kind=STAGE1_KIND)
+    for path in (root / "stage2_var" / "best_var.ckpt", root / "complete_model.ckpt"):
+        mf = load_model(path, kind=COMPLETE_KIND)
+        assert mf.config == {k: mf.extra[k] for k in ("num_genes", "vqvae_config", "var_config")}
+        assert mf.data_keys["gene_names"] == stage1.data_keys["gene_names"] == mf.extra["gene_names"]
+        assert mf.config["vqvae_config"] == stage1.config["vqvae_config"]
+        assert set(mf.versions) == {"var-st", "ftcore", "torch"}
+    # stage 1 holds the VQ-VAE alone: its tensors are the complete model's vqvae.* ones
+    assert {f"vqvae.{k}" for k in stage1.state} == {k for k in mf.state if k.startswith("vqvae.")}

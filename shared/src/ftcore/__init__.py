@@ -2,7 +2,8 @@
 
 One place for what every model package needs: reading checkpoints of every format the
 models meet, renaming and partially loading weights with a report, freezing strategies,
-the training loop, metrics, and user-facing error handling.
+the training loop, the self-describing model file (ftcore.artefact), metrics, and user-facing
+error handling.
 """
 
 from ftcore.errors import UserError
@@ -11,6 +12,7 @@ from ftcore.mapping import KeyMap, Rename, MINDSPORE_RENAMES
 from ftcore.loading import LoadReport, load_partial
 from ftcore.freezing import FreezeReport, apply_freezing
 from ftcore.training import Trainer, TrainConfig
+from ftcore.artefact import load_model, save_model
 
 __all__ = [
     "UserError",
@@ -25,5 +27,7 @@ __all__ = [
     "apply_freezing",
     "Trainer",
     "TrainConfig",
+    "save_model",
+    "load_model",
 ]
 __version__ = "0.1.0"

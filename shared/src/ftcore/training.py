@@ -251,6 +251,7 @@ class Trainer:
         collate_fn: Callable | None = None,
         extra_state: Mapping[str, Any] | None = None,
         param_groups: list[dict] | None = None,
+        artefact: Mapping[str, Any] | None = None,
     ):
         self.config = config
         self.device = resolve_device(config.device)
@@ -262,6 +263,8 @@ class Trainer:
         self.loss_fn = loss_fn
         self.collate_fn = collate_fn
         self.extra_state = dict(extra_state or {})
+        # the model header (ftcore.artefact.model_header) every checkpoint carries: load_model reads them all
+        self.artefact = dict(artefact) if artefact is not None else None
         self.train_data, self.val_data = train_data, val_data
         if len(train_data) == 0:
             raise UserError("the training set is empty; check the split / data file")
@@ -351,8 +354,12 @@ class Trainer:
             return value < self.best - self.config.min_delta
         return value > self.best + self.config.min_delta
 
+    def _header(self) -> dict:
+        return {"artefact": self.artefact} if self.artefact is not None else {}
+
     def state(self) -> dict:
         return {
+            **self._header(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -377,7 +384,7 @@ class Trainer:
     def _save_best(self, metrics: Mapping[str, float]) -> None:
         path = self.path(self.config.best_name, step=self.step, epoch=self.epoch)
         if path is not None and self.env.is_main:
-            atomic_torch_save({"model": self.model.state_dict(), "extra": self.extra_state, "epoch": self.epoch,
+            atomic_torch_save({**self._header(), "model": self.model.state_dict(), "extra": self.extra_state, "epoch": self.epoch,
                                "step": self.step, "metrics": dict(metrics), "config": asdict(self.config)}, path)
 
     def try_resume(self) -> bool:
@@ -551,7 +558,9 @@ class Trainer:
         barrier(self.env)
         best_path = self.path(cfg.best_name, step=self.step, epoch=self.epoch)
         if cfg.restore_best and best_path is not None and best_path.exists():
-            self.model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
+            from ftcore.checkpoint import read_checkpoint  # a damaged best file is one line, not a traceback
+
+            self.model.load_state_dict(read_checkpoint(best_path)["model"])
         return TrainResult(self.history, self.best, best_path, self.path(cfg.last_name), self.step, stopped_early)
 
     def _read_back(self, pending: list, bar, loss_sum: float, n_batches: float) -> tuple[float, float]:

@@ -158,6 +158,8 @@ def main() -> None:
     (HERE / "truncated_complete.ckpt").write_bytes(raw[: len(raw) // 2])
     obj = torch.load(HERE / "tiny_complete.ckpt", weights_only=True)
     obj["extra"]["var_config"]["embed_dim"] = 16  # weights are 8 wide: a shape mismatch
+    if "artefact" in obj:  # the model header (ftcore.artefact) is what load_complete_model reads
+        obj["artefact"]["config"]["var_config"]["embed_dim"] = 16
     torch.save(obj, HERE / "mismatched_complete.ckpt")
     obj = torch.load(HERE / "tiny_complete.ckpt", weights_only=True)
     obj["model"]["var.head.weight"] = (obj["model"]["var.head.weight"] * 100).to(torch.int32)

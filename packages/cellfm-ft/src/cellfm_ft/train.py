@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ftcore import options as opt
-from ftcore.checkpoint import read_checkpoint, read_state_dict, write_checkpoint
+from ftcore.artefact import load_model, model_header
+from ftcore.checkpoint import read_state_dict, write_checkpoint
 from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
@@ -591,8 +592,10 @@ def finetune(cfg: RunConfig) -> dict:
     extra = {"genes": p.vocab.genes, "labels": p.label_names, "model_config": dataclasses.asdict(p.model_cfg),
              "label_key": cfg.label_key, "gene_key": cfg.gene_key or "", "layer": cfg.layer or "",
              "input_kind": p.cells.input_kind}
+    header = model_header(kind=KIND, config=extra["model_config"], data_keys={k: extra[k] for k in DATA_KEYS},
+                          package="cellfm-ft")
     trainer = Trainer(model, tcfg, train_set, val_set, loss_fn=make_loss(cfg), eval_fn=evaluate, collate_fn=collate,
-                      extra_state=extra)
+                      extra_state=extra, artefact=header)
     result = trainer.fit()
     if not is_main_process():
         return {}
@@ -709,18 +712,26 @@ def _plot_confusion(res: dict, label_names: list[str], path: Path) -> np.ndarray
 
 
 # ----------------------------------------------------------------- predict / evaluate
+KIND = "cellfm-ft/classifier"  # best_model.pth, last.pt, checkpoint_epoch_<n>.pth (ftcore.artefact)
+DATA_KEYS = ("genes", "labels", "label_key", "gene_key", "layer", "input_kind")
+
+
+def _legacy_header(obj: dict) -> dict | None:
+    """A file of an earlier cellfm-ft (no model header): its extra held the config and the data keys."""
+    extra = obj.get("extra")
+    if not isinstance(extra, dict) or "genes" not in extra or "model_config" not in extra:
+        return None
+    return {"kind": KIND, "config": extra["model_config"], "data_keys": {k: extra[k] for k in DATA_KEYS if k in extra}}
+
+
 def load_finetuned(path: str, trust_checkpoint: bool = False, device: str = "cpu") -> tuple[CellFMClassifier, dict]:
-    """best_model.pth (or last.pt / checkpoint_epoch_<n>.pth) -> (model, extra: genes, labels, ...)."""
-    obj = read_checkpoint(path, trust_pickle=trust_checkpoint)
-    if not isinstance(obj, dict) or "model" not in obj or "genes" not in obj.get("extra", {}):
-        raise UserError(f"{path}: not a cellfm-ft fine-tuned model (no genes/labels inside); pass the best_model.pth a "
-                        "`cellfm-ft train` run wrote")
-    extra = obj["extra"]
-    cfg = CellFMConfig(**extra["model_config"])
-    model = CellFMClassifier(cfg)
-    model.extractor.reinit_gene_emb(len(extra["genes"]))
-    model.load_state_dict(obj["model"])
-    return model.to(device).eval(), extra
+    """best_model.pth (or last.pt / checkpoint_epoch_<n>.pth) -> (model, its data keys: genes, labels, ...)."""
+    mf = load_model(path, kind=KIND, trust=trust_checkpoint, legacy=_legacy_header, require=("genes", "labels"),
+                    what="a cellfm-ft fine-tuned model", hint="pass the best_model.pth a `cellfm-ft train` run wrote")
+    model = CellFMClassifier(CellFMConfig(**mf.config))
+    model.extractor.reinit_gene_emb(len(mf.data_keys["genes"]))
+    model.load_state_dict(mf.state)
+    return model.to(device).eval(), {"label_key": "", "gene_key": "", "layer": "", **mf.data_keys}
 
 
 def run_inference(model_path: str, data: str, *, label_key: str | None = None, gene_key: str | None = None,

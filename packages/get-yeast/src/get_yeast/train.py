@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ftcore.artefact import load_model, model_header
 from ftcore.config import from_dict
 from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
@@ -93,6 +94,26 @@ def build_model(spec: dict) -> nn.Module:
     return model
 
 
+KIND = "get-yeast/model"  # best_model.pth, last.pth (ftcore.artefact); merged_model.safetensors keeps its JSON metadata
+SPEC_CONFIG = ("model_config", "lora")  # the spec's entries that shape the model; the rest are its data keys
+
+
+def spec_header(spec: dict) -> dict:
+    """The model header of a get-yeast model (ftcore.artefact) from its spec."""
+    return model_header(kind=KIND, config={k: spec[k] for k in SPEC_CONFIG},
+                        data_keys={k: v for k, v in spec.items() if k not in SPEC_CONFIG}, package="get-yeast")
+
+
+def _legacy_header(obj: dict) -> dict | None:
+    """A file of an earlier get-yeast (no model header): the spec was its extra's only entry."""
+    extra = obj.get("extra")
+    spec = extra.get("spec") if isinstance(extra, dict) else None
+    if not isinstance(spec, dict) or not all(k in spec for k in SPEC_CONFIG):
+        return None
+    return {"kind": KIND, "config": {k: spec[k] for k in SPEC_CONFIG},
+            "data_keys": {k: v for k, v in spec.items() if k not in SPEC_CONFIG}}
+
+
 def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
     """A model this package trained: best_model.pth / last.pth, or merged_model.safetensors."""
     from ftcore.checkpoint import read_checkpoint
@@ -109,11 +130,9 @@ def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dic
                             "that get-yeast train wrote")
         spec = json.loads(meta["get_yeast_spec"])
     else:
-        ckpt = read_checkpoint(path)
-        if not isinstance(ckpt, dict) or "spec" not in (ckpt.get("extra") or {}):
-            raise UserError(f"{path}: not a get-yeast training checkpoint (no model spec inside); pass the "
-                            "best_model.pth written by get-yeast train")
-        state, spec = ckpt["model"], ckpt["extra"]["spec"]
+        mf = load_model(path, kind=KIND, legacy=_legacy_header, require=("drug_vocab", "feature_names"),
+                        what="a get-yeast training checkpoint", hint="pass the best_model.pth written by get-yeast train")
+        state, spec = mf.state, {**mf.config, **mf.data_keys}
     model = build_model(spec)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -395,7 +414,7 @@ def train(cfg: YeastTrainingConfig, model_cfg: YeastModelConfig, data_path: str 
     val_set = YeastDataset(val_table if val_table.samples else train_table, model_cfg.condition, vocab)
     trainer = Trainer(model, tc, YeastDataset(train_table, model_cfg.condition, vocab), val_set,
                       loss_fn=loss_fn, eval_fn=make_eval_fn(val_set, t.batch_size), collate_fn=collate,
-                      extra_state={"spec": spec})
+                      extra_state={"spec": spec}, artefact=spec_header(spec))
     result = trainer.fit()
     if not is_main_process():
         return {}

@@ -220,10 +220,10 @@ def _read_bulk_checkpoint(path: str | None, trust: bool):
     """A user's bulk checkpoint (train.BulkWeights), read once, before any output exists; None without one."""
     if path is None:
         return None
-    from spatial_transfer.train import read_bulk_checkpoint
+    from spatial_transfer.train import SPATIAL_KIND, read_bulk_checkpoint
 
     weights = read_bulk_checkpoint(path, trust)
-    if weights.kind == "Cell2Gene SpatialModel":
+    if weights.kind == SPATIAL_KIND:  # a foreign bulk checkpoint (no kind) is welcome
         raise UserError(f"Error loading bulkmodel weights: {path} is a Cell2Gene SpatialModel checkpoint (a CV fold's); "
                         "--bulk-checkpoint takes the BulkModel of `spatial-transfer pretrain` "
                         "(bulk_pretrain/best_bulk_model.pt)")
@@ -556,48 +556,46 @@ def cmd_compare(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from ftcore.checkpoint import read_checkpoint
+    from ftcore.artefact import load_model
     from ftcore.config import from_dict
     from ftcore.io import check_output_dir, claim_outputs
     from ftcore.loading import load_partial
 
     from spatial_transfer.data import GraphConfig, read_spatial
     from spatial_transfer.model import Cell2GeneConfig, SpatialModel
-    from spatial_transfer.train import predict_spatial
+    from spatial_transfer.train import BULK_KIND, SPATIAL_KIND, legacy_header, predict_spatial
 
-    ckpt = read_checkpoint(args.checkpoint, trust_pickle=args.trust_checkpoint)
-    extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
-    if not isinstance(extra, dict) or extra.get("kind") != "Cell2Gene SpatialModel":
-        kind = extra.get("kind") if isinstance(extra, dict) else None
-        raise UserError(f"{args.checkpoint} is {'a ' + str(kind) if kind else 'not a spatial-transfer'} checkpoint; pass a "
-                        "checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt written by `spatial-transfer run`")
-    missing = [k for k in ("model_config", "genes") if not isinstance(extra.get(k), (dict, list))]
-    if missing or not isinstance(ckpt.get("model"), dict):
-        raise UserError(f"{args.checkpoint}: a SpatialModel checkpoint without {missing[0] if missing else 'model'!r} "
+    where = ("pass a checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt written by "
+             "`spatial-transfer run`")
+    mf = load_model(args.checkpoint, kind=SPATIAL_KIND, trust=args.trust_checkpoint, legacy=legacy_header,
+                    require=("genes",), what="a spatial-transfer checkpoint", hint=where,
+                    other_kinds={BULK_KIND: f"{{path}} is a Cell2Gene BulkModel checkpoint; {where}"})
+    if not mf.config:
+        raise UserError(f"{args.checkpoint}: a SpatialModel checkpoint without 'model_config' "
                         "(written by another version, or edited?); use one written by `spatial-transfer run`")
-    cfg = from_dict(Cell2GeneConfig, extra["model_config"], source=str(args.checkpoint))
-    graph = from_dict(GraphConfig, extra.get("graph", {}), source=str(args.checkpoint))
+    cfg = from_dict(Cell2GeneConfig, mf.config, source=str(args.checkpoint))
+    graph = from_dict(GraphConfig, mf.extra.get("graph", {}), source=str(args.checkpoint))
     out_file = Path(args.output) / "predictions.h5ad"
     if out_file.is_dir():
         raise UserError(f"{out_file} is a directory where predict writes its file; remove it or choose another --output")
     opt.check_output_file("--output", out_file, (".h5ad",))
-    genes = [str(g) for g in extra["genes"]]  # the data contract of the run: predictions are of these genes
+    genes = [str(g) for g in mf.data_keys["genes"]]  # the data contract of the run: predictions are of these genes
     if len(genes) != cfg.spatial_genes:
         raise UserError(f"{args.checkpoint}: its gene list has {len(genes)} names for a model of {cfg.spatial_genes} "
                         "genes (edited?); use the checkpoint as `spatial-transfer run` wrote it")
     # expression is optional: a histology-only slide is predicted; measured model genes (any order) are evaluated
     spatial = read_spatial(args.data, cfg.in_dim, model_genes=genes)
     model = SpatialModel(cfg)
-    absent = [k for k in model.state_dict() if k not in ckpt["model"]]
+    absent = [k for k in model.state_dict() if k not in mf.state]
     if absent:
         raise UserError(f"{args.checkpoint}: {len(absent)} tensors of the SpatialModel it describes are missing (first: "
                         f"{absent[0]}); use the checkpoint as `spatial-transfer run` wrote it")
     # strict: every tensor, of the right shape and kind (integer or NaN weights refused by name)
-    load_partial(model, ckpt["model"], strict=True, source=str(args.checkpoint), target="spatial model", verbose=False)
+    load_partial(model, mf.state, strict=True, source=str(args.checkpoint), target="spatial model", verbose=False)
     claim_outputs(args.output)  # the directory too, when predict creates it
     out = check_output_dir(args.output, flag="--output")
     predict_spatial(spatial, model, genes, graph, out / out_file.name, batch_size=args.batch_size, device=args.device,
-                    model_name=f"spatial-transfer SpatialModel ({extra.get('strategy', '?')}) {args.checkpoint}")
+                    model_name=f"spatial-transfer SpatialModel ({mf.extra.get('strategy', '?')}) {args.checkpoint}")
 
 
 def cmd_make_demo_data(args) -> None:

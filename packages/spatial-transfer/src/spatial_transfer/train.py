@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ftcore.artefact import kind_of, model_header
 from ftcore.checkpoint import read_checkpoint, extract_state_dict
 from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
@@ -141,6 +142,27 @@ def _train_config(settings: TrainSettings, cfg: RunConfig, out: Path, lr: float,
     )
 
 
+# ------------------------------------------------------------------------------ model files
+# The two kinds of model file (ftcore.artefact); extra["kind"] keeps the marker earlier versions wrote.
+BULK_KIND, SPATIAL_KIND = "spatial-transfer/bulk-model", "spatial-transfer/spatial-model"
+OLD_MARKERS = {"Cell2Gene BulkModel": BULK_KIND, "Cell2Gene SpatialModel": SPATIAL_KIND}
+
+
+def _header(kind: str, cfg: RunConfig, genes) -> dict:
+    return model_header(kind=kind, config=asdict(cfg.model), data_keys={"genes": list(genes)},
+                        package="spatial-transfer")
+
+
+def legacy_header(obj: dict) -> dict | None:
+    """A file of an earlier version (no model header): extra["kind"] named it, extra held config and genes."""
+    extra = obj.get("extra")
+    if not isinstance(extra, dict) or extra.get("kind") not in OLD_MARKERS:
+        return None
+    data_keys = {"genes": extra["genes"]} if isinstance(extra.get("genes"), list) else {}
+    config = extra["model_config"] if isinstance(extra.get("model_config"), dict) else {}
+    return {"kind": OLD_MARKERS[extra["kind"]], "config": config, "data_keys": data_keys}
+
+
 # ------------------------------------------------------------------------------ bulk
 def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
     """Train the BulkModel (10% of samples validate); -> its best checkpoint. Resumes if killed.
@@ -159,7 +181,8 @@ def pretrain_bulk(bulk: BulkData, cfg: RunConfig, out: Path) -> Path:
     train_items = bulk_items(bulk, cfg.graph, train)
     init_output_bias(model, train_items)
     trainer = Trainer(model, tc, train_items, bulk_items(bulk, cfg.graph, val),
-                      loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate, extra_state=extra)
+                      loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate, extra_state=extra,
+                      artefact=_header(BULK_KIND, cfg, bulk.genes))
     result = trainer.fit()
     best = result.best_path if result.best_path is not None and result.best_path.exists() else result.last_path
     log(f"BulkModel checkpoint: {best}")
@@ -173,7 +196,7 @@ class BulkWeights:
     path: Path
     state_dict: dict
     genes: list | None  # the bulk panel's gene names, when the checkpoint records them
-    kind: str | None  # extra['kind'] ("Cell2Gene BulkModel"; a fold's "Cell2Gene SpatialModel" is refused)
+    kind: str | None  # the file's kind (ftcore.artefact.kind_of): BULK_KIND, SPATIAL_KIND (a fold's: refused) or None (foreign)
 
 
 def read_bulk_checkpoint(path: str | Path, trust_pickle: bool = False) -> BulkWeights:
@@ -185,7 +208,7 @@ def read_bulk_checkpoint(path: str | Path, trust_pickle: bool = False) -> BulkWe
         raise UserError(f"Error loading bulkmodel weights: {err}") from None
     extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
     extra = extra if isinstance(extra, dict) else {}
-    return BulkWeights(Path(path), sd, extra.get("genes"), extra.get("kind"))
+    return BulkWeights(Path(path), sd, extra.get("genes"), kind_of(ckpt, legacy_header))  # None: a foreign file
 
 
 def load_bulk_weights(model: SpatialModel, bulk: BulkWeights, spatial_genes: list[str] | None = None) -> LoadReport:
@@ -423,7 +446,8 @@ def _run_fold(spatial, cfg, plan, k, log_dir, ckpt_dir, bulk: BulkWeights | None
     trainer = Trainer(model, tc, train_items, spatial_items(spatial, cfg.graph, val),
                       loss_fn=mse_loss, eval_fn=evaluate, collate_fn=collate,
                       extra_state={"model_config": asdict(cfg.model), "graph": asdict(cfg.graph), "genes": list(spatial.genes),
-                                   "strategy": plan.strategy, "kind": "Cell2Gene SpatialModel"})
+                                   "strategy": plan.strategy, "kind": "Cell2Gene SpatialModel"},
+                      artefact=_header(SPATIAL_KIND, cfg, spatial.genes))
     fit = trainer.fit()  # restores the best epoch's weights: tested, as the guide does
     from torch.utils.data import DataLoader
 

@@ -116,10 +116,14 @@ def load_run(model_dir: str | Path | None, checkpoint: str | None = None, trust_
     if arc.is_lightning(obj):
         raise UserError(f"{ckpt} is an arc-state (Lightning) checkpoint but {model_dir} is a state-tx run: the "
                         "perturbation columns would not match; pass the arc-state run directory as --model-dir")
-    from ftcore.checkpoint import extract_state_dict
+    from ftcore.artefact import model_file
 
+    from state_tx.train import KIND, legacy_header
+
+    mf = model_file(obj, ckpt, kind=KIND, legacy=legacy_header, what="a state-tx checkpoint",
+                    hint=f"pass a checkpoint in {model_dir}/checkpoints (final.ckpt)")
     # strict, except the names arc-state writes that state-tx has no use for (each reported, never silent)
-    report = load_partial(model, extract_state_dict(obj, source=str(ckpt)), strict=True, skip=ARC_STATE_SKIP,
+    report = load_partial(model, mf.state, strict=True, skip=ARC_STATE_SKIP,
                           source=str(ckpt), target="state-tx model", verbose=False)
     if report.skipped:
         print(report.format(str(ckpt), "state-tx model"))

@@ -27,7 +27,8 @@ from ftcore import options as opt
 from ftcore.config import apply_overrides, from_dict, read_config_file
 from ftcore.distributed import is_main_process, world_size
 from ftcore.errors import UserError
-from ftcore.io import atomic_torch_save, atomic_write_json, check_output_dir, claim_outputs
+from ftcore.artefact import model_header, save_model
+from ftcore.io import atomic_write_json, check_output_dir, claim_outputs
 from ftcore.rundir import file_identity, open_run_dir
 from ftcore.training import Trainer, TrainConfig, resolve_device, seed_everything
 
@@ -538,6 +539,25 @@ def training_mean(s: Setup, n: int = 4096) -> torch.Tensor:
     return torch.as_tensor(total / max(count, 1), dtype=torch.float32)
 
 
+KIND = "state-tx/model"  # checkpoints/final.ckpt, last.ckpt, step=<n>.ckpt (ftcore.artefact)
+
+
+def model_description(s: Setup) -> dict:
+    """The kind, model config and data keys a state-tx model file records (the run directory's JSON files keep
+    the full contract: var_dims.json, the one-hot maps)."""
+    v = s.var_dims
+    return {"kind": KIND, "config": dataclasses.asdict(s.model_cfg),
+            "data_keys": {"gene_names": v["gene_names"], "perts": list(s.vocab.perts), "batches": list(s.vocab.batches),
+                          "cell_types": list(s.vocab.cell_types), "control_pert": s.vocab.control_pert,
+                          **{k: v[k] for k in ("pert_col", "cell_type_key", "batch_col", "output_space", "pert_rep")}}}
+
+
+def legacy_header(obj: dict) -> dict | None:
+    """A checkpoint of an earlier state-tx (no model header): weights under 'model', the config in extra."""
+    extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
+    return {"kind": KIND, "config": extra.get("model_config") or {}, "data_keys": {}}
+
+
 def train(cfg: RunConfig, trust_checkpoint: bool = False, overwrite: bool = False) -> dict:
     """Validate everything, then write the maps, train with the core Trainer, write final.ckpt.
 
@@ -572,11 +592,12 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False, overwrite: bool = Fals
               f"{model.n_params() / 1e6:.2f}M parameters, cell_set_len {s.model_cfg.cell_set_len}")
     trainer = StepCurveTrainer(model, train_cfg, s.train, s.val, loss=s.model_cfg.loss,
                                loss_fn=make_loss_fn(s.model_cfg), eval_fn=make_eval_fn(s.model_cfg),
-                               extra_state={"model_config": dataclasses.asdict(s.model_cfg)})
+                               extra_state={"model_config": dataclasses.asdict(s.model_cfg)},
+                               artefact=model_header(**model_description(s), package="state-tx"))
     result = trainer.fit()
     final = cfg.run_dir / "checkpoints" / "final.ckpt"
     if is_main_process():
-        atomic_torch_save({"model": model.state_dict(), "extra": {"model_config": dataclasses.asdict(s.model_cfg)},
-                           "step": result.steps}, final)
+        save_model(final, model.state_dict(), **model_description(s), package="state-tx",
+                   extra={"model_config": dataclasses.asdict(s.model_cfg)}, step=result.steps)
         print(f"wrote {final}")
     return {"steps": result.steps, "history": result.history, "final": str(final), "run_dir": str(cfg.run_dir)}

@@ -699,27 +699,22 @@ def shlex_quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def _stage1_checkpoint(args) -> tuple[Path, dict, dict]:
-    """--stage1_ckpt read (the one read of that file) and recognised: (path, its content, its metadata)."""
-    from ftcore.checkpoint import read_checkpoint
+def _stage1_checkpoint(args) -> tuple[Path, object, dict]:
+    """--stage1_ckpt read (the one read of that file) and recognised: (path, its ModelFile, its metadata)."""
+    from var_st.model import COMPLETE_KIND, STAGE1_KIND, read_stage_file
 
     path = Path(os.path.expandvars(str(args.stage1_ckpt).strip())).expanduser()
     if path.is_dir():
         inside = path / "best_vqvae.ckpt"
         raise UserError(f"--stage1_ckpt {path} is a directory; pass the checkpoint file"
                         + (f", e.g. {inside}" if inside.is_file() else " (best_vqvae.ckpt)"))
-    obj = read_checkpoint(path, trust_pickle=args.trust_checkpoint)
-    extra = obj.get("extra", {}) if isinstance(obj, dict) else {}
-    extra = extra if isinstance(extra, dict) else {}
-    if extra.get("stage") == 2 or extra.get("complete"):
-        raise UserError(f"{path} is a stage-2 / complete var-st checkpoint, not a stage-1 one; --stage1_ckpt takes "
-                        "the best_vqvae.ckpt written by --training_stage 1 (a complete model goes to predict / evaluate)")
-    if extra.get("stage") != 1 or not extra.get("gene_names") or not {"vqvae_config", "num_genes"} <= set(extra):
-        raise UserError(f"{path} is not a var-st stage-1 checkpoint; pass the best_vqvae.ckpt written by --training_stage 1")
-    if "model" not in obj:
-        raise UserError(f"{path} is not a var-st stage-1 checkpoint (no 'model' weights); pass the best_vqvae.ckpt "
-                        "written by --training_stage 1")
-    return path, obj, extra
+    stage1 = "the best_vqvae.ckpt written by --training_stage 1"
+    mf = read_stage_file(path, STAGE1_KIND, args.trust_checkpoint, what="a var-st stage-1 checkpoint", hint=f"pass {stage1}",
+                         other_kinds={COMPLETE_KIND: "{path} is a stage-2 / complete var-st checkpoint, not a stage-1 one; "
+                                      f"--stage1_ckpt takes {stage1} (a complete model goes to predict / evaluate)"})
+    if not mf.data_keys.get("gene_names"):
+        raise UserError(f"{path} is not a var-st stage-1 checkpoint (no gene names inside); pass {stage1}")
+    return path, mf, {**mf.extra, **mf.config, **mf.data_keys}
 
 
 def _check_against_stage1(args, path: Path, extra: dict, given: dict, command) -> None:
@@ -760,15 +755,13 @@ def _announce(args, model, data, what: str, preset: str) -> None:
 
 def _complete_model(path: Path, trust: bool, device="cpu"):
     """A complete model from its checkpoint, read once; a stage-1 file is named with the flag that takes it."""
-    from ftcore.checkpoint import read_checkpoint
-    from var_st.model import TwoStageVARST
+    from var_st.model import COMPLETE_KIND, STAGE1_KIND, TwoStageVARST, read_stage_file
 
-    obj = read_checkpoint(path, trust_pickle=trust)
-    extra = obj.get("extra") if isinstance(obj, dict) else None
-    if isinstance(extra, dict) and extra.get("stage") == 1:
-        raise UserError(f"{path} is a stage-1 (VQ-VAE only) checkpoint; train stage 2 with --stage1_ckpt {path} "
-                        "and load its complete_model.ckpt")
-    return TwoStageVARST.load_complete_model(path, device=device, checkpoint=obj)
+    mf = read_stage_file(path, COMPLETE_KIND, trust, what="a complete var-st model",
+                         hint="pass complete_model.ckpt written by training stage 2", other_kinds={
+                             STAGE1_KIND: "{path} is a stage-1 (VQ-VAE only) checkpoint; train stage 2 with "
+                                          "--stage1_ckpt {path} and load its complete_model.ckpt"})
+    return TwoStageVARST.load_complete_model(path, device=device, checkpoint=mf)
 
 
 @dataclass

@@ -88,37 +88,33 @@ class TwoStageVARST(nn.Module):
         if stage == 2:
             self.vqvae.eval()
 
-    def load_stage1(self, path: str | Path, trust_pickle: bool = False, *, checkpoint: Mapping | None = None) -> None:
-        """The VQ-VAE weights of a stage-1 checkpoint (`checkpoint`: its content, when already read)."""
-        obj = checkpoint if checkpoint is not None else _read(path, trust_pickle)
-        extra = obj.get("extra", {}) if isinstance(obj, Mapping) else {}
-        if not isinstance(obj, Mapping) or "model" not in obj or extra.get("stage") not in (1, 2):
-            raise UserError(f"{path} is not a var-st stage-1 checkpoint (no 'model' weights with stage metadata); "
-                            "pass the best_vqvae.ckpt written by stage-1 training")
-        if int(extra["num_genes"]) != self.num_genes:
-            raise UserError(f"{path} was trained on {extra['num_genes']} genes but this model has {self.num_genes}; "
+    def load_stage1(self, path: str | Path, trust_pickle: bool = False, *, checkpoint=None) -> None:
+        """The VQ-VAE weights of a stage-1 checkpoint (`checkpoint`: the file already read, a ModelFile or its
+        content: then it is not read again)."""
+        mf = read_stage_file(path, (STAGE1_KIND, COMPLETE_KIND), trust_pickle, what="a var-st stage-1 checkpoint",
+                             hint="pass the best_vqvae.ckpt written by stage-1 training", checkpoint=checkpoint)
+        config = mf.config
+        if int(config["num_genes"]) != self.num_genes:
+            raise UserError(f"{path} was trained on {config['num_genes']} genes but this model has {self.num_genes}; "
                             "build the model with stage 1's number of genes (or use from_stage1)")
-        if dict(extra["vqvae_config"]) != _plain(asdict(self.vqvae_config)):
-            raise UserError(f"{path} has vqvae_config {extra['vqvae_config']} which differs from this model's; "
+        if dict(config["vqvae_config"]) != _plain(asdict(self.vqvae_config)):
+            raise UserError(f"{path} has vqvae_config {config['vqvae_config']} which differs from this model's; "
                             "build the model with the stage-1 config (or use from_stage1)")
-        sd = {k[len("vqvae."):] if k.startswith("vqvae.") else k: v for k, v in obj["model"].items()
+        sd = {k[len("vqvae."):] if k.startswith("vqvae.") else k: v for k, v in mf.state.items()
               if not k.startswith("var.")}
         _load_strict(self.vqvae, sd, path)
-        self.gene_names = list(extra.get("gene_names") or []) or self.gene_names
+        self.gene_names = list(mf.data_keys.get("gene_names") or []) or self.gene_names
         self.stage1_source = str(path)
 
     @classmethod
     def from_stage1(cls, path: str | Path, var_config: Mapping | VARConfig | None = None, trust_pickle: bool = False,
-                    *, checkpoint: Mapping | None = None):
+                    *, checkpoint=None):
         """A stage-2-ready model whose VQ-VAE (config and weights) comes from a stage-1 checkpoint; the file is
-        read once (`checkpoint`: its content, when the caller has read it already: then not at all)."""
-        obj = checkpoint if checkpoint is not None else _read(path, trust_pickle)
-        extra = obj.get("extra", {}) if isinstance(obj, Mapping) else {}
-        if "vqvae_config" not in extra or "num_genes" not in extra:
-            raise UserError(f"{path} is not a var-st stage-1 checkpoint (no vqvae_config / num_genes); "
-                            "pass the best_vqvae.ckpt written by stage-1 training")
-        model = cls(int(extra["num_genes"]), dict(extra["vqvae_config"]), var_config, current_stage=1)
-        model.set_training_stage(2, stage1_ckpt_path=path, checkpoint=obj)
+        read once (`checkpoint`: the file already read, by the caller: then not at all)."""
+        mf = read_stage_file(path, (STAGE1_KIND, COMPLETE_KIND), trust_pickle, what="a var-st stage-1 checkpoint",
+                             hint="pass the best_vqvae.ckpt written by stage-1 training", checkpoint=checkpoint)
+        model = cls(int(mf.config["num_genes"]), dict(mf.config["vqvae_config"]), var_config, current_stage=1)
+        model.set_training_stage(2, stage1_ckpt_path=path, trust_pickle=trust_pickle, checkpoint=mf)
         return model
 
     # -- training forward (stage 2) --------------------------------------------------------------
@@ -208,41 +204,53 @@ class TwoStageVARST(nn.Module):
         return {"stage": stage, "num_genes": self.num_genes, "vqvae_config": _plain(asdict(self.vqvae_config)),
                 "var_config": _plain(asdict(self.var_config)), "gene_names": list(self.gene_names or []), **more}
 
+    def description(self, stage: int, **more) -> dict:
+        """What ftcore.artefact records of a stage file: its kind, the model config, the data keys."""
+        return {"kind": STAGE1_KIND if stage == 1 else COMPLETE_KIND,
+                "config": {"num_genes": self.num_genes, "vqvae_config": _plain(asdict(self.vqvae_config)),
+                           "var_config": _plain(asdict(self.var_config))},
+                "data_keys": {"gene_names": list(self.gene_names or []), **({"data": more["data"]} if "data" in more else {})}}
+
+    def header(self, stage: int, **more) -> dict:
+        """The model header a Trainer puts in the checkpoints of `stage` (ftcore.artefact.model_header)."""
+        from ftcore.artefact import model_header
+
+        return model_header(**self.description(stage, **more), package="var-st")
+
     def save_stage_checkpoint(self, path: str | Path, stage: int, **extra) -> None:
-        """{"model": weights, "extra": metadata}. Stage 1: the VQ-VAE weights (load with
+        """A model file (ftcore.artefact) with extra = metadata. Stage 1: the VQ-VAE weights (load with
         set_training_stage(2, stage1_ckpt_path=...)); stage 2: the VAR with the frozen VQ-VAE it was
         trained on, like best_var.ckpt (load with load_complete_model; a VAR alone decodes nothing)."""
-        from ftcore.io import atomic_torch_save
+        from ftcore.artefact import save_model
 
         if stage not in (1, 2):
             raise UserError(f"stage must be 1 or 2, got {stage}")
         part = self.vqvae if stage == 1 else self
-        atomic_torch_save({"model": part.state_dict(), "extra": self.metadata(stage, **extra)}, path)
+        save_model(path, part.state_dict(), **self.description(stage, **extra), extra=self.metadata(stage, **extra),
+                   package="var-st")
 
     def save_complete_model(self, path: str | Path, **extra) -> None:
-        from ftcore.io import atomic_torch_save
+        from ftcore.artefact import save_model
 
-        atomic_torch_save({"model": self.state_dict(), "extra": self.metadata(2, complete=True, **extra)}, path)
+        save_model(path, self.state_dict(), **self.description(2, **extra),
+                   extra=self.metadata(2, complete=True, **extra), package="var-st")
 
     @classmethod
     def load_complete_model(cls, path: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False,
-                            *, checkpoint: Mapping | None = None):
+                            *, checkpoint=None):
         """A complete model (save_complete_model, or the stage-2 best checkpoint) on `device`, in eval mode
-        (`checkpoint`: the file's content, when the caller has read it already)."""
-        obj = checkpoint if checkpoint is not None else _read(path, trust_pickle)
-        extra = obj.get("extra", {}) if isinstance(obj, Mapping) else {}
-        if extra.get("stage") == 1:
-            raise UserError(f"{path} is a stage-1 (VQ-VAE only) checkpoint; train stage 2 on it and load the "
-                            "complete_model.ckpt that writes")
-        if not {"num_genes", "vqvae_config", "var_config"} <= set(extra) or "model" not in obj:
-            raise UserError(f"{path} is not a complete var-st model (missing configs or weights); "
-                            "pass complete_model.ckpt written by training stage 2")
-        model = cls(int(extra["num_genes"]), dict(extra["vqvae_config"]), dict(extra["var_config"]), current_stage=2)
-        sd, _ = CHECKPOINT_KEYMAP.apply(obj["model"])
+        (`checkpoint`: the file already read, by the caller)."""
+        mf = read_stage_file(path, COMPLETE_KIND, trust_pickle, what="a complete var-st model",
+                             hint="pass complete_model.ckpt written by training stage 2", checkpoint=checkpoint,
+                             other_kinds={STAGE1_KIND: "{path} is a stage-1 (VQ-VAE only) checkpoint; train stage 2 on "
+                                                       "it and load the complete_model.ckpt that writes"})
+        config = mf.config
+        model = cls(int(config["num_genes"]), dict(config["vqvae_config"]), dict(config["var_config"]), current_stage=2)
+        sd, _ = CHECKPOINT_KEYMAP.apply(mf.state)
         _load_strict(model, sd, path)
-        model.gene_names = list(extra.get("gene_names") or []) or None
+        model.gene_names = list(mf.data_keys.get("gene_names") or []) or None
         model.stage1_source = str(path)
-        model.checkpoint_extra = dict(extra)
+        model.checkpoint_extra = dict(mf.extra)
         return model.to(device).eval()
 
     def get_model_info(self) -> dict:
@@ -255,10 +263,36 @@ class TwoStageVARST(nn.Module):
                 "vocab_size": self.vqvae_config.vocab_size}
 
 
-def _read(path: str | Path, trust_pickle: bool) -> Any:
-    from ftcore.checkpoint import read_checkpoint
+# The kinds of var-st model file (ftcore.artefact): best_vqvae.ckpt; best_var.ckpt and complete_model.ckpt
+STAGE1_KIND, COMPLETE_KIND = "var-st/stage-1", "var-st/complete"
+CONFIG_KEYS = ("num_genes", "vqvae_config", "var_config")
 
-    return read_checkpoint(path, trust_pickle=trust_pickle)
+
+def legacy_header(obj: dict) -> dict | None:
+    """A file of an earlier var-st (no model header): extra held the stage, the configs and the genes."""
+    extra = obj.get("extra")
+    if not isinstance(extra, Mapping) or extra.get("stage") not in (1, 2):
+        return None
+    data_keys = {"gene_names": list(extra.get("gene_names") or [])}
+    if "data" in extra:
+        data_keys["data"] = extra["data"]
+    return {"kind": STAGE1_KIND if extra["stage"] == 1 else COMPLETE_KIND,
+            "config": {k: extra[k] for k in CONFIG_KEYS if k in extra}, "data_keys": data_keys}
+
+
+def read_stage_file(path: str | Path, kind, trust_pickle: bool = False, *, what: str, hint: str,
+                    other_kinds: Mapping[str, str] | None = None, checkpoint=None):
+    """A var-st model file (this version's or an earlier one's) of `kind`, with its configs: ftcore.artefact.ModelFile."""
+    from ftcore.artefact import ModelFile, load_model, model_file
+
+    if isinstance(checkpoint, ModelFile):  # checked when it was read
+        return checkpoint
+    require = ("num_genes", "vqvae_config") + (("var_config",) if kind == COMPLETE_KIND else ())
+    if checkpoint is not None:  # the content, read by the caller
+        return model_file(checkpoint, path, kind=kind, legacy=legacy_header, other_kinds=other_kinds, require=require,
+                          what=what, hint=hint)
+    return load_model(path, kind=kind, trust=trust_pickle, legacy=legacy_header, other_kinds=other_kinds,
+                      require=require, what=what, hint=hint)
 
 
 def _plain(d: Any) -> Any:

@@ -92,7 +92,8 @@ def train_stage1(model: TwoStageVARST, data: SpotData, out_dir: Path, run: RunSe
 
     cfg = _train_config(out_dir, run, len(tr), best_name="best_vqvae.ckpt", monitor="val_loss", mode="min")
     trainer = Trainer(vqvae, cfg, TensorDataset(x[tr]), TensorDataset(x[va]) if len(va) else None,
-                      loss_fn=loss_fn, eval_fn=eval_fn, extra_state=model.metadata(1, **metadata))
+                      loss_fn=loss_fn, eval_fn=eval_fn, extra_state=model.metadata(1, **metadata),
+                      artefact=model.header(1, **metadata))
     if is_main_process():
         atomic_write_json(out_dir / "split.json", _split_record(data))
     result = trainer.fit()
@@ -205,7 +206,8 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: RunSe
                         restore_best=True)
     ds = lambda idx: TensorDataset(h[idx], c[idx], tokens[idx], x[idx])  # noqa: E731
     trainer = Trainer(model, cfg, ds(tr), ds(va) if len(va) else None, loss_fn=loss_fn,
-                      eval_fn=eval_fn if len(va) else None, extra_state=model.metadata(2, **metadata))
+                      eval_fn=eval_fn if len(va) else None, extra_state=model.metadata(2, **metadata),
+                      artefact=model.header(2, **metadata))
     return trainer.fit()  # the model holds the best validation's weights (restore_best)
 
 
