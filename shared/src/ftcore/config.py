@@ -329,20 +329,21 @@ def merge_layers(cls: type, *, preset: Mapping | None = None, file: str | os.Pat
     """preset < file < --set as one mapping, each user layer's keys checked against `cls` with a did-you-mean.
 
     preset: a package's preset (or defaults) as a mapping, trusted (code, not user input). file: a YAML/TOML
-    path, or a mapping a package has read itself (`source` names it). sets: 'a.b=value' items. renames: the package's table of
-    user spellings -> fields (rename_keys), applied to the file and to the --set keys. `source` names the
-    keys in errors about values (default: the file, and "--set" when there are overrides)."""
+    path, or a mapping a package has read itself. sets: 'a.b=value' items. renames: the package's table of
+    user spellings -> fields (rename_keys), applied to the file and to the --set keys. `source`: one name
+    for every error; by default an unknown key names its layer (the file, or "--set") and a bad value
+    names the layers merged ("run.yaml / --set"; "defaults" when the user gave neither)."""
     renames = dict(renames or {})
     given: dict = {}
     file_name = None
     if file is not None:
-        file_name = (source or "config") if isinstance(file, Mapping) else str(file)
+        file_name = source or ("config" if isinstance(file, Mapping) else str(file))
         read = dict(file) if isinstance(file, Mapping) else read_config_file(file)
         given = rename_keys(read, renames, file_name)
         check_keys(cls, given, file_name)
     if sets:
         sets = [_rename_set(text, renames) for text in sets]
-        check_keys(cls, apply_overrides({}, sets), "--set")
+        check_keys(cls, apply_overrides({}, sets), source or "--set")
         given = apply_overrides(given, sets)
     if source is None:
         source = (f"{file_name} / --set" if sets else file_name) if file_name else ("--set" if sets else "defaults")
@@ -359,23 +360,34 @@ def _rename_set(text: str, renames: Mapping[str, str]) -> str:
 def apply_flags(cfg: T, flags: Mapping[str, Any] | None) -> T:
     """Command-line flags on a built config: {'spatial.lr': 0.01, 'seed': None}; None means "not given".
 
-    Flags win over every other layer. Their values come typed and checked from argparse (ftcore.options),
-    and each section is rebuilt with dataclasses.replace, so its __post_init__ checks run again."""
-    for key, value in (flags or {}).items():
+    Flags win over every other layer. Their values come typed and checked from argparse (ftcore.options);
+    each section they touch is rebuilt once with dataclasses.replace, so its __post_init__ checks run again."""
+    given = nest(flags or {})
+    return _replace_fields(cfg, given) if given else cfg
+
+
+def nest(flat: Mapping[str, Any]) -> dict:
+    """{'a.b': 1, 'c': None} -> {'a': {'b': 1}}: dotted keys as sections, None values ("not given") left out."""
+    out: dict = {}
+    for key, value in flat.items():
         if value is not None:
-            cfg = _replace_path(cfg, key.split("."), value)
-    return cfg
+            *parents, leaf = key.split(".")
+            node = out
+            for k in parents:
+                node = node.setdefault(k, {})
+            node[leaf] = value
+    return out
 
 
-def _replace_path(obj: Any, keys: list[str], value: Any) -> Any:
+def _replace_fields(obj: Any, changes: dict) -> Any:
     names = [f.name for f in dataclasses.fields(obj)]
-    if keys[0] not in names:  # a flag table names the field wrongly: a bug in the package, not a user error
-        close = difflib.get_close_matches(keys[0], names, n=1)
-        raise TypeError(f"flag key {keys[0]!r} is not a field of {type(obj).__name__}"
-                        + (f"; did you mean {close[0]!r}?" if close else ""))
-    if len(keys) > 1:
-        value = _replace_path(getattr(obj, keys[0]), keys[1:], value)
-    return dataclasses.replace(obj, **{keys[0]: value})
+    for key in changes:
+        if key not in names:  # a flag table names the field wrongly: a bug in the package, not a user error
+            close = difflib.get_close_matches(key, names, n=1)
+            raise TypeError(f"flag key {key!r} is not a field of {type(obj).__name__}"
+                            + (f"; did you mean {close[0]!r}?" if close else ""))
+    return dataclasses.replace(obj, **{k: _replace_fields(getattr(obj, k), v) if isinstance(v, dict) and
+                                       dataclasses.is_dataclass(getattr(obj, k)) else v for k, v in changes.items()})
 
 
 def layered_config(cls: type[T], *, preset: Mapping | None = None, file: str | os.PathLike | Mapping | None = None,

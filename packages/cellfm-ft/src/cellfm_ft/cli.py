@@ -162,24 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_config(args: argparse.Namespace):
-    """Preset < config file < flags."""
-    from ftcore.config import load_config
+    """Preset < config file < flags (ftcore.config: every RunConfig field given as a flag wins)."""
+    from ftcore.config import layered_config
 
     from cellfm_ft.train import RunConfig
 
-    base = dict(PRESETS[args.preset]) if getattr(args, "preset", None) else {}
-    cfg = load_config(RunConfig, args.config_file, data=base) if args.config_file else RunConfig(**base)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-             if getattr(args, f.name, None) is not None}
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RunConfig)}
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
     for key in ("test_donors", "val_donors"):
-        if key in flags:
+        if flags[key] is not None:
             named = list(dict.fromkeys(d.strip() for d in flags[key].split(",") if d.strip()))
             if not named:  # an empty shell variable: never a silent seeded choice instead
                 raise UserError(f"--{key.replace('_', '-')} is {flags[key]!r}: no donor named; give comma-separated "
                                 "donors (e.g. D1,D2) or leave the flag out for a seeded choice")
             flags[key] = named
-    cfg = dataclasses.replace(cfg, **flags)
+    preset = PRESETS[args.preset] if getattr(args, "preset", None) else None
+    cfg = layered_config(RunConfig, preset=preset, file=args.config_file, flags=flags)
     if args.preset and not Path(cfg.data).exists():
         raise UserError(f"preset --{args.preset} expects the data at {cfg.data} (missing); put the file there or pass --data")
     return cfg
