@@ -191,6 +191,7 @@ DEMO_CHECKPOINT_SEED = 1_000_003
 def run_demo(args: argparse.Namespace) -> dict:
     """Embedded data + a tiny CellFM checkpoint in MindSpore format -> convert -> fine-tune -> predict, and on
     the same held-out cells the same network trained from scratch and a logistic regression."""
+    from ftcore.config import apply_flags
     from ftcore.distributed import wait_for_main
     from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
     from ftcore.training import resolve_device
@@ -214,14 +215,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     wait_for_main(resolve_device(args.device or RunConfig.device).type)  # the other ranks read rank 0's inputs
     if is_main_process():
         convert(str(ckpt_path), str(inputs / f"cellfm_{args.config}_demo.safetensors"), config=args.config)
-    train_flags = {k: v for k, v in vars(args).items()
-                   if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress",
-                             "overwrite")
-                   and v is not None}
     cfg = RunConfig(data=str(data_path), checkpoint=str(ckpt_path), vocab=str(ckpt_path) + ".genes.txt",
                     config=args.config, output=str(out / "finetune"), baseline=True,
                     allow_unloaded_frozen=args.allow_unloaded_frozen, **DEMO_TRAIN, **run)
-    cfg = dataclasses.replace(cfg, **train_flags)
+    cfg = apply_flags(cfg, {k: getattr(args, k, None) for k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device",
+                                                                "ckpt_every_steps", "progress", "overwrite")})
     print("== 1/2 fine-tuning from the demo checkpoint")
     results = finetune(cfg)
     # The yardstick: the same network, trainable set, split, seed, steps and learning rate; no weights loaded.
