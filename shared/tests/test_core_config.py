@@ -226,6 +226,9 @@ def test_layered_typo_in_set_is_named_as_set(tmp_path):
     with pytest.raises(UserError, match="--set: unknown key 'sed'; did you mean 'seed'"):
         layered_config(Run, sets=["sed=4"])
     layered_config(Run, sets=["kwargs.anything=4"])  # a free mapping field takes any key
+    with pytest.raises(UserError, match=r"^--set: 'train' is a value, not a section; give its keys \(train.<key>\)$"):
+        layered_config(Run, file=path, sets=["train=3"])
+    assert layered_config(Run, sets=["extra=null"]).extra is None  # an Optional section may be null
 
 
 def test_layered_value_errors_name_the_layers(tmp_path):

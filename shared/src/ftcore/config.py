@@ -300,7 +300,7 @@ def rename_keys(data: Mapping, renames: Mapping[str, str], source: str) -> dict:
 
 def check_keys(cls: type, data: Mapping, source: str, prefix: str = "") -> None:
     """Every key of `data` (and of its sections, recursively) is a field of dataclass `cls`, else an error
-    with the closest field (did you mean). Values are not checked here: from_dict does that on the merge."""
+    with the closest field (did you mean); a section is a mapping. Values are checked by from_dict, on the merge."""
     if not isinstance(data, Mapping):
         return  # from_dict reports the wrong type
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -309,7 +309,9 @@ def check_keys(cls: type, data: Mapping, source: str, prefix: str = "") -> None:
         if key not in fields:
             raise _unknown_key(key, fields, source, prefix)
         section = _section_type(hints[key])
-        if section is not None:
+        if section is not None and value is not None:
+            if not isinstance(value, Mapping):  # `--set training=3`: a section's keys were meant
+                raise UserError(f"{source}: '{prefix}{key}' is a value, not a section; give its keys ({prefix}{key}.<key>)")
             check_keys(section, value, source, f"{prefix}{key}.")
 
 
