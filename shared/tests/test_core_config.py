@@ -148,3 +148,148 @@ def test_yaml_top_level_not_a_mapping(tmp_path):
     path = write(tmp_path, "list.yaml", "- a\n- b\n")
     with pytest.raises(UserError, match="expected a mapping"):
         read_config_file(path)
+
+
+# ------------------------------------------------------------------ layered_config: defaults < preset < file < --set < flags
+@dataclass
+class Section:
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if self.batch_size > 1000:
+            raise UserError(f"batch_size {self.batch_size} is too large")
+
+
+@dataclass
+class Run:
+    name: str = "run"
+    seed: int = 0
+    train: Section = field(default_factory=Section)
+    extra: Optional[Section] = None
+    kwargs: dict = field(default_factory=dict)
+
+
+def test_layered_precedence_of_every_layer(tmp_path):
+    from ftcore.config import layered_config
+
+    preset = {"name": "preset", "seed": 1, "train": {"epochs": 2, "lr": 0.5}}
+    path = write(tmp_path, "run.yaml", """
+        seed: 2
+        train:
+          lr: 0.25
+          batch_size: 8
+    """)
+    assert layered_config(Run) == Run()
+    assert layered_config(Run, preset=preset) == Run("preset", 1, Section(2, 0.5, 16))
+    # the file beats the preset key by key; the preset's train.epochs survives (sections merged, not replaced)
+    assert layered_config(Run, preset=preset, file=path) == Run("preset", 2, Section(2, 0.25, 8))
+    cfg = layered_config(Run, preset=preset, file=path, sets=["train.lr=0.125", "seed=3"])
+    assert cfg == Run("preset", 3, Section(2, 0.125, 8))
+    cfg = layered_config(Run, preset=preset, file=path, sets=["train.lr=0.125", "seed=3"],
+                         flags={"train.lr": 0.0625, "seed": None, "name": "flag"})
+    assert cfg == Run("flag", 3, Section(2, 0.0625, 8))  # a None flag is "not given": --set's seed stays
+
+
+def test_layered_nested_merge_at_every_depth_and_inputs_untouched(tmp_path):
+    from ftcore.config import merge, merge_layers
+
+    base = {"train": {"epochs": 2}, "kwargs": {"a": {"x": 1, "y": 2}}}
+    over = {"train": {"lr": 0.1}, "kwargs": {"a": {"y": 3}}}
+    assert merge(base, over) == {"train": {"epochs": 2, "lr": 0.1}, "kwargs": {"a": {"x": 1, "y": 3}}}
+    assert base == {"train": {"epochs": 2}, "kwargs": {"a": {"x": 1, "y": 2}}}  # not mutated
+    path = write(tmp_path, "run.yaml", "train:\n  lr: 0.1\n")
+    layers = merge_layers(Run, preset=base, file=path, sets=["kwargs.a.z=4"])
+    assert layers.data == {"train": {"epochs": 2, "lr": 0.1}, "kwargs": {"a": {"x": 1, "y": 2, "z": 4}}}
+    assert layers.given == {"train": {"lr": 0.1}, "kwargs": {"a": {"z": 4}}}  # what the user wrote
+    assert layers.source == f"{path} / --set"
+
+
+def test_layered_typo_in_file_names_the_file_and_the_closest_key(tmp_path):
+    from ftcore.config import layered_config
+
+    path = write(tmp_path, "run.yaml", "train:\n  epoch: 3\n")
+    with pytest.raises(UserError, match=rf"^{path}: unknown key 'train.epoch'; did you mean 'train.epochs'\?$"):
+        layered_config(Run, file=path, sets=["seed=1"])
+    bad = write(tmp_path, "bad.yaml", "extra:\n  lrr: 3\n")  # an Optional section is checked too
+    with pytest.raises(UserError, match="unknown key 'extra.lrr'; did you mean 'extra.lr'"):
+        layered_config(Run, file=bad)
+
+
+def test_layered_typo_in_set_is_named_as_set(tmp_path):
+    from ftcore.config import layered_config
+
+    path = write(tmp_path, "run.yaml", "seed: 1\n")
+    with pytest.raises(UserError, match=r"^--set: unknown key 'train.batchsize'; did you mean 'train.batch_size'\?$"):
+        layered_config(Run, file=path, sets=["train.batchsize=4"])
+    with pytest.raises(UserError, match="--set: unknown key 'sed'; did you mean 'seed'"):
+        layered_config(Run, sets=["sed=4"])
+    layered_config(Run, sets=["kwargs.anything=4"])  # a free mapping field takes any key
+    with pytest.raises(UserError, match=r"^--set: 'train' is a value, not a section; give its keys \(train.<key>\)$"):
+        layered_config(Run, file=path, sets=["train=3"])
+    assert layered_config(Run, sets=["extra=null"]).extra is None  # an Optional section may be null
+
+
+def test_layered_value_errors_name_the_layers(tmp_path):
+    from ftcore.config import layered_config
+
+    path = write(tmp_path, "run.yaml", "seed: 1\n")
+    with pytest.raises(UserError, match=rf"^{path} / --set: 'train.epochs'"):
+        layered_config(Run, file=path, sets=["train.epochs=many"])
+    with pytest.raises(UserError, match="^defaults: 'seed'"):
+        layered_config(Run, preset={"seed": "x"})
+    with pytest.raises(UserError, match="^my run: "):
+        layered_config(Run, sets=["seed=x"], source="my run")
+
+
+def test_layered_renames_keep_the_users_spelling(tmp_path):
+    from ftcore.config import layered_config
+
+    renames = {"model": "name", "train.learning_rate": "train.lr"}
+    assert layered_config(Run, sets=["model=exp1", "train.learning_rate=0.5"], renames=renames) == \
+        Run("exp1", 0, Section(10, 0.5, 16))
+    path = write(tmp_path, "run.yaml", "model: exp2\ntrain:\n  learning_rate: 0.25\n")
+    assert layered_config(Run, file=path, renames=renames) == Run("exp2", 0, Section(10, 0.25, 16))
+    # the --set spelling beats the file's field spelling: the layers stay ordered after renaming
+    cfg = layered_config(Run, file=write(tmp_path, "b.yaml", "name: f\n"), sets=["model=s"], renames=renames)
+    assert cfg.name == "s"
+    both = write(tmp_path, "both.yaml", "train:\n  lr: 0.1\n  learning_rate: 0.2\n")
+    with pytest.raises(UserError, match="'train.learning_rate' and 'train.lr' name the same setting; keep one"):
+        layered_config(Run, file=both, renames=renames)
+    # without the table the guide's spelling is a typo, with a did-you-mean
+    with pytest.raises(UserError, match="unknown key 'train.learning_rate'; known keys: epochs, lr"):
+        layered_config(Run, file=write(tmp_path, "guide.yaml", "train:\n  learning_rate: 0.25\n"))
+
+
+def test_layered_flags_rerun_checks_and_reject_unknown_fields():
+    from ftcore.config import apply_flags, layered_config
+
+    with pytest.raises(UserError, match="batch_size 5000 is too large"):  # the section's __post_init__ runs again
+        layered_config(Run, flags={"train.batch_size": 5000})
+    with pytest.raises(TypeError, match="did you mean 'epochs'"):  # a flag table's typo is a bug in the package
+        apply_flags(Run(), {"train.epoch": 3})
+    cfg = Run()
+    assert apply_flags(cfg, {"seed": None, "train.lr": None}) is cfg
+
+
+def test_train_config_from_sections():
+    from ftcore.training import TrainConfig
+
+    @dataclass
+    class Guide:  # a guide's spellings of Trainer settings, and a key that is not one
+        max_steps: int = 50
+        lr: float = 0.01
+        val_freq: int = 5
+        train_seed: int = 7
+        loss: str = "mse"
+
+    tc = TrainConfig.from_sections(Guide(), {"device": "cpu", "lr": 0.5},
+                                   renames={"val_freq": "val_every_steps", "train_seed": "seed"},
+                                   output_dir="out", epochs=0)
+    assert (tc.max_steps, tc.val_every_steps, tc.seed, tc.device, tc.output_dir, tc.epochs) == (50, 5, 7, "cpu", "out", 0)
+    assert tc.lr == 0.5  # a later section wins over an earlier one
+    assert TrainConfig.from_sections(Guide(), lr=0.25, epochs=0).lr == 0.25  # an explicit field wins over all
+    assert TrainConfig.from_sections(Guide(), renames={"max_steps": None}).max_steps is None  # None: not taken
+    with pytest.raises(UserError, match="lr"):  # the core still validates what it was given
+        TrainConfig.from_sections({"lr": -1.0})

@@ -392,3 +392,30 @@ def test_checkpoints_are_self_describing_model_files(trained_run, tmp_path):
     torch.save(old, copy / "checkpoints" / "final.ckpt")
     new_model, old_model = load_run(trained_run, device="cpu").model, load_run(copy, device="cpu").model
     assert all(torch.equal(a, b) for a, b in zip(new_model.state_dict().values(), old_model.state_dict().values()))
+
+
+def test_model_preset_spelling_in_overrides_and_files(tmp_path):
+    """`model=state_sm` (Hydra's spelling) names model.name on the command line and in a --config file, and a
+    later override beats the file without dropping the file's model.kwargs."""
+    from state_tx.train import load_run_config
+
+    assert load_run_config(["model=state_sm"]).model.name == "state_sm"
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model: state_lg\n")
+    assert load_run_config(config_file=str(flat)).model.name == "state_lg"
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model:\n  name: state_lg\n  kwargs:\n    cell_set_len: 8\n")
+    cfg = load_run_config(["model=state_sm"], config_file=str(nested))
+    assert (cfg.model.name, cfg.model.kwargs) == ("state_sm", {"cell_set_len": 8})
+
+
+def test_trainer_settings_keep_the_seeds_names():
+    """training.* in arc-state's words reach the core Trainer under its own (TRAINER_KEYS)."""
+    from state_tx.train import load_run_config, train_config
+
+    cfg = load_run_config(["training.val_freq=7", "training.ckpt_every_n_steps=9", "training.lr_schedule=constant",
+                           "training.gradient_clip_val=0", "training.train_seed=5", "training.max_steps=11"])
+    tc = train_config(cfg, has_val=True)
+    assert (tc.val_every_steps, tc.ckpt_every_steps, tc.schedule, tc.grad_clip, tc.seed, tc.max_steps, tc.epochs) == \
+        (7, 9, "constant", None, 5, 11, 0)
+    assert train_config(cfg, has_val=False).best_name is None

@@ -16,6 +16,7 @@ such as Pearson need no gathering and early-stopping decisions agree without com
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -125,6 +126,27 @@ class TrainConfig:
             raise UserError(f"sync_every_steps must be >= 1 (or left unset), got {self.sync_every_steps}")
         if self.epochs == 0 and self.max_steps is None:
             raise UserError("epochs is 0 and max_steps unset: nothing would train; set epochs >= 1 or max_steps")
+
+    @classmethod
+    def from_sections(cls, *sections: Any, renames: Mapping[str, str | None] | None = None, **fields: Any) -> "TrainConfig":
+        """A TrainConfig from a package's config sections: every field of theirs that (after `renames`, the
+        package's table of the guides' spellings, e.g. {"val_freq": "val_every_steps"}; None: not a Trainer
+        setting) names a TrainConfig field is taken; later sections win, `fields` (what the package decides:
+        output_dir, monitor, file names) win over all.
+
+            TrainConfig.from_sections(cfg.training, renames=TRAINER_KEYS, output_dir=str(run_dir), epochs=0)
+        """
+        own = {f.name for f in dataclasses.fields(cls)}
+        renames = dict(renames or {})
+        taken: dict[str, Any] = {}
+        for section in sections:
+            items = section.items() if isinstance(section, Mapping) else \
+                ((f.name, getattr(section, f.name)) for f in dataclasses.fields(section))
+            for name, value in items:
+                name = renames.get(name, name)
+                if name in own:
+                    taken[name] = value
+        return cls(**{**taken, **fields})
 
 
 @dataclass

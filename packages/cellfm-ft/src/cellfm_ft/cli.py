@@ -162,24 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_config(args: argparse.Namespace):
-    """Preset < config file < flags."""
-    from ftcore.config import load_config
+    """Preset < config file < flags (ftcore.config: every RunConfig field given as a flag wins)."""
+    from ftcore.config import layered_config
 
     from cellfm_ft.train import RunConfig
 
-    base = dict(PRESETS[args.preset]) if getattr(args, "preset", None) else {}
-    cfg = load_config(RunConfig, args.config_file, data=base) if args.config_file else RunConfig(**base)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-             if getattr(args, f.name, None) is not None}
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RunConfig)}
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
     for key in ("test_donors", "val_donors"):
-        if key in flags:
+        if flags[key] is not None:
             named = list(dict.fromkeys(d.strip() for d in flags[key].split(",") if d.strip()))
             if not named:  # an empty shell variable: never a silent seeded choice instead
                 raise UserError(f"--{key.replace('_', '-')} is {flags[key]!r}: no donor named; give comma-separated "
                                 "donors (e.g. D1,D2) or leave the flag out for a seeded choice")
             flags[key] = named
-    cfg = dataclasses.replace(cfg, **flags)
+    preset = PRESETS[args.preset] if getattr(args, "preset", None) else None
+    cfg = layered_config(RunConfig, preset=preset, file=args.config_file, flags=flags)
     if args.preset and not Path(cfg.data).exists():
         raise UserError(f"preset --{args.preset} expects the data at {cfg.data} (missing); put the file there or pass --data")
     return cfg
@@ -193,6 +191,7 @@ DEMO_CHECKPOINT_SEED = 1_000_003
 def run_demo(args: argparse.Namespace) -> dict:
     """Embedded data + a tiny CellFM checkpoint in MindSpore format -> convert -> fine-tune -> predict, and on
     the same held-out cells the same network trained from scratch and a logistic regression."""
+    from ftcore.config import apply_flags
     from ftcore.distributed import wait_for_main
     from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
     from ftcore.training import resolve_device
@@ -216,14 +215,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     wait_for_main(resolve_device(args.device or RunConfig.device).type)  # the other ranks read rank 0's inputs
     if is_main_process():
         convert(str(ckpt_path), str(inputs / f"cellfm_{args.config}_demo.safetensors"), config=args.config)
-    train_flags = {k: v for k, v in vars(args).items()
-                   if k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device", "ckpt_every_steps", "progress",
-                             "overwrite")
-                   and v is not None}
     cfg = RunConfig(data=str(data_path), checkpoint=str(ckpt_path), vocab=str(ckpt_path) + ".genes.txt",
                     config=args.config, output=str(out / "finetune"), baseline=True,
                     allow_unloaded_frozen=args.allow_unloaded_frozen, **DEMO_TRAIN, **run)
-    cfg = dataclasses.replace(cfg, **train_flags)
+    cfg = apply_flags(cfg, {k: getattr(args, k, None) for k in ("batch_size", "epochs", "max_steps", "lr", "seed", "device",
+                                                                "ckpt_every_steps", "progress", "overwrite")})
     print("== 1/2 fine-tuning from the demo checkpoint")
     results = finetune(cfg)
     # The yardstick: the same network, trainable set, split, seed, steps and learning rate; no weights loaded.

@@ -561,12 +561,10 @@ def finetune(cfg: RunConfig) -> dict:
                         "learns nothing from it; choose other --test-donors / --val-donors, or split by cells")
     seed_everything(cfg.seed)  # the new gene_emb and the head start the same on every run and rank
     model = build_model(p, cfg)
-    tcfg = TrainConfig(
-        output_dir=str(out), epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device,
+    tcfg = TrainConfig.from_sections(  # epochs, lr, seed, device ...: RunConfig's fields of the Trainer's names
+        cfg, output_dir=str(out),
         monitor="val_acc", mode="max", best_name="best_model.pth", epoch_name="checkpoint_epoch_{epoch}.pth",
-        last_name="last.pt", restore_best=True, ckpt_every_steps=cfg.ckpt_every_steps, progress=cfg.progress,
-        compile=cfg.compile,
+        last_name="last.pt", restore_best=True,
         # The mlp head's BatchNorm needs batches of 2+; CellFM-torch's loader drops the last partial batch too.
         drop_last=cfg.head == "mlp" and len(train_rows) > cfg.batch_size,
     )

@@ -115,15 +115,11 @@ def _train(args) -> None:
     from get_yeast.train import train, train_settings
 
     train_over, model_over = split_overrides(args.overrides)
-    for flag, key in (("epochs", "training.epochs"), ("max_steps", "training.max_steps"),
-                      ("batch_size", "training.batch_size"), ("seed", "experiment.seed"), ("device", "training.device"),
-                      ("compile", "training.compile")):
-        if getattr(args, flag) is not None:
-            train_over.append(f"{key}={getattr(args, flag)}")
-    if args.from_scratch:
-        train_over.append("pretrained.from_scratch=true")
+    flags = {"training.epochs": args.epochs, "training.max_steps": args.max_steps, "training.batch_size": args.batch_size,
+             "experiment.seed": args.seed, "training.device": args.device, "training.compile": args.compile,
+             "pretrained.from_scratch": True if args.from_scratch else None}
     embedded = args.data is None
-    cfg, cfg_dir = load_training_config(args.config, train_over)
+    cfg, cfg_dir = load_training_config(args.config, train_over, flags)
     if args.checkpoint is not None:
         cfg.pretrained.checkpoint = str(args.checkpoint)
     if embedded and args.model_config is None:

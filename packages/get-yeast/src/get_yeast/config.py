@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from ftcore.config import apply_overrides, from_dict, read_config_file
+from ftcore.config import apply_flags, from_dict, merge, merge_layers, nest
 from ftcore.errors import UserError
 from ftcore.options import SEED_LIMIT, bounds
 from get_yeast.data import OPTIONAL, DataConfig
@@ -118,11 +118,13 @@ def require_all_keys(cls: type, data: dict, source: str, prefix: str = "") -> No
             require_all_keys(hints[f.name], data[f.name], source, f"{prefix}{f.name}.")
 
 
-def _load(cls, path: Path, overrides: list[str]):
-    data = apply_overrides(read_config_file(path), overrides)  # duplicate keys refused, a BOM ignored
-    cfg = from_dict(cls, data, str(path))  # unknown keys (typos) and bad values first
-    require_all_keys(cls, data, str(path))
-    return cfg
+def _load(cls, path: Path, overrides: list[str], flags: dict | None = None):
+    """The file < --set < flags (ftcore.config); unknown keys (typos) and bad values first, then the file
+    (with its --set items) must hold every key the code reads."""
+    layers = merge_layers(cls, file=path, sets=overrides, source=str(path))  # duplicate keys refused, a BOM ignored
+    cfg = from_dict(cls, layers.data, str(path))
+    require_all_keys(cls, merge(layers.data, nest(flags or {})), str(path))  # a flag supplies its key
+    return apply_flags(cfg, flags)
 
 
 def user_path(text: str, base: Path | None = None) -> Path:
@@ -131,10 +133,12 @@ def user_path(text: str, base: Path | None = None) -> Path:
     return path if base is None or path.is_absolute() else base / path
 
 
-def load_training_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[YeastTrainingConfig, Path]:
-    """(config, its folder). `overrides` like 'training.lr=1e-4'; the packaged file when path is None."""
+def load_training_config(path: str | Path | None, overrides: list[str] = (),
+                         flags: dict | None = None) -> tuple[YeastTrainingConfig, Path]:
+    """(config, its folder). `overrides` like 'training.lr=1e-4'; `flags` like {'training.epochs': 3} (None: not
+    given; they win over the file and the overrides); the packaged file when path is None."""
     path = user_path(path) if path is not None else packaged_config("yeast_training.yaml")
-    cfg = _load(YeastTrainingConfig, path, list(overrides))
+    cfg = _load(YeastTrainingConfig, path, list(overrides), flags)
     parse_renames(cfg.pretrained.renames, f"{path}: pretrained.renames")  # checked here, once
     if cfg.pretrained.checkpoint is not None:
         if not str(cfg.pretrained.checkpoint).strip():

@@ -322,11 +322,8 @@ def train_settings(cfg: YeastTrainingConfig, output: str | Path, progress: bool 
     """The core Trainer's settings from the training config (the core validates schedule/precision/sizes
     here), the device and the checkpoint/from-scratch choice: what needs no data, before anything is written."""
     t = cfg.training
-    tc = TrainConfig(output_dir=str(output), epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
-                     weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.schedule, grad_clip=t.grad_clip,
-                     precision=t.precision, device=t.device, seed=cfg.experiment.seed, patience=t.patience,
-                     val_every_steps=t.val_every_steps, ckpt_every_steps=t.ckpt_every_steps, best_name=BEST_NAME,
-                     last_name=LAST_NAME, restore_best=True, progress=progress, compile=t.compile)
+    tc = TrainConfig.from_sections(t, output_dir=str(output), seed=cfg.experiment.seed, best_name=BEST_NAME,  # training.*: the Trainer's names
+                                   last_name=LAST_NAME, restore_best=True, progress=progress)
     try:
         resolve_device(t.device)
     except UserError as err:

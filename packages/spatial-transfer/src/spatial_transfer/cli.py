@@ -139,44 +139,20 @@ def resolve_cv(args, env: Mapping[str, str]) -> tuple[str, list[str] | None]:
 
 # ------------------------------------------------------------------- configuration
 def build_config(args, demo: bool):
-    """RunConfig: defaults < demo preset < --config file < --set overrides < flags."""
-    from ftcore.config import apply_overrides, from_dict, read_config_file
+    """RunConfig: defaults < demo preset < --config file < --set overrides < flags (ftcore.config)."""
+    from ftcore.config import apply_flags, from_dict, merge_layers
 
     from spatial_transfer.train import RunConfig
 
-    data: dict = {}
-    if demo:
-        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo_preset(args.dataset).items()}
-    source = "--set" if args.set else "defaults"
-    if args.config:
-        user = read_config_file(args.config)
-        source = str(args.config) + (" / --set" if args.set else "")
-        for key, value in user.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-    data = apply_overrides(data, list(args.set or []))
-    explicit_genes = {k for k in ("bulk_genes", "spatial_genes") if k in (data.get("model") or {})}
-    cfg = from_dict(RunConfig, data, source=source)
-    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    for key, value in flags.items():
-        if value is not None:
-            cfg.spatial = replace(cfg.spatial, **{key: value})
-    if getattr(args, "bulk_epochs", None) is not None:
-        cfg.bulk = replace(cfg.bulk, epochs=args.bulk_epochs)
-    if args.batch_size is not None:
-        cfg.bulk = replace(cfg.bulk, batch_size=args.batch_size)
-    if args.folds is not None:
-        cfg.folds = args.folds
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.device is not None:
-        cfg.device = args.device
-    if getattr(args, "compile", None) is not None:
-        cfg.compile = args.compile
-    if args.no_progress:
-        cfg.progress = False
+    layers = merge_layers(RunConfig, preset=demo_preset(args.dataset) if demo else None, file=args.config,
+                          sets=list(args.set or []))
+    explicit_genes = {k for k in ("bulk_genes", "spatial_genes") if k in (layers.data.get("model") or {})}
+    cfg = from_dict(RunConfig, layers.data, source=layers.source)
+    # --batch-size sizes both trainings; --epochs/--lr the spatial one (the bulk one has --bulk-epochs)
+    cfg = apply_flags(cfg, {"spatial.epochs": args.epochs, "spatial.batch_size": args.batch_size, "spatial.lr": args.lr,
+                            "bulk.epochs": getattr(args, "bulk_epochs", None), "bulk.batch_size": args.batch_size,
+                            "folds": args.folds, "seed": args.seed, "device": args.device,
+                            "compile": getattr(args, "compile", None), "progress": False if args.no_progress else None})
     return cfg, explicit_genes
 
 

@@ -133,13 +133,10 @@ def init_output_bias(model, items) -> None:
 
 
 def _train_config(settings: TrainSettings, cfg: RunConfig, out: Path, lr: float, seed: int, has_val: bool, **names) -> TrainConfig:
-    return TrainConfig(
-        output_dir=str(out), epochs=settings.epochs, batch_size=settings.batch_size, lr=lr,
-        weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, seed=seed, device=cfg.device,
-        monitor="val_loss" if has_val else "train_loss", patience=settings.patience if has_val else None,
-        min_delta=settings.min_delta, ckpt_every_steps=settings.ckpt_every_steps, progress=cfg.progress,
-        compile=cfg.compile, **names,
-    )
+    # device/compile/progress from the run, the rest from the job's section (same names as the Trainer's)
+    return TrainConfig.from_sections(cfg, settings, output_dir=str(out), lr=lr, seed=seed,
+                                     monitor="val_loss" if has_val else "train_loss",
+                                     patience=settings.patience if has_val else None, **names)
 
 
 # ------------------------------------------------------------------------------ model files

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ftcore import options as opt
-from ftcore.config import apply_overrides, from_dict, read_config_file
+from ftcore.config import from_dict, layered_config, read_config_file
 from ftcore.distributed import is_main_process, world_size
 from ftcore.errors import UserError
 from ftcore.artefact import model_header, save_model
@@ -115,25 +115,27 @@ REDIRECTS = {
 }
 
 
-def normalise_overrides(overrides: list[str]) -> list[str]:
-    """Hydra-style `model=state_sm` -> `model.name=state_sm`; redirect keys we do not take."""
-    out = []
+# Hydra's spelling of the preset (`model=state_sm`) for the field it sets (ftcore.config rename table)
+RENAMES = {"model": "model.name"}
+
+
+def check_redirects(overrides: list[str]) -> None:
+    """Keys of arc-state that this package handles differently: one line saying how."""
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         for prefix, why in REDIRECTS.items():
             if key == prefix or key.startswith(prefix + "."):
                 raise UserError(f"{key}: {why}")
-        if key == "model":
-            text = "model.name=" + text.split("=", 1)[1]
-        out.append(text)
-    return out
 
 
 def load_run_config(overrides: list[str] = (), config_file: str | None = None) -> RunConfig:
-    base = read_config_file(config_file) if config_file else {}
-    base.pop(DATA_FILES_KEY, None)  # a run's config.yaml read back: its record of the data files is not a setting
-    data = apply_overrides(base, normalise_overrides(list(overrides)))
-    cfg = from_dict(RunConfig, data, source=config_file or "command line")
+    """The run config: defaults < --config file (a run's config.yaml too) < the key=value overrides."""
+    base = read_config_file(config_file) if config_file else None
+    if base is not None:
+        base.pop(DATA_FILES_KEY, None)  # a run's config.yaml read back: its record of the data files is not a setting
+    check_redirects(list(overrides))
+    cfg = layered_config(RunConfig, file=base, sets=list(overrides), renames=RENAMES,
+                         source=config_file or "command line")
     preset_kwargs(cfg.model.name)  # unknown preset -> error now
     allowed = TUNABLE + MODEL_EXTRA_KWARGS
     for key in cfg.model.kwargs:
@@ -444,16 +446,17 @@ def init_from(model: StateTransitionModel, path: str, trust_pickle: bool, vocab:
             "load": report.to_dict(), "columns": [r.to_dict() for r in columns_done], "report": report}
 
 
+# training.* in the seed's (arc-state's) words -> the core Trainer's
+TRAINER_KEYS = {"ckpt_every_n_steps": "ckpt_every_steps", "val_freq": "val_every_steps", "lr_schedule": "schedule",
+                "gradient_clip_val": "grad_clip", "train_seed": "seed"}
+
+
 def train_config(cfg: RunConfig, has_val: bool) -> TrainConfig:
     t = cfg.training
-    return TrainConfig(
-        output_dir=str(cfg.run_dir), epochs=0, max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr,
-        weight_decay=t.weight_decay, warmup_steps=t.warmup_steps, schedule=t.lr_schedule,
-        grad_clip=t.gradient_clip_val or None,
-        precision=t.precision, device=t.device, seed=t.train_seed, compile=t.compile,
-        monitor="val_loss" if has_val else "train_loss", mode="min",
-        val_every_steps=t.val_freq, ckpt_every_steps=t.ckpt_every_n_steps,
-        num_workers=cfg.data.kwargs.num_workers, progress=t.progress,
+    return TrainConfig.from_sections(
+        t, renames=TRAINER_KEYS, output_dir=str(cfg.run_dir), epochs=0,
+        grad_clip=t.gradient_clip_val or None,  # 0 = no clipping
+        monitor="val_loss" if has_val else "train_loss", mode="min", num_workers=cfg.data.kwargs.num_workers,
         best_name="checkpoints/best.ckpt" if has_val else None,
         last_name="checkpoints/last.ckpt", step_name="checkpoints/step={step}.ckpt",
         curve_name=None,  # drawn by StepCurveTrainer, against optimizer steps (the loop is step-based)

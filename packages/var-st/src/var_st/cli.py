@@ -459,46 +459,50 @@ _RUN_KEYS = {"epochs", "lr", "batch_size", "max_steps", "patience", "seed", "gpu
 
 
 def _load_model_config(args, preset: str, base: dict | None = None):
-    """Preset sizes (or `base`: stage 1's configs), then --config file sections, then --set overrides;
-    unknown keys are errors."""
-    from dataclasses import fields
+    """Preset sizes (or `base`: stage 1's configs), then --config file sections, then --set overrides
+    (ftcore.config); unknown keys are errors."""
+    from dataclasses import fields, make_dataclass
 
-    from ftcore.config import apply_overrides, from_dict, read_config_file
+    from ftcore.config import apply_overrides, from_dict, merge, merge_layers, read_config_file
     from var_st.config import PRESETS, VARConfig, VQVAEConfig
 
+    # the file's two sections as one config: errors name their keys vqvae.<key> / var.<key>
+    Sections = make_dataclass("Sections", [("vqvae", VQVAEConfig), ("var", VARConfig)])
     vq, var = PRESETS[preset]
-    merged = {"vqvae": asdict(vq), "var": asdict(var)}
-    for section, cls in (("vqvae", VQVAEConfig), ("var", VARConfig)):
-        known = {f.name for f in fields(cls)}
-        merged[section].update({k: v for k, v in ((base or {}).get(section) or {}).items() if k in known})
-    given: dict = {}
-    source = "config"
+    stage1 = {section: {k: v for k, v in ((base or {}).get(section) or {}).items() if k in {f.name for f in fields(cls)}}
+              for section, cls in (("vqvae", VQVAEConfig), ("var", VARConfig))}
+    given, source = None, "config"
     if args.config is not None:
         if not str(args.config).strip():
             raise UserError("--config is empty; give the path of a YAML or TOML file")
         given = read_config_file(Path(os.path.expandvars(str(args.config).strip())).expanduser())
         source = str(args.config)
-        for key in given:
-            if key not in merged:
-                run_keys = sorted(_RUN_KEYS & set(given[key])) if isinstance(given[key], dict) else []
-                hint = ""
-                if key in _RUN_KEYS or run_keys:
-                    flag = (run_keys or [key])[0]
-                    hint = (f"; training settings ({flag}) are command-line flags "
-                            f"(--{'lr' if flag == 'learning_rate' else flag} ...)")
-                raise UserError(f"{source}: unknown section {key!r}; the sections are vqvae and var{hint}")
-    given = apply_overrides(given, args.overrides)
-    for key in given:
-        if key not in merged:
-            raise UserError(f"--set/--config: unknown section {key!r}; use vqvae.<key> or var.<key>")
-        if not isinstance(given[key], dict):
-            raise UserError(f"{source}: section {key!r} must be a mapping of keys")
-        merged[key].update(given[key])
+        _check_sections(given, source, in_file=True)
+    _check_sections(apply_overrides({}, args.overrides), source, in_file=False)
+    layers = merge_layers(Sections, preset=merge({"vqvae": asdict(vq), "var": asdict(var)}, stage1), file=given,
+                          sets=args.overrides, source=source)
+    given = layers.given
     if "vocab_size" in given.get("vqvae", {}) and "vocab_size" not in given.get("var", {}):
-        merged["var"]["vocab_size"] = merged["vqvae"]["vocab_size"]
-    vq_cfg = from_dict(VQVAEConfig, merged["vqvae"], source, prefix="vqvae.")
-    var_cfg = from_dict(VARConfig, merged["var"], source, prefix="var.")
-    return vq_cfg, var_cfg, given
+        layers.data["var"]["vocab_size"] = layers.data["vqvae"]["vocab_size"]
+    cfg = from_dict(Sections, layers.data, source)
+    return cfg.vqvae, cfg.var, given
+
+
+def _check_sections(layer: dict, source: str, in_file: bool) -> None:
+    """A model config has two sections, vqvae and var: any other top-level key is named as such."""
+    for key, value in layer.items():
+        if key not in ("vqvae", "var") and in_file:
+            run_keys = sorted(_RUN_KEYS & set(value)) if isinstance(value, dict) else []
+            hint = ""
+            if key in _RUN_KEYS or run_keys:
+                flag = (run_keys or [key])[0]
+                hint = (f"; training settings ({flag}) are command-line flags "
+                        f"(--{'lr' if flag == 'learning_rate' else flag} ...)")
+            raise UserError(f"{source}: unknown section {key!r}; the sections are vqvae and var{hint}")
+        if key not in ("vqvae", "var"):
+            raise UserError(f"--set/--config: unknown section {key!r}; use vqvae.<key> or var.<key>")
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: section {key!r} must be a mapping of keys")
 
 
 def _run_settings(args, stage: int, builtin: str | None):
