@@ -15,7 +15,7 @@ attention; element-wise work is not counted, nor are Triton kernels: var-st's ar
 PyTorch references for the count); MFU = FLOPs / time / --peak-tflops (790, issue 15).
 
 Inference (item 4): var-st generation (241 tokens, KV cache, expected-code decoding) through
-var_st.train.predict_expression at 1, 64 and 1024 spots per call; state-tx's state_tx.infer.simulate
+var_st.predict.predict_expression at 1, 64 and 1024 spots per call; state-tx's state_tx.predict.simulate
 (cells/s); cellfm-ft's cellfm_ft.train.infer (cells/s); each eager and under torch.compile.
 
 Per row: median ms per step over blocks of steps timed with CUDA events (host_ms beside it: the wall
@@ -105,7 +105,7 @@ def _state_tx_sizes(tiny: bool) -> tuple[dict, int, int, int]:
 
 
 def _state_tx_model(preset: str, tiny: bool):
-    from state_tx.train import RunConfig, model_config
+    from state_tx.config import RunConfig, model_config
     from state_tx.model import StateTransitionModel
 
     kwargs, genes, perts, sets = _state_tx_sizes(tiny)
@@ -125,7 +125,8 @@ def _state_tx_sentence(g: torch.Generator, S: int, G: int, P: int, pert: int) ->
 
 def build_state_tx_train(preset: str):
     def build(tiny: bool, device: torch.device) -> TrainCase:
-        from state_tx.train import TrainingSection, make_loss_fn
+        from state_tx.train import make_loss_fn
+        from state_tx.config import TrainingSection
 
         cfg, mcfg, model, G, P, sets = _state_tx_model(preset, tiny)
         g = torch.Generator().manual_seed(0)
@@ -139,8 +140,8 @@ def build_state_tx_train(preset: str):
 
 
 def build_state_tx_infer(tiny: bool, device: torch.device) -> InferCase:
-    """state-tx infer/predict: state_tx.infer.simulate over groups of cells, batch_size 16 sets (the CLI's)."""
-    from state_tx.infer import TrainedRun, simulate
+    """state-tx infer/predict: state_tx.predict.simulate over groups of cells, batch_size 16 sets (the CLI's)."""
+    from state_tx.predict import TrainedRun, simulate
 
     cfg, mcfg, model, G, P, _ = _state_tx_model("state", tiny)
     model = model.to(device).eval()
@@ -253,7 +254,7 @@ def build_var_st_stage2(batch: int):
 def build_var_st_generate(batch: int):
     def build(tiny: bool, device: torch.device) -> InferCase:
         from var_st.data import SpotData
-        from var_st.train import predict_expression
+        from var_st.predict import predict_expression
 
         model, G = _var_st_model(tiny)
         B = min(batch, 16) if tiny else batch
@@ -310,7 +311,8 @@ def _cellfm_cells(n_cells: int, n_genes: int, expressed: int):
 
 def build_cellfm_train(tiny: bool, device: torch.device) -> TrainCase:
     from cellfm_ft.data import CellDataset, collate
-    from cellfm_ft.train import RunConfig, make_loss
+    from cellfm_ft.train import make_loss
+    from cellfm_ft.config import RunConfig
 
     model, cfg, G = _cellfm_model(tiny, device)
     run = RunConfig()  # the user's batch 16, tutorial head
@@ -401,9 +403,10 @@ def _spatial_cfg(tiny: bool):
 def build_spatial_train(tiny: bool, device: torch.device) -> TrainCase:
     """SpatialModel fine-tuning: the guide's batch 16 windows of 4 x 4 spots, nuclei at the demo's density."""
     from spatial_transfer.data import GraphConfig, SpatialData, collate, spatial_items
-    from spatial_transfer.demo import DemoSpec
+    from spatial_transfer.synthetic import DemoSpec
     from spatial_transfer.model import FREEZE_STRATEGIES, SpatialModel
-    from spatial_transfer.train import TrainSettings, init_output_bias, mse_loss
+    from spatial_transfer.train import init_output_bias, mse_loss
+    from spatial_transfer.config import TrainSettings
     from ftcore.freezing import apply_freezing
 
     cfg, graph, spec, settings = _spatial_cfg(tiny), GraphConfig(), DemoSpec(), TrainSettings()
@@ -443,9 +446,10 @@ def build_spatial_train(tiny: bool, device: torch.device) -> TrainCase:
 def build_bulk_train(tiny: bool, device: torch.device) -> TrainCase:
     """BulkModel pretraining: batch 16 bulk samples of the demo's size (bulk_cells nuclei, tiles of 100)."""
     from spatial_transfer.data import BulkData, GraphConfig, bulk_items, collate
-    from spatial_transfer.demo import DemoSpec
+    from spatial_transfer.synthetic import DemoSpec
     from spatial_transfer.model import BulkModel
-    from spatial_transfer.train import TrainSettings, init_output_bias, mse_loss
+    from spatial_transfer.train import init_output_bias, mse_loss
+    from spatial_transfer.config import TrainSettings
 
     cfg, graph, spec, settings = _spatial_cfg(tiny), GraphConfig(), DemoSpec(), TrainSettings()
     B = 2 if tiny else settings.batch_size

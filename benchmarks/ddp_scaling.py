@@ -100,7 +100,8 @@ def replace_args(argv: list[str], values: dict[str, object]) -> list[str]:
 
 # ----------------------------------------------------------------------------- packages
 def setup_cellfm_ft(work: Path, device: str) -> list[Comparison]:
-    from cellfm_ft.demo import demo_vocabulary, synthetic_cells, write_demo_checkpoint
+    from cellfm_ft.demo import demo_vocabulary, write_demo_checkpoint
+    from cellfm_ft.synthetic import synthetic_cells
 
     conf = package_tests("cellfm-ft")
     inputs = {"data": work / "cells.h5ad", "ckpt": work / "cellfm_tiny.ckpt"}
@@ -143,7 +144,7 @@ def setup_get_yeast(work: Path, device: str) -> list[Comparison]:
 
 
 def setup_spatial_transfer(work: Path, device: str) -> list[Comparison]:
-    from spatial_transfer.demo import write_demo_data
+    from spatial_transfer.synthetic import write_demo_data
 
     conf = package_tests("spatial-transfer")
     # The tests' data with 9 bulk samples instead of 8: 1 validates, 8 train, so every global batch of 4

@@ -41,7 +41,8 @@ from ftcore.metrics import pearson_per_gene
 from var_st import cli
 from var_st.data import SpotData
 from var_st.model import PRESETS, TwoStageVARST, VARConfig, VQVAEConfig
-from var_st.train import predict_expression, ridge_baseline, train_stage1, train_stage2
+from var_st.train import train_stage1, train_stage2
+from var_st.predict import predict_expression, ridge_baseline
 
 BASE = {"vq": {}, "var": {}, "data": {"grid": 18, "seed": 0},
         "s1": {"epochs": cli.DEMO_RUN["stage1_epochs"], "lr": cli.DEMO_RUN["stage1_lr"],

@@ -118,7 +118,8 @@ def smoke_cellfm_ft(tmp: Path, device: torch.device) -> None:
     import anndata as ad
 
     from cellfm_ft.cli import main
-    from cellfm_ft.demo import demo_vocabulary, synthetic_cells, write_demo_checkpoint
+    from cellfm_ft.demo import demo_vocabulary, write_demo_checkpoint
+    from cellfm_ft.synthetic import synthetic_cells
 
     conf = package_tests("cellfm-ft")
     adata = synthetic_cells(n_cells=96, n_genes=64, n_donors=4, seed=1)  # the cellfm_inputs fixture's data
@@ -181,7 +182,7 @@ def smoke_spatial_transfer(tmp: Path, device: torch.device) -> None:
     import anndata as ad
 
     from spatial_transfer.cli import main
-    from spatial_transfer.demo import write_demo_data
+    from spatial_transfer.synthetic import write_demo_data
 
     conf = package_tests("spatial-transfer")
     data = write_demo_data(tmp / "data", conf.TINY_SPEC)

@@ -85,7 +85,7 @@ def _cases(tmp_path, monkeypatch, name: str) -> list[tuple[list[str], str]]:
         monkeypatch.setattr("spatial_transfer.cli.cmd_run", _oom)
         return [(["run", "--batch-size", "8"], " at batch size 8; lower --batch-size (e.g. 8 -> 4), ")]
     if name == "state-tx":
-        monkeypatch.setattr("state_tx.infer.infer", _oom)
+        monkeypatch.setattr("state_tx.predict.infer", _oom)
         monkeypatch.setattr("state_tx.train.load_run_config", lambda *a: None)
         monkeypatch.setattr("state_tx.train.train", _oom)
         adata = tmp_path / "in.h5ad"

@@ -45,3 +45,21 @@ def test_noxfile_has_the_sessions_the_readme_names():
     assert {"tests", "test-gpu", "bench", "lint", "demo", "package"} <= names
     for name in ("tests", "test-gpu", "bench", "lint", "demo", "package"):
         assert f"`{name}" in README, f"README does not describe nox session {name}"
+
+
+LAYOUT = ("cli.py", "config.py", "data.py", "model.py", "train.py", "predict.py", "synthetic.py")
+
+
+def test_every_package_has_the_layout_the_readme_documents():
+    section = README.split("### One package layout", 1)[1].split("\n## ", 1)[0]
+    assert [m for m in re.findall(r"^\| `(\w+\.py)` \|", section, re.M)] == list(LAYOUT)
+    extras = {(pkg, name.strip("`/")) for pkg, names in re.findall(r"^\| ([a-z-]+) \| (`[^|]+`) \|", section, re.M)
+              for name in names.replace("`", "").split(", ")}
+    for name, info in packages().items():
+        src = ROOT / "packages" / name / "src" / info["module"]
+        have = {p.name for p in src.iterdir() if (p.suffix == ".py" and p.name != "__init__.py")
+                or (p.is_dir() and (p / "__init__.py").exists())}
+        missing = [m for m in LAYOUT if m not in have]
+        assert not missing, f"{name}: no {missing} (README: One package layout)"
+        undocumented = sorted(m for m in have - set(LAYOUT) if (name, m) not in extras)
+        assert not undocumented, f"{name}: {undocumented} are not in the README's table of extra modules"

@@ -19,7 +19,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def cellfm_inputs(tmp_path_factory) -> dict:
     """{'data': h5ad of raw counts (obs cell_type, donor), 'ckpt': tiny MindSpore .ckpt, 'vocab': gene list}."""
-    from cellfm_ft.demo import demo_vocabulary, synthetic_cells, write_demo_checkpoint
+    from cellfm_ft.demo import demo_vocabulary, write_demo_checkpoint
+    from cellfm_ft.synthetic import synthetic_cells
 
     root = tmp_path_factory.mktemp("cellfm_inputs")
     adata = synthetic_cells(n_cells=96, n_genes=64, n_donors=4, seed=1)

@@ -144,7 +144,7 @@ def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp
 
     import cellfm_ft.train as train_mod
     from cellfm_ft.cli import DEMO_TRAIN, build_parser
-    from cellfm_ft.train import RunConfig
+    from cellfm_ft.config import RunConfig
 
     seen, real_finetune = [], train_mod.finetune
 
@@ -206,7 +206,9 @@ def test_no_argument_runs_the_pbmc68k_demo_with_the_settings_its_help_states(tmp
 def test_python_api_finetune_predict_evaluate(cellfm_inputs, tmp_path, capsys):
     """The README's Python route, and the teacher's rule as logged: gene_emb re-initialised and skipped
     (named), every other backbone tensor loaded, every data gene kept (the default vocabulary)."""
-    from cellfm_ft.train import RunConfig, evaluate, finetune, predict
+    from cellfm_ft.config import RunConfig
+    from cellfm_ft.predict import evaluate, predict
+    from cellfm_ft.train import finetune
 
     cfg = RunConfig(data=str(cellfm_inputs["data"]), label_key="cell_type", donor_key="donor", test_donors=["D1"],
                     checkpoint=str(cellfm_inputs["ckpt"]), config="tiny", output=str(tmp_path / "run"),
@@ -235,7 +237,8 @@ def test_from_scratch_loads_no_weights_and_trains_the_same_parameters(cellfm_inp
     """--from-scratch: the checkpoint's architecture, nothing of its weights; the same parameters train."""
     import dataclasses
 
-    from cellfm_ft.train import RunConfig, finetune
+    from cellfm_ft.config import RunConfig
+    from cellfm_ft.train import finetune
 
     base = RunConfig(data=str(cellfm_inputs["data"]), label_key="cell_type", donor_key="donor", test_donors=["D1"],
                      checkpoint=str(cellfm_inputs["ckpt"]), config="tiny", max_steps=1, progress=False,
@@ -318,8 +321,8 @@ def test_best_model_is_a_self_describing_model_file(trained, tmp_path):
     from ftcore.artefact import load_model
     from ftcore.errors import UserError
 
-    from cellfm_ft.train import KIND, load_finetuned
-
+    from cellfm_ft.predict import load_finetuned
+    from cellfm_ft.train import KIND
     mf = load_model(trained / "best_model.pth", kind=KIND)
     assert mf.data_keys["genes"] == mf.extra["genes"] and mf.data_keys["labels"] == mf.extra["labels"]
     assert mf.config == mf.extra["model_config"] and set(mf.versions) == {"cellfm-ft", "ftcore", "torch"}

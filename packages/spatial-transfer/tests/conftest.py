@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from spatial_transfer.demo import DemoSpec, write_demo_data
+from spatial_transfer.synthetic import DemoSpec, write_demo_data
 
 TINY_SPEC = DemoSpec(seed=3, n_cell_types=3, in_dim=16, n_universe_genes=40, bulk_genes=12, spatial_genes=20,
                      n_spatial_samples=4, grid=4, cells_per_spot=4, cells_between_spots=1,

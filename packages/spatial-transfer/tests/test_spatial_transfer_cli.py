@@ -61,7 +61,7 @@ def test_cv_resolution():
 def test_default_learning_rates_are_the_guides():
     """User data: the guide's rates (full 1e-6, frozen 1e-5, scratch 1e-4); --lr beats them; k-fold has 10 folds."""
     from spatial_transfer.cli import DEMO_STRATEGY_LR, _plan
-    from spatial_transfer.train import RunConfig
+    from spatial_transfer.config import RunConfig
 
     samples = types.SimpleNamespace(samples=[f"s{i}" for i in range(12)])
     cfg = RunConfig()
@@ -212,7 +212,7 @@ def test_no_data_runs_the_embedded_demo(tmp_path, tiny_args, tiny_spec, capsys, 
 
     The generator is swapped for the tiny spec (the real demo takes minutes); everything else is the no-argument path.
     """
-    import spatial_transfer.demo as demo
+    import spatial_transfer.synthetic as demo
     from spatial_transfer.cli import DEMO_STRATEGY, DEMO_STRATEGY_LR
     from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE, SPATIAL_CELLS_FILE, SPATIAL_FILE
 

@@ -99,7 +99,7 @@ def test_numeric_options_of_predict(batch, device, capsys):
 @FUZZ
 @given(seed=numeric_texts())
 def test_make_demo_data_seed(seed, capsys, monkeypatch):
-    from spatial_transfer import demo
+    from spatial_transfer import synthetic as demo
 
     # the command imports DemoSpec at call time; its validation is under test, not the demo's size: validation is under test, not the demo's size: a small spec with the user's seed
     monkeypatch.setattr(demo, "DemoSpec", _small_demo_spec)
@@ -114,7 +114,7 @@ def _small_demo_spec(seed: int = 0):
 
 
 def _small_spec():
-    from spatial_transfer.demo import DemoSpec
+    from spatial_transfer.synthetic import DemoSpec
 
     return DemoSpec(n_cell_types=3, in_dim=16, n_universe_genes=30, bulk_genes=12, spatial_genes=20,
                     n_spatial_samples=2, grid=2, cells_per_spot=2, cells_between_spots=0, n_bulk_samples=2,

@@ -68,7 +68,7 @@ def _snapshot(root: Path) -> dict:
 def test_a_refused_demo_run_writes_nothing_not_even_its_data(tmp_path, tiny_args, tiny_spec, capsys, monkeypatch):
     """The demo's data set goes into --output only after the run directory's checks: a changed-config refusal
     leaves --output as it was (here with a data file deleted, which the old order regenerated first)."""
-    import spatial_transfer.demo as demo
+    import spatial_transfer.synthetic as demo
 
     monkeypatch.setattr(demo, "DemoSpec", lambda: tiny_spec)
     staging = tmp_path / "tmp"

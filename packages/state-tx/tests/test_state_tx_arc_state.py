@@ -55,7 +55,7 @@ def test_fixture_is_arc_states_layout_with_the_control_last():
 
 def test_infer_loads_an_arc_state_run_and_matches_its_own_model(capsys):
     """The loaded model equals arc-state's StateTransitionPerturbationModel on the same cells (its outputs)."""
-    from state_tx.infer import load_run
+    from state_tx.predict import load_run
 
     run = load_run(RUN, device="cpu")
     out = capsys.readouterr().out
@@ -93,7 +93,7 @@ def _legacy_run(tmp_path: Path) -> Path:
 
 
 def test_older_pkl_layout_reads_safely_and_predicts_the_same(tmp_path):
-    from state_tx.infer import load_run
+    from state_tx.predict import load_run
 
     run = load_run(_legacy_run(tmp_path), device="cpu")
     assert run.batches == ["g1", "g2", "g3"]
@@ -160,7 +160,7 @@ def finetune_args(toml: Path, out: Path, ckpt: Path, extra=()) -> list[str]:
 def test_init_from_arc_state_matches_columns_by_name(new_screen, tmp_path, capsys):
     """The user's command: columns by name, fresh ones reported; after a CLI run (lr 0) the pretrained parts
     equal the file, and the fine-tuned run predicts what arc-state predicts for every shared name."""
-    from state_tx.infer import load_run
+    from state_tx.predict import load_run
 
     assert main(finetune_args(new_screen, tmp_path, CKPT)) == 0
     out = capsys.readouterr().out
@@ -205,7 +205,7 @@ def test_positional_loading_is_what_went_wrong(tmp_path, capsys):
     a.write_h5ad(tmp_path / "screen.h5ad")
     toml = tmp_path / "t.toml"
     toml.write_text(f'[datasets]\nscreen = "{tmp_path / "screen.h5ad"}"\n[training]\nscreen = "train"\n')
-    from state_tx.infer import load_run
+    from state_tx.predict import load_run
 
     io, meta = arc_forward()
     preds = {}

@@ -17,7 +17,7 @@ import pytest
 
 from state_tx.cli import main
 from state_tx.evaluate import CELL_EVAL_METRICS, evaluate
-from state_tx.infer import shifts_from_adata
+from state_tx.predict import shifts_from_adata
 
 REF = Path(__file__).parent / "reference" / "celleval"
 TOL = 1e-5  # cell-eval means float32 columns in polars; state-tx in float64

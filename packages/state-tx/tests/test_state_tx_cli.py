@@ -37,7 +37,7 @@ def test_train_writes_the_seed_layout_in_safe_formats(trained_run):
 
 
 def test_config_yaml_reproduces_the_run_config(trained_run):
-    from state_tx.train import load_run_config
+    from state_tx.config import load_run_config
 
     cfg = load_run_config(config_file=str(trained_run / "config.yaml"))
     assert cfg.model.name == "state_sm" and cfg.model.kwargs["hidden_dim"] == 32
@@ -375,7 +375,7 @@ def test_checkpoints_are_self_describing_model_files(trained_run, tmp_path):
     """final.ckpt and the Trainer's checkpoints carry the ftcore.artefact header: kind, model config, the data keys
     of var_dims.json and the one-hot maps, versions; a final.ckpt of an earlier version (no header) still loads."""
     from ftcore.artefact import load_model
-    from state_tx.infer import load_run
+    from state_tx.predict import load_run
     from state_tx.train import KIND
 
     vd = json.loads((trained_run / "var_dims.json").read_text())
@@ -397,7 +397,7 @@ def test_checkpoints_are_self_describing_model_files(trained_run, tmp_path):
 def test_model_preset_spelling_in_overrides_and_files(tmp_path):
     """`model=state_sm` (Hydra's spelling) names model.name on the command line and in a --config file, and a
     later override beats the file without dropping the file's model.kwargs."""
-    from state_tx.train import load_run_config
+    from state_tx.config import load_run_config
 
     assert load_run_config(["model=state_sm"]).model.name == "state_sm"
     flat = tmp_path / "flat.yaml"
@@ -411,7 +411,8 @@ def test_model_preset_spelling_in_overrides_and_files(tmp_path):
 
 def test_trainer_settings_keep_the_seeds_names():
     """training.* in arc-state's words reach the core Trainer under its own (TRAINER_KEYS)."""
-    from state_tx.train import load_run_config, train_config
+    from state_tx.train import train_config
+    from state_tx.config import load_run_config
 
     cfg = load_run_config(["training.val_freq=7", "training.ckpt_every_n_steps=9", "training.lr_schedule=constant",
                            "training.gradient_clip_val=0", "training.train_seed=5", "training.max_steps=11"])

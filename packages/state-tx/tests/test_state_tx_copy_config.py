@@ -10,7 +10,7 @@ import yaml
 
 from state_tx.cli import main
 from state_tx.data import read_experiment_toml
-from state_tx.train import load_run_config
+from state_tx.config import load_run_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 from repo_helpers import package_tests  # noqa: E402

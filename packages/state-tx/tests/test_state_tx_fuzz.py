@@ -234,7 +234,7 @@ def test_demo_numeric_options(flag, value, capsys, monkeypatch):
     """The demo's options are checked at parse time; a valid set is not run here (it is the slow end-to-end
     test in test_state_tx_cli), only its overrides validated."""
     import state_tx.cli as cli
-    from state_tx.train import load_run_config
+    from state_tx.config import load_run_config
 
     monkeypatch.setattr(cli, "run_demo", lambda output_dir, steps, seed, extra, design="demo": load_run_config(
         [f"training.max_steps={steps}", f"training.train_seed={seed}"] + list(extra)))

@@ -67,7 +67,7 @@ def test_constant_schedule_extends_max_steps_cosine_refuses(tiny_toml, make_trai
 
 
 def test_a_config_yaml_read_back_ignores_its_data_record(trained_run):
-    from state_tx.train import load_run_config
+    from state_tx.config import load_run_config
 
     assert "data_files" in read_run_config(trained_run / "config.yaml")
     cfg = load_run_config(config_file=str(trained_run / "config.yaml"))

@@ -222,7 +222,7 @@ def test_labels_with_invisible_whitespace_are_quoted():
 
 
 def test_run_paths_expand_home_and_the_toml_is_made_absolute(tmp_path, monkeypatch):
-    from state_tx.train import load_run_config
+    from state_tx.config import load_run_config
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)

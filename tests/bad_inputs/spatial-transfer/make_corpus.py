@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spatial_transfer.demo import DemoSpec, generate
+from spatial_transfer.synthetic import DemoSpec, generate
 from spatial_transfer.model import BulkModel, Cell2GeneConfig
 
 HERE = Path(__file__).resolve().parent

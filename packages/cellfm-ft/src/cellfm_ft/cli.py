@@ -17,8 +17,15 @@ import sys
 from pathlib import Path
 
 from ftcore import options as opt
-from ftcore.cli import (ArgumentParser, add_allow_unloaded_frozen, add_compile, add_device, add_seed,
-                        add_trust_checkpoint, add_version)
+from ftcore.cli import (
+    ArgumentParser,
+    add_allow_unloaded_frozen,
+    add_compile,
+    add_device,
+    add_seed,
+    add_trust_checkpoint,
+    add_version,
+)
 from ftcore.distributed import is_main_process
 from ftcore.errors import UserError, cli_main, oom_advice
 
@@ -46,7 +53,7 @@ DEMO_TRAIN = dict(epochs=8, batch_size=16, lr=3e-3)
 
 def _add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     """defaults: what this subcommand uses when a flag is not given (RunConfig's, unless stated)."""
-    from cellfm_ft.train import RunConfig
+    from cellfm_ft.config import RunConfig
 
     d = {**{k: getattr(RunConfig, k) for k in ("epochs", "batch_size", "lr")}, **(defaults or {})}
     g = p.add_argument_group("training")
@@ -165,7 +172,7 @@ def run_config(args: argparse.Namespace):
     """Preset < config file < flags (ftcore.config: every RunConfig field given as a flag wins)."""
     from ftcore.config import layered_config
 
-    from cellfm_ft.train import RunConfig
+    from cellfm_ft.config import RunConfig
 
     flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RunConfig)}
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
@@ -197,7 +204,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     from ftcore.training import resolve_device
 
     from cellfm_ft import demo
-    from cellfm_ft.train import RunConfig, convert, finetune, predict
+    from cellfm_ft.config import RunConfig
+    from cellfm_ft.predict import predict
+    from cellfm_ft.train import convert, finetune
 
     spec = demo.DATASETS[args.dataset]
     adata = demo.load_dataset(args.dataset)  # a missing optional data set stops here, before anything is written
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from cellfm_ft import train
+    from cellfm_ft import predict, train
 
     if args.command == "demo":
         run_demo(args)
@@ -267,13 +276,13 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "train":
         train.finetune(run_config(args))
     elif args.command == "predict":
-        train.predict(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
-                      layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,
-                      trust_checkpoint=args.trust_checkpoint, device=args.device)
+        predict.predict(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
+                        layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,
+                        trust_checkpoint=args.trust_checkpoint, device=args.device)
     elif args.command == "evaluate":
-        train.evaluate(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
-                       layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,
-                       trust_checkpoint=args.trust_checkpoint, device=args.device)
+        predict.evaluate(args.model, args.data, args.output, label_key=args.label_key, gene_key=args.gene_key,
+                         layer=args.layer, input_kind=args.input_kind, batch_size=args.batch_size,
+                         trust_checkpoint=args.trust_checkpoint, device=args.device)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from ftcore.artefact import load_model
 from ftcore.errors import UserError
 from ftcore.io import atomic_write_json, check_output_dir, claim_outputs
 
+from cellfm_ft.config import _checkpoint_path
 from cellfm_ft.data import (
     INPUT_KINDS,
     CellDataset,
@@ -29,7 +30,6 @@ from cellfm_ft.train import (
     PRED_KEY,
     PROBA_KEY,
     _accuracy,
-    _checkpoint_path,
     _legacy_header,
     _loader,
     _not_an_input,

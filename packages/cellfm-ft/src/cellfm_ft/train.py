@@ -19,30 +19,28 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from ftcore import options as opt
-from ftcore.artefact import load_model, model_header
+from ftcore.artefact import model_header
 from ftcore.checkpoint import read_state_dict, write_checkpoint
 from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_h5ad, atomic_write_json, check_output_dir, claim_outputs
 from ftcore.loading import load_partial
-from ftcore.training import COMPILE_CHOICES, COMPILE_SAID, TrainConfig, Trainer, seed_everything
+from ftcore.training import TrainConfig, Trainer, seed_everything
 
+from cellfm_ft.config import RunConfig, _checkpoint_path, check_settings
 from cellfm_ft.data import (
-    INPUT_KINDS,
     CellDataset,
-    add_validation,
     Cells,
     GeneVocab,
     Split,
+    add_validation,
     collate,
     expressed_rows,
     make_split,
@@ -204,120 +202,6 @@ def _write_converted(sd: dict, output: Path, vocab: Path, vocab_out: Path) -> No
 
 
 # ----------------------------------------------------------------------------- finetune
-@dataclass
-class RunConfig:
-    """One fine-tuning run. Numbers carry their bounds (checked for config files by ftcore.config, and for
-    every caller by `check_settings`): a NaN or a 0 batch size is one line naming the key, never a crash."""
-
-    data: str = ""
-    label_key: str = "cell_type"
-    checkpoint: str = ""
-    output: str = "outputs/cellfm"
-    donor_key: str | None = None  # hold out donors for the test set (else random cells per label)
-    test_donors: list[str] = field(default_factory=list)
-    test_size: float = field(default=0.2, metadata=opt.bounds(gt=0, lt=1))
-    # of the training donors (or cells): the validation split that picks the best epoch
-    val_fraction: float = field(default=0.1, metadata=opt.bounds(gt=0, lt=1))
-    val_donors: list[str] = field(default_factory=list)
-    gene_key: str | None = None  # var column holding gene symbols (default: var_names)
-    layer: str | None = None  # X (default), a .layers key, or "raw"
-    input_kind: str = "auto"  # auto | counts | log
-    vocab: str | None = None  # restrict the genes to this list (one per line); default: every data gene
-    checkpoint_vocab: bool = False  # restrict the genes to <checkpoint>.genes.txt (the checkpoint's vocabulary)
-    config: str = "80m"  # named architecture the checkpoint must match (80m | tiny)
-    trust_checkpoint: bool = False
-    strategy: str = "cls_encoder"  # cls_encoder (the seed's rule) | cls_only | full
-    allow_unloaded_frozen: bool = False  # freeze parameters the checkpoint did not supply (at their init) anyway
-    # The same network (the checkpoint's architecture, strategy and head), its weights NOT loaded: every
-    # parameter starts at its random initialisation. The yardstick for what the checkpoint's weights add.
-    from_scratch: bool = False
-    head: str = "tutorial"  # tutorial (the annotation tutorial's head) | mlp (CellFM-torch's cls + reconstruction)
-    # --head mlp: weight of the masked-reconstruction term (CellFM-torch: 1)
-    recon_weight: float = field(default=1.0, metadata=opt.bounds(ge=0))
-    # --head mlp: share of a cell's genes hidden for the reconstruction (CellFM-torch: 0.5)
-    mask_ratio: float = field(default=0.5, metadata=opt.bounds(gt=0, lt=1))
-    mask_layers: str = "auto"  # auto (from the checkpoint) | upper (pretraining model) | all (tutorial Backbone)
-    include: list[str] = field(default_factory=list)  # extra trainable patterns
-    exclude: list[str] = field(default_factory=list)  # extra frozen patterns
-    batch_size: int = field(default=16, metadata=opt.bounds(ge=1))  # per process (torchrun: x processes)
-    epochs: int = field(default=10, metadata=opt.bounds(ge=0))  # 0: as many as max_steps needs
-    max_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
-    # AdamW: a rate above 1 is a typo (1e4 for 1e-4) and overflows the update; decay likewise
-    lr: float = field(default=1e-4, metadata=opt.bounds(gt=0, le=1))
-    weight_decay: float = field(default=0.01, metadata=opt.bounds(ge=0, le=1))
-    warmup_steps: int = field(default=0, metadata=opt.bounds(ge=0))
-    nonz_len: int | None = field(default=None, metadata=opt.bounds(ge=1))  # default: the config's
-    seed: int = field(default=0, metadata=opt.bounds(ge=0, lt=opt.SEED_LIMIT))
-    device: str = "auto"
-    compile: str = "auto"  # torch.compile of the training step: auto (default: on CUDA, off on CPU) | on | off | graphs
-    ckpt_every_steps: int | None = field(default=None, metadata=opt.bounds(ge=1))
-    baseline: bool = False  # also fit a logistic regression on the same split
-    progress: bool = True
-    # --output holds a run of other settings: delete its files and start fresh (ftcore.rundir; else refused)
-    overwrite: bool = False
-
-
-CONFIG_ONLY = ("weight_decay", "warmup_steps", "nonz_len")  # RunConfig keys `cellfm-ft train` has no flag for
-
-
-def _flag(name: str) -> str:
-    """How a message names a setting: its flag, or its config-file key where it has no flag."""
-    return repr(name) if name in CONFIG_ONLY else f"--{name.replace('_', '-')}"
-
-
-def check_settings(cfg: RunConfig) -> RunConfig:
-    """Every number, choice and path of a run, checked before anything is read or written (one line naming the
-    flag); paths come back with `~` and $VARS expanded."""
-    hints = typing.get_type_hints(RunConfig)
-    for f in dataclasses.fields(RunConfig):
-        limits = f.metadata.get("ftcore_bounds")
-        value = getattr(cfg, f.name)
-        if limits and value is not None:
-            kind = int if int in (typing.get_args(hints[f.name]) or (hints[f.name],)) else float
-            opt.check_number(_flag(f.name), value, kind, **limits)
-    if cfg.epochs == 0 and cfg.max_steps is None:
-        raise UserError("--epochs is 0 and --max-steps is not set: nothing would train; give --epochs 1 or more, "
-                        "or --max-steps N")
-    opt.device("--device")(cfg.device)
-    if cfg.compile not in COMPILE_CHOICES:
-        raise UserError(f"unknown --compile {cfg.compile!r}; choose {COMPILE_SAID}")
-    if cfg.input_kind not in INPUT_KINDS:
-        raise UserError(f"unknown --input-kind {cfg.input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
-    if not cfg.data:
-        raise UserError("no data file given; pass --data FILE.h5ad (or a preset such as --testcase)")
-    if not cfg.checkpoint:
-        raise UserError("no checkpoint given; pass --checkpoint CellFM_80M_weight.ckpt (MindSpore, safetensors or .pth)")
-    if not str(cfg.label_key).strip():
-        raise UserError("--label-key is empty; name the obs column with the cell labels")
-    for key in ("donor_key", "gene_key", "layer"):
-        if getattr(cfg, key) is not None and not str(getattr(cfg, key)).strip():
-            raise UserError(f"{_flag(key)} is empty; leave it out or name an obs/var column")
-    data = opt.check_input_file("--data", cfg.data, ".h5ad file")
-    checkpoint = _checkpoint_path("--checkpoint", cfg.checkpoint)
-    vocab = opt.check_input_file("--vocab", cfg.vocab, "gene list") if cfg.vocab else None
-    output = opt.check_output_dir("--output", cfg.output)  # an input file named as the run dir is refused here too
-    overlap = sorted(set(cfg.test_donors) & set(cfg.val_donors))
-    if overlap:
-        raise UserError(f"donor(s) {', '.join(map(repr, overlap))} are in both --test-donors and --val-donors; a donor "
-                        "tests or validates, not both")
-    return dataclasses.replace(cfg, data=str(data), checkpoint=str(checkpoint), output=str(output),
-                               vocab=str(vocab) if vocab else cfg.vocab)
-
-
-def _checkpoint_path(flag: str, path: str) -> Path:
-    """A checkpoint to read: exists and is a file (an empty file is left to the reader, which says so)."""
-    expanded = Path(os.path.expandvars(str(path).strip())).expanduser()
-    if not expanded.is_file():
-        return opt.check_input_file(flag, path, "checkpoint")
-    with open(expanded, "rb") as fh:
-        head = fh.read(8)
-    if head == b"\x89HDF\r\n\x1a\n":  # an .h5ad: the data given where the weights go
-        raise UserError(f"{flag} {expanded} is an HDF5 file (an .h5ad data set), not a checkpoint; were the data and the "
-                        "checkpoint swapped? (--data takes the .h5ad)")
-    if head[:1] in (b"{", b"["):
-        raise UserError(f"{flag} {expanded} is a JSON text file (a convert report?), not a checkpoint; pass the "
-                        ".safetensors file `cellfm-ft convert` wrote beside it")
-    return expanded
 
 
 def _vocab_for(cfg: RunConfig) -> list[str] | None:
@@ -664,7 +548,6 @@ def write_predictions(cells: Cells, rows, res: dict, label_names: list[str], pat
     train/val/test files) the copy holds the scored rows only.
     """
     import pandas as pd
-
     from ftcore.data import write_predictions as write_into
 
     rows = np.asarray(rows)
@@ -722,50 +605,6 @@ def _legacy_header(obj: dict) -> dict | None:
     return {"kind": KIND, "config": extra["model_config"], "data_keys": {k: extra[k] for k in DATA_KEYS if k in extra}}
 
 
-def load_finetuned(path: str, trust_checkpoint: bool = False, device: str = "cpu") -> tuple[CellFMClassifier, dict]:
-    """best_model.pth (or last.pt / checkpoint_epoch_<n>.pth) -> (model, its data keys: genes, labels, ...)."""
-    mf = load_model(path, kind=KIND, trust=trust_checkpoint, legacy=_legacy_header, require=("genes", "labels"),
-                    what="a cellfm-ft fine-tuned model", hint="pass the best_model.pth a `cellfm-ft train` run wrote")
-    model = CellFMClassifier(CellFMConfig(**mf.config))
-    model.extractor.reinit_gene_emb(len(mf.data_keys["genes"]))
-    model.load_state_dict(mf.state)
-    return model.to(device).eval(), {"label_key": "", "gene_key": "", "layer": "", **mf.data_keys}
-
-
-def run_inference(model_path: str, data: str, *, label_key: str | None = None, gene_key: str | None = None,
-                  layer: str | None = None, input_kind: str | None = None, batch_size: int = 64,
-                  trust_checkpoint: bool = False, device: str = "auto"):
-    """Shared by predict and evaluate: -> (cells, rows, results, label names, the label_key the model was trained on)."""
-    from ftcore.training import resolve_device
-
-    opt.check_number("--batch-size", batch_size, int, ge=1)
-    opt.device("--device")(device)
-    if input_kind is not None and input_kind not in INPUT_KINDS:
-        raise UserError(f"unknown --input-kind {input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
-    model_path = str(_checkpoint_path("--model", model_path))
-    data = str(opt.check_input_file("--data", data, ".h5ad file"))
-    dev = resolve_device(device)
-    model, extra = load_finetuned(model_path, trust_checkpoint, str(dev))
-    cells = read_cells(data, label_key=label_key, gene_key=gene_key if gene_key is not None else (extra["gene_key"] or None),
-                       layer=layer if layer is not None else (extra["layer"] or None), input_kind=input_kind or "auto")
-    vocab = GeneVocab.build(cells.genes, extra["genes"], data)
-    print(vocab.report())
-    missing = len(extra["genes"]) - len(vocab.genes)
-    if missing:
-        print(f"note: {missing} of the model's {len(extra['genes'])} genes are absent from {data} (treated as not expressed)")
-    tokens = token_matrix(cells, extra["genes"])
-    rows = expressed_rows(tokens)
-    if len(rows) == 0:
-        raise UserError(f"{data}: no cell expresses any of the model's genes; check X and --layer")
-    labels = extra["labels"]
-    ids = None
-    if label_key:
-        index = {lab: i for i, lab in enumerate(labels)}
-        ids = np.array([index.get(lab, -1) for lab in cells.labels], dtype=np.int64)
-    res = infer(model, _loader(CellDataset(tokens, rows, ids, model.cfg.nonz_len), batch_size))
-    return cells, rows, res, labels, extra.get("label_key") or None
-
-
 def _not_an_input(flag: str, output: Path, *inputs: str) -> None:
     """An output path that names one of the command's inputs would overwrite it."""
     for path in inputs:
@@ -779,41 +618,3 @@ def _written(what: str, path, err: OSError) -> UserError:
                      "or choose another path")
 
 
-def predict(model_path: str, data: str, output: str, **kw) -> Path:
-    output = opt.check_output_file("--output", output, (".h5ad",))
-    _not_an_input("--output", output, data, model_path)
-    cells, rows, res, labels, trained_key = run_inference(model_path, data, **kw)
-    claim_outputs(output)
-    try:
-        write_predictions(cells, rows, res, labels, output, split="predict", every_cell=True,
-                          label_key=kw.get("label_key") or trained_key)
-    except OSError as err:
-        raise _written("the predictions", output, err) from None
-    unscored = cells.n_cells - len(rows)
-    print(f"predictions for {len(rows)} cells -> {output} (obs[{PRED_KEY!r}], obs['cellfm_confidence'], "
-          f"obsm[{PROBA_KEY!r}], obsm[{EMB_KEY!r}]; every input cell and obs_name kept"
-          + (f"; {unscored} cells express none of the model's genes: no label (NaN)" if unscored else "") + ")")
-    return output
-
-
-def evaluate(model_path: str, data: str, output: str, *, label_key: str, **kw) -> dict:
-    output = opt.check_output_dir("--output", output)
-    _not_an_input("--output", output, data, model_path)
-    if not str(label_key or "").strip():
-        raise UserError("--label-key is empty; name the obs column with the true labels")
-    cells, rows, res, labels, _ = run_inference(model_path, data, label_key=label_key, **kw)
-    known = res["label"] >= 0
-    if not known.any():
-        raise UserError(f"none of the labels in obs[{label_key!r}] is one the model was trained on ({', '.join(labels)})")
-    claim_outputs(output)
-    check_output_dir(output)
-    m = _plot_confusion(res, labels, Path(output) / "confusion_matrix.png")
-    recall = np.diag(m) / np.maximum(m.sum(1), 1)
-    metrics = {"accuracy": _accuracy(res), "n_cells": int(known.sum()),
-               "n_cells_unknown_label": int((~known).sum()),
-               "balanced_accuracy": float(recall[m.sum(1) > 0].mean()),
-               "per_label_recall": {lab: float(r) for lab, r, n in zip(labels, recall, m.sum(1)) if n},
-               "confusion_matrix": m.tolist(), "labels": labels}
-    atomic_write_json(Path(output) / "metrics.json", metrics)
-    print(f"accuracy {metrics['accuracy']:.4f} (balanced {metrics['balanced_accuracy']:.4f}) on {metrics['n_cells']} cells")
-    return metrics

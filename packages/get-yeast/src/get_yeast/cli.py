@@ -159,7 +159,7 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     from ftcore.options import check_input_file
     from get_yeast.config import load_training_config
-    from get_yeast.train import evaluate
+    from get_yeast.predict import evaluate
 
     cfg, _ = load_training_config(args.config, args.overrides)
     data = args.data

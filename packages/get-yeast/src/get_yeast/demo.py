@@ -96,7 +96,8 @@ def run_demo(output: str | Path = "runs/get-yeast", device: str = "auto", epochs
     seed: experiment.seed (the split of conditions, the initialisation, the batches; default: the packaged
     training config's); the embedded data and the pretraining stand-in stay the same."""
     from ftcore.io import atomic_write_json, claim_outputs
-    from get_yeast.train import evaluate, train, train_settings
+    from get_yeast.train import train, train_settings
+    from get_yeast.predict import evaluate
 
     out = Path(output)
     ckpt = out / "embedded" / DEMO_CHECKPOINT

@@ -142,7 +142,7 @@ def build_config(args, demo: bool):
     """RunConfig: defaults < demo preset < --config file < --set overrides < flags (ftcore.config)."""
     from ftcore.config import apply_flags, from_dict, merge_layers
 
-    from spatial_transfer.train import RunConfig
+    from spatial_transfer.config import RunConfig
 
     layers = merge_layers(RunConfig, preset=demo_preset(args.dataset) if demo else None, file=args.config,
                           sets=list(args.set or []))
@@ -187,7 +187,7 @@ def write_dataset(name: str, where: Path, seed: int = 0) -> Path:
         from spatial_transfer.visium import write
 
         return write(where, seed=seed)
-    from spatial_transfer import demo
+    from spatial_transfer import synthetic as demo
 
     return demo.write_demo_data(where, demo.DemoSpec() if seed == 0 else demo.DemoSpec(seed=seed))
 
@@ -539,7 +539,8 @@ def cmd_predict(args) -> None:
 
     from spatial_transfer.data import GraphConfig, read_spatial
     from spatial_transfer.model import Cell2GeneConfig, SpatialModel
-    from spatial_transfer.train import BULK_KIND, SPATIAL_KIND, legacy_header, predict_spatial
+    from spatial_transfer.train import BULK_KIND, SPATIAL_KIND, legacy_header
+    from spatial_transfer.predict import predict_spatial
 
     where = ("pass a checkpoints_transfer_<strategy>/best_hest_graph_model_fold_<k>.pt written by "
              "`spatial-transfer run`")

@@ -12,77 +12,33 @@ Output layout under the run directory (names from the Cell2Gene transfer guide):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-
 from ftcore.artefact import kind_of, model_header
-from ftcore.checkpoint import read_checkpoint, extract_state_dict
+from ftcore.checkpoint import extract_state_dict, read_checkpoint
 from ftcore.distributed import is_main_process
 from ftcore.errors import UserError
 from ftcore.freezing import apply_freezing, resolve_strategy
 from ftcore.io import atomic_write_json, check_output_dir
 from ftcore.loading import LoadReport, load_partial
 from ftcore.metrics import pearson_mean_gene, pearson_overall
-from ftcore.options import SEED_LIMIT, bounds
 from ftcore.training import TrainConfig, Trainer, move_to
 
-from spatial_transfer.data import BulkData, GraphConfig, SpatialData, bulk_items, collate, spatial_items
+from spatial_transfer.data import BulkData, SpatialData, bulk_items, collate, spatial_items
 from spatial_transfer.model import (
-    FREEZE_STRATEGIES, STRATEGY_LR, BulkModel, Cell2GeneConfig, SpatialModel,
+    FREEZE_STRATEGIES,
+    STRATEGY_LR,
+    BulkModel,
+    SpatialModel,
 )
+from spatial_transfer.config import RunConfig, TrainSettings
 
 STRATEGIES = tuple(FREEZE_STRATEGIES)
 CV_MODES = ("kfold", "loo")
 BULK_CHECKPOINT = "bulk_pretrain/best_bulk_model.pt"
-
-
-@dataclass
-class TrainSettings:
-    """One training job's hyper-parameters (guide: batch 16, 70 epochs, wd 1e-5, patience 5)."""
-
-    # no step budget here: 0 epochs would "cross-validate" untrained models, so at least one
-    epochs: int = field(default=70, metadata=bounds(ge=1))
-    batch_size: int = field(default=16, metadata=bounds(ge=1))
-    # None: the strategy's default (STRATEGY_LR); bulk pretraining 1e-4
-    lr: float | None = field(default=None, metadata=bounds(gt=0))
-    weight_decay: float = field(default=1e-5, metadata=bounds(ge=0))
-    patience: int | None = field(default=5, metadata=bounds(ge=1))
-    min_delta: float = field(default=1e-6, metadata=bounds(ge=0))
-    warmup_steps: int = field(default=0, metadata=bounds(ge=0))
-    # extra resume points inside an epoch (default: end of each epoch)
-    ckpt_every_steps: int | None = field(default=None, metadata=bounds(ge=1))
-
-
-@dataclass
-class RunConfig:
-    """Everything a run needs besides the data, the strategy and the CV plan (config file sections)."""
-
-    model: Cell2GeneConfig = field(default_factory=Cell2GeneConfig)
-    graph: GraphConfig = field(default_factory=GraphConfig)
-    bulk: TrainSettings = field(default_factory=TrainSettings)
-    spatial: TrainSettings = field(default_factory=TrainSettings)
-    folds: int = field(default=10, metadata=bounds(ge=2))  # k-fold needs a test and a training part
-    seed: int = field(default=42, metadata=bounds(ge=0, lt=SEED_LIMIT))
-    device: str = "auto"
-    # torch.compile of the training step: off by default (auto = on CUDA | on | graphs). The forward is one graph
-    # (4.5x per step with graphs on a fixed batch, H200), but the batches change shape every step and a short run
-    # spends longer recompiling than it saves (benchmarks/results/README.md)
-    compile: Literal["auto", "on", "off", "graphs"] = "off"
-    progress: bool = True
-    # transfer: the bulk head's rows of the genes both panels share go into the spatial head (by gene name)
-    head_from_bulk: bool = True
-
-    def __post_init__(self) -> None:
-        from ftcore.training import resolve_device
-
-        try:
-            resolve_device(self.device)
-        except UserError as err:
-            raise UserError(f"device: {err}") from None
 
 
 def log(*args, **kwargs) -> None:
@@ -524,43 +480,3 @@ def format_comparison(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def predict_spatial(spatial: SpatialData, model: SpatialModel, genes: list[str], graph: GraphConfig, out_path: Path,
-                    batch_size: int = 16, device: str = "auto", model_name: str = "") -> dict:
-    """Predict the model's `genes` for every spot of `spatial` (histology only: no expression needed) and write
-    them in THE output layout (X = predictions; layers['measured'] when the slide measures all those genes).
-    Metrics (-> dict, {} without expression) over the genes the slide measures."""
-    from torch.utils.data import DataLoader
-
-    from ftcore.data import prediction_adata
-    from ftcore.training import resolve_device
-
-    model.to(resolve_device(device))
-    loader = DataLoader(spatial_items(spatial, graph, spatial.samples), batch_size=batch_size, collate_fn=collate)
-    pred, true, ids = predict(model, loader)
-    if not torch.isfinite(pred).all():
-        raise UserError("the model predicts NaN/inf for some spots (a diverged or corrupt checkpoint?); "
-                        "use another fold's checkpoint or retrain")
-    rows = torch.cat(ids).numpy()
-    out = np.empty((len(spatial.spot_names), pred.shape[1]), dtype=np.float32)
-    out[rows] = pred.numpy()
-    metrics: dict = {}
-    if spatial.expr is not None:
-        cols = [genes.index(g) for g in spatial.genes]
-        p, t = torch.from_numpy(out[:, cols]), torch.from_numpy(spatial.expr)
-        metrics = {"overall_correlation": pearson_overall(p, t), "gene_correlation": pearson_mean_gene(p, t),
-                   "test_loss": float(torch.nn.functional.mse_loss(p, t)), "genes_evaluated": len(cols)}
-    if is_main_process():
-        from ftcore.io import atomic_write_h5ad
-
-        measured = spatial.expr if spatial.genes == list(genes) else None
-        adata = prediction_adata(out, genes, spatial.source, measured=measured, model=model_name)
-        adata.uns["spatial_transfer"] = metrics
-        atomic_write_h5ad(adata, out_path)
-    where = f"predictions of {len(genes)} genes for {len(spatial.spot_names)} spots in {out_path} (X)"
-    if metrics:
-        part = "" if metrics["genes_evaluated"] == len(genes) else f" (on the {metrics['genes_evaluated']} measured genes)"
-        log(f"overall correlation {metrics['overall_correlation']:.4f}, gene correlation "
-            f"{metrics['gene_correlation']:.4f}, loss {metrics['test_loss']:.4f}{part}; {where}")
-    else:
-        log(f"no measured expression of the model's genes in {spatial.path}: histology-only prediction, no evaluation; {where}")
-    return metrics

@@ -48,7 +48,7 @@ DESIGN_OVERRIDES: dict[str, tuple[str, ...]] = {
 def _keys_help() -> str:
     """Every dotted key `train` accepts, with its default (generated, so it cannot go stale)."""
     from state_tx.model import PRESETS, TUNABLE, StateTxConfig
-    from state_tx.train import RunConfig
+    from state_tx.config import RunConfig
 
     lines = ["overrides (key=value, as in `state tx train`):"]
 
@@ -175,9 +175,10 @@ def run_demo(output_dir: str, max_steps: int | None, seed: int, extra: list[str]
              overwrite: bool = False) -> dict:
     from ftcore.distributed import is_main_process
     from state_tx.evaluate import format_summary
-    from state_tx.infer import predict
+    from state_tx.predict import predict
     from state_tx.synthetic import write_demo
-    from state_tx.train import load_run_config, open_run, train
+    from state_tx.train import open_run, train
+    from state_tx.config import load_run_config
 
     from ftcore.io import claim_outputs
 
@@ -215,18 +216,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> None:
     if args.command == "train":
-        from state_tx.train import load_run_config, train
+        from state_tx.train import train
+        from state_tx.config import load_run_config
 
         train(load_run_config(args.overrides, args.config), trust_checkpoint=args.trust_checkpoint,
               overwrite=args.overwrite)
     elif args.command == "infer":
-        from state_tx.infer import infer
+        from state_tx.predict import infer
 
         infer(args.adata, args.output, args.model_dir, args.checkpoint, args.pert_col, args.batch_col,
               args.control_pert, args.celltype_col, args.seed, args.batch_size, args.trust_checkpoint, args.device)
     elif args.command == "predict":
         from state_tx.evaluate import format_summary
-        from state_tx.infer import predict
+        from state_tx.predict import predict
 
         out_dir, summary = predict(args.model_dir, args.checkpoint, args.split, args.seed, args.batch_size,
                                    args.trust_checkpoint, args.device)
@@ -253,7 +255,7 @@ def _evaluate(args) -> None:
     real = read_h5ad(args.adata_real, flag="-ar/--adata-real")
     shifts = None
     if args.adata_train:
-        from state_tx.infer import shifts_from_adata
+        from state_tx.predict import shifts_from_adata
 
         shifts = shifts_from_adata(read_h5ad(args.adata_train, flag="--adata-train"), list(map(str, pred.var_names)),
                                    args.pert_col, args.celltype_col, args.control_pert)

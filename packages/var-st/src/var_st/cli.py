@@ -815,7 +815,8 @@ def prepare_inference(args, *, need_expression: bool, split: bool, outputs: tupl
 def cmd_predict(args) -> None:
     from ftcore.data import prediction_adata
     from ftcore.io import atomic_write_h5ad, claim_outputs
-    from var_st.train import RunPaths, predict_expression
+    from var_st.train import RunPaths
+    from var_st.predict import predict_expression
 
     name, _ = _resolve_dataset(args)
     out = args.output if args.output is not None else opt.check_output_file(
@@ -864,7 +865,8 @@ def read_predictions(path: Path, genes: list[str], obs_names: list[str]):
 def cmd_evaluate(args) -> None:
     from ftcore.io import atomic_write_json, claim_outputs
     from var_st.plots import plot_evaluation
-    from var_st.train import RunPaths, _split_indices, evaluate, format_report, predict_expression
+    from var_st.train import RunPaths
+    from var_st.predict import _split_indices, evaluate, format_report, predict_expression
 
     name, _ = _resolve_dataset(args)
     out = args.output if args.output is not None else opt.check_output_file(

@@ -24,7 +24,7 @@ from ftcore.io import atomic_write_h5ad, check_output_dir, claim_outputs
 from ftcore.training import resolve_device
 
 from state_tx.model import ARC_STATE_SKIP, StateTransitionModel, StateTxConfig, arc_state_to_ours, check_finite_params
-from state_tx.train import RunConfig, load_run_config
+from state_tx.config import RunConfig, load_run_config
 
 RUN_FILES = ("config.yaml", "var_dims.json", "pert_onehot_map.json", "batch_onehot_map.json", "data_module.json")
 
