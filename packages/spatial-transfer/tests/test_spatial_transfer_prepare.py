@@ -45,7 +45,10 @@ def test_each_check_once_and_the_bulk_checkpoint_read_once_per_command(tiny_data
     assert main(argv) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert text.count("=== Loading Pretrained Weights from Bulk Model ===") == 2  # both folds transfer ...
-    assert calls["reads"] == {"best_bulk_model.pt": 1}  # ... from one read of the pretrained checkpoint
+    # ... from one read of the pretrained checkpoint; the other reads are each fold's best model, restored once
+    # after its fit (Trainer restore_best)
+    folds = {f"best_hest_graph_model_fold_{k}.pt": 1 for k in range(2)}
+    assert calls["reads"] == {"best_bulk_model.pt": 1, **folds}
     assert calls["check_gene_count"] == ["spatial.h5ad", "bulk.h5ad"] and calls["make_folds"] == 1
 
     # a given --bulk-checkpoint, three strategies (two transfer) on the same folds: still one read, one plan
@@ -56,7 +59,7 @@ def test_each_check_once_and_the_bulk_checkpoint_read_once_per_command(tiny_data
                  "--strategies", "full,frozen_backbone,scratch", "--bulk-checkpoint", str(bulk),
                  *tiny_args()]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.count("=== Loading Pretrained Weights from Bulk Model ===") == 4
-    assert calls["reads"] == {"best_bulk_model.pt": 1}
+    assert calls["reads"] == {"best_bulk_model.pt": 1, **{name: 3 for name in folds}}  # a fold's model per strategy
     assert calls["check_gene_count"] == ["spatial.h5ad"] and calls["make_folds"] == 1  # no bulk data read
     assert (cmp_out / "comparison.json").is_file() and not (cmp_out / "bulk_pretrain").exists()
 

@@ -35,6 +35,20 @@ from ftcore.options import bounds
 
 SPATIAL_FILE, SPATIAL_CELLS_FILE = "spatial.h5ad", "spatial_cells.h5ad"
 BULK_FILE, BULK_CELLS_FILE = "bulk.h5ad", "bulk_cells.h5ad"
+DATA_FILES = (SPATIAL_FILE, SPATIAL_CELLS_FILE, BULK_FILE, BULK_CELLS_FILE)
+
+
+def write_data_dir(out_dir, build) -> Path:
+    """The four files of the data format written into out_dir, atomically; build() makes the four AnnData, in
+    DATA_FILES order, and is not called when all four files exist."""
+    from ftcore.io import atomic_write_h5ad
+
+    out = Path(out_dir)
+    if all((out / f).exists() for f in DATA_FILES):
+        return out
+    for adata, name in zip(build(), DATA_FILES):
+        atomic_write_h5ad(adata, out / name)
+    return out
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ftcore.data import log_normalise
-from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE, SPATIAL_CELLS_FILE, SPATIAL_FILE
+from spatial_transfer.data import write_data_dir
 
 
 @dataclass
@@ -147,12 +147,4 @@ def generate(spec: DemoSpec = DemoSpec()):
 
 def write_demo_data(out_dir: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> Path:
     """Write the four files of the data format into out_dir (atomically; skipped if all exist)."""
-    from ftcore.io import atomic_write_h5ad
-
-    out = Path(out_dir)
-    files = (SPATIAL_FILE, SPATIAL_CELLS_FILE, BULK_FILE, BULK_CELLS_FILE)
-    if all((out / f).exists() for f in files):
-        return out
-    for adata, name in zip(generate(spec), files):
-        atomic_write_h5ad(adata, out / name)
-    return out
+    return write_data_dir(out_dir, lambda: generate(spec))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spatial_transfer.data import BULK_CELLS_FILE, BULK_FILE, SPATIAL_CELLS_FILE, SPATIAL_FILE
+from spatial_transfer.data import write_data_dir
 
 NAME = "visium-mouse-brain"
 SUB = 3  # sub-patches per side of a spot
@@ -124,12 +124,4 @@ def build(seed: int = 0):
 
 def write(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write the four files into out_dir (atomically; skipped if all exist)."""
-    from ftcore.io import atomic_write_h5ad
-
-    out = Path(out_dir)
-    files = (SPATIAL_FILE, SPATIAL_CELLS_FILE, BULK_FILE, BULK_CELLS_FILE)
-    if all((out / f).exists() for f in files):
-        return out
-    for adata, name in zip(build(seed), files):
-        atomic_write_h5ad(adata, out / name)
-    return out
+    return write_data_dir(out_dir, lambda: build(seed))
