@@ -86,7 +86,7 @@ def _cases(tmp_path, monkeypatch, name: str) -> list[tuple[list[str], str]]:
         return [(["run", "--batch-size", "8"], " at batch size 8; lower --batch-size (e.g. 8 -> 4), ")]
     if name == "state-tx":
         monkeypatch.setattr("state_tx.predict.infer", _oom)
-        monkeypatch.setattr("state_tx.train.load_run_config", lambda *a: None)
+        monkeypatch.setattr("state_tx.config.load_run_config", lambda *a: None)
         monkeypatch.setattr("state_tx.train.train", _oom)
         adata = tmp_path / "in.h5ad"
         adata.write_bytes(b"not read: infer is replaced")

@@ -236,7 +236,7 @@ def test_demo_numeric_options(flag, value, capsys, monkeypatch):
     import state_tx.cli as cli
     from state_tx.config import load_run_config
 
-    monkeypatch.setattr(cli, "run_demo", lambda output_dir, steps, seed, extra, design="demo": load_run_config(
+    monkeypatch.setattr(cli, "run_demo", lambda output_dir, steps, seed, extra, design="demo", **_: load_run_config(
         [f"training.max_steps={steps}", f"training.train_seed={seed}"] + list(extra)))
     work = _scratch()
     try:

@@ -111,7 +111,7 @@ def test_stage2_reads_the_stage1_file_once(tmp_path, capsys, count_reads):
             "--log_dir", str(out), "--gpus", "0", "--training_stage", "2", "--stage1_ckpt",
             str(CORPUS / "tiny_stage1.ckpt")]
     assert main(argv) == 0, capsys.readouterr().err
-    assert count_reads == {"tiny_stage1.ckpt": 1}
+    assert count_reads == {"tiny_stage1.ckpt": 1, "best_var.ckpt": 1}  # and the best stage-2 weights, restored once
     assert (out / "good" / "TWO_STAGE_VAR_ST" / "complete_model.ckpt").is_file()
     capsys.readouterr()
     count_reads.clear()  # a refused stage 2 (another --num_genes) also read the file once, and wrote nothing

@@ -9,7 +9,6 @@ the argument parsing. Files written by rank 0 only; every write is atomic.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,7 @@ def _train_config(out_dir: Path, run: RunSettings, n_train: int, **kw) -> TrainC
     # Warm the learning rate up over about one epoch (at most 100 steps): without it the VQ-VAE's
     # latent scale and the codebook chase each other in the first steps and the loss spikes.
     warmup = min(100, max(1, n_train // (run.batch_size * world_size())))
-    return TrainConfig(output_dir=str(out_dir), last_name="last.ckpt", warmup_steps=warmup, **asdict(run), **kw)
+    return TrainConfig.from_sections(run, output_dir=str(out_dir), last_name="last.ckpt", warmup_steps=warmup, **kw)
 
 
 # ----------------------------------------------------------------------------- stage 1
