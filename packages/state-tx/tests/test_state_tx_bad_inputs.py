@@ -83,6 +83,7 @@ CASES = [
     ("override hidden_dim 0", "override", "", "model.kwargs.hidden_dim=0", "must be >= 1"),
     ("override hidden_dim nan", "override", "", "model.kwargs.hidden_dim=nan", "'hidden_dim' is nan"),
     ("override blur 0", "override", "", "model.kwargs.blur=0", "'blur' is 0"),
+    ("override mean_mse_weight negative", "override", "", "model.kwargs.mean_mse_weight=-1", "must be >= 0"),
     ("override num_workers negative", "override", "", "data.kwargs.num_workers=-1", "must be >= 0"),
     ("override empty run name", "override", "", "name=", "name is empty"),
     ("override init_from_columns order", "override", "", "model.kwargs.init_from_columns=order", "choose name"),

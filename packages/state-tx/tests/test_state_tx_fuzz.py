@@ -32,7 +32,7 @@ TRAIN_KEYS = {
     "training.lr": None, "training.weight_decay": None, "training.gradient_clip_val": None,
     "training.train_seed": None, "training.warmup_steps": None, "training.ckpt_every_n_steps": None,
     "training.val_freq": None, "training.max_steps": 2, "training.batch_size": 8, "model.kwargs.dropout": None,
-    "model.kwargs.blur": None, "model.kwargs.rms_norm_eps": None, "model.kwargs.cell_set_len": 16,
+    "model.kwargs.blur": None, "model.kwargs.mean_mse_weight": None, "model.kwargs.rms_norm_eps": None, "model.kwargs.cell_set_len": 16,
     "model.kwargs.hidden_dim": 64, "model.kwargs.n_heads": 4, "model.kwargs.head_dim": 32,
     "data.kwargs.num_workers": 0,
 }

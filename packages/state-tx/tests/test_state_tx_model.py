@@ -105,6 +105,17 @@ def test_mmd_loss_zero_for_same_and_positive_otherwise():
     assert float(mmd_loss(x, x + 2, 1.0)) > 0.01
 
 
+def test_mean_mse_term_adds_the_squared_error_of_the_set_means():
+    torch.manual_seed(2)
+    x, y = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
+    base = float(set_loss(x, y, "energy"))
+    want = base + 3.0 * float(((x.mean(1) - y.mean(1)) ** 2).mean())
+    assert float(set_loss(x, y, "energy", mean_mse_weight=3.0)) == pytest.approx(want, rel=1e-5)
+    # unpaired cells: shuffling the cells of a set changes nothing; sets with equal means add nothing
+    assert float(set_loss(x, x[:, torch.randperm(6)], "energy", mean_mse_weight=3.0)) == pytest.approx(0.0, abs=1e-5)
+    assert float(set_loss(x, y, "mmd", 1.0, mean_mse_weight=0.0)) == pytest.approx(float(mmd_loss(x, y, 1.0).mean()))
+
+
 def test_config_errors():
     with pytest.raises(UserError, match="loss"):
         tiny(loss="sinkhorn2")

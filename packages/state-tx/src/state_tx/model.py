@@ -56,6 +56,9 @@ class StateTxConfig:
     batch_encoder: bool = False
     loss: str = "energy"  # energy | mmd (Gaussian kernel, bandwidth `blur`) | mse (cell by cell)
     blur: float = field(default=0.05, metadata=opt.bounds(gt=0))  # MMD bandwidth
+    # weight of an added MSE between the predicted and observed set MEANS (per gene), on top of `loss`;
+    # 0 = the set loss alone (arc-state)
+    mean_mse_weight: float = field(default=0.0, metadata=opt.bounds(ge=0))
     # mean: a fresh model's output layer starts with the training mean of each gene as its bias (under the
     # final ReLU, a gene whose output starts negative for every cell gets no gradient and stays 0 for good:
     # on a screen with highly expressed genes that dominated the MSE); torch: PyTorch's default (arc-state)
@@ -131,14 +134,22 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, blur: float) -> torch.Tensor:
     return 0.5 * (k(x, x) + k(y, y)) - k(x, y)
 
 
-def set_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, blur: float = 0.05) -> torch.Tensor:
-    """Mean loss over sentences; pred, target [B, S, G] (float32 for the distance arithmetic)."""
+def set_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, blur: float = 0.05,
+             mean_mse_weight: float = 0.0) -> torch.Tensor:
+    """Mean loss over sentences; pred, target [B, S, G] (float32 for the distance arithmetic).
+
+    mean_mse_weight > 0 adds that weight x the MSE between the set means [B, G] (cells are unpaired, so
+    the means are what a cell-by-cell comparison can match)."""
     pred, target = pred.float(), target.float()
     if kind == "energy":
-        return energy_loss(pred, target).mean()
-    if kind == "mmd":
-        return mmd_loss(pred, target, blur).mean()
-    return F.mse_loss(pred, target)
+        loss = energy_loss(pred, target).mean()
+    elif kind == "mmd":
+        loss = mmd_loss(pred, target, blur).mean()
+    else:
+        loss = F.mse_loss(pred, target)
+    if mean_mse_weight:
+        loss = loss + mean_mse_weight * F.mse_loss(pred.mean(1), target.mean(1))
+    return loss
 
 
 # ------------------------------------------------------------------------------------- backbone
@@ -281,7 +292,8 @@ class StateTransitionModel(nn.Module):
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch dict from data.SentenceDataset -> (loss, pred [B, S, G])."""
         pred = self(batch["basal"], batch["pert"], batch.get("batch"))
-        return set_loss(pred, batch["target"], self.config.loss, self.config.blur), pred
+        c = self.config
+        return set_loss(pred, batch["target"], c.loss, c.blur, c.mean_mse_weight), pred
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

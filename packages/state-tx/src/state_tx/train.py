@@ -197,7 +197,7 @@ def make_loss_fn(mcfg: StateTxConfig):
     def loss_fn(model, batch):
         # `model` may be the DDP wrapper: call it, never reach into it
         pred = model(batch["basal"], batch["pert"], batch["batch"])
-        return set_loss(pred, batch["target"], mcfg.loss, mcfg.blur)
+        return set_loss(pred, batch["target"], mcfg.loss, mcfg.blur, mcfg.mean_mse_weight)
 
     return loss_fn
 
@@ -211,7 +211,7 @@ def make_eval_fn(mcfg: StateTxConfig, control_idx: int = 0):
             device = next(model.parameters()).device
             batch = {k: v.to(device) for k, v in batch.items()}
             pred = model(batch["basal"], batch["pert"], batch["batch"])
-            losses.append(float(set_loss(pred, batch["target"], mcfg.loss, mcfg.blur)) * len(pred))
+            losses.append(float(set_loss(pred, batch["target"], mcfg.loss, mcfg.blur, mcfg.mean_mse_weight)) * len(pred))
             keep = (batch["pert_idx"] != control_idx).cpu().numpy()  # a control sentence has no shift to correlate
             if keep.any():  # [B, G] sentence means; r of each sentence's shift from its basal cells
                 r = pearson_delta(pred.float().mean(1), batch["target"].mean(1), batch["basal"].mean(1))[keep]
