@@ -592,7 +592,7 @@ def _plot_confusion(res: dict, label_names: list[str], path: Path) -> np.ndarray
     return m
 
 
-# ----------------------------------------------------------------- predict / evaluate
+# ----------------------------------------------------------------- the model file, output errors
 KIND = "cellfm-ft/classifier"  # best_model.pth, last.pt, checkpoint_epoch_<n>.pth (ftcore.artefact)
 DATA_KEYS = ("genes", "labels", "label_key", "gene_key", "layer", "input_kind")
 

@@ -176,9 +176,6 @@ def make_eval_fn(val_set: YeastDataset, batch_size: int):
     return eval_fn
 
 
-# --------------------------------------------------------------------------- artefacts
-
-
 # --------------------------------------------------------------------------- train
 def train_settings(cfg: YeastTrainingConfig, output: str | Path, progress: bool = True) -> TrainConfig:
     """The core Trainer's settings from the training config (the core validates schedule/precision/sizes

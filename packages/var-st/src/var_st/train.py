@@ -210,9 +210,7 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: RunSe
     return trainer.fit()  # the model holds the best validation's weights (restore_best)
 
 
-# ----------------------------------------------------------------------------- predict / evaluate
-
-
+# ----------------------------------------------------------------------------- the split, validation
 def _split_record(data: SpotData) -> dict:
     return {"rule": data.split_rule, "source": data.source,
             **{k: [data.obs_names[i] for i in v] for k, v in data.split.items()}}
