@@ -140,3 +140,19 @@ def test_run_settings_are_a_dataclass_recorded_as_before(tmp_path, capsys):
     assert list(job.stage_run.config["run"]) == [  # run_config.yaml's `run`, keys in the order of before
         "epochs", "batch_size", "lr", "max_steps", "patience", "seed", "device", "progress", "compile"]
     assert RunSettings.of({"epochs": 2, "batch_size": 4, "lr": 1e-3}) == RunSettings(2, 4, 1e-3)
+
+
+def test_run_settings_pass_further_trainer_fields_as_the_mapping_api_did(tmp_path):
+    """Before the dataclass, any TrainConfig field in the run mapping reached the Trainer (the probe harness and the
+    README's round-2 commands give weight_decay and precision); a misspelt one is an error, never dropped."""
+    from ftcore.errors import UserError
+    from var_st.train import _train_config
+
+    run = RunSettings.of({"epochs": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.1, "precision": "fp32"})
+    assert run.trainer == {"weight_decay": 0.1, "precision": "fp32"}
+    cfg = _train_config(tmp_path, run, 64)
+    assert (cfg.weight_decay, cfg.precision, cfg.lr, cfg.warmup_steps) == (0.1, "fp32", 1e-3, 16)
+    assert _train_config(tmp_path, RunSettings(2, 4, 1e-3), 64).weight_decay == 0.01  # TrainConfig's default
+    assert "trainer" not in RunSettings(2, 4, 1e-3).record() and run.record()["trainer"] == run.trainer
+    with pytest.raises(UserError, match="weight_decay"):
+        RunSettings.of({"epochs": 2, "batch_size": 4, "lr": 1e-3, "weight_dcay": 0.1})

@@ -233,11 +233,11 @@ def _open_stage(stage_dir: Path, record: dict, overwrite: bool):
                         output_flag="--log_dir (or --dataset)")
 
 
-def _stage_record(contract: dict, path: Path | None, run: dict, **sections) -> dict:
+def _stage_record(contract: dict, path: Path | None, run, **sections) -> dict:
     from ftcore.rundir import file_identity
 
     return {"data": contract, "data_file": file_identity(path) if path is not None else {"builtin": contract["dataset"]},
-            **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in sections.items()}, "run": run}
+            **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in sections.items()}, "run": run.record()}
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -124,11 +124,30 @@ class RunSettings:
     device: str = "auto"
     progress: bool = True
     compile: str = "graphs"
+    # further TrainConfig fields for library callers (weight_decay, precision, schedule, ...); the CLI sets none
+    trainer: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, run: "RunSettings | Mapping") -> "RunSettings":
-        """A RunSettings as it is, or one from a mapping of its fields (the API before the dataclass)."""
-        return run if isinstance(run, cls) else cls(**dict(run))
+        """A RunSettings as it is, or one from a mapping (the API before the dataclass): its own fields, and
+        any other key goes to `trainer` (TrainConfig checks the names and values)."""
+        if isinstance(run, cls):
+            return run
+        own = {f.name for f in cls.__dataclass_fields__.values()} - {"trainer"}
+        run = dict(run)
+        extra = {**run.pop("trainer", {}), **{k: run.pop(k) for k in list(run) if k not in own}}
+        from ftcore.config import check_keys
+        from ftcore.training import TrainConfig
+
+        check_keys(TrainConfig, extra, "run settings")  # a misspelt key is an error with a did-you-mean
+        return cls(**run, trainer=extra)
+
+    def record(self) -> dict:
+        """What run_config.yaml's `run` section holds (`trainer` only where it was given)."""
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        if not out["trainer"]:
+            del out["trainer"]
+        return out
 
 
 def _as_config(cls, value, name: str):

@@ -49,7 +49,8 @@ def _train_config(out_dir: Path, run: RunSettings, n_train: int, **kw) -> TrainC
     # Warm the learning rate up over about one epoch (at most 100 steps): without it the VQ-VAE's
     # latent scale and the codebook chase each other in the first steps and the loss spikes.
     warmup = min(100, max(1, n_train // (run.batch_size * world_size())))
-    return TrainConfig.from_sections(run, output_dir=str(out_dir), last_name="last.ckpt", warmup_steps=warmup, **kw)
+    return TrainConfig.from_sections(run, {"warmup_steps": warmup, **run.trainer}, output_dir=str(out_dir),
+                                     last_name="last.ckpt", **kw)
 
 
 # ----------------------------------------------------------------------------- stage 1
