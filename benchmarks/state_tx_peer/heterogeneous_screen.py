@@ -54,7 +54,7 @@ CONFIGS = {
 def run(name: str, seed: int, overrides: list[str], keep: Path | None) -> dict:
     from state_tx.cli import DESIGN_OVERRIDES, run_demo
 
-    steps = next((int(o.split("=")[1]) for o in overrides if o.startswith("training.max_steps=")), None)
+    steps = next((int(o.split("=")[1]) for o in reversed(overrides) if o.startswith("training.max_steps=")), None)  # the last wins
     extra = [o for o in overrides if not o.startswith("training.max_steps=")] + ["training.progress=false"]
     work = Path(tempfile.mkdtemp(prefix=f"stx_{name}_{seed}_"))
     t0, cpu0 = time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_utime
