@@ -34,10 +34,11 @@ def _value(v) -> float:
 
 
 def curve_keys(history: Sequence[dict]) -> list[str]:
-    """History keys plotted as curves: real-valued in every epoch that has them (None = not logged)."""
+    """History keys plotted as curves: real-valued in every epoch that has them (None = not logged), finite in
+    at least one (a metric undefined in every epoch, NaN throughout, would be an empty panel)."""
     keys = list(dict.fromkeys(k for h in history for k in h if k not in _NOT_CURVES))
     return [k for k in keys
-            if any(_is_real(h.get(k)) for h in history)
+            if any(_is_real(h.get(k)) and np.isfinite(h[k]) for h in history)
             and all(_is_real(h[k]) or h[k] is None for h in history if k in h)]
 
 
