@@ -26,6 +26,14 @@ def test_a_metric_undefined_in_every_epoch_gets_no_empty_panel():
     assert sorted(plotting.curve_keys(history)) == sorted(plotting.curve_keys(HISTORY) + ["val_gene_corr"])
 
 
+def test_a_single_record_gets_its_own_tick(tmp_path, monkeypatch):
+    ticks = []
+    monkeypatch.setattr(plotting, "atomic_savefig", lambda fig, path, **kw: ticks.extend(
+        list(ax.get_xticks()) for ax in fig.axes))
+    plotting.plot_training_curve(HISTORY[:1], tmp_path / "curve.png")
+    assert ticks and all(t == [1] for t in ticks)
+
+
 def test_plot_training_curve_draws_one_line_per_real_series(tmp_path, monkeypatch):
     drawn = {}
 

@@ -94,6 +94,8 @@ def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title:
         ax.set_xlabel(xlabel)
         ax.set_ylabel({"acc": "accuracy"}.get(name, name.replace("_", " ")))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(x)) == 1:  # one record (a run shorter than an epoch): its own tick, not -0.045 .. 0.045
+            ax.set_xticks([x[0]])
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
