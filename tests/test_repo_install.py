@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,14 @@ def test_pip_install_package_brings_the_core(name, tmp_path):
     assert where["ftcore"].startswith(site), f"ftcore imported from {where['ftcore']}, not the new venv"
     assert where["mod"].startswith(site), f"{info['module']} imported from {where['mod']}, not the new venv"
     assert where["url"].rstrip("/") == (ROOT / "shared").as_uri(), f"ftcore installed from {where['url']}"
+    # the data beside the code comes along (ftcore's Visium files + LICENSE.squidpy, cellfm-ft's wu2020 + its
+    # licence, packaged templates): every non-Python file of the source tree is in the installed copy
+    for src, module in ((ROOT / "shared" / "src" / "ftcore", "ftcore"),
+                        (ROOT / "packages" / name / "src" / info["module"], info["module"])):
+        data = [p.relative_to(src) for p in src.rglob("*")
+                if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+        missing = [str(rel) for rel in data if not (Path(site) / module / rel).is_file()]
+        assert not missing, f"pip install packages/{name} left out {module}'s {missing}"
 
     helped = run(venv / "bin" / info["script"], "--help", cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr[-2000:]

@@ -46,3 +46,12 @@ def test_a_changed_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "HERE", tmp_path)
     with pytest.raises(RuntimeError, match="not the file this version ships"):
         datasets._file("visium_mouse_brain_49.h5ad")
+
+
+def test_squidpys_licence_ships_beside_its_files():
+    """BSD-3-Clause: a redistribution keeps the copyright notice and the licence text (issue 17: licences)."""
+    text = (datasets.HERE / "LICENSE.squidpy").read_text()
+    assert "BSD 3-Clause License" in text and "Copyright (c) 2021, Theis Lab" in text and "Redistribution" in text
+    for name in datasets.SHA256:
+        assert name in text, f"LICENSE.squidpy does not say which file {name} is"
+    assert "CC BY 4.0" in text

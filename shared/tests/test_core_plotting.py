@@ -18,6 +18,22 @@ def test_curve_keys_skip_bools_strings_and_bookkeeping():
     assert plotting.curve_keys(HISTORY) == ["train_loss", "val_loss", "val_pearson", "n_skipped"]
 
 
+def test_a_metric_undefined_in_every_epoch_gets_no_empty_panel():
+    """spatial-transfer's bulk pretraining: val_gene_corr NaN at every epoch drew a panel with no line."""
+    history = [{**h, "val_gene_corr": float("nan")} for h in HISTORY]
+    assert plotting.curve_keys(history) == plotting.curve_keys(HISTORY)
+    history[1]["val_gene_corr"] = 0.2  # defined once: drawn (the NaN epochs as gaps)
+    assert sorted(plotting.curve_keys(history)) == sorted(plotting.curve_keys(HISTORY) + ["val_gene_corr"])
+
+
+def test_a_single_record_gets_its_own_tick(tmp_path, monkeypatch):
+    ticks = []
+    monkeypatch.setattr(plotting, "atomic_savefig", lambda fig, path, **kw: ticks.extend(
+        list(ax.get_xticks()) for ax in fig.axes))
+    plotting.plot_training_curve(HISTORY[:1], tmp_path / "curve.png")
+    assert ticks and all(t == [1] for t in ticks)
+
+
 def test_plot_training_curve_draws_one_line_per_real_series(tmp_path, monkeypatch):
     drawn = {}
 

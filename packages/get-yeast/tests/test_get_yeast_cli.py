@@ -132,7 +132,7 @@ def test_help_lists_the_seed_flags(capsys, command, flags):
     assert all(flag in text for flag in flags), [f for f in flags if f not in text]
 
 
-def test_no_arguments_runs_the_demo(tmp_path, monkeypatch, get_layout, tiny_model_cfg):
+def test_no_arguments_runs_the_demo(tmp_path, monkeypatch, get_layout, tiny_model_cfg, capsys):
     """`get-yeast` alone: embedded data -> with-conditions and condition-blind runs -> evaluate -> comparison.json.
     The generated assets are made small here (the real demo's sizes are measured in the README)."""
     from get_yeast import demo
@@ -155,6 +155,13 @@ def test_no_arguments_runs_the_demo(tmp_path, monkeypatch, get_layout, tiny_mode
     keys = {"pearson", "spearman", "r2", "mse", "condition_response_pearson"}
     assert set(comparison["with_conditions"]) == set(comparison["condition_blind"]) == keys
     assert comparison["with_conditions"] != comparison["condition_blind"]
+    # it ends with the headline metrics beside the condition-blind baseline, the numbers of comparison.json
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[[i for i, ln in enumerate(lines) if ln.startswith("held-out conditions")][-1] + 1:]
+    assert len(table) == len(keys) + 1 and table[-1].startswith("outputs in ")
+    for line in table[:-1]:
+        name, with_c, blind = line.split()
+        assert [with_c, blind] == [f"{comparison[w][name]:.3f}" for w in ("with_conditions", "condition_blind")], line
     for run in ("yeast_lora_finetune", "condition_blind", "yeast_lora_eval"):
         assert (out / run / "metrics.json").exists(), run
     assert (out / "yeast_lora_eval" / "condition_importance.json").exists()

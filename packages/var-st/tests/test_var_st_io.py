@@ -150,7 +150,7 @@ def _train(args, capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_later_stages_keep_stage1s_keys_split_and_sizes(renamed, tiny_config, tiny, tmp_path, capsys):
+def test_later_stages_keep_stage1s_keys_split_and_sizes(renamed, tiny_config, tiny, tmp_path, capsys, monkeypatch):
     log = tmp_path / "logs"
     stage1 = tiny.train_args(renamed, tiny_config, log, stage=1, epochs=1,
                              extra=["--histology_key", "feats", "--spatial_key", "xy", "--slide_key", "sample",
@@ -167,8 +167,18 @@ def test_later_stages_keep_stage1s_keys_split_and_sizes(renamed, tiny_config, ti
     for flag, value in (("--preset", "demo"), ("--histology_key", "feats"), ("--spatial_key", "xy"),
                         ("--slide_key", "sample"), ("--test_slides", "slide0"), ("--val_slides", "slide2")):
         assert argv[argv.index(flag) + 1] == value, (flag, nxt)
-    assert _train(argv[2:] + ["--epochs", "1", "--batch_size", "16"], capsys)
+    out2 = _train(argv[2:] + ["--epochs", "1", "--batch_size", "16"], capsys)
     first = _extra(complete(log, "renamed"))
+    # stage 2's printed next commands (predict, evaluate) are complete too: they run as printed, no key flag
+    # added, and write beside the complete model (this run's --log_dir), not into ./logs of the current folder
+    printed = [ln.split(": ", 1)[-1].strip() for ln in out2.splitlines()[-2:]]
+    assert [shlex.split(c)[:2] for c in printed] == [["var-st", "predict"], ["var-st", "evaluate"]], out2
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for command in printed:
+        assert main(shlex.split(command)[1:] + ["--gpus", "0"]) == 0, command
+    assert not any((tmp_path / "elsewhere").iterdir())
+    assert anndata.read_h5ad(complete(log, "renamed").with_name("predictions.h5ad")).n_vars == 24
     # and without any of those flags (the stage-1 checkpoint says them): the same stored contract; another --seed
     # changes the initial weights, not the split
     bare = ["train", "--dataset", str(renamed), "--training_stage", "2", "--stage1_ckpt", str(s1), "--epochs", "1",

@@ -34,10 +34,11 @@ def _value(v) -> float:
 
 
 def curve_keys(history: Sequence[dict]) -> list[str]:
-    """History keys plotted as curves: real-valued in every epoch that has them (None = not logged)."""
+    """History keys plotted as curves: real-valued in every epoch that has them (None = not logged), finite in
+    at least one (a metric undefined in every epoch, NaN throughout, would be an empty panel)."""
     keys = list(dict.fromkeys(k for h in history for k in h if k not in _NOT_CURVES))
     return [k for k in keys
-            if any(_is_real(h.get(k)) for h in history)
+            if any(_is_real(h.get(k)) and np.isfinite(h[k]) for h in history)
             and all(_is_real(h[k]) or h[k] is None for h in history if k in h)]
 
 
@@ -93,6 +94,8 @@ def plot_training_curve(history: Sequence[dict], path: str | os.PathLike, title:
         ax.set_xlabel(xlabel)
         ax.set_ylabel({"acc": "accuracy"}.get(name, name.replace("_", " ")))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(x)) == 1:  # one record (a run shorter than an epoch): its own tick, not -0.045 .. 0.045
+            ax.set_xticks([x[0]])
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)

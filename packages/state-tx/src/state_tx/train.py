@@ -333,7 +333,11 @@ def plot_training_curves(history: list[dict], path: Path, loss: str) -> None:
         return
     step = [h["step"] for h in rows]
     has_r = any(isinstance(h.get("val_pearson_delta"), float) for h in rows)
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2 if has_r else 1, figsize=(11 if has_r else 6, 4), squeeze=False)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax = axes[0, 0]
     for key, label in (("train_loss", "train (mean since the previous point)"), ("val_loss", "val")):
         if any(key in h for h in rows):
@@ -347,7 +351,7 @@ def plot_training_curves(history: list[dict], path: Path, loss: str) -> None:
         ax.plot(step, [h.get("val_pearson_delta", np.nan) for h in rows], marker=".", color="C2")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("val pearson_delta")
-        ax.set_title("val pearson_delta (r of predicted vs observed shift per val set)")
+        ax.set_title("val pearson_delta (predicted vs observed shift)")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)

@@ -422,14 +422,20 @@ def _contract(name: str, data, keys: dict, preset: str, adata, seed: int) -> dic
             "split": split_record(data)}
 
 
+def _data_flags(args) -> list[str]:
+    """--dataset (and --data_dir where a dataset name is looked up in it) as this command was given them."""
+    flags = ["--dataset", str(args.dataset)]
+    if args.data_dir != "data" and not (str(args.dataset).endswith(".h5ad") or os.sep in str(args.dataset)):
+        flags += ["--data_dir", str(args.data_dir)]
+    return flags
+
+
 def _stage2_command(args, stage1_ckpt, stored: dict, preset: str, without: str | None = None) -> str:
     """The complete stage-2 command line of a run (everything stage 1 decided spelt out), to paste;
     `without`: a config key (e.g. 'vqvae.vocab_size') left out, with the --config file that sets it."""
     import shlex
 
-    cmd = ["var-st", "train", "--dataset", str(args.dataset)]
-    if args.data_dir != "data" and not (str(args.dataset).endswith(".h5ad") or os.sep in str(args.dataset)):
-        cmd += ["--data_dir", str(args.data_dir)]
+    cmd = ["var-st", "train", *_data_flags(args)]
     cmd += ["--training_stage", "2", "--stage1_ckpt", str(stage1_ckpt), "--preset", preset,
             "--histology_key", stored["histology_key"], "--spatial_key", stored["spatial_key"]]
     if stored.get("slide_key_found", True):
@@ -690,17 +696,15 @@ def cmd_train(args) -> None:
     result = train_stage2(job.model, job.data, job.paths.stage2, job.run, {"data": job.contract})
     if is_main_process():
         job.model.save_complete_model(job.paths.complete, data=job.contract)
-        where, complete = shlex_quote(str(args.dataset)), shlex_quote(str(job.paths.complete))
+        import shlex
+
+        # this run's data and run folder: predict / evaluate write beside the complete model
+        where = shlex.join(_data_flags(args) + ["--checkpoint", str(job.paths.complete)]
+                           + (["--log_dir", str(args.log_dir)] if str(args.log_dir) != "logs" else []))
         print(f"stage 2 done: best val_pearson {result.best_metric} -> complete model {job.paths.complete}\n"
-              f"next: var-st predict --dataset {where} --checkpoint {complete}\n"
-              f"      var-st evaluate --dataset {where} --checkpoint {complete}")
+              f"next: var-st predict {where}\n"
+              f"      var-st evaluate {where}")
     wait_for_main()  # the other ranks return once complete_model.ckpt is written
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def _stage1_checkpoint(args) -> tuple[Path, object, dict]:

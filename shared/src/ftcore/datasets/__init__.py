@@ -10,7 +10,8 @@ full-resolution H&E crop that covers them. The two files are squidpy's, unchange
 
 The files are committed (squidpy's wheel does not carry them); their sha256 are in SHA256 below and
 checked on load. Licences: squidpy's code and test data are BSD-3-Clause (Copyright (c)
-2021 Theis Lab, 2025 scverse); 10x Genomics publishes the Visium data set under CC BY 4.0.
+2021 Theis Lab, 2025 scverse; the licence text ships beside the files, LICENSE.squidpy); 10x Genomics
+publishes the Visium data set under CC BY 4.0.
 """
 
 from __future__ import annotations
