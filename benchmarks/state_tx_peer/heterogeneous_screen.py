@@ -56,12 +56,25 @@ CONFIGS = {
     # has to learn the map from the other cell types' shift and the cell type's controls to the response)
     "shiftonly_delta0": ["training.max_steps=2000", "data.kwargs.pert_train_shift=only",
                          "model.kwargs.basal_residual=true"],
+    "shiftonly_delta0_raw": ["training.max_steps=2000", "data.kwargs.pert_train_shift=only",
+                             "data.kwargs.pert_train_shift_scale=none", "model.kwargs.basal_residual=true"],
     "shiftonly": ["training.max_steps=2000", "data.kwargs.pert_train_shift=only"],
     # a zero-initialised delta head: out = basal cell + shift, the shift starting at 0 (model.kwargs.basal_residual)
     "delta0": ["training.max_steps=2000", "model.kwargs.basal_residual=true"],
     "trainshift_delta0": ["training.max_steps=2000", "data.kwargs.pert_train_shift=append",
                           "model.kwargs.basal_residual=true"],
-    # a larger budget, cosine with a longer warm-up
+    # the same with the table as measured (not divided by its RMS)
+    "trainshift_delta0_raw": ["training.max_steps=2000", "data.kwargs.pert_train_shift=append",
+                              "data.kwargs.pert_train_shift_scale=none", "model.kwargs.basal_residual=true"],
+    # the same with the set-mean MSE term of round 2 (a direct gradient on the shift; the energy distance between
+    # noisy sets gives little); unscaled = the shift table as measured (data.kwargs.pert_train_shift_scale=none)
+    "delta0_meanmse10": ["training.max_steps=2000", "model.kwargs.basal_residual=true",
+                         "model.kwargs.mean_mse_weight=10"],
+    "shiftonly_meanmse10": ["training.max_steps=2000", "data.kwargs.pert_train_shift=only",
+                            "model.kwargs.mean_mse_weight=10"],
+    "trainshift_meanmse10": ["training.max_steps=2000", "data.kwargs.pert_train_shift=append",
+                             "model.kwargs.mean_mse_weight=10"],
+    # a larger budget, cosine with a longer warm-up (defined, not run in round 3: no time left)
     "steps4000": ["training.max_steps=4000", "training.warmup_steps=200"],
     "trainshift_delta0_4000": ["training.max_steps=4000", "training.warmup_steps=200",
                                "data.kwargs.pert_train_shift=append", "model.kwargs.basal_residual=true"],

@@ -437,6 +437,9 @@ def test_pert_train_shift_trains_predicts_and_infers_with_the_stored_table(tiny_
     table = load_file(run / "pert_train_shift.safetensors")["pert_train_shift"]
     assert vd["pert_train_shift"] == mode and vd["cell_types"] == ["HepG2", "K562"]
     assert table.shape == (3, 7, 24) and vd["pert_dim"] == 24 + (7 if mode == "append" else 0)
+    from state_tx.data import rms_scale
+
+    assert vd["pert_train_shift_scale"] > 0 and rms_scale(table) == pytest.approx(1.0, abs=1e-4)  # stored scaled
     assert main(["predict", "--output-dir", str(run)]) == 0
     pred = ad.read_h5ad(run / "eval_final" / "adata_pred.h5ad").X
     out = tmp_path / "p.h5ad"

@@ -52,6 +52,9 @@ class DataKwargs:
     # quantity, see train_shift_table) as (part of) its encoding: off | append (after the one-hot / feature vector)
     # | only (the shift alone: the model cannot tell perturbations apart except by their training response)
     pert_train_shift: str = "off"
+    # rms: the shift table divided by the root mean square of its non-zero entries (entries of order 1, like the
+    # one-hot's; the raw log-scale shifts are mostly ~0.1 and vanish beside the basal encoding); none: raw
+    pert_train_shift_scale: str = "rms"
     should_yield_control_cells: bool = True  # control sentences (control -> control) in training
     num_workers: int = field(default=0, metadata=opt.bounds(ge=0))
 
@@ -61,6 +64,8 @@ class DataKwargs:
         if self.pert_train_shift not in PERT_TRAIN_SHIFT:
             raise UserError(f"data.kwargs.pert_train_shift={self.pert_train_shift!r}; choose off, append (the training "
                             "mean shift after the one-hot) or only (the shift alone)")
+        if self.pert_train_shift_scale not in ("rms", "none"):
+            raise UserError(f"data.kwargs.pert_train_shift_scale={self.pert_train_shift_scale!r}; choose rms or none")
         if self.pert_train_shift == "only" and self.perturbation_features_file:
             raise UserError("data.kwargs.pert_train_shift=only encodes a perturbation by its training shift alone, so "
                             "data.kwargs.perturbation_features_file would be unused; use pert_train_shift=append")
@@ -688,6 +693,12 @@ def train_shift_table(metas: list[FileMeta], vocab: Vocab, train_plan: SplitPlan
             if pert != vocab.control_pert:
                 table[c, p] = carried_shift(shifts, ct, pert, n_genes)[0]
     return torch.from_numpy(table)
+
+
+def rms_scale(table: torch.Tensor) -> float:
+    """Root mean square of a shift table's non-zero entries (1 for an all-zero table)."""
+    nz = table[table != 0]
+    return float(nz.double().pow(2).mean().sqrt()) if nz.numel() else 1.0
 
 
 def pert_inputs(pert_table: torch.Tensor, shift_table: torch.Tensor | None, pert_idx: int, cell_type_idx: int) -> torch.Tensor:

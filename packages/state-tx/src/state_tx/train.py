@@ -36,6 +36,7 @@ from state_tx.data import (
     load_perturbation_features,
     plan_splits,
     read_experiment_toml,
+    rms_scale,
     train_shift_table,
 )
 from state_tx.model import (
@@ -119,6 +120,9 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
     ref = metas[0].source
     # measured on the training split only (never a val/test cell): data.train_shift_table
     shift_table = train_shift_table(metas, vocab, plans["train"]) if kw.pert_train_shift != "off" else None
+    shift_scale = rms_scale(shift_table) if shift_table is not None and kw.pert_train_shift_scale == "rms" else 1.0
+    if shift_table is not None:
+        shift_table = shift_table / shift_scale  # stored so: predict and infer read the scaled table
     if kw.pert_train_shift == "only":
         pert_table = pert_table[:, :0]  # no identity columns: the training shift is the whole encoding
     pert_dim = pert_table.shape[1] + (shift_table.shape[2] if shift_table is not None else 0)
@@ -138,7 +142,7 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
         "matrix_key": ref.matrix_key, "gene_names": [str(g) for g in ref.gene_names],
         "pert_col": kw.pert_col, "cell_type_key": kw.cell_type_key, "batch_col": kw.batch_col,
         "control_pert": kw.control_pert, "pert_rep": "features" if kw.perturbation_features_file else "onehot",
-        "pert_train_shift": kw.pert_train_shift, "cell_types": list(vocab.cell_types),
+        "pert_train_shift": kw.pert_train_shift, "pert_train_shift_scale": shift_scale, "cell_types": list(vocab.cell_types),
         "expression_kind": kind,  # by ftcore.data's rule: inference refuses input of another kind
     }
     return Setup(cfg, mcfg, vocab, pert_table, shift_table, train_ds, val_ds, plans["test"], metas, plans, var_dims, summary)
