@@ -420,3 +420,40 @@ def test_trainer_settings_keep_the_seeds_names():
     assert (tc.val_every_steps, tc.ckpt_every_steps, tc.schedule, tc.grad_clip, tc.seed, tc.max_steps, tc.epochs) == \
         (7, 9, "constant", None, 5, 11, 0)
     assert train_config(cfg, has_val=False).best_name is None
+
+
+@pytest.mark.parametrize("mode", ["only", "append"])
+def test_pert_train_shift_trains_predicts_and_infers_with_the_stored_table(tiny_toml, tiny_h5ad, make_train_args,
+                                                                           tmp_path, mode):
+    """data.kwargs.pert_train_shift (+ model.kwargs.basal_residual): the training-split shift table is written
+    beside the maps, read back by predict and infer (a zeroed table changes the predictions), and the encoding
+    is the shift alone (only) or the one-hot and the shift (append)."""
+    from safetensors.torch import load_file, save_file
+
+    extra = [f"data.kwargs.pert_train_shift={mode}", "model.kwargs.basal_residual=true"]
+    assert main(make_train_args(tiny_toml, tmp_path, steps=3, extra=extra)) == 0
+    run = tmp_path / "run"
+    vd = json.loads((run / "var_dims.json").read_text())
+    table = load_file(run / "pert_train_shift.safetensors")["pert_train_shift"]
+    assert vd["pert_train_shift"] == mode and vd["cell_types"] == ["HepG2", "K562"]
+    assert table.shape == (3, 7, 24) and vd["pert_dim"] == 24 + (7 if mode == "append" else 0)
+    from state_tx.data import rms_scale
+
+    assert vd["pert_train_shift_scale"] > 0 and rms_scale(table) == pytest.approx(1.0, abs=1e-4)  # stored scaled
+    assert main(["predict", "--output-dir", str(run)]) == 0
+    pred = ad.read_h5ad(run / "eval_final" / "adata_pred.h5ad").X
+    out = tmp_path / "p.h5ad"
+    assert main(["infer", "--adata", str(tiny_h5ad), "--output", str(out), "--model-dir", str(run)]) == 0
+    assert np.isfinite(ad.read_h5ad(out).X).all()
+    save_file({"pert_train_shift": torch.zeros_like(table)}, run / "pert_train_shift.safetensors")
+    shutil.rmtree(run / "eval_final")
+    assert main(["predict", "--output-dir", str(run)]) == 0
+    assert not np.allclose(ad.read_h5ad(run / "eval_final" / "adata_pred.h5ad").X, pred)
+
+
+def test_pert_train_shift_only_refuses_a_features_file(tiny_toml, make_train_args, tmp_path, capsys):
+    feats = tmp_path / "f.pt"
+    torch.save({"a": torch.zeros(3)}, feats)
+    extra = ["data.kwargs.pert_train_shift=only", f"data.kwargs.perturbation_features_file={feats}"]
+    assert main(make_train_args(tiny_toml, tmp_path / "o", steps=1, extra=extra)) == 2
+    assert "pert_train_shift=append" in capsys.readouterr().err and not (tmp_path / "o").exists()

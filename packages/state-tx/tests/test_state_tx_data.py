@@ -148,3 +148,48 @@ def test_training_from_disk_equals_training_from_ram(tiny_toml, make_train_args,
                                     weights_only=True)["model"]
     for key, value in weights[2**30].items():
         torch.testing.assert_close(weights[0][key], value, msg=key)
+
+
+def test_train_shift_table_reads_the_training_split_only(tmp_path, tiny_adata):
+    """data.kwargs.pert_train_shift: entry [c, p] is p's mean shift in the OTHER cell types' TRAINING cells (the
+    mean-shift baseline's number for a held-out pair). Leakage guard: changing every held-out (val/test) cell
+    leaves the table unchanged, changing a training cell of another cell type does not."""
+    from state_tx.data import train_shift_table
+    from state_tx.evaluate import carried_shift, mean_shifts
+
+    perts = list(tiny_adata.uns["state_tx_synthetic"]["perturbations"])
+    h5ad = tmp_path / "screen.h5ad"
+    tiny_adata.write_h5ad(h5ad)
+    # K562 held out entirely (zero-shot test) and two HepG2 perturbations few-shot
+    toml = tmp_path / "t.toml"
+    toml.write_text(f'[datasets]\nscreen = "{h5ad}"\n[training]\nscreen = "train"\n[zeroshot]\n"screen.K562" = "test"\n'
+                    f'[fewshot."screen.HepG2"]\nval = ["{perts[0]}"]\ntest = ["{perts[1]}"]\n')
+
+    def table_of(adata):
+        adata.write_h5ad(h5ad)
+        metas, vocab, plans, _ = plan_splits(read_experiment_toml(toml), KW, seed=0)
+        return train_shift_table(metas, vocab, plans["train"]), vocab
+
+    table, vocab = table_of(tiny_adata.copy())
+    assert table.shape == (len(vocab.cell_types) + 1, len(vocab.perts), tiny_adata.obsm["X_hvg"].shape[1])
+    ct, pert = tiny_adata.obs["cell_type"].astype(str).to_numpy(), tiny_adata.obs["gene"].astype(str).to_numpy()
+    X = tiny_adata.obsm["X_hvg"]
+    held_out = (ct == "K562") & (pert != "non-targeting") | (ct == "HepG2") & np.isin(pert, perts[:2])
+    train = ~held_out & ~((ct == "K562") & (pert == "non-targeting"))  # K562's controls: no K562 shift is trained
+    shifts = mean_shifts([(lambda r: X[np.flatnonzero(train)][r], pert[train], ct[train])], "non-targeting")
+    k562, hepg2 = vocab.cell_types.index("K562"), vocab.cell_types.index("HepG2")
+    for p in perts:
+        want = carried_shift(shifts, "K562", p, X.shape[1])[0]  # the mean-shift baseline's carried shift
+        np.testing.assert_allclose(table[k562, vocab.perts.index(p)].numpy(), want, atol=1e-5)
+    # HepG2's own held-out perturbations: only K562's training cells could carry them, and K562 trains none
+    assert (table[hepg2, vocab.perts.index(perts[1])] == 0).all() and (table[:, 0] == 0).all()  # control: 0
+    assert (table[hepg2, vocab.perts.index(perts[2])] == 0).all()  # no OTHER cell type trains perts[2]
+
+    changed = tiny_adata.copy()
+    changed.obsm["X_hvg"] = X.copy()
+    changed.obsm["X_hvg"][held_out] += 5.0
+    torch.testing.assert_close(table_of(changed)[0], table)  # held-out cells never enter the table
+    changed.obsm["X_hvg"] = X.copy()
+    changed.obsm["X_hvg"][(ct == "HepG2") & (pert == perts[2])] += 5.0
+    assert not torch.equal(table_of(changed)[0][k562], table[k562])  # a training cell does
+    tiny_adata.write_h5ad(h5ad)

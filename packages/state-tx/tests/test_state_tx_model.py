@@ -171,3 +171,18 @@ def test_output_bias_init_starts_every_gene_alive(space):
     assert (out.mean((0, 1)) - mean).abs().mean() < err_default / 2
     with pytest.raises(UserError, match="output_bias_init"):
         StateTxConfig(input_dim=4, output_dim=4, pert_dim=2, output_bias_init="zeros")
+
+
+def test_basal_residual_starts_as_the_basal_cells_and_learns_a_shift():
+    """model.kwargs.basal_residual: the zero-initialised delta head predicts the control (basal) cells at step 0,
+    and its last layer gets a gradient (it can learn the shift); refused outside the gene space."""
+    c = tiny(basal_residual=True)
+    model = StateTransitionModel(c)
+    basal, pert, batch = inputs(c)
+    out = model(basal, pert, batch)
+    torch.testing.assert_close(out, basal)
+    set_loss(out, basal + 0.5, c.loss).backward()
+    assert model.project_out[-1].bias.grad.abs().sum() > 0
+    assert not torch.equal(StateTransitionModel(tiny())(basal, pert, batch), basal)  # the default is not so
+    with pytest.raises(UserError, match="basal_residual"):
+        tiny(basal_residual=True, output_space="all")

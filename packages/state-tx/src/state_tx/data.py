@@ -33,6 +33,9 @@ SCAN_ROWS = 8192  # rows per chunk when checking a matrix for NaN/inf
 IN_MEMORY_BYTES = 256 * 2**20  # matrices below this are read once into RAM (per process); larger stay on disk
 
 
+PERT_TRAIN_SHIFT = ("off", "append", "only")
+
+
 @dataclass
 class DataKwargs:
     """`data.kwargs.*` of the seed (cell-load's PerturbationDataModule arguments we implement)."""
@@ -45,12 +48,27 @@ class DataKwargs:
     output_space: str = "gene"  # gene: obsm['X_hvg'] (HVGs) | all: X (all genes)
     basal_mapping_strategy: str = "random"  # random: control of the same cell type | batch: same cell type and batch
     perturbation_features_file: str | None = None  # .pt {perturbation: vector}, e.g. ESM2 of the target gene
+    # each perturbation's mean shift measured on the TRAINING split in the OTHER cell types (the mean-shift baseline's
+    # quantity, see train_shift_table) as (part of) its encoding: off | append (after the one-hot / feature vector)
+    # | only (the shift alone: the model cannot tell perturbations apart except by their training response)
+    pert_train_shift: str = "off"
+    # rms: the shift table divided by the root mean square of its non-zero entries (entries of order 1, like the
+    # one-hot's; the raw log-scale shifts are mostly ~0.1 and vanish beside the basal encoding); none: raw
+    pert_train_shift_scale: str = "rms"
     should_yield_control_cells: bool = True  # control sentences (control -> control) in training
     num_workers: int = field(default=0, metadata=opt.bounds(ge=0))
 
     def __post_init__(self) -> None:
         if self.output_space not in ("gene", "all"):
             raise UserError(f"data.kwargs.output_space={self.output_space!r}; choose gene (obsm['X_hvg']) or all (X)")
+        if self.pert_train_shift not in PERT_TRAIN_SHIFT:
+            raise UserError(f"data.kwargs.pert_train_shift={self.pert_train_shift!r}; choose off, append (the training "
+                            "mean shift after the one-hot) or only (the shift alone)")
+        if self.pert_train_shift_scale not in ("rms", "none"):
+            raise UserError(f"data.kwargs.pert_train_shift_scale={self.pert_train_shift_scale!r}; choose rms or none")
+        if self.pert_train_shift == "only" and self.perturbation_features_file:
+            raise UserError("data.kwargs.pert_train_shift=only encodes a perturbation by its training shift alone, so "
+                            "data.kwargs.perturbation_features_file would be unused; use pert_train_shift=append")
         if self.basal_mapping_strategy not in ("random", "batch"):
             raise UserError(f"data.kwargs.basal_mapping_strategy={self.basal_mapping_strategy!r}; choose random or batch")
 
@@ -653,6 +671,44 @@ def load_perturbation_features(path: str, perts: list[str], control_pert: str, t
     return out
 
 
+def train_shift_table(metas: list[FileMeta], vocab: Vocab, train_plan: SplitPlan) -> torch.Tensor:
+    """[n_cell_types + 1, n_perts, G] float32 (data.kwargs.pert_train_shift): entry [c, p] = perturbation p's mean
+    shift (its cells' mean minus the same cell type's control mean) averaged over the cell types OTHER than c that
+    have p in the TRAINING split; the last row (a cell type training never saw) averages all of them; controls and
+    perturbations no other cell type trains on get 0.
+
+    Read from `train_plan` only (its perturbed groups and control pools, as the mean-shift baseline): cells of the
+    val/test splits never enter it, so a held-out (cell type, perturbation) pair's entry is exactly what the
+    mean-shift baseline carries over, and a training pair's entry leaves its own cells out as well (the model sees
+    in training what it is given at test time).
+    """
+    from state_tx.evaluate import carried_shift
+    from state_tx.predict import training_shifts
+
+    shifts = training_shifts(metas, vocab, train_plan, vocab.control_pert)
+    n_genes = metas[0].source.n_features
+    table = np.zeros((len(vocab.cell_types) + 1, len(vocab.perts), n_genes), np.float32)
+    for c, ct in enumerate(list(vocab.cell_types) + [None]):
+        for p, pert in enumerate(vocab.perts):
+            if pert != vocab.control_pert:
+                table[c, p] = carried_shift(shifts, ct, pert, n_genes)[0]
+    return torch.from_numpy(table)
+
+
+def rms_scale(table: torch.Tensor) -> float:
+    """Root mean square of a shift table's non-zero entries (1 for an all-zero table)."""
+    nz = table[table != 0]
+    return float(nz.double().pow(2).mean().sqrt()) if nz.numel() else 1.0
+
+
+def pert_inputs(pert_table: torch.Tensor, shift_table: torch.Tensor | None, pert_idx: int, cell_type_idx: int) -> torch.Tensor:
+    """A perturbation's input vector: its row of pert_table (0 columns under pert_train_shift=only), then (with
+    pert_train_shift) its carried training shift."""
+    if shift_table is None:
+        return pert_table[pert_idx]
+    return torch.cat([pert_table[pert_idx], shift_table[cell_type_idx, pert_idx]])
+
+
 # ------------------------------------------------------------------------------ the data set
 class SentenceDataset(Dataset):
     """Cell sentences of one split. Item i is deterministic given (seed, i): its cells are fixed at
@@ -668,8 +724,9 @@ class SentenceDataset(Dataset):
     """
 
     def __init__(self, metas: list[FileMeta], plan: SplitPlan, pert_table: torch.Tensor, cell_set_len: int,
-                 seed: int, passes: int = 1):
+                 seed: int, passes: int = 1, shift_table: torch.Tensor | None = None):
         self.metas, self.plan, self.pert_table, self.S, self.seed = metas, plan, pert_table, cell_set_len, seed
+        self.shift_table = shift_table  # data.kwargs.pert_train_shift (train_shift_table)
         self.passes = max(int(passes), 1)
         files, cells, pools = [], [], []
         for (fid, rows), pool in zip(plan.groups, plan.group_pool):
@@ -699,13 +756,13 @@ class SentenceDataset(Dataset):
         _, ctrl_rows = self.plan.pools[self.pool[i]]
         rng = np.random.default_rng([self.seed, 7919, i, draw])
         basal_rows = rng.choice(ctrl_rows, self.S, replace=len(ctrl_rows) < self.S)
-        pert_idx = int(meta.pert[rows[0]])
+        pert_idx, ct_idx = int(meta.pert[rows[0]]), int(meta.cell_type[rows[0]])
         return {
             "basal": torch.from_numpy(meta.source.read_rows(basal_rows)),
             "target": torch.from_numpy(meta.source.read_rows(rows)),
-            "pert": self.pert_table[pert_idx].expand(self.S, -1).clone(),
+            "pert": pert_inputs(self.pert_table, self.shift_table, pert_idx, ct_idx).expand(self.S, -1).clone(),
             "batch": torch.from_numpy(meta.batch[rows].astype(np.int64)),
             "pert_idx": torch.tensor(pert_idx),
-            "cell_type_idx": torch.tensor(int(meta.cell_type[rows[0]])),
+            "cell_type_idx": torch.tensor(ct_idx),
             "file_id": torch.tensor(int(self.file_id[i])),
         }

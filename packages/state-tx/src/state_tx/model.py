@@ -63,6 +63,10 @@ class StateTxConfig:
     # final ReLU, a gene whose output starts negative for every cell gets no gradient and stays 0 for good:
     # on a screen with highly expressed genes that dominated the MSE); torch: PyTorch's default (arc-state)
     output_bias_init: str = "mean"
+    # a zero-initialised delta head in gene space: out = ReLU(basal cell + decoder(...)), the decoder's last layer
+    # starting at zero weights and bias, so a fresh model predicts its control (basal) cells and learns the shift
+    # (output_bias_init is then unused); False = arc-state's latent residual (decoder(hidden + basal encoding))
+    basal_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -72,6 +76,10 @@ class StateTxConfig:
         if self.output_bias_init not in ("mean", "torch"):
             raise UserError(f"model.kwargs.output_bias_init={self.output_bias_init!r}; choose mean (the training "
                             "mean per gene) or torch (PyTorch's default, as arc-state)")
+        if self.basal_residual and (self.output_space != "gene" or self.input_dim != self.output_dim):
+            raise UserError("model.kwargs.basal_residual=true needs output_space gene (the basal cells and the "
+                            "predictions in one gene space); output_space all already adds the basal cell "
+                            "(predict_residual): set model.kwargs.basal_residual=false")
         if self.cell_set_len < 2:
             raise UserError("model.kwargs.cell_set_len must be >= 2 (the loss compares sets of cells)")
         if min(self.hidden_dim, self.n_heads, self.head_dim, self.n_layers, self.n_encoder_layers,
@@ -257,6 +265,9 @@ class StateTransitionModel(nn.Module):
                 nn.Linear(max(c.output_dim // 8, 1), c.output_dim),
             )
         self.apply(self._init_weights)
+        if c.basal_residual:
+            nn.init.zeros_(self.project_out[-1].weight)
+            nn.init.zeros_(self.project_out[-1].bias)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -277,6 +288,8 @@ class StateTransitionModel(nn.Module):
         c = self.config
         if c.predict_residual and c.output_space == "all":
             out = self.final_down_then_up(self.project_out(hidden) + basal)
+        elif c.basal_residual:  # the delta head: basal cell + a shift that starts at 0
+            out = basal + self.project_out(hidden + control if c.predict_residual else hidden)
         elif c.predict_residual:
             out = self.project_out(hidden + control)  # residual in the latent space, as arc-state
         else:

@@ -23,6 +23,7 @@ from ftcore.errors import UserError
 from ftcore.io import atomic_write_h5ad, check_output_dir, claim_outputs
 from ftcore.training import resolve_device
 
+from state_tx.data import pert_inputs
 from state_tx.model import ARC_STATE_SKIP, StateTransitionModel, StateTxConfig, arc_state_to_ours, check_finite_params
 from state_tx.config import RunConfig, load_run_config
 
@@ -39,6 +40,14 @@ class TrainedRun:
     pert_table: torch.Tensor
     model: StateTransitionModel
     checkpoint: Path
+    # data.kwargs.pert_train_shift: [n_cell_types + 1, n_perts, G] (data.train_shift_table) and its cell types
+    shift_table: torch.Tensor | None = None
+    cell_types: list[str] | None = None
+
+    def cell_type_index(self, name: str) -> int:
+        """Row of shift_table for a cell type (a cell type training never saw: the last row)."""
+        names = self.cell_types or []
+        return names.index(name) if name in names else len(names)
 
 
 def resolve_checkpoint(model_dir: Path, checkpoint: str | None) -> Path:
@@ -111,6 +120,11 @@ def load_run(model_dir: str | Path | None, checkpoint: str | None = None, trust_
         pert_table = sd["pert_features"]
     else:
         pert_table = torch.eye(len(perts))
+    shift_table = None
+    if var_dims.get("pert_train_shift", "off") != "off":
+        shift_table = read_state_dict(model_dir / "pert_train_shift.safetensors")["pert_train_shift"]
+        if var_dims["pert_train_shift"] == "only":
+            pert_table = pert_table[:, :0]
     model = StateTransitionModel(mcfg)
     obj = read_checkpoint(ckpt, trust_pickle=trust_checkpoint)
     if arc.is_lightning(obj):
@@ -129,7 +143,8 @@ def load_run(model_dir: str | Path | None, checkpoint: str | None = None, trust_
         print(report.format(str(ckpt), "state-tx model"))
     check_finite_params(model)
     model.to(resolve_device(device)).eval()
-    return TrainedRun(model_dir, cfg, var_dims, perts, batches, pert_table, model, ckpt)
+    return TrainedRun(model_dir, cfg, var_dims, perts, batches, pert_table, model, ckpt, shift_table,
+                      var_dims.get("cell_types"))
 
 
 def load_arc_run(model_dir: Path, checkpoint: str | None, trust_checkpoint: bool, device: str) -> TrainedRun:
@@ -207,7 +222,8 @@ def load_arc_run(model_dir: Path, checkpoint: str | None, trust_checkpoint: bool
 @torch.no_grad()
 def simulate(run: TrainedRun, read: Callable[[np.ndarray], np.ndarray],
              groups: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]], seed: int, batch_size: int = 16) -> list[np.ndarray]:
-    """Predictions per group. groups: (rows [n], control pool rows [m], pert index, batch codes [n]).
+    """Predictions per group. groups: (rows [n], control pool rows [m], pert index, batch codes [n], cell type
+    row of run.shift_table (used with data.kwargs.pert_train_shift)).
 
     Full-length sets run batch_size at a time; a group's last, shorter set runs on its own (the
     model has no positions, so any set size is valid).
@@ -217,7 +233,7 @@ def simulate(run: TrainedRun, read: Callable[[np.ndarray], np.ndarray],
     rng = np.random.default_rng(seed)
     out = [np.zeros((len(g[0]), model.config.output_dim), np.float32) for g in groups]
     windows = []  # (group id, start, end, basal rows)
-    for gid, (rows, pool, _, _) in enumerate(groups):
+    for gid, (rows, pool, *_) in enumerate(groups):
         for start in range(0, len(rows), S):
             end = min(start + S, len(rows))
             windows.append((gid, start, end, rng.choice(pool, end - start, replace=True)))
@@ -226,7 +242,8 @@ def simulate(run: TrainedRun, read: Callable[[np.ndarray], np.ndarray],
     chunks = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + short
     for chunk in chunks:
         basal = torch.from_numpy(np.stack([read(w[3]) for w in chunk])).to(device)
-        pert = torch.stack([run.pert_table[groups[w[0]][2]].expand(w[2] - w[1], -1) for w in chunk]).to(device)
+        pert = torch.stack([pert_inputs(run.pert_table, run.shift_table, groups[w[0]][2], groups[w[0]][4])
+                            .expand(w[2] - w[1], -1) for w in chunk]).to(device)
         batch = torch.from_numpy(np.stack([groups[w[0]][3][w[1]:w[2]] for w in chunk]).astype(np.int64)).to(device)
         pred = model(basal, pert, batch).float().cpu().numpy()
         for w, p in zip(chunk, pred):
@@ -340,7 +357,7 @@ def infer(adata_path: str, output: str, model_dir: str, checkpoint: str | None =
                 sub = rows[keys == k]
                 pool = ct_ctrl[batch[ct_ctrl] == k] if by_batch else ct_ctrl
                 pool = pool if len(pool) else (ct_ctrl if len(ct_ctrl) else all_ctrl)  # fall back as arc-state
-                groups.append((sub, pool, p_ix[p], batch[sub]))
+                groups.append((sub, pool, p_ix[p], batch[sub], run.cell_type_index(str(c))))
                 index.append(sub)
     preds = simulate(run, lambda r: M[r], groups, seed, batch_size)
     X = np.zeros((adata.n_obs, run.model.config.output_dim), np.float32)
@@ -399,7 +416,8 @@ def predict(model_dir: str, checkpoint: str | None = "final.ckpt", split: str = 
         mine = [e for e in entries if e[0] == fid]
         if not mine:
             continue
-        groups = [(rows, plan.pools[pid][1], int(meta.pert[rows[0]]), meta.batch[rows]) for _, rows, pid in mine]
+        groups = [(rows, plan.pools[pid][1], int(meta.pert[rows[0]]), meta.batch[rows],
+                   run.cell_type_index(vocab.cell_types[meta.cell_type[rows[0]]])) for _, rows, pid in mine]
         preds += simulate(run, meta.source.read_rows, groups, seed, batch_size)
         for _, rows, _ in mine:
             reals.append(meta.source.read_rows(rows))

@@ -36,6 +36,8 @@ from state_tx.data import (
     load_perturbation_features,
     plan_splits,
     read_experiment_toml,
+    rms_scale,
+    train_shift_table,
 )
 from state_tx.model import (
     ARC_STATE_SKIP,
@@ -82,6 +84,7 @@ class Setup:
     model_cfg: StateTxConfig
     vocab: Vocab
     pert_table: torch.Tensor  # [n_perts, pert_dim]
+    shift_table: torch.Tensor | None  # [n_cell_types + 1, n_perts, G] with data.kwargs.pert_train_shift
     train: SentenceDataset
     val: SentenceDataset | None
     test_plan: Any
@@ -115,24 +118,34 @@ def setup(cfg: RunConfig, scan: bool = True, trust_checkpoint: bool = False) -> 
     else:
         pert_table = torch.eye(len(vocab.perts))
     ref = metas[0].source
-    mcfg = model_config(cfg, ref.n_features, pert_table.shape[1], len(vocab.batches))
+    # measured on the training split only (never a val/test cell): data.train_shift_table
+    shift_table = train_shift_table(metas, vocab, plans["train"]) if kw.pert_train_shift != "off" else None
+    shift_scale = rms_scale(shift_table) if shift_table is not None and kw.pert_train_shift_scale == "rms" else 1.0
+    if shift_table is not None:
+        shift_table = shift_table / shift_scale  # stored so: predict and infer read the scaled table
+    if kw.pert_train_shift == "only":
+        pert_table = pert_table[:, :0]  # no identity columns: the training shift is the whole encoding
+    pert_dim = pert_table.shape[1] + (shift_table.shape[2] if shift_table is not None else 0)
+    mcfg = model_config(cfg, ref.n_features, pert_dim, len(vocab.batches))
     seed = cfg.training.train_seed
-    train_ds = SentenceDataset(metas, plans["train"], pert_table, mcfg.cell_set_len, seed)
+    train_ds = SentenceDataset(metas, plans["train"], pert_table, mcfg.cell_set_len, seed, shift_table=shift_table)
     # one Trainer epoch ~ val_freq steps (STATE validates every val_freq steps, not per pass)
     # (no more passes than max_steps needs, and a length a DataLoader can count)
     steps = min(cfg.training.val_freq, cfg.training.max_steps)
     passes = -(-steps * cfg.training.batch_size * world_size() // max(train_ds.n_sentences, 1))
     train_ds.passes = int(max(1, min(passes, 2**31 // max(train_ds.n_sentences, 1))))
-    val_ds = SentenceDataset(metas, plans["val"], pert_table, mcfg.cell_set_len, seed + 1) if plans["val"].groups else None
+    val_ds = (SentenceDataset(metas, plans["val"], pert_table, mcfg.cell_set_len, seed + 1, shift_table=shift_table)
+              if plans["val"].groups else None)
     var_dims = {
         "input_dim": mcfg.input_dim, "output_dim": mcfg.output_dim, "pert_dim": mcfg.pert_dim,
         "batch_dim": mcfg.batch_dim, "gene_dim": ref.n_features, "output_space": kw.output_space,
         "matrix_key": ref.matrix_key, "gene_names": [str(g) for g in ref.gene_names],
         "pert_col": kw.pert_col, "cell_type_key": kw.cell_type_key, "batch_col": kw.batch_col,
         "control_pert": kw.control_pert, "pert_rep": "features" if kw.perturbation_features_file else "onehot",
+        "pert_train_shift": kw.pert_train_shift, "pert_train_shift_scale": shift_scale, "cell_types": list(vocab.cell_types),
         "expression_kind": kind,  # by ftcore.data's rule: inference refuses input of another kind
     }
-    return Setup(cfg, mcfg, vocab, pert_table, train_ds, val_ds, plans["test"], metas, plans, var_dims, summary)
+    return Setup(cfg, mcfg, vocab, pert_table, shift_table, train_ds, val_ds, plans["test"], metas, plans, var_dims, summary)
 
 
 def check_training_values(metas: list, verbose: bool = True) -> str:
@@ -182,6 +195,11 @@ def write_artefacts(s: Setup) -> None:
         from ftcore.checkpoint import write_checkpoint
 
         write_checkpoint(out / "pert_features.safetensors", {"pert_features": s.pert_table.contiguous()}, "safetensors")
+    if s.shift_table is not None:
+        from ftcore.checkpoint import write_checkpoint
+
+        write_checkpoint(out / "pert_train_shift.safetensors", {"pert_train_shift": s.shift_table.contiguous()},
+                         "safetensors")
     atomic_write_json(out / "data_module.json", {
         "toml_config_path": s.cfg.data.kwargs.toml_config_path,
         "files": s.summary,
@@ -431,7 +449,7 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False, overwrite: bool = Fals
     train_cfg = train_config(cfg, s.val is not None)  # the core's checks of the loop settings
     seed_everything(cfg.training.train_seed)  # the initial weights too depend on the seed alone
     model = StateTransitionModel(s.model_cfg)
-    if s.model_cfg.output_bias_init == "mean":
+    if s.model_cfg.output_bias_init == "mean" and not s.model_cfg.basal_residual:
         model.init_output_bias(training_mean(s))
     init_report = None
     if cfg.model.kwargs.get("init_from"):
