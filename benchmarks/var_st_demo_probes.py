@@ -17,7 +17,7 @@ test slide:
     components, RBF kernel ridge on 32 (how much a nonlinear map could add over ridge) and a one-layer
     network on 32 (with and without the coordinates) trained for the demo's stage-2 steps;
   - ridge's own prediction encoded into stage-1 tokens and decoded again (do tokens that reach ridge exist?).
-A variant is JSON: {"vq": {...VQVAEConfig keys}, "var": {...VARConfig keys}, "s1": {epochs, lr,
+A variant is JSON: {"vq": {...VQVAEConfig keys}, "var": {...VARConfig keys}, "s1": {epochs, lr, weight_decay,
 batch_size}, "s2": {...}, "data": {"grid": 18, "seed": 0}}, merged over the demo's settings.
 """
 
