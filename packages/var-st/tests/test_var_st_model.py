@@ -503,3 +503,77 @@ def test_spatial_average_known_case_stays_within_each_slide():
     # spot 0's nearest pair is {0, 1}; spot 2's is {2, 1}; slide 1's two spots average each other only
     torch.testing.assert_close(torch.as_tensor(out), torch.tensor([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0], [7.0, 8.0], [7.0, 8.0]]))
     torch.testing.assert_close(torch.as_tensor(spatial_average(x, xy, slides, 1)), torch.as_tensor(x))
+
+
+def test_condition_path_knobs_are_opt_in_and_keep_the_kv_cache_exact():
+    # round 4 of the demo probes: condition_to_tokens, adaln_init_std, condition_layers, histology_standardise
+    plain = tiny_model(stage=2)
+    torch.manual_seed(0)
+    knobs = {"condition_to_tokens": True, "adaln_init_std": 0.05, "condition_layers": 2, "histology_standardise": True}
+    model = TwoStageVARST(num_genes=G, vqvae_config=VQ, var_config={**VAR, **knobs}, current_stage=2)
+    new = set(model.state_dict()) - set(plain.state_dict())
+    assert new == {"var.condition_tokens.weight", "var.condition_tokens.bias", "var.condition_mlp.3.weight",
+                   "var.condition_mlp.3.bias", "var.histology_mean", "var.histology_scale"}
+    assert set(plain.state_dict()) <= set(model.state_dict())  # the defaults keep the old keys exactly
+    assert all(float(b.ada[1].weight.detach().abs().sum()) == 0 for b in plain.var.blocks)  # AdaLN-Zero by default
+    assert all(float(b.ada[1].weight.detach().std()) == pytest.approx(0.05, rel=0.2) for b in model.var.blocks)
+    # condition_to_tokens: the condition reaches every token's embedding, not only the start token
+    h, c = torch.randn(4, 12), torch.randn(4, 2)
+    nxt = torch.randn(4, model.vqvae.seq_len - 1, VQ["embed_dim"])
+    cond = model.var.condition(h, c)
+    emb = model.var._embed(cond, nxt, 0, model.vqvae.seq_len)
+    emb_other = model.var._embed(cond + 1.0, nxt, 0, model.vqvae.seq_len)
+    assert (emb - emb_other)[:, 1:].abs().amax() > 0
+    plain_emb = plain.var._embed(cond, nxt, 0, model.vqvae.seq_len)
+    torch.testing.assert_close(plain_emb[:, 1:], plain.var._embed(cond + 1.0, nxt, 0, model.vqvae.seq_len)[:, 1:])
+    # the cached scale-by-scale decoding still equals the full teacher-forced forward with every knob on
+    model.eval()
+    tokens = torch.randint(0, 32, (4, model.vqvae.seq_len))
+    full = model(h, c, tokens)
+    q, caches = model.vqvae.quantizer, [KVCache() for _ in model.var.blocks]
+    scales, f_hat, inputs, outs = model.vqvae.split_scales(tokens), None, None, []
+    for k in range(len(scales)):
+        outs.append(model.var.step(cond, inputs, k, caches))
+        part = q.embed_scale(scales[k], k)
+        f_hat = part if f_hat is None else f_hat + part
+        if k + 1 < len(scales):
+            inputs = q.next_scale_input(f_hat, k + 1)
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_histology_standardise_makes_the_condition_blind_to_per_feature_units():
+    # fit on the training features, the condition of features in other units (per-feature scale and offset,
+    # as ridge's StandardScaler sees them) is the same
+    torch.manual_seed(0)
+    model = TwoStageVARST(num_genes=G, vqvae_config=VQ, var_config={**VAR, "histology_standardise": True},
+                          current_stage=2).eval()
+    h, c = torch.randn(50, 12), torch.randn(50, 2)
+    scale, offset = torch.rand(12) * 10 + 0.1, torch.randn(12) * 5
+    model.var.fit_histology_scaler(h)
+    a = model.var.condition(h, c)
+    model.var.fit_histology_scaler(h * scale + offset)
+    torch.testing.assert_close(model.var.condition(h * scale + offset, c), a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.var.histology_mean, (h * scale + offset).mean(0))
+    plain = tiny_model(stage=2).eval()  # without it the units matter
+    assert not torch.allclose(plain.var.condition(h * scale + offset, c), plain.var.condition(h, c), atol=1e-3)
+
+
+def test_stage2_training_fits_the_histology_scaler_on_the_training_spots(tiny, tmp_path):
+    from var_st.data import load_spots
+    from var_st.train import train_stage2
+
+    data = load_spots(tiny.adata(), source="t", num_genes=G)
+    torch.manual_seed(0)
+    model = TwoStageVARST(num_genes=G, vqvae_config=VQ,
+                          var_config={**VAR, "histology_dim": tiny.hist, "histology_standardise": True,
+                                      "histology_projection": "pca"}, current_stage=2)
+    model.vqvae.fit_gene_stats(torch.as_tensor(data.expression[data.split["train"]]))
+    model.stage1_source = "in memory"
+    train_stage2(model, data, tmp_path / "s2", {"epochs": 1, "batch_size": 8, "lr": 1e-3, "seed": 0, "device": "cpu",
+                                                "progress": False, "compile": "off"}, {})
+    tr = torch.as_tensor(data.histology[data.split["train"]]).double()
+    torch.testing.assert_close(model.var.histology_mean.double(), tr.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.var.histology_scale.double(), tr.std(0), atol=1e-4, rtol=1e-4)
+    # the pca projection was fitted on the standardised features: they come out centred
+    z = (tr.float() - model.var.histology_mean) / model.var.histology_scale
+    assert model.var.histology_embed(z).mean(0).abs().max() < 1e-3

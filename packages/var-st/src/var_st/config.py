@@ -91,6 +91,16 @@ class VARConfig:
     # nearest spots of the same slide (itself included; 1 = its own): counting noise is independent per spot
     # while the programs vary smoothly in space, so the averaged profile's tokens are what histology predicts
     target_smoothing_spots: int = _b(1, ge=1, le=1000)
+    # the condition path (all off by default, round 4 of the demo probes): condition_to_tokens adds a linear
+    # map of the condition to every token's embedding (not only the start token and the norms);
+    # adaln_init_std > 0 starts the AdaLN modulations (scale, shift, gates) from N(0, std) weights instead of
+    # zeros (AdaLN-Zero: every block starts as the identity); condition_layers = the number of GELU + linear
+    # layers of the condition MLP (1 as before); histology_standardise z-scores each histology feature with the
+    # training spots' mean and sd (as ridge's StandardScaler does) before the projection
+    condition_to_tokens: bool = False
+    adaln_init_std: float = _b(0.0, ge=0, le=10)
+    condition_layers: int = _b(1, ge=1, le=16)
+    histology_standardise: bool = False
 
     def __post_init__(self) -> None:
         if self.histology_projection not in ("learned", "pca"):

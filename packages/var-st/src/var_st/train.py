@@ -158,6 +158,8 @@ def train_stage2(model: TwoStageVARST, data: SpotData, out_dir: Path, run: RunSe
     if k_smooth > 1:  # training spots only: validation keeps the measured tokens
         targets[tr] = _tensor(spatial_average(data.expression[tr], data.coords[tr], data.slides[tr], k_smooth))
     tokens = stage1_tokens(model, targets, run.device)
+    if model.var_config.histology_standardise:  # data-derived, before the pca fit (which sees the scaled features)
+        model.var.fit_histology_scaler(h[tr])
     if model.var_config.histology_projection == "pca":  # data-derived; a resumed run loads its checkpoint over it
         model.var.fit_histology_pca(h[tr])
     V, smoothing = model.var_config.vocab_size, model.var_config.label_smoothing

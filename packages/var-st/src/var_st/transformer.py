@@ -65,8 +65,11 @@ class AdaLNBlock(nn.Module):
                                  nn.Linear(cfg.feedforward_dim, E))
         self.drop = nn.Dropout(cfg.dropout)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.condition_embed_dim, 6 * E))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)  # every block starts as the identity
+        if cfg.adaln_init_std > 0:  # the condition modulates every block from the first step
+            nn.init.normal_(self.ada[1].weight, std=cfg.adaln_init_std)
+        else:
+            nn.init.zeros_(self.ada[1].weight)  # AdaLN-Zero: every block starts as the identity
+        nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x, cond, scale_sizes=None, cache=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None].chunk(6, -1)
@@ -91,7 +94,12 @@ class GeneVARTransformer(nn.Module):
         self.histology_drop = nn.Dropout(cfg.histology_dropout)  # no weights: checkpoints keep their keys
         self.histology_embed = nn.Sequential(nn.LayerNorm(cfg.histology_dim), nn.Linear(cfg.histology_dim, C))
         self.coord_embed = nn.Sequential(nn.Linear(cfg.coord_dim, C), nn.GELU(), nn.Linear(C, C))
-        self.condition_mlp = nn.Sequential(nn.GELU(), nn.Linear(C, C))
+        self.condition_mlp = nn.Sequential(*[m for _ in range(cfg.condition_layers) for m in (nn.GELU(), nn.Linear(C, C))])
+        if cfg.histology_standardise:  # set from the training spots by fit_histology_scaler; saved with the weights
+            self.register_buffer("histology_mean", torch.zeros(cfg.histology_dim))
+            self.register_buffer("histology_scale", torch.ones(cfg.histology_dim))
+        # the condition added to every token's embedding (None: only the start token and the norms see it)
+        self.condition_tokens = nn.Linear(C, E) if cfg.condition_to_tokens else None
         self.start_token = nn.Linear(C, E)
         self.word_embed = nn.Linear(token_dim, E)
         self.level_embed = nn.Embedding(len(scale_sizes), E)
@@ -111,6 +119,8 @@ class GeneVARTransformer(nn.Module):
         where per-spot noise would let the transformer tell training spots apart."""
         norm, proj = self.histology_embed
         norm.reset_parameters()
+        if self.cfg.histology_standardise:  # the directions of the features the condition sees
+            histology = (histology.to(self.histology_mean) - self.histology_mean) / self.histology_scale
         z = norm(histology.float().to(proj.weight.device)).double()
         mean = z.mean(0)
         _, s, vh = torch.linalg.svd(z - mean, full_matrices=False)
@@ -123,8 +133,18 @@ class GeneVARTransformer(nn.Module):
         proj.bias.copy_((-(w @ mean)).to(proj.bias.dtype))
         self.histology_embed.requires_grad_(False)
 
+    @torch.no_grad()
+    def fit_histology_scaler(self, histology: torch.Tensor) -> None:
+        """histology_standardise: each feature's mean and sd over the training spots (sd 0 -> 1)."""
+        h = histology.double()
+        sd = h.std(0)
+        self.histology_mean.copy_(h.mean(0).to(self.histology_mean))
+        self.histology_scale.copy_(torch.where(sd > 0, sd, torch.ones_like(sd)).to(self.histology_scale))
+
     def condition(self, histology: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """[B, F] + [B, 2] -> condition embedding [B, C]."""
+        if self.cfg.histology_standardise:
+            histology = (histology - self.histology_mean) / self.histology_scale
         xy = self.coord_embed(coords)
         if self.cfg.coord_dropout >= 1:  # histology alone; kept in the graph (DDP expects every weight's gradient)
             xy = xy * 0
@@ -140,6 +160,8 @@ class GeneVARTransformer(nn.Module):
         if next_inputs is not None:
             parts.append(self.word_embed(next_inputs))
         x = torch.cat(parts, 1)
+        if self.condition_tokens is not None:
+            x = x + self.condition_tokens(cond)[:, None]
         pos = slice(start, start + length)
         return x + self.pos_embed[pos] + self.level_embed(self.levels[pos])
 
