@@ -40,26 +40,9 @@ import torch
 from ftcore.metrics import pearson_per_gene
 from var_st import cli
 from var_st.data import SpotData
-from var_st import train as _train
-from var_st.config import RunSettings
 from var_st.model import PRESETS, TwoStageVARST, VARConfig, VQVAEConfig
 from var_st.predict import predict_expression, ridge_baseline
 from var_st.train import train_stage1, train_stage2
-
-# Trainer settings that are not var-st run settings (`precision`, a variant's "weight_decay"): given to
-# ftcore's TrainConfig through the package's _train_config, which takes them as fields
-TRAINER_EXTRA: dict = {}
-_train_config = _train._train_config
-_train._train_config = lambda out_dir, run, n_train, **kw: _train_config(out_dir, run, n_train, **{**TRAINER_EXTRA, **kw})
-RUN_KEYS = set(RunSettings.__dataclass_fields__)
-
-
-def run_settings(common: dict, stage: dict) -> dict:
-    """The RunSettings keys of common + a stage's spec; the rest (weight_decay, precision) -> TRAINER_EXTRA."""
-    both = {**common, **stage}
-    TRAINER_EXTRA.clear()
-    TRAINER_EXTRA.update({k: v for k, v in both.items() if k not in RUN_KEYS})
-    return {k: v for k, v in both.items() if k in RUN_KEYS}
 
 BASE = {"vq": {}, "var": {}, "data": {"grid": 18, "seed": 0},
         "s1": {"epochs": cli.DEMO_RUN["stage1_epochs"], "lr": cli.DEMO_RUN["stage1_lr"],
@@ -227,7 +210,7 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
     s1_path = (data_dir / "stage1_cache" / f"{s1_key}.ckpt") if data_dir else None
     with tempfile.TemporaryDirectory() as tmp:
         if s1_path is None or not s1_path.exists():  # stage 1 of this config, data and seed: once
-            r1 = train_stage1(model, data, Path(tmp) / "s1", run_settings(common, spec["s1"]), {})
+            r1 = train_stage1(model, data, Path(tmp) / "s1", {**common, **spec["s1"]}, {})
             if s1_path is not None:
                 s1_path.parent.mkdir(exist_ok=True)
                 shutil.copy(r1.best_path, s1_path)
@@ -237,7 +220,7 @@ def run_variant(spec: dict, seed: int, cache: dict, device: str = "cpu", data_di
         t1 = time.time() - t0
         torch.manual_seed(seed)
         model = TwoStageVARST.from_stage1(s1_path, var)
-        r2 = train_stage2(model, data, Path(tmp) / "s2", run_settings(common, spec["s2"]), {})
+        r2 = train_stage2(model, data, Path(tmp) / "s2", {**common, **spec["s2"]}, {})
         if data_dir is not None:
             (data_dir / "models").mkdir(exist_ok=True)
             model.save_complete_model(data_dir / "models" / f"{s1_key}_{hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]}.ckpt")
