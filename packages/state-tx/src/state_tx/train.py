@@ -191,13 +191,11 @@ def write_artefacts(s: Setup) -> None:
     atomic_write_json(out / "pert_onehot_map.json", {p: i for i, p in enumerate(s.vocab.perts)})
     atomic_write_json(out / "cell_type_onehot_map.json", {c: i for i, c in enumerate(s.vocab.cell_types)})
     atomic_write_json(out / "batch_onehot_map.json", {b: i for i, b in enumerate(s.vocab.batches)})
-    if s.var_dims["pert_rep"] == "features":
-        from ftcore.checkpoint import write_checkpoint
+    from ftcore.checkpoint import write_checkpoint
 
+    if s.var_dims["pert_rep"] == "features":
         write_checkpoint(out / "pert_features.safetensors", {"pert_features": s.pert_table.contiguous()}, "safetensors")
     if s.shift_table is not None:
-        from ftcore.checkpoint import write_checkpoint
-
         write_checkpoint(out / "pert_train_shift.safetensors", {"pert_train_shift": s.shift_table.contiguous()},
                          "safetensors")
     atomic_write_json(out / "data_module.json", {
