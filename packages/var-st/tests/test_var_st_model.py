@@ -74,6 +74,19 @@ def test_teacher_forcing_inputs_have_one_row_per_non_first_token():
     assert inputs.shape == (3, model.vqvae.seq_len - 1, 8)
 
 
+def cached_step_logits(model, cond, tokens):
+    """The logits of scale-by-scale decoding with the KV cache, fed the true tokens of each scale."""
+    q, caches = model.vqvae.quantizer, [KVCache() for _ in model.var.blocks]
+    scales, f_hat, inputs, outs = model.vqvae.split_scales(tokens), None, None, []
+    for k in range(len(scales)):
+        outs.append(model.var.step(cond, inputs, k, caches))
+        part = q.embed_scale(scales[k], k)
+        f_hat = part if f_hat is None else f_hat + part
+        if k + 1 < len(scales):
+            inputs = q.next_scale_input(f_hat, k + 1)
+    return torch.cat(outs, 1)
+
+
 def test_kv_cached_decoding_matches_full_block_causal_forward():
     model = tiny_model(stage=2)
     randomise_ada(model)
@@ -81,18 +94,7 @@ def test_kv_cached_decoding_matches_full_block_causal_forward():
     tokens = torch.randint(0, 32, (4, model.vqvae.seq_len))
     h, c = torch.randn(4, 12), torch.randn(4, 2)
     full = model(h, c, tokens)
-    q = model.vqvae.quantizer
-    cond = model.var.condition(h, c)
-    caches = [KVCache() for _ in model.var.blocks]
-    scales = model.vqvae.split_scales(tokens)
-    f_hat, inputs, outs = None, None, []
-    for k in range(len(scales)):
-        outs.append(model.var.step(cond, inputs, k, caches))
-        part = q.embed_scale(scales[k], k)
-        f_hat = part if f_hat is None else f_hat + part
-        if k + 1 < len(scales):
-            inputs = q.next_scale_input(f_hat, k + 1)
-    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached_step_logits(model, model.var.condition(h, c), tokens), full, atol=1e-5, rtol=1e-4)
 
 
 def test_block_causal_future_scales_do_not_change_earlier_logits():
@@ -530,15 +532,7 @@ def test_condition_path_knobs_are_opt_in_and_keep_the_kv_cache_exact():
     model.eval()
     tokens = torch.randint(0, 32, (4, model.vqvae.seq_len))
     full = model(h, c, tokens)
-    q, caches = model.vqvae.quantizer, [KVCache() for _ in model.var.blocks]
-    scales, f_hat, inputs, outs = model.vqvae.split_scales(tokens), None, None, []
-    for k in range(len(scales)):
-        outs.append(model.var.step(cond, inputs, k, caches))
-        part = q.embed_scale(scales[k], k)
-        f_hat = part if f_hat is None else f_hat + part
-        if k + 1 < len(scales):
-            inputs = q.next_scale_input(f_hat, k + 1)
-    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached_step_logits(model, cond, tokens), full, atol=1e-5, rtol=1e-4)
 
 
 def test_histology_standardise_makes_the_condition_blind_to_per_feature_units():
